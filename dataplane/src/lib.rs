@@ -1,0 +1,10 @@
+//! The data-plane process: packet I/O backends (`memory`, `af_packet`, `dpdk`), pinned
+//! poll-mode workers, the DWCP/1 protocol, the control thread and the metrics endpoint.
+//!
+//! It reads the node config through `dwcp-provisioning`'s schema (no CLI) and hands batch
+//! crypto and compression to `dwcp-kernels`. The pieces arrive with the data-plane issue.
+
+#![deny(unsafe_code)]
+
+pub use dwcp_kernels as kernels;
+pub use dwcp_provisioning::NodeConfig;

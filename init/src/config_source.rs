@@ -1,0 +1,144 @@
+//! Finding and validating the node config at boot: the first candidate that exists wins, and
+//! an invalid config is reported with every error instead of booting the data plane.
+//!
+//! Candidates, in order (DESIGN §3 step 4): the `DWCP-CONFIG` partition (arrives with the
+//! provisioning issue, as a new [`Candidate`] kind), then `/etc/dwcp/dwcp.toml` in the
+//! initramfs. None present: the node is unprovisioned.
+
+use std::path::{Path, PathBuf};
+
+use dwcp_provisioning::{Diagnostic, NodeConfig, SourceFile};
+
+/// Path of the config inside the initramfs (PXE adds it there as a second initrd).
+pub const INITRAMFS_CONFIG: &str = "etc/dwcp/dwcp.toml";
+
+/// Where a config can come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Candidate {
+    /// A file in the root filesystem (the initramfs).
+    InitramfsFile(PathBuf),
+}
+
+impl std::fmt::Display for Candidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Candidate::InitramfsFile(p) => write!(f, "initramfs file {}", p.display()),
+        }
+    }
+}
+
+/// What init found.
+#[derive(Debug)]
+pub enum ConfigState {
+    /// A valid config.
+    Provisioned {
+        /// Where it came from.
+        source: Candidate,
+        /// The config.
+        config: Box<NodeConfig>,
+    },
+    /// A config that exists but cannot be used: safe mode, the errors on the console.
+    Invalid {
+        /// Where it came from.
+        source: Candidate,
+        /// Every problem, or one saying why the file could not be read.
+        diagnostics: Vec<Diagnostic>,
+    },
+    /// No config anywhere: the node waits to be provisioned.
+    Unprovisioned,
+}
+
+/// The candidates under `root` (`/` at boot; a temporary tree in tests), in order.
+pub fn candidates(root: &Path) -> Vec<Candidate> {
+    vec![Candidate::InitramfsFile(root.join(INITRAMFS_CONFIG))]
+}
+
+/// Looks for the config under `root` and validates the first one found.
+pub fn discover(root: &Path) -> ConfigState {
+    for candidate in candidates(root) {
+        let Candidate::InitramfsFile(path) = &candidate;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let src = SourceFile::new(path.display().to_string(), "");
+                let d = src.diagnostic(
+                    0,
+                    dwcp_provisioning::FieldPath::root(),
+                    format!("cannot read: {e}"),
+                );
+                return ConfigState::Invalid {
+                    source: candidate,
+                    diagnostics: vec![d],
+                };
+            }
+        };
+        let src = SourceFile::new(path.display().to_string(), text);
+        return match dwcp_provisioning::check(&src) {
+            Ok(config) => ConfigState::Provisioned {
+                source: candidate,
+                config: Box::new(config),
+            },
+            Err(diagnostics) => ConfigState::Invalid {
+                source: candidate,
+                diagnostics,
+            },
+        };
+    }
+    ConfigState::Unprovisioned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, text: &str) {
+        let p = root.join(INITRAMFS_CONFIG);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn no_config_is_unprovisioned() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(discover(dir.path()), ConfigState::Unprovisioned));
+    }
+
+    #[test]
+    fn valid_config_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &dwcp_provisioning::example::example().unwrap());
+        match discover(dir.path()) {
+            ConfigState::Provisioned { config, source } => {
+                assert_eq!(config.name.0, "site-a-gw1");
+                assert_eq!(
+                    source,
+                    Candidate::InitramfsFile(dir.path().join(INITRAMFS_CONFIG))
+                );
+            }
+            other => panic!("expected provisioned, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_config_reports_every_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dwcp_provisioning::example::example()
+            .unwrap()
+            .replace("mtu = 1500", "mtu = 100")
+            .replace("name = \"site-a-gw1\"", "name = \"-bad\"");
+        write(dir.path(), &text);
+        match discover(dir.path()) {
+            ConfigState::Invalid { diagnostics, .. } => {
+                // One bad name and two bad MTUs.
+                assert_eq!(diagnostics.len(), 3, "{diagnostics:?}");
+                assert!(
+                    diagnostics
+                        .iter()
+                        .all(|d| d.file.ends_with("etc/dwcp/dwcp.toml"))
+                );
+            }
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+}

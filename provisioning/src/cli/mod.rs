@@ -1,0 +1,210 @@
+//! The operator CLI `dwcp`: argument parsing and the commands. `src/bin/dwcp.rs` only calls
+//! [`main`].
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::document::SourceFile;
+use crate::types::PrivateKey;
+use crate::{docs, example, summary, validate};
+
+/// Exit codes of `dwcp`, documented in `dwcp --help`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// The config has problems (each printed on stderr).
+    Invalid = 1,
+    /// Bad command line (clap prints why).
+    Usage = 2,
+    /// Something else failed: a file could not be read or written.
+    Failed = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dwcp",
+    version,
+    about = "Operator tool for DWCP appliance nodes",
+    after_help = "Exit codes: 0 success, 1 invalid config, 2 bad command line, 3 other failure."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check, explain and create node configs.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Make an X25519 key pair for a node's tunnel.
+    Keygen {
+        /// Write the private key to this file (mode 0600) and print only the public key.
+        /// Without it, both keys are printed.
+        #[arg(long, value_name = "PATH")]
+        private_key: Option<PathBuf>,
+        /// Overwrite an existing private key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public key of a private key read from a file (`-` for standard input).
+    Pubkey {
+        /// The private key file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a node config; print a summary, or every problem as FILE:LINE:COL: field: message.
+    Check {
+        /// The config file, `-` for standard input.
+        file: PathBuf,
+        /// Print only the problems, no summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Print a complete, commented example config with fresh keys.
+    Example,
+    /// Print the field reference (Markdown), the text of docs/config.md.
+    Docs,
+    /// Print the config's JSON schema (for editors with TOML schema support).
+    Schema,
+}
+
+/// Runs `dwcp` with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            }
+            .into();
+        }
+    };
+    match run(cli) {
+        Ok(code) => code.into(),
+        Err(e) => {
+            eprintln!("dwcp: {e:#}");
+            Exit::Failed.into()
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Exit> {
+    match cli.command {
+        Command::Config(ConfigCommand::Check { file, quiet }) => config_check(&file, quiet),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", example::example()?);
+            Ok(Exit::Ok)
+        }
+        Command::Config(ConfigCommand::Docs) => {
+            print!("{}", docs::reference_markdown());
+            Ok(Exit::Ok)
+        }
+        Command::Config(ConfigCommand::Schema) => {
+            println!("{}", serde_json::to_string_pretty(validate::json_schema())?);
+            Ok(Exit::Ok)
+        }
+        Command::Keygen { private_key, force } => keygen(private_key.as_deref(), force),
+        Command::Pubkey { file } => {
+            let text = read_input(&file)?;
+            let key: PrivateKey = text
+                .trim()
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("{}", key.public_key());
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+fn read_input(file: &Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read standard input")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+    }
+}
+
+fn config_check(file: &Path, quiet: bool) -> anyhow::Result<Exit> {
+    let name = if file == Path::new("-") {
+        "<stdin>".to_owned()
+    } else {
+        file.display().to_string()
+    };
+    let src = SourceFile::new(name, read_input(file)?);
+    match validate::check(&src) {
+        Ok(config) => {
+            if !quiet {
+                print!("{}", summary::summary(&config));
+                println!("{}: OK", src.name);
+            }
+            Ok(Exit::Ok)
+        }
+        Err(diags) => {
+            let mut err = std::io::stderr().lock();
+            for d in &diags {
+                let _ = writeln!(err, "{d}");
+            }
+            let _ = writeln!(err, "{}: {} problem(s) found", src.name, diags.len());
+            Ok(Exit::Invalid)
+        }
+    }
+}
+
+fn keygen(path: Option<&Path>, force: bool) -> anyhow::Result<Exit> {
+    use anyhow::Context as _;
+    let key = PrivateKey::generate().context("the operating system's random generator failed")?;
+    match path {
+        Some(path) => {
+            write_private_key(path, &key, force)
+                .with_context(|| format!("cannot write private key to {}", path.display()))?;
+            eprintln!("private key written to {} (mode 0600)", path.display());
+            println!("{}", key.public_key());
+        }
+        None => {
+            println!("private_key = \"{}\"", key.expose_base64());
+            println!("public_key = \"{}\"", key.public_key());
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Writes the key with mode 0600 from the moment the file exists (never world-readable, not
+/// even briefly).
+fn write_private_key(path: &Path, key: &PrivateKey, force: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(path)?;
+    // An existing file keeps its old mode on truncate: set it explicitly.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    writeln!(f, "{}", key.expose_base64())?;
+    f.sync_all()
+}

@@ -1,0 +1,395 @@
+//! The node configuration (`dwcp.toml`): every field an appliance node reads, with its default.
+//!
+//! These types are the one source of truth: the structural checker, the field reference
+//! (`dwcp config docs`) and the typed value init and the data plane use all come from them.
+//! Doc comments here are the operator's documentation; keep them exact.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    Endpoint, IfName, InterfaceAddress, Ipv4Prefix, MacAddress, NodeName, PciAddress, PresharedKey,
+    PrivateKey, PublicKey,
+};
+
+/// Lowest MTU accepted on a data port (IPv4's minimum reassembly size).
+pub const MTU_MIN: u16 = 576;
+/// Highest MTU accepted on a data port (jumbo frames).
+pub const MTU_MAX: u16 = 9216;
+/// Highest CPU number accepted in core lists.
+pub const CORE_MAX: u16 = 4095;
+/// Most RX or TX queues per port.
+pub const QUEUES_MAX: u16 = 64;
+/// Smallest anti-replay window, in messages.
+pub const REPLAY_WINDOW_MIN: u32 = 2048;
+/// Largest anti-replay window, in messages.
+pub const REPLAY_WINDOW_MAX: u32 = 4096;
+/// Largest offload batch, in packets.
+pub const MAX_BATCH_MAX: u32 = 65536;
+/// Largest offload batching delay, in microseconds.
+pub const MAX_DELAY_US_MAX: u32 = 10_000;
+
+/// One appliance node's configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name: shown on the console, in metrics labels and in logs. One DNS label.
+    pub name: NodeName,
+    /// How much the data plane and init log: `error`, `warn`, `info`, `debug` or `trace`.
+    #[serde(default)]
+    pub log_level: LogLevel,
+    /// The management interface: the node's only kernel-owned network, for metrics and
+    /// operators. Data ports are never used for management.
+    pub management: Management,
+    /// Which CPU cores do what. A core is in at most one list.
+    pub cores: Cores,
+    /// 1 GiB hugepages reserved at boot for packet buffers.
+    #[serde(default)]
+    pub hugepages: Hugepages,
+    /// Boot settings that end up on the kernel command line.
+    #[serde(default)]
+    pub boot: Boot,
+    /// The data ports: LAN ports face the site's hosts, WAN ports carry the tunnel.
+    /// At least one of each.
+    pub ports: Vec<Port>,
+    /// The DWCP tunnel: this node's key and its peers.
+    pub tunnel: Tunnel,
+    /// GPU offload of encryption and compression.
+    #[serde(default)]
+    pub offload: Offload,
+    /// The Prometheus metrics endpoint.
+    pub metrics: Metrics,
+}
+
+/// Log verbosity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Normal operation: start-up facts, peers coming and going.
+    #[default]
+    Info,
+    /// Detail for diagnosing a problem.
+    Debug,
+    /// Everything; slow.
+    Trace,
+}
+
+/// The management interface.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Management {
+    /// Select the interface by MAC address (stable across reboots). Exactly one of `mac` and
+    /// `interface` is given.
+    #[serde(default)]
+    pub mac: Option<MacAddress>,
+    /// Select the interface by kernel name, e.g. `eno1`. Exactly one of `mac` and `interface`
+    /// is given.
+    #[serde(default)]
+    pub interface: Option<IfName>,
+    /// Static address with prefix length, e.g. `192.0.2.10/24`.
+    pub address: InterfaceAddress,
+    /// Default gateway for management traffic; must be on the management network. None: only
+    /// the local network is reachable.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// CPU core assignment.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cores {
+    /// Cores for init, the control thread, interrupts and the kernel. At least one.
+    pub housekeeping: Vec<u16>,
+    /// Cores for data-plane workers, one worker each, isolated from the kernel scheduler.
+    /// At least one.
+    #[schemars(inner(range(max = 4095)))]
+    pub dataplane: Vec<u16>,
+}
+
+/// Hugepage reservation.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hugepages {
+    /// Number of 1 GiB pages to reserve in all. 0 runs the data plane on regular pages
+    /// (slower; said loudly at start-up).
+    #[serde(default = "Hugepages::default_count")]
+    #[schemars(range(max = 1024))]
+    pub count: u32,
+    /// Pages per NUMA node, node 0 first. When given, the counts must add up to `count`.
+    /// Empty: the kernel spreads `count` over the nodes.
+    #[serde(default)]
+    #[schemars(inner(range(max = 1024)))]
+    pub per_numa_node: Vec<u32>,
+    /// `required`: fewer pages than asked keeps the data plane down (safe mode).
+    /// `best-effort`: run with what was obtained and say so.
+    #[serde(default)]
+    pub policy: HugepagePolicy,
+}
+
+impl Hugepages {
+    fn default_count() -> u32 {
+        2
+    }
+}
+
+impl Default for Hugepages {
+    fn default() -> Self {
+        Self {
+            count: Self::default_count(),
+            per_numa_node: Vec::new(),
+            policy: HugepagePolicy::default(),
+        }
+    }
+}
+
+/// What to do when fewer hugepages are obtained than asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HugepagePolicy {
+    /// Keep the data plane down until the full count is obtained.
+    Required,
+    /// Run with what was obtained, with a warning.
+    #[default]
+    BestEffort,
+}
+
+/// Settings for the kernel command line written by provisioning.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// Kernel consoles, last one primary, e.g. `["tty0", "ttyS0,115200"]`. Empty: no
+    /// `console=` argument (for servers whose firmware hangs on a missing serial port).
+    #[serde(default = "Boot::default_console")]
+    pub console: Vec<String>,
+}
+
+impl Boot {
+    fn default_console() -> Vec<String> {
+        vec!["ttyS0,115200".to_owned()]
+    }
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Self {
+            console: Self::default_console(),
+        }
+    }
+}
+
+/// One data port.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// Port name, used in metrics and logs, e.g. `lan0`. Unique on the node.
+    pub name: IfName,
+    /// `lan` (faces the site's hosts) or `wan` (carries the tunnel).
+    pub role: PortRole,
+    /// Packet I/O backend: `dpdk` (vfio-bound NIC, needs `pci`), `af_packet` (kernel
+    /// interface, needs `interface`) or `memory` (in-process, tests only).
+    #[serde(default)]
+    pub backend: Backend,
+    /// The NIC's PCI address, e.g. `0000:03:00.0` (for `dpdk`). Unique on the node.
+    #[serde(default)]
+    pub pci: Option<PciAddress>,
+    /// The kernel interface name (for `af_packet`). Unique on the node.
+    #[serde(default)]
+    pub interface: Option<IfName>,
+    /// The port's own address with prefix length, e.g. `10.1.0.1/24`.
+    pub address: InterfaceAddress,
+    /// Next hop for destinations off the port's network (WAN: towards the peers' endpoints).
+    /// None: destinations must be on the port's own network.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// IP MTU of the port, 576 to 9216.
+    #[serde(default = "Port::default_mtu")]
+    #[schemars(range(min = 576, max = 9216))]
+    pub mtu: u16,
+    /// Receive queues (one per worker is usual). 1 to 64.
+    #[serde(default = "Port::default_queues")]
+    #[schemars(range(min = 1, max = 64))]
+    pub rx_queues: u16,
+    /// Transmit queues. 1 to 64.
+    #[serde(default = "Port::default_queues")]
+    #[schemars(range(min = 1, max = 64))]
+    pub tx_queues: u16,
+}
+
+impl Port {
+    fn default_mtu() -> u16 {
+        1500
+    }
+    fn default_queues() -> u16 {
+        1
+    }
+}
+
+/// What a data port faces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PortRole {
+    /// The site's hosts: plaintext inner traffic.
+    Lan,
+    /// The wide-area network: DWCP tunnel traffic.
+    Wan,
+}
+
+/// Packet I/O backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// DPDK poll-mode driver on a vfio-bound NIC.
+    #[default]
+    Dpdk,
+    /// Linux AF_PACKET (TPACKET_V3) on a kernel interface.
+    AfPacket,
+    /// In-process rings; for tests and benchmarks.
+    Memory,
+}
+
+/// The DWCP tunnel.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    /// UDP port the node listens on for DWCP. Workers send from this port and the ones above
+    /// it (one per worker).
+    #[serde(default = "Tunnel::default_listen_port")]
+    #[schemars(range(min = 1))]
+    pub listen_port: u16,
+    /// This node's X25519 private key, base64 (`dwcp keygen`). Never logged.
+    pub private_key: PrivateKey,
+    /// Anti-replay window per session, in messages, 2048 to 4096.
+    #[serde(default = "Tunnel::default_replay_window")]
+    #[schemars(range(min = 2048, max = 4096))]
+    pub replay_window: u32,
+    /// Start a new handshake after this many seconds on one session key.
+    #[serde(default = "Tunnel::default_rekey_after_seconds")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub rekey_after_seconds: u32,
+    /// Send a keepalive after this many idle seconds. 0: no keepalives.
+    #[serde(default = "Tunnel::default_keepalive_seconds")]
+    #[schemars(range(max = 3600))]
+    pub keepalive_seconds: u32,
+    /// The sites this node exchanges traffic with. Names, keys and allowed prefixes are unique.
+    pub peers: Vec<Peer>,
+}
+
+impl Tunnel {
+    fn default_listen_port() -> u16 {
+        51900
+    }
+    fn default_replay_window() -> u32 {
+        REPLAY_WINDOW_MIN
+    }
+    fn default_rekey_after_seconds() -> u32 {
+        120
+    }
+    fn default_keepalive_seconds() -> u32 {
+        10
+    }
+}
+
+/// A peer appliance.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Peer name, used in metrics and logs. Unique on the node.
+    pub name: IfName,
+    /// The peer's X25519 public key, base64.
+    pub public_key: PublicKey,
+    /// Optional pre-shared key mixed into the handshake (defence against a future break of
+    /// X25519), base64, 32 bytes. Both sides must have the same. Never logged.
+    #[serde(default)]
+    pub preshared_key: Option<PresharedKey>,
+    /// Where to reach the peer, `IPv4:PORT`. None: wait for the peer to connect (responder
+    /// only).
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    /// Inner prefixes behind the peer: traffic to them goes to this peer, and traffic from
+    /// this peer must come from them. Must not overlap another peer's or a LAN port's network.
+    pub allowed_prefixes: Vec<Ipv4Prefix>,
+    /// `lz4`: compress a packet when that makes it smaller; `off`: never.
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// Payload compression.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// LZ4 block compression, used per packet only when it shrinks it.
+    #[default]
+    Lz4,
+    /// No compression.
+    Off,
+}
+
+/// GPU offload.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Offload {
+    /// `auto`: use the GPU when present and faster; `on`: prefer the GPU (CPU when it fails);
+    /// `off`: CPU only.
+    #[serde(default)]
+    pub gpu: GpuMode,
+    /// CUDA device index.
+    #[serde(default)]
+    #[schemars(range(max = 63))]
+    pub device: u32,
+    /// Most packets in one offload batch, 1 to 65536.
+    #[serde(default = "Offload::default_max_batch")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_batch: u32,
+    /// Longest a packet waits for its batch to fill, in microseconds, 1 to 10000.
+    #[serde(default = "Offload::default_max_delay_us")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_delay_us: u32,
+}
+
+impl Offload {
+    fn default_max_batch() -> u32 {
+        1024
+    }
+    fn default_max_delay_us() -> u32 {
+        50
+    }
+}
+
+impl Default for Offload {
+    fn default() -> Self {
+        Self {
+            gpu: GpuMode::default(),
+            device: 0,
+            max_batch: Self::default_max_batch(),
+            max_delay_us: Self::default_max_delay_us(),
+        }
+    }
+}
+
+/// GPU use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuMode {
+    /// Use the GPU for a batch when it is measured faster than the CPU.
+    #[default]
+    Auto,
+    /// Always try the GPU first.
+    On,
+    /// Never use the GPU.
+    Off,
+}
+
+/// Metrics endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Address and port of the Prometheus endpoint, `IPv4:PORT`. Must be the management
+    /// address: metrics are never served on data ports.
+    pub listen: SocketAddrV4,
+}

@@ -1,0 +1,86 @@
+//! DESIGN §2's dependency rules, checked on the resolved graph (features included): the
+//! schema library and `init` link no CLI, image or QEMU code; `image` and `qemu` know nothing
+//! of DWCP.
+
+// Integration tests are their own crate: the lint is for tests inside library code.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::process::Command;
+
+/// Every package `pkg` pulls in for its normal (non-dev, non-build) build.
+fn normal_deps(pkg: &str, extra: &[&str]) -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .current_dir(dwcp_tests::workspace_root())
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "-f",
+            "{p}",
+            "-p",
+            pkg,
+        ])
+        .args(extra)
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+fn assert_free_of(pkg: &str, extra: &[&str], forbidden: &[&str]) {
+    let deps = normal_deps(pkg, extra);
+    assert!(
+        deps.iter().any(|d| d == pkg),
+        "cargo tree did not list {pkg} itself: {deps:?}"
+    );
+    for f in forbidden {
+        assert!(
+            !deps.iter().any(|d| d == f),
+            "{pkg} must not depend on {f}; it pulls in: {deps:?}"
+        );
+    }
+}
+
+const CLI_SIDE: &[&str] = &["clap", "anyhow", "dwcp-image", "dwcp-qemu"];
+
+#[test]
+fn init_links_only_the_schema() {
+    assert_free_of("dwcp-init", &[], CLI_SIDE);
+    assert!(
+        normal_deps("dwcp-init", &[])
+            .iter()
+            .any(|d| d == "dwcp-provisioning")
+    );
+}
+
+#[test]
+fn schema_library_has_no_cli() {
+    assert_free_of("dwcp-provisioning", &["--no-default-features"], CLI_SIDE);
+}
+
+#[test]
+fn dataplane_links_schema_and_kernels_only() {
+    assert_free_of("dwcp-dataplane", &[], CLI_SIDE);
+}
+
+#[test]
+fn image_and_qemu_know_nothing_of_dwcp() {
+    for pkg in ["dwcp-image", "dwcp-qemu", "dwcp-kernels"] {
+        assert_free_of(
+            pkg,
+            &[],
+            &["dwcp-provisioning", "dwcp-dataplane", "dwcp-init"],
+        );
+    }
+}
