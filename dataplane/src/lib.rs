@@ -2,9 +2,13 @@
 //! poll-mode workers, the DWCP/1 protocol, the control thread and the metrics endpoint.
 //!
 //! It reads the node config through `dwcp-provisioning`'s schema (no CLI) and hands batch
-//! crypto and compression to `dwcp-kernels`. The pieces arrive with the data-plane issue.
+//! crypto and compression to `dwcp-kernels`. So far: the process shell init launches and
+//! supervises (config, readiness, clean stop); the packet path arrives with the data-plane
+//! issue.
 
 #![deny(unsafe_code)]
+
+pub mod readiness;
 
 pub use dwcp_kernels as kernels;
 pub use dwcp_provisioning::NodeConfig;

@@ -1,7 +1,16 @@
 //! Builds the appliance's boot artifacts from a pinned Debian kernel package: the kernel and
-//! its module closure, the initramfs (newc cpio), the GPT disk image and the PXE tree.
+//! its module closure, the initramfs (newc cpio, gzip) and a manifest of what went in.
 //!
-//! Generic mechanism only: this crate knows files, modules and partitions, not DWCP config
-//! fields. The builders arrive with the boot-path and provisioning issues.
+//! Generic mechanism only: this crate knows files, modules and archives, not DWCP config
+//! fields; the caller says which files go where. Disk images and PXE trees come with the
+//! provisioning issue.
 
 #![deny(unsafe_code)]
+
+pub mod build;
+pub mod initramfs;
+pub mod kernel;
+pub mod modules;
+
+pub use build::{ImageSpec, Manifest, build};
+pub use kernel::{KernelPin, cache_dir, fetch};

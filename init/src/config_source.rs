@@ -19,6 +19,15 @@ pub enum Candidate {
     InitramfsFile(PathBuf),
 }
 
+impl Candidate {
+    /// The file the config is read from.
+    pub fn path(&self) -> &Path {
+        match self {
+            Candidate::InitramfsFile(p) => p,
+        }
+    }
+}
+
 impl std::fmt::Display for Candidate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -1,9 +1,20 @@
 //! The appliance's PID 1 (DESIGN §3): mounts, console, modules, config discovery and
-//! validation, hugepages, cores, vfio binding, data-plane supervision and clean shutdown.
+//! validation, hugepages, cores and IRQs, vfio binding, data-plane supervision and clean
+//! shutdown.
 //!
-//! Links the config schema only (`dwcp-provisioning` without its CLI). So far: config
-//! discovery ([`config_source`]); the rest of the boot flow arrives with the boot-path issue.
+//! Links the config schema only (`dwcp-provisioning` without its CLI). Everything that reads
+//! or writes sysfs/procfs goes through [`sys::SysFs`], so the logic is unit-tested on a fake
+//! tree; [`boot`] is the real-machine flow, tested under QEMU.
 
 #![deny(unsafe_code)]
 
+pub mod boot;
 pub mod config_source;
+pub mod console;
+pub mod cpus;
+pub mod hugepages;
+pub mod irq;
+pub mod modules;
+pub mod supervise;
+pub mod sys;
+pub mod vfio;

@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod cmdline;
 pub mod docs;
 pub mod document;
 pub mod example;

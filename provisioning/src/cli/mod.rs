@@ -7,6 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod image_build;
+pub mod qemu_boot;
+
 use crate::document::SourceFile;
 use crate::types::PrivateKey;
 use crate::{docs, example, summary, validate};
@@ -63,6 +66,50 @@ enum Command {
         /// The private key file.
         file: PathBuf,
     },
+    /// Build boot artifacts.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Boot artifacts under QEMU.
+    #[command(subcommand)]
+    Qemu(QemuCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build vmlinuz, initrd.img and manifest.json from the pinned kernel and this workspace.
+    Build {
+        /// A node config to embed as /etc/dwcp/dwcp.toml (validated first).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Use this init binary (statically linked) instead of building one.
+        #[arg(long, value_name = "FILE", requires = "dataplane")]
+        init: Option<PathBuf>,
+        /// Use this data-plane binary (statically linked) instead of building one.
+        #[arg(long, value_name = "FILE", requires = "init")]
+        dataplane: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QemuCommand {
+    /// Boot one node, wait for DWCP READY (or safe mode), then power it off.
+    Boot {
+        /// Directory with vmlinuz and initrd.img (`dwcp image build --out DIR`).
+        #[arg(long, value_name = "DIR")]
+        artifacts: PathBuf,
+        /// Node config to boot with; default: the config matching the VM (`dwcp config example --qemu`).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Seconds to wait for READY or safe mode.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+        /// Use KVM instead of TCG (hangs on some build machines).
+        #[arg(long)]
+        kvm: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,7 +123,11 @@ enum ConfigCommand {
         quiet: bool,
     },
     /// Print a complete, commented example config with fresh keys.
-    Example,
+    Example {
+        /// The config matching the VM `dwcp qemu boot` builds instead.
+        #[arg(long)]
+        qemu: bool,
+    },
     /// Print the field reference (Markdown), the text of docs/config.md.
     Docs,
     /// Print the config's JSON schema (for editors with TOML schema support).
@@ -109,9 +160,54 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Config(ConfigCommand::Check { file, quiet }) => config_check(&file, quiet),
-        Command::Config(ConfigCommand::Example) => {
-            print!("{}", example::example()?);
+        Command::Config(ConfigCommand::Example { qemu }) => {
+            print!(
+                "{}",
+                if qemu {
+                    example::qemu_example()?
+                } else {
+                    example::example()?
+                }
+            );
             Ok(Exit::Ok)
+        }
+        Command::Image(ImageCommand::Build {
+            config,
+            out,
+            init,
+            dataplane,
+        }) => {
+            let binaries = match (init, dataplane) {
+                (Some(i), Some(d)) => (i, d),
+                _ => image_build::build_static_binaries(false)?,
+            };
+            let m = image_build::build(config.as_deref(), &out, binaries)?;
+            for (file, sha) in &m.files {
+                println!("{}  {}", sha, out.join(file).display());
+            }
+            println!(
+                "kernel {} {}, {} modules, {} files in the initramfs; manifest: {}",
+                m.kernel_package,
+                m.kernel_version,
+                m.modules.len(),
+                m.initramfs.len(),
+                out.join("manifest.json").display()
+            );
+            Ok(Exit::Ok)
+        }
+        Command::Qemu(QemuCommand::Boot {
+            artifacts,
+            config,
+            timeout,
+            kvm,
+        }) => {
+            let ready = qemu_boot::boot(
+                &artifacts,
+                config.as_deref(),
+                std::time::Duration::from_secs(timeout),
+                kvm,
+            )?;
+            Ok(if ready { Exit::Ok } else { Exit::Invalid })
         }
         Command::Config(ConfigCommand::Docs) => {
             print!("{}", docs::reference_markdown());

@@ -1,0 +1,38 @@
+//! Telling init the data plane is ready: one `READY=1` datagram to the socket init names in
+//! `DWCP_NOTIFY_SOCKET` (the same idea as systemd's `sd_notify`).
+
+use std::ffi::OsStr;
+use std::os::unix::net::UnixDatagram;
+
+/// The environment variable init sets.
+pub const NOTIFY_ENV: &str = "DWCP_NOTIFY_SOCKET";
+
+/// Sends `READY=1` if init asked for it. Returns whether a notification was sent.
+pub fn notify_ready() -> std::io::Result<bool> {
+    notify(std::env::var_os(NOTIFY_ENV).as_deref())
+}
+
+fn notify(path: Option<&OsStr>) -> std::io::Result<bool> {
+    let Some(path) = path else { return Ok(false) };
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to(b"READY=1\n", path)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_ready_to_the_named_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let server = UnixDatagram::bind(&path).unwrap();
+        assert!(notify(Some(path.as_os_str())).unwrap());
+        let mut buf = [0u8; 32];
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\n");
+        assert!(!notify(None).unwrap());
+        assert!(notify(Some(dir.path().join("absent").as_os_str())).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! The pinned Debian kernel package: download once with `apt-get download`, check its
+//! SHA-256, cache it, and unpack it with `dpkg-deb`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The pin committed in `image/kernel-pin.toml`.
+pub const PIN_TOML: &str = include_str!("../kernel-pin.toml");
+
+/// A kernel package pinned by name, version and SHA-256.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KernelPin {
+    /// Debian package name, e.g. `linux-image-6.1.0-48-amd64`.
+    pub package: String,
+    /// Debian version, e.g. `6.1.172-1`.
+    pub version: String,
+    /// SHA-256 of the `.deb`, hex.
+    pub sha256: String,
+}
+
+impl KernelPin {
+    /// The pin committed in the repository.
+    pub fn committed() -> Self {
+        toml::from_str(PIN_TOML).expect("image/kernel-pin.toml is checked by a unit test")
+    }
+    /// The kernel release (`uname -r`), e.g. `6.1.0-48-amd64`.
+    pub fn release(&self) -> &str {
+        self.package
+            .strip_prefix("linux-image-")
+            .unwrap_or(&self.package)
+    }
+}
+
+/// Why the kernel could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The cache directory could not be used.
+    #[error("cannot use cache directory {0}")]
+    Cache(PathBuf, #[source] std::io::Error),
+    /// `apt-get download` failed: the pinned version is gone, or apt is not set up.
+    #[error(
+        "cannot download {package}={version} with apt-get ({detail}); if the Debian archive no \
+         longer has it, re-pin with scripts/repin-kernel.sh"
+    )]
+    Download {
+        /// Package.
+        package: String,
+        /// Version.
+        version: String,
+        /// What apt-get said.
+        detail: String,
+    },
+    /// The downloaded file is not the pinned one.
+    #[error("{path}: SHA-256 {actual} differs from the pinned {expected}")]
+    Checksum {
+        /// File.
+        path: PathBuf,
+        /// Pinned.
+        expected: String,
+        /// Found.
+        actual: String,
+    },
+    /// `dpkg-deb` failed.
+    #[error("cannot unpack {0} with dpkg-deb: {1}")]
+    Unpack(PathBuf, String),
+    /// The package lacks a file every kernel package has.
+    #[error("{0} is missing from the kernel package")]
+    Missing(PathBuf),
+}
+
+/// An unpacked kernel package.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    /// The pin it came from.
+    pub pin: KernelPin,
+    /// The compressed kernel image.
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/RELEASE` in the unpacked tree.
+    pub modules_dir: PathBuf,
+}
+
+/// The cache directory: `$DWCP_CACHE`, else `$XDG_CACHE_HOME/dwcp`, else `~/.cache/dwcp`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DWCP_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("dwcp");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache").join("dwcp")
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Returns the unpacked pinned kernel, downloading and unpacking it into `cache` if needed.
+pub fn fetch(pin: &KernelPin, cache: &Path) -> Result<Kernel, KernelError> {
+    let dir = cache.join("kernel");
+    std::fs::create_dir_all(&dir).map_err(|e| KernelError::Cache(dir.clone(), e))?;
+    let deb = dir.join(format!("{}_{}_amd64.deb", pin.package, pin.version));
+    let verified = |p: &Path| sha256_file(p).is_ok_and(|s| s == pin.sha256);
+    if !verified(&deb) {
+        download(pin, &dir)?;
+        let actual = sha256_file(&deb).map_err(|e| KernelError::Cache(deb.clone(), e))?;
+        if actual != pin.sha256 {
+            let _ = std::fs::remove_file(&deb);
+            return Err(KernelError::Checksum {
+                path: deb,
+                expected: pin.sha256.clone(),
+                actual,
+            });
+        }
+    }
+    let root = dir.join(format!("{}-unpacked", pin.sha256));
+    let done = root.join(".complete");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&root);
+        let out = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&root)
+            .output()
+            .map_err(|e| KernelError::Unpack(deb.clone(), e.to_string()))?;
+        if !out.status.success() {
+            return Err(KernelError::Unpack(
+                deb,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        std::fs::write(&done, b"").map_err(|e| KernelError::Cache(done.clone(), e))?;
+    }
+    let release = pin.release();
+    let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
+    let modules_dir = root.join("lib/modules").join(release);
+    for p in [&vmlinuz, &modules_dir] {
+        if !p.exists() {
+            return Err(KernelError::Missing(p.clone()));
+        }
+    }
+    Ok(Kernel {
+        pin: pin.clone(),
+        vmlinuz,
+        modules_dir,
+    })
+}
+
+fn download(pin: &KernelPin, dir: &Path) -> Result<(), KernelError> {
+    let spec = format!("{}={}", pin.package, pin.version);
+    let attempt = || {
+        Command::new("apt-get")
+            .args(["download", "-q", &spec])
+            .current_dir(dir)
+            .output()
+    };
+    let err = |detail: String| KernelError::Download {
+        package: pin.package.clone(),
+        version: pin.version.clone(),
+        detail,
+    };
+    let mut out = attempt().map_err(|e| err(e.to_string()))?;
+    if !out.status.success() {
+        // A fresh machine may have no package lists yet.
+        let _ = Command::new("apt-get").args(["update", "-qq"]).output();
+        out = attempt().map_err(|e| err(e.to_string()))?;
+    }
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output");
+        return Err(err(last.trim().to_owned()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_pin_parses() {
+        let pin = KernelPin::committed();
+        assert!(pin.package.starts_with("linux-image-") && pin.package.ends_with("-amd64"));
+        assert_eq!(pin.sha256.len(), 64);
+        assert!(pin.release().ends_with("-amd64"));
+    }
+}

@@ -1,0 +1,741 @@
+//! The boot flow on a real machine (DESIGN §3) and init's event loop: signals, the console,
+//! the power button, the data plane's readiness and its supervision.
+
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::os::fd::AsFd as _;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process};
+use std::time::Duration;
+
+use dwcp_provisioning::NodeConfig;
+use dwcp_provisioning::schema::Backend;
+use nix::mount::{MsFlags, mount};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::time::{ClockId, clock_gettime};
+use nix::unistd::Pid;
+
+use crate::config_source::{ConfigState, discover};
+use crate::console::{self, Command};
+use crate::supervise::{Decision, Policy, Supervisor};
+use crate::sys::{RootedFs, SysFs};
+use crate::{cpus, hugepages, irq, modules, say, vfio};
+
+/// The data-plane binary in the image.
+pub const DATAPLANE: &str = "/usr/bin/dwcp-dataplane";
+/// Where init puts the validated config for the data plane.
+pub const RUN_CONFIG: &str = "/run/dwcp/dwcp.toml";
+/// The datagram socket the data plane sends `READY=1` to.
+pub const NOTIFY_SOCKET: &str = "/run/dwcp/notify";
+/// How long the data plane gets to drain on shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Time since boot (includes the kernel's own start-up).
+fn uptime() -> Duration {
+    clock_gettime(ClockId::CLOCK_BOOTTIME).map_or(Duration::ZERO, Duration::from)
+}
+
+fn mount_all() {
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 6] = [
+        (
+            "proc",
+            "/proc",
+            "proc",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        (
+            "sysfs",
+            "/sys",
+            "sysfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "hugetlbfs",
+            "/dev/hugepages",
+            "hugetlbfs",
+            MsFlags::empty(),
+            Some("pagesize=1G"),
+        ),
+    ];
+    for (src, target, fstype, flags, data) in mounts {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = mount(Some(src), target, Some(fstype), flags, data) {
+            // devtmpfs may already be mounted by the kernel; hugetlbfs fails without 1G pages.
+            if e != nix::errno::Errno::EBUSY {
+                say!("mount {target} ({fstype}): {}", e.desc());
+            }
+        }
+    }
+}
+
+fn load_modules() {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let dir = PathBuf::from("/lib/modules").join(release.trim());
+    let Ok(dep) = std::fs::read_to_string(dir.join("modules.dep")) else {
+        say!("modules: no {}/modules.dep, none loaded", dir.display());
+        return;
+    };
+    let order = modules::load_order(&modules::parse_dep(&dep));
+    let (mut loaded, mut failed) = (0, Vec::new());
+    for rel in &order {
+        match modules::load(&dir.join(rel)) {
+            modules::Loaded::Loaded | modules::Loaded::AlreadyLoaded => loaded += 1,
+            modules::Loaded::Failed(e) => failed.push(format!("{rel}: {e}")),
+        }
+    }
+    say!("modules: {loaded} of {} loaded", order.len());
+    for f in failed {
+        say!("modules: FAILED {f}");
+    }
+}
+
+/// What applying the config established, for `DWCP READY` and `status`.
+#[derive(Clone, Debug, Default)]
+struct Facts {
+    node: String,
+    hugepages_1g: u32,
+    vfio_bound: Vec<String>,
+    dataplane_cores: BTreeSet<u16>,
+}
+
+/// Applies the config to the machine: cores, hugepages, IRQs, vfio. Errors keep the data
+/// plane down.
+fn apply(fs: &dyn SysFs, c: &NodeConfig) -> Result<Facts, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut facts = Facts {
+        node: c.name.to_string(),
+        ..Facts::default()
+    };
+    let online = fs
+        .read("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| cpus::parse_list(&s));
+    let housekeeping: BTreeSet<u16> = c.cores.housekeeping.iter().copied().collect();
+    facts.dataplane_cores = c.cores.dataplane.iter().copied().collect();
+    match &online {
+        Some(online) => {
+            let missing: Vec<String> = housekeeping
+                .union(&facts.dataplane_cores)
+                .filter(|c| !online.contains(c))
+                .map(ToString::to_string)
+                .collect();
+            if !missing.is_empty() {
+                errors.push(format!(
+                    "cores: {} configured but not online here (online: {})",
+                    missing.join(","),
+                    cpus::format_list(online)
+                ));
+            }
+        }
+        None => errors.push("cores: cannot read /sys/devices/system/cpu/online".into()),
+    }
+    if c.hugepages.count > 0 {
+        match hugepages::reserve(fs, &c.hugepages) {
+            Ok(o) => {
+                say!("{}", o.message);
+                facts.hugepages_1g = o.obtained;
+                if !o.acceptable {
+                    errors.push(o.message);
+                }
+            }
+            Err(e) => {
+                let msg = format!("hugepages: {e}");
+                say!("{msg}");
+                if c.hugepages.policy == dwcp_provisioning::schema::HugepagePolicy::Required {
+                    errors.push(msg);
+                }
+            }
+        }
+    } else {
+        say!("hugepages: none configured; the data plane uses regular pages");
+    }
+    if errors.is_empty() {
+        match irq::confine(fs, &housekeeping) {
+            Ok(o) => say!(
+                "irq: {} interrupts moved to housekeeping cores {}, {} fixed by the kernel",
+                o.moved,
+                cpus::format_list(&housekeeping),
+                o.fixed
+            ),
+            Err(e) => say!("irq: cannot set affinity: {e}"),
+        }
+    }
+    for port in c.ports.iter().filter(|p| p.backend == Backend::Dpdk) {
+        let Some(pci) = port.pci else { continue };
+        match vfio::bind(fs, &pci.to_string()) {
+            Ok(b) => {
+                say!(
+                    "vfio: {} ({}) bound to vfio-pci, was {}, IOMMU group {}",
+                    port.name,
+                    b.pci,
+                    b.previous_driver.as_deref().unwrap_or("unbound"),
+                    b.iommu_group
+                );
+                facts.vfio_bound.push(b.pci);
+            }
+            Err(e) => errors.push(format!("vfio: port {}: {e}", port.name)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(facts)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Why the data plane is down.
+#[derive(Clone, Debug)]
+enum SafeReason {
+    Unprovisioned,
+    InvalidConfig(Vec<String>),
+    ApplyFailed(Vec<String>),
+    Crashes(usize),
+}
+
+enum Plane {
+    /// Not started (safe mode or shutting down).
+    Down,
+    /// Running; `ready` once it said so.
+    Running { child: Child, ready: bool },
+    /// Crashed; starts again at this uptime.
+    Waiting { until: Duration },
+}
+
+struct Init {
+    config: Option<NodeConfig>,
+    config_text: String,
+    source: String,
+    facts: Facts,
+    safe: Option<SafeReason>,
+    plane: Plane,
+    supervisor: Supervisor,
+    /// Set while an operator's `restart` is in progress: the exit is not a crash.
+    expected_exit: bool,
+    notify: Option<UnixDatagram>,
+}
+
+impl Init {
+    fn enter_safe_mode(&mut self, reason: SafeReason) {
+        match &reason {
+            SafeReason::Unprovisioned => {
+                say!("SAFE MODE: no config found (unprovisioned); data plane down, management only")
+            }
+            SafeReason::InvalidConfig(errs) => {
+                say!(
+                    "SAFE MODE: config invalid ({} problem(s)); data plane down:",
+                    errs.len()
+                );
+                for e in errs {
+                    say!("  {e}");
+                }
+            }
+            SafeReason::ApplyFailed(errs) => {
+                say!("SAFE MODE: the node does not match its config; data plane down:");
+                for e in errs {
+                    say!("  {e}");
+                }
+            }
+            SafeReason::Crashes(n) => say!(
+                "SAFE MODE: data plane crashed {n} times within {}s; staying down (type `restart` to try again)",
+                Policy::default().window.as_secs()
+            ),
+        }
+        self.safe = Some(reason);
+        self.plane = Plane::Down;
+    }
+
+    fn start_dataplane(&mut self) {
+        let cores = &self.facts.dataplane_cores;
+        let mut set = CpuSet::new();
+        for &c in cores {
+            let _ = set.set(usize::from(c));
+        }
+        let own = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok();
+        // The child inherits init's affinity at fork: confine init briefly, then restore.
+        let confined = sched_setaffinity(Pid::from_raw(0), &set).is_ok();
+        let spawned = Process::new(DATAPLANE)
+            .arg("--config")
+            .arg(RUN_CONFIG)
+            .env("DWCP_NOTIFY_SOCKET", NOTIFY_SOCKET)
+            .env("DWCP_VFIO_DEVICES", self.facts.vfio_bound.join(","))
+            .spawn();
+        if let Some(own) = own {
+            let _ = sched_setaffinity(Pid::from_raw(0), &own);
+        }
+        match spawned {
+            Ok(child) => {
+                say!(
+                    "dataplane: started pid {} on cores {}{}",
+                    child.id(),
+                    cpus::format_list(cores),
+                    if confined { "" } else { " (affinity NOT set)" }
+                );
+                self.plane = Plane::Running {
+                    child,
+                    ready: false,
+                };
+            }
+            Err(e) => {
+                say!("dataplane: cannot start {DATAPLANE}: {e}");
+                self.on_exit(None);
+            }
+        }
+    }
+
+    fn dataplane_pid(&self) -> Option<Pid> {
+        match &self.plane {
+            Plane::Running { child, .. } => i32::try_from(child.id()).ok().map(Pid::from_raw),
+            _ => None,
+        }
+    }
+
+    /// The data plane exited (status text when known).
+    fn on_exit(&mut self, status: Option<String>) {
+        say!(
+            "dataplane: exited ({})",
+            status.as_deref().unwrap_or("did not start")
+        );
+        self.plane = Plane::Down;
+        if std::mem::take(&mut self.expected_exit) {
+            self.start_dataplane();
+            return;
+        }
+        match self.supervisor.crashed(uptime()) {
+            Decision::RestartAfter(d) => {
+                say!(
+                    "dataplane: restarting in {} ms (restart {})",
+                    d.as_millis(),
+                    self.supervisor.restarts
+                );
+                self.plane = Plane::Waiting {
+                    until: uptime() + d,
+                };
+            }
+            Decision::GiveUp { crashes } => self.enter_safe_mode(SafeReason::Crashes(crashes)),
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => {
+                    let pid = status.pid();
+                    if pid.is_some() && pid == self.dataplane_pid() {
+                        let text = match status {
+                            WaitStatus::Exited(_, code) => format!("exit code {code}"),
+                            WaitStatus::Signaled(_, sig, _) => format!("killed by {sig}"),
+                            other => format!("{other:?}"),
+                        };
+                        // `Child` must not wait again: it is reaped already.
+                        self.on_exit(Some(text));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_notify(&mut self) {
+        let Some(sock) = &self.notify else { return };
+        let mut buf = [0u8; 512];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l.trim() == "READY=1")
+                && let Plane::Running { child, ready } = &mut self.plane
+                && !*ready
+            {
+                *ready = true;
+                let pid = child.id();
+                let vfio = if self.facts.vfio_bound.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.facts.vfio_bound.join(",")
+                };
+                console::announce(&format!(
+                    "DWCP READY node={} hugepages_1g={} vfio_bound={vfio} dataplane_pid={pid} restarts={} boot_ms={}",
+                    self.facts.node,
+                    self.facts.hugepages_1g,
+                    self.supervisor.restarts,
+                    uptime().as_millis()
+                ));
+            }
+        }
+    }
+
+    fn status(&self) {
+        let state = match (&self.safe, &self.plane) {
+            (Some(r), _) => format!("SAFE MODE ({})", safe_reason_word(r)),
+            (None, Plane::Running { child, ready: true }) => format!("running, pid {}", child.id()),
+            (
+                None,
+                Plane::Running {
+                    child,
+                    ready: false,
+                },
+            ) => format!("starting, pid {}", child.id()),
+            (None, Plane::Waiting { .. }) => "restarting".to_owned(),
+            (None, Plane::Down) => "down".to_owned(),
+        };
+        say!(
+            "status: node {} | data plane {state} | restarts {}",
+            self.facts.node_or("-"),
+            self.supervisor.restarts
+        );
+        say!(
+            "status: hugepages_1g {} | vfio {} | config from {} | uptime {}s",
+            self.facts.hugepages_1g,
+            if self.facts.vfio_bound.is_empty() {
+                "none".to_owned()
+            } else {
+                self.facts.vfio_bound.join(",")
+            },
+            self.source,
+            uptime().as_secs()
+        );
+    }
+
+    fn on_command(&mut self, cmd: Command) -> Option<RebootMode> {
+        match cmd {
+            Command::Help | Command::Unknown(_) => {
+                if let Command::Unknown(c) = cmd {
+                    say!("unknown command `{c}`");
+                }
+                say!("{}", console::HELP);
+            }
+            Command::Status => self.status(),
+            Command::Config => match (&self.safe, &self.config) {
+                (Some(SafeReason::InvalidConfig(errs)), _) => {
+                    for e in errs {
+                        say!("config: {e}");
+                    }
+                }
+                (_, Some(c)) => {
+                    for l in dwcp_provisioning::summary::summary(c).lines() {
+                        say!("config: {l}");
+                    }
+                }
+                _ => say!("config: none (unprovisioned)"),
+            },
+            Command::Restart => match (&self.safe, &self.plane) {
+                (Some(SafeReason::Crashes(_)), _) => {
+                    say!("restart: leaving safe mode");
+                    self.safe = None;
+                    self.supervisor.reset();
+                    self.start_dataplane();
+                }
+                (Some(r), _) => say!(
+                    "restart: not possible in safe mode ({})",
+                    safe_reason_word(r)
+                ),
+                (None, Plane::Running { .. }) => {
+                    self.expected_exit = true;
+                    if let Some(pid) = self.dataplane_pid() {
+                        let _ = kill(pid, Signal::SIGTERM);
+                    }
+                }
+                (None, _) => self.start_dataplane(),
+            },
+            Command::KillDataplane => match self.dataplane_pid() {
+                Some(pid) => {
+                    say!("debug: SIGKILL to data plane pid {pid}");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                None => say!("debug: no data plane running"),
+            },
+            Command::Reboot => return Some(RebootMode::RB_AUTOBOOT),
+            Command::Poweroff => return Some(RebootMode::RB_POWER_OFF),
+        }
+        None
+    }
+
+    /// Drains the data plane, syncs and powers off or reboots. Never returns.
+    fn shutdown(&mut self, why: &str, mode: RebootMode) -> ! {
+        say!("shutdown: {why}; draining data plane");
+        if let Some(pid) = self.dataplane_pid() {
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = uptime() + DRAIN;
+            loop {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) if uptime() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Ok(WaitStatus::StillAlive) => {
+                        say!(
+                            "shutdown: data plane did not stop in {}s, killing it",
+                            DRAIN.as_secs()
+                        );
+                        let _ = kill(pid, Signal::SIGKILL);
+                        let _ = waitpid(pid, None);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.plane = Plane::Down;
+        nix::unistd::sync();
+        let what = if mode == RebootMode::RB_AUTOBOOT {
+            "rebooting"
+        } else {
+            "powering off"
+        };
+        say!("shutdown: clean, file systems synced, {what}");
+        loop {
+            let _ = reboot(mode);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Facts {
+    fn node_or<'a>(&'a self, d: &'a str) -> &'a str {
+        if self.node.is_empty() { d } else { &self.node }
+    }
+}
+
+fn safe_reason_word(r: &SafeReason) -> &'static str {
+    match r {
+        SafeReason::Unprovisioned => "unprovisioned",
+        SafeReason::InvalidConfig(_) => "invalid config, type `config`",
+        SafeReason::ApplyFailed(_) => "node does not match config",
+        SafeReason::Crashes(_) => "data plane crashed repeatedly",
+    }
+}
+
+/// The input device of the ACPI power button, if the kernel has one.
+fn power_button() -> Option<std::fs::File> {
+    let fs = RootedFs::new("/");
+    for dev in fs.list("/sys/class/input").ok()? {
+        if !dev.starts_with("event") {
+            continue;
+        }
+        let name = fs
+            .read(&format!("/sys/class/input/{dev}/device/name"))
+            .unwrap_or_default();
+        if name.trim() == "Power Button" {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            return std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(Path::new("/dev/input").join(&dev))
+                .ok();
+        }
+    }
+    None
+}
+
+/// Whether a batch of input events holds a power-key press.
+fn power_pressed(buf: &[u8]) -> bool {
+    const EV_KEY: u16 = 1;
+    const KEY_POWER: u16 = 116;
+    // struct input_event on x86_64: timeval (16 bytes), type u16, code u16, value i32.
+    buf.chunks_exact(24).any(|e| {
+        let ty = u16::from_ne_bytes([e[16], e[17]]);
+        let code = u16::from_ne_bytes([e[18], e[19]]);
+        let value = i32::from_ne_bytes([e[20], e[21], e[22], e[23]]);
+        ty == EV_KEY && code == KEY_POWER && value == 1
+    })
+}
+
+/// Runs init as PID 1. Never returns.
+pub fn run() -> ! {
+    mount_all();
+    console::attach_kmsg();
+    say!("DWCP init {} starting", env!("CARGO_PKG_VERSION"));
+    // Ctrl-Alt-Del becomes SIGINT to init instead of an immediate reboot.
+    let _ = set_cad_enabled(false);
+    let mut signals = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGPWR,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        signals.add(s);
+    }
+    let _ = signals.thread_block();
+    let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok();
+
+    load_modules();
+    let fs = RootedFs::new("/");
+    let _ = std::fs::create_dir_all("/run/dwcp");
+    let notify = UnixDatagram::bind(NOTIFY_SOCKET).ok();
+    if let Some(n) = &notify {
+        let _ = n.set_nonblocking(true);
+    }
+    let mut init = Init {
+        config: None,
+        config_text: String::new(),
+        source: "none".into(),
+        facts: Facts::default(),
+        safe: None,
+        plane: Plane::Down,
+        supervisor: Supervisor::new(Policy::default()),
+        expected_exit: false,
+        notify,
+    };
+
+    match discover(Path::new("/")) {
+        ConfigState::Unprovisioned => init.enter_safe_mode(SafeReason::Unprovisioned),
+        ConfigState::Invalid {
+            source,
+            diagnostics,
+        } => {
+            init.source = source.to_string();
+            let errs = diagnostics.iter().map(ToString::to_string).collect();
+            init.enter_safe_mode(SafeReason::InvalidConfig(errs));
+        }
+        ConfigState::Provisioned { source, config } => {
+            say!("config: node {} from {source}", config.name);
+            init.source = source.to_string();
+            init.config_text = std::fs::read_to_string(source.path()).unwrap_or_default();
+            init.facts.node = config.name.to_string();
+            match apply(&fs, &config) {
+                Ok(facts) => {
+                    init.facts = facts;
+                    match std::fs::write(RUN_CONFIG, &init.config_text) {
+                        Ok(()) => init.start_dataplane(),
+                        Err(e) => init.enter_safe_mode(SafeReason::ApplyFailed(vec![format!(
+                            "cannot write {RUN_CONFIG}: {e}"
+                        )])),
+                    }
+                }
+                Err(errs) => init.enter_safe_mode(SafeReason::ApplyFailed(errs)),
+            }
+            init.config = Some(*config);
+        }
+    }
+
+    let mut button = power_button();
+    if button.is_none() {
+        say!("power button: none found; use the console `poweroff` or SIGTERM");
+    }
+    let mut stdin = std::io::stdin();
+    let mut stdin_open = true;
+    let mut pending = String::new();
+    loop {
+        let timeout = match init.plane {
+            Plane::Waiting { until } => until.saturating_sub(uptime()),
+            _ => Duration::from_secs(5),
+        };
+        let timeout = PollTimeout::try_from(timeout.max(Duration::from_millis(1)))
+            .unwrap_or(PollTimeout::MAX);
+        let (sig_ready, in_ready, notify_ready, button_ready) = {
+            let mut fds = Vec::with_capacity(4);
+            let stdin_fd = stdin.as_fd();
+            // A closed console would poll readable forever: watch it only while open.
+            fds.push(PollFd::new(
+                stdin_fd,
+                if stdin_open {
+                    PollFlags::POLLIN
+                } else {
+                    PollFlags::empty()
+                },
+            ));
+            let sig_i = sigfd.as_ref().map(|s| {
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let notify_i = init.notify.as_ref().map(|n| {
+                fds.push(PollFd::new(n.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let button_i = button.as_ref().map(|b| {
+                fds.push(PollFd::new(b.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let _ = poll(&mut fds, timeout);
+            let ready = |i: Option<usize>| {
+                i.and_then(|i| fds[i].revents())
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN))
+            };
+            let stdin_ready = stdin_open
+                && fds[0]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
+            (ready(sig_i), stdin_ready, ready(notify_i), ready(button_i))
+        };
+
+        if sig_ready && let Some(sfd) = &sigfd {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                match Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) {
+                    Ok(Signal::SIGCHLD) => init.reap(),
+                    Ok(Signal::SIGINT) => init.shutdown("ctrl-alt-del", RebootMode::RB_POWER_OFF),
+                    Ok(Signal::SIGTERM | Signal::SIGPWR | Signal::SIGUSR2) => {
+                        init.shutdown("power-off requested", RebootMode::RB_POWER_OFF)
+                    }
+                    Ok(other) => say!("signal {other} ignored"),
+                    Err(_) => {}
+                }
+            }
+        }
+        if notify_ready {
+            init.on_notify();
+        }
+        if button_ready && let Some(b) = &mut button {
+            let mut buf = [0u8; 24 * 16];
+            if let Ok(n) = b.read(&mut buf)
+                && power_pressed(&buf[..n])
+            {
+                init.shutdown("power button", RebootMode::RB_POWER_OFF);
+            }
+        }
+        if in_ready {
+            let mut buf = [0u8; 256];
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    while let Some(i) = pending.find(['\n', '\r']) {
+                        let line: String = pending.drain(..=i).collect();
+                        if let Some(cmd) = console::parse(&line)
+                            && let Some(mode) = init.on_command(cmd)
+                        {
+                            init.shutdown("operator command", mode);
+                        }
+                    }
+                    if pending.len() > 1024 {
+                        pending.clear();
+                    }
+                }
+            }
+        }
+        if let Plane::Waiting { until } = init.plane
+            && uptime() >= until
+        {
+            init.start_dataplane();
+        }
+    }
+}

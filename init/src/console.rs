@@ -1,0 +1,97 @@
+//! Console output and input: every init message is one line `dwcp-init: ...` on the serial
+//! console (stdout) and in the kernel log; operators type a small command set, no shell.
+
+use std::io::Write as _;
+use std::sync::OnceLock;
+
+static KMSG: OnceLock<std::fs::File> = OnceLock::new();
+
+/// Sends init's messages to `/dev/kmsg` too, once `/dev` is mounted.
+pub fn attach_kmsg() {
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = KMSG.set(f);
+    }
+}
+
+/// Prints one message line.
+pub fn say(msg: &str) {
+    let mut out = std::io::stdout().lock();
+    for line in msg.lines() {
+        let _ = writeln!(out, "dwcp-init: {line}");
+        if let Some(mut k) = KMSG.get() {
+            // One write per record: /dev/kmsg makes a log entry of each write.
+            let _ = k.write_all(format!("<6>dwcp-init: {line}\n").as_bytes());
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Prints a line as is (`DWCP READY ...`, which tests and operators key on).
+pub fn announce(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    if let Some(mut k) = KMSG.get() {
+        let _ = k.write_all(format!("<5>{line}\n").as_bytes());
+    }
+}
+
+/// `say!` formats and prints one init message.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::console::say(&format!($($arg)*)) };
+}
+
+/// A console command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Node and data-plane state.
+    Status,
+    /// The config in use, or its errors in safe mode.
+    Config,
+    /// Restart the data plane (also out of safe mode after crashes).
+    Restart,
+    /// SIGKILL the data plane, to test supervision.
+    KillDataplane,
+    /// Drain and reboot.
+    Reboot,
+    /// Drain and power off.
+    Poweroff,
+    /// The command list.
+    Help,
+    /// Not a command.
+    Unknown(String),
+}
+
+/// Parses one typed line; `None` for a blank one.
+pub fn parse(line: &str) -> Option<Command> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    Some(match words.as_slice() {
+        [] => return None,
+        ["status"] => Command::Status,
+        ["config"] => Command::Config,
+        ["restart"] => Command::Restart,
+        ["debug", "kill-dataplane"] => Command::KillDataplane,
+        ["reboot"] => Command::Reboot,
+        ["poweroff"] => Command::Poweroff,
+        ["help"] => Command::Help,
+        _ => Command::Unknown(line.trim().to_owned()),
+    })
+}
+
+/// The help text.
+pub const HELP: &str =
+    "commands: status | config | restart | debug kill-dataplane | reboot | poweroff | help";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        assert_eq!(parse("  status \r"), Some(Command::Status));
+        assert_eq!(parse("debug kill-dataplane"), Some(Command::KillDataplane));
+        assert_eq!(parse(""), None);
+        assert_eq!(parse("rm -rf /"), Some(Command::Unknown("rm -rf /".into())));
+    }
+}

@@ -1,0 +1,145 @@
+//! `dwcp image build`: the appliance's static binaries, the pinned kernel and its modules,
+//! and optionally a node config, into `vmlinuz`, `initrd.img` and `manifest.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use dwcp_image::{ImageSpec, KernelPin, Manifest};
+
+use crate::document::SourceFile;
+
+/// Modules the image loads at boot (their dependencies come along): paravirtual and common
+/// data-centre NICs, vfio, the FAT config partition, and the ACPI power button.
+pub const IMAGE_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "e1000e",
+    "ixgbe",
+    "i40e",
+    "ice",
+    "mlx5_core",
+    "vfio-pci",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859-1",
+    "button",
+    "evdev",
+];
+
+/// The workspace this `dwcp` was built from.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Builds `dwcp-init` and `dwcp-dataplane` statically linked, with host paths remapped so the
+/// binaries do not depend on where the repository or cargo's registry lie.
+pub fn build_static_binaries(quiet: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let root = workspace_root();
+    let target_dir = root.join("target").join("image");
+    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+        format!(
+            "{}/.cargo",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into())
+        )
+    });
+    let rustflags = format!(
+        "-C target-feature=+crt-static --remap-path-prefix={home}=/cargo --remap-path-prefix={}=/dwcp",
+        root.display()
+    );
+    let target = "x86_64-unknown-linux-gnu";
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "dwcp-init",
+            "-p",
+            "dwcp-dataplane",
+            "--target",
+            target,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTFLAGS", rustflags);
+    if quiet {
+        cmd.arg("--quiet");
+    }
+    let status = cmd
+        .status()
+        .context("cannot run cargo to build the image's binaries")?;
+    if !status.success() {
+        bail!("building dwcp-init and dwcp-dataplane failed ({status})");
+    }
+    let bin = target_dir.join(target).join("release");
+    Ok((bin.join("dwcp-init"), bin.join("dwcp-dataplane")))
+}
+
+/// Reads and validates a config for the image; prints every problem on failure.
+pub fn checked_config(path: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Err(diags) =
+        crate::validate::check(&SourceFile::new(path.display().to_string(), text.clone()))
+    {
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        bail!(
+            "{} has {} problem(s); not building an image with it",
+            path.display(),
+            diags.len()
+        );
+    }
+    Ok(text)
+}
+
+/// Builds the image into `out`.
+pub fn build(
+    config: Option<&Path>,
+    out: &Path,
+    binaries: (PathBuf, PathBuf),
+) -> anyhow::Result<Manifest> {
+    let config_text = config.map(checked_config).transpose()?;
+    let pin = KernelPin::committed();
+    eprintln!(
+        "image: kernel {} {} (cached in {})",
+        pin.package,
+        pin.version,
+        dwcp_image::cache_dir().display()
+    );
+    let kernel = dwcp_image::fetch(&pin, &dwcp_image::cache_dir())?;
+    let (init, dataplane) = binaries;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let mut spec = ImageSpec {
+        modules: IMAGE_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+        files: vec![
+            ("init".into(), read(&init)?, 0o755),
+            ("usr/bin/dwcp-dataplane".into(), read(&dataplane)?, 0o755),
+        ],
+        dirs: ["proc", "sys", "dev", "run", "tmp", "etc/dwcp"]
+            .iter()
+            .map(|d| (*d).to_owned())
+            .collect(),
+    };
+    if let Some(text) = config_text {
+        spec.files
+            .push(("etc/dwcp/dwcp.toml".into(), text.into_bytes(), 0o600));
+    }
+    let manifest = dwcp_image::build(&kernel, &spec, out).context("image build failed")?;
+    Ok(manifest)
+}
+
+/// A gzip'd cpio holding only `/etc/dwcp/dwcp.toml`: appended to an initrd, the kernel merges
+/// it in (the PXE way of giving a node its config).
+pub fn config_initrd(config_text: &str) -> std::io::Result<Vec<u8>> {
+    let mut i = dwcp_image::initramfs::Initramfs::new();
+    i.file("etc/dwcp/dwcp.toml", config_text.as_bytes().to_vec(), 0o600);
+    i.to_gzip()
+}
