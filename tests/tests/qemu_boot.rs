@@ -1,0 +1,127 @@
+//! The real image under QEMU (TCG): boots to `DWCP READY` with hugepages and vfio, safe mode
+//! on a bad config or a missing IOMMU, supervision of the data plane, clean shutdown on
+//! ctrl-alt-del and on the ACPI power button.
+
+// Integration tests are their own crate: the lint is for tests inside library code.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::time::Duration;
+
+use dwcp_tests::{BOOT_TIMEOUT, boot, qemu_lock, require_qemu};
+
+fn fact<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in `{line}`"))
+}
+
+#[test]
+fn valid_config_boots_ready_and_is_supervised() {
+    if !require_qemu("valid_config_boots_ready_and_is_supervised") {
+        return;
+    }
+    let _one = qemu_lock();
+    let config = dwcp_provisioning::example::qemu_example().unwrap();
+    let (mut vm, _dir) = boot("ready", &config, |_| {}).unwrap();
+
+    let ready = vm.wait_for("DWCP READY", BOOT_TIMEOUT).unwrap();
+    eprintln!("boot: {ready}");
+    assert_eq!(fact(&ready, "node"), "qemu-node");
+    assert_eq!(fact(&ready, "hugepages_1g"), "1");
+    assert_eq!(fact(&ready, "vfio_bound"), "0000:00:03.0,0000:00:04.0");
+    assert_eq!(fact(&ready, "restarts"), "0");
+    let boot_ms: u64 = fact(&ready, "boot_ms").parse().unwrap();
+    eprintln!("boot time (kernel start to READY, guest clock): {boot_ms} ms");
+    let first_pid = fact(&ready, "dataplane_pid").to_owned();
+
+    vm.send_line("status").unwrap();
+    let status = vm
+        .wait_for("status: node qemu-node", Duration::from_secs(30))
+        .unwrap();
+    assert!(
+        status.contains(&format!("data plane running, pid {first_pid}")),
+        "{status}"
+    );
+
+    // A crash: init restarts the data plane and says READY again.
+    vm.send_line("debug kill-dataplane").unwrap();
+    let again = vm.wait_for("DWCP READY", Duration::from_secs(60)).unwrap();
+    assert_eq!(fact(&again, "restarts"), "1");
+    assert_ne!(fact(&again, "dataplane_pid"), first_pid);
+
+    // Two more within the window: safe mode.
+    vm.send_line("debug kill-dataplane").unwrap();
+    let third = vm.wait_for("DWCP READY", Duration::from_secs(60)).unwrap();
+    assert_eq!(fact(&third, "restarts"), "2");
+    vm.send_line("debug kill-dataplane").unwrap();
+    let safe = vm.wait_for("SAFE MODE", Duration::from_secs(60)).unwrap();
+    assert!(safe.contains("crashed 3 times"), "{safe}");
+
+    // Ctrl-Alt-Del: clean shutdown, QEMU exits 0.
+    vm.monitor("sendkey ctrl-alt-delete").unwrap();
+    vm.wait_for("shutdown: clean", Duration::from_secs(60))
+        .unwrap();
+    let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+}
+
+#[test]
+fn invalid_config_boots_to_safe_mode_naming_the_field() {
+    if !require_qemu("invalid_config_boots_to_safe_mode_naming_the_field") {
+        return;
+    }
+    let _one = qemu_lock();
+    let config = dwcp_provisioning::example::qemu_example()
+        .unwrap()
+        .replace("count = 1", "count = \"one\"");
+    let line = config.lines().position(|l| l == "count = \"one\"").unwrap() + 1;
+    let (mut vm, _dir) = boot("invalid", &config, |_| {}).unwrap();
+
+    vm.wait_for("SAFE MODE: config invalid (1 problem(s))", BOOT_TIMEOUT)
+        .unwrap();
+    let err = vm
+        .wait_for("hugepages.count", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        err.contains(&format!(
+            "/etc/dwcp/dwcp.toml:{line}:9: hugepages.count: expected an integer, found \"one\""
+        )),
+        "{err}"
+    );
+    assert!(!vm.console().contains("DWCP READY"));
+    // The errors stay available on the console.
+    vm.send_line("config").unwrap();
+    vm.wait_for("config: /etc/dwcp/dwcp.toml", Duration::from_secs(30))
+        .unwrap();
+
+    // The ACPI power button: clean shutdown, QEMU exits 0.
+    vm.monitor("system_powerdown").unwrap();
+    vm.wait_for("shutdown: power button", Duration::from_secs(60))
+        .unwrap();
+    vm.wait_for("shutdown: clean", Duration::from_secs(60))
+        .unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+}
+
+#[test]
+fn missing_iommu_is_named() {
+    if !require_qemu("missing_iommu_is_named") {
+        return;
+    }
+    let _one = qemu_lock();
+    let config = dwcp_provisioning::example::qemu_example().unwrap();
+    let (mut vm, _dir) = boot("no-iommu", &config, |spec| spec.iommu = false).unwrap();
+    vm.wait_for(
+        "SAFE MODE: the node does not match its config",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    let err = vm
+        .wait_for("vfio: port lan0", Duration::from_secs(10))
+        .unwrap();
+    assert!(err.contains("no IOMMU is active"), "{err}");
+    vm.send_line("poweroff").unwrap();
+    vm.wait_for("shutdown: clean", Duration::from_secs(60))
+        .unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+}
