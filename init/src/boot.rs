@@ -25,7 +25,7 @@ use crate::config_source::{ConfigState, discover};
 use crate::console::{self, Command};
 use crate::supervise::{Decision, Policy, Supervisor};
 use crate::sys::{RootedFs, SysFs};
-use crate::{cpus, hugepages, irq, modules, say, vfio};
+use crate::{cpus, hugepages, irq, management, modules, say, vfio};
 
 /// The data-plane binary in the image.
 pub const DATAPLANE: &str = "/usr/bin/dwcp-dataplane";
@@ -205,11 +205,38 @@ fn apply(fs: &dyn SysFs, c: &NodeConfig) -> Result<Facts, Vec<String>> {
             Err(e) => errors.push(format!("vfio: port {}: {e}", port.name)),
         }
     }
+    setup_management(fs, c);
     if errors.is_empty() {
         Ok(facts)
     } else {
         Err(errors)
     }
+}
+
+/// Management comes up even when the data plane cannot: operators need it most then.
+fn setup_management(fs: &dyn SysFs, c: &NodeConfig) {
+    let m = &c.management;
+    let iface = match management::find(fs, m) {
+        Ok(i) => i,
+        Err(e) => {
+            say!("management: {e}");
+            return;
+        }
+    };
+    if let Err(e) = management::configure(&iface, m) {
+        say!("management: {}: {e}", iface.name);
+        return;
+    }
+    let route = match (m.gateway, management::default_gateway(fs)) {
+        (None, _) => "no gateway configured".to_owned(),
+        (Some(gw), Some((dev, kgw))) if kgw == gw && dev == iface.name => {
+            format!("default via {gw} (kernel route table agrees)")
+        }
+        (Some(gw), other) => {
+            format!("WARNING default via {gw} not in the kernel route table (found {other:?})")
+        }
+    };
+    say!("management: {} up, {}, {route}", iface.name, m.address);
 }
 
 /// Why the data plane is down.

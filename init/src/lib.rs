@@ -14,6 +14,7 @@ pub mod console;
 pub mod cpus;
 pub mod hugepages;
 pub mod irq;
+pub mod management;
 pub mod modules;
 pub mod supervise;
 pub mod sys;

@@ -33,6 +33,16 @@ fn valid_config_boots_ready_and_is_supervised() {
     let boot_ms: u64 = fact(&ready, "boot_ms").parse().unwrap();
     eprintln!("boot time (kernel start to READY, guest clock): {boot_ms} ms");
     let first_pid = fact(&ready, "dataplane_pid").to_owned();
+    // The management interface came up over netlink, and the kernel's route table says so.
+    let console = vm.console();
+    let mgmt = console
+        .lines()
+        .find(|l| l.contains("management:"))
+        .expect("no management line on the console");
+    assert!(
+        mgmt.contains("10.0.2.15/24, default via 10.0.2.2 (kernel route table agrees)"),
+        "{mgmt}"
+    );
 
     vm.send_line("status").unwrap();
     let status = vm
@@ -56,6 +66,11 @@ fn valid_config_boots_ready_and_is_supervised() {
     vm.send_line("debug kill-dataplane").unwrap();
     let safe = vm.wait_for("SAFE MODE", Duration::from_secs(60)).unwrap();
     assert!(safe.contains("crashed 3 times"), "{safe}");
+    // An operator's `restart` leaves that safe mode.
+    vm.send_line("restart").unwrap();
+    vm.wait_for("restart: leaving safe mode", Duration::from_secs(30))
+        .unwrap();
+    vm.wait_for("DWCP READY", Duration::from_secs(60)).unwrap();
 
     // Ctrl-Alt-Del: clean shutdown, QEMU exits 0.
     vm.monitor("sendkey ctrl-alt-delete").unwrap();
