@@ -1,7 +1,114 @@
-//! The offload engine: batch operations (AES-256-GCM seal/open, LZ4 compress/decompress)
-//! with a CPU implementation and a CUDA implementation whose `.cu` sources are compiled by
-//! NVRTC at start-up through `cudarc`. The data plane calls only the batch API.
+//! The offload engine: batch operations — AES-256-GCM seal and open, LZ4 block compress and
+//! decompress — behind one [`Engine`] trait, so the data plane hands a whole burst to
+//! whichever engine runs it. The CPU engine ([`cpu::CpuEngine`]) is here; the CUDA engine
+//! (`.cu` sources compiled by NVRTC at start-up through `cudarc`) plugs in behind the same
+//! trait with the GPU-offload issue.
 //!
-//! The engines arrive with the data-plane and GPU-offload issues.
+//! Jobs borrow the caller's packet buffers and are built in fixed-size arrays: nothing is
+//! allocated per batch.
 
 #![deny(unsafe_code)]
+
+pub mod cpu;
+
+/// AES-256-GCM tag length.
+pub const TAG_LEN: usize = 16;
+/// AES-256-GCM key length.
+pub const KEY_LEN: usize = 32;
+/// AES-GCM nonce length.
+pub const NONCE_LEN: usize = 12;
+
+/// An AES-256-GCM key, expanded once (per session), used for many packets.
+pub struct AeadKey(ring::aead::LessSafeKey);
+
+impl AeadKey {
+    /// Expands a raw 32-byte key.
+    pub fn new(key: &[u8; KEY_LEN]) -> Self {
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
+            .unwrap_or_else(|_| unreachable!("AES-256-GCM takes every 32-byte key"));
+        Self(ring::aead::LessSafeKey::new(unbound))
+    }
+}
+
+impl std::fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AeadKey(<redacted>)")
+    }
+}
+
+/// The DWCP nonce for a counter: 32 zero bits, then the counter big-endian.
+pub fn nonce(counter: u64) -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    n[4..].copy_from_slice(&counter.to_be_bytes());
+    n
+}
+
+/// Seal one packet in place: `buf[..len]` is the plaintext; on return `buf[..len]` is the
+/// ciphertext and `buf[len..len + 16]` the tag.
+pub struct SealJob<'a> {
+    /// The session's send key.
+    pub key: &'a AeadKey,
+    /// The message counter (the nonce).
+    pub counter: u64,
+    /// Authenticated, unencrypted data (the DWCP header).
+    pub aad: &'a [u8],
+    /// Plaintext in, ciphertext and tag out; at least `len + 16` long.
+    pub buf: &'a mut [u8],
+    /// Plaintext length.
+    pub len: usize,
+    /// Set by the engine: sealed (false only when `buf` is too short).
+    pub ok: bool,
+}
+
+/// Open one packet in place: `buf[..len]` is ciphertext followed by the tag; on success
+/// `buf[..len - 16]` is the plaintext.
+pub struct OpenJob<'a> {
+    /// The session's receive key.
+    pub key: &'a AeadKey,
+    /// The message counter (the nonce).
+    pub counter: u64,
+    /// Authenticated data (the DWCP header as received).
+    pub aad: &'a [u8],
+    /// Ciphertext and tag in, plaintext out.
+    pub buf: &'a mut [u8],
+    /// Ciphertext plus tag length.
+    pub len: usize,
+    /// Set by the engine: the tag verified. A failed job's buffer is garbage.
+    pub ok: bool,
+}
+
+/// Compress one packet into `dst`; `out_len` is `None` when the result would not be smaller
+/// (the caller then sends the packet uncompressed).
+pub struct CompressJob<'a> {
+    /// Input.
+    pub src: &'a [u8],
+    /// Output space.
+    pub dst: &'a mut [u8],
+    /// Set by the engine.
+    pub out_len: Option<usize>,
+}
+
+/// Decompress one packet into `dst`; `out_len` is `None` when the input is malformed or does
+/// not fit.
+pub struct DecompressJob<'a> {
+    /// Input.
+    pub src: &'a [u8],
+    /// Output space (the largest packet the caller accepts).
+    pub dst: &'a mut [u8],
+    /// Set by the engine.
+    pub out_len: Option<usize>,
+}
+
+/// A batch engine. Every job's result is in the job; an engine never drops or reorders jobs.
+pub trait Engine: Send {
+    /// Short name for logs and metrics (`cpu`, `cuda`).
+    fn name(&self) -> &'static str;
+    /// Seals every job.
+    fn seal(&mut self, jobs: &mut [SealJob<'_>]);
+    /// Opens every job, setting `ok` per packet.
+    fn open(&mut self, jobs: &mut [OpenJob<'_>]);
+    /// Compresses every job.
+    fn compress(&mut self, jobs: &mut [CompressJob<'_>]);
+    /// Decompresses every job.
+    fn decompress(&mut self, jobs: &mut [DecompressJob<'_>]);
+}
