@@ -8,7 +8,9 @@
 
 #![deny(unsafe_code)]
 
+pub mod anti_replay;
 pub mod readiness;
+pub mod wire;
 
 pub use dwcp_kernels as kernels;
 pub use dwcp_provisioning::NodeConfig;
