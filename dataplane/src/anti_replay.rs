@@ -31,7 +31,11 @@ impl ReplayWindow {
     /// A window of `size` counters (2048..=4096, as the config allows).
     pub fn new(size: u32) -> Self {
         let window = u64::from(size).clamp(64, RING_BITS - WORD);
-        Self { bitmap: [0; WORDS], next: 0, window }
+        Self {
+            bitmap: [0; WORDS],
+            next: 0,
+            window,
+        }
     }
 
     /// Whether `counter` could be new (without recording it).

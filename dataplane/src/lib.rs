@@ -9,7 +9,9 @@
 #![deny(unsafe_code)]
 
 pub mod anti_replay;
+pub mod handshake;
 pub mod readiness;
+pub mod tunnel;
 pub mod wire;
 
 pub use dwcp_kernels as kernels;

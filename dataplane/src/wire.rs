@@ -43,7 +43,10 @@ pub struct DataHeader {
 impl DataHeader {
     /// Parses the header at the start of a datagram.
     pub fn parse(buf: &[u8]) -> Result<Self, Malformed> {
-        let h: &[u8; DATA_HEADER_LEN] = buf.get(..DATA_HEADER_LEN).and_then(|b| b.try_into().ok()).ok_or(Malformed)?;
+        let h: &[u8; DATA_HEADER_LEN] = buf
+            .get(..DATA_HEADER_LEN)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(Malformed)?;
         if h[0] != TYPE_DATA || h[1] & !KNOWN_FLAGS != 0 || h[2] != 0 || h[3] != 0 {
             return Err(Malformed);
         }
@@ -86,7 +89,11 @@ impl<'a> Init<'a> {
     }
 
     /// Writes an initiation; returns its length.
-    pub fn emit(sender: u32, noise: &[u8; NOISE_INIT_LEN], out: &mut [u8]) -> Result<usize, Malformed> {
+    pub fn emit(
+        sender: u32,
+        noise: &[u8; NOISE_INIT_LEN],
+        out: &mut [u8],
+    ) -> Result<usize, Malformed> {
         let out = out.get_mut(..INIT_LEN).ok_or(Malformed)?;
         out[..4].copy_from_slice(&[TYPE_INIT, 0, 0, 0]);
         out[4..8].copy_from_slice(&sender.to_be_bytes());
@@ -115,11 +122,20 @@ impl<'a> Response<'a> {
         let sender = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
         let receiver = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
         let noise = buf[12..].try_into().map_err(|_| Malformed)?;
-        Ok(Self { sender, receiver, noise })
+        Ok(Self {
+            sender,
+            receiver,
+            noise,
+        })
     }
 
     /// Writes a response; returns its length.
-    pub fn emit(sender: u32, receiver: u32, noise: &[u8; NOISE_RESPONSE_LEN], out: &mut [u8]) -> Result<usize, Malformed> {
+    pub fn emit(
+        sender: u32,
+        receiver: u32,
+        noise: &[u8; NOISE_RESPONSE_LEN],
+        out: &mut [u8],
+    ) -> Result<usize, Malformed> {
         let out = out.get_mut(..RESPONSE_LEN).ok_or(Malformed)?;
         out[..4].copy_from_slice(&[TYPE_RESPONSE, 0, 0, 0]);
         out[4..8].copy_from_slice(&sender.to_be_bytes());
@@ -135,17 +151,31 @@ mod tests {
 
     #[test]
     fn data_header_round_trip_and_layout() {
-        let h = DataHeader { flags: FLAG_LZ4, receiver: 0x0102_0304, counter: 0x0a0b_0c0d_0e0f_1011 };
+        let h = DataHeader {
+            flags: FLAG_LZ4,
+            receiver: 0x0102_0304,
+            counter: 0x0a0b_0c0d_0e0f_1011,
+        };
         let mut out = [0u8; DATA_HEADER_LEN];
         h.emit(&mut out);
-        assert_eq!(out, [4, 1, 0, 0, 1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11]);
+        assert_eq!(
+            out,
+            [
+                4, 1, 0, 0, 1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11
+            ]
+        );
         assert_eq!(DataHeader::parse(&out), Ok(h));
     }
 
     #[test]
     fn data_header_rejects_malformed() {
         let mut ok = [0u8; DATA_HEADER_LEN];
-        DataHeader { flags: 0, receiver: 1, counter: 1 }.emit(&mut ok);
+        DataHeader {
+            flags: 0,
+            receiver: 1,
+            counter: 1,
+        }
+        .emit(&mut ok);
         assert!(DataHeader::parse(&ok[..15]).is_err(), "short");
         for (i, v) in [(0usize, 9u8), (1, 0x02), (2, 1), (3, 1)] {
             let mut b = ok;

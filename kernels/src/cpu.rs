@@ -13,10 +13,16 @@ impl CpuEngine {
     /// Seals one packet.
     pub fn seal_one(job: &mut SealJob<'_>) {
         job.ok = false;
-        let Some(end) = job.len.checked_add(TAG_LEN).filter(|&e| e <= job.buf.len()) else { return };
+        let Some(end) = job.len.checked_add(TAG_LEN).filter(|&e| e <= job.buf.len()) else {
+            return;
+        };
         let (data, rest) = job.buf[..end].split_at_mut(job.len);
         let n = Nonce::assume_unique_for_key(nonce(job.counter));
-        if let Ok(tag) = job.key.0.seal_in_place_separate_tag(n, Aad::from(job.aad), data) {
+        if let Ok(tag) = job
+            .key
+            .0
+            .seal_in_place_separate_tag(n, Aad::from(job.aad), data)
+        {
             rest.copy_from_slice(tag.as_ref());
             job.ok = true;
         }
@@ -29,9 +35,15 @@ impl CpuEngine {
             return;
         }
         let (data, tag) = job.buf[..job.len].split_at_mut(job.len - TAG_LEN);
-        let Ok(tag_bytes) = <[u8; TAG_LEN]>::try_from(&*tag) else { return };
+        let Ok(tag_bytes) = <[u8; TAG_LEN]>::try_from(&*tag) else {
+            return;
+        };
         let n = Nonce::assume_unique_for_key(nonce(job.counter));
-        job.ok = job.key.0.open_in_place_separate_tag(n, Aad::from(job.aad), Tag::from(tag_bytes), data, 0..).is_ok();
+        job.ok = job
+            .key
+            .0
+            .open_in_place_separate_tag(n, Aad::from(job.aad), Tag::from(tag_bytes), data, 0..)
+            .is_ok();
     }
 }
 
@@ -50,7 +62,9 @@ impl Engine for CpuEngine {
 
     fn compress(&mut self, jobs: &mut [CompressJob<'_>]) {
         for job in jobs {
-            job.out_len = lz4_flex::block::compress_into(job.src, job.dst).ok().filter(|&n| n < job.src.len());
+            job.out_len = lz4_flex::block::compress_into(job.src, job.dst)
+                .ok()
+                .filter(|&n| n < job.src.len());
         }
     }
 
@@ -86,16 +100,22 @@ mod tests {
         // go through ring directly with the vector's IV.
         let k = AeadKey::new(&key.clone().try_into().unwrap());
         let mut buf = pt.clone();
-        let t = k
-            .0
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv.try_into().unwrap()), Aad::from(&aad), &mut buf)
+        let t =
+            k.0.seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(iv.try_into().unwrap()),
+                Aad::from(&aad),
+                &mut buf,
+            )
             .unwrap();
         assert_eq!(buf, ct);
         assert_eq!(t.as_ref(), tag.as_slice());
     }
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// Byte-identical to an independent implementation (RustCrypto `aes-gcm`) for sizes
@@ -107,19 +127,38 @@ mod tests {
         let reference = aes_gcm::Aes256Gcm::new_from_slice(&raw).unwrap();
         let aad = [1u8, 0, 0, 0, 9, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 42];
         let mut engine = CpuEngine;
-        for (i, size) in [0usize, 1, 15, 16, 17, 64, 1408, 9216].into_iter().enumerate() {
+        for (i, size) in [0usize, 1, 15, 16, 17, 64, 1408, 9216]
+            .into_iter()
+            .enumerate()
+        {
             let counter = u64::try_from(i).unwrap() * 1000 + 3;
             let plain: Vec<u8> = (0..size).map(|b| u8::try_from(b % 251).unwrap()).collect();
             let mut buf = plain.clone();
             buf.resize(size + TAG_LEN, 0);
-            let mut jobs = [SealJob { key: &key, counter, aad: &aad, buf: &mut buf, len: size, ok: false }];
+            let mut jobs = [SealJob {
+                key: &key,
+                counter,
+                aad: &aad,
+                buf: &mut buf,
+                len: size,
+                ok: false,
+            }];
             engine.seal(&mut jobs);
             assert!(jobs[0].ok);
             let mut want = plain.clone();
-            let tag = reference.encrypt_in_place_detached(&nonce(counter).into(), &aad, &mut want).unwrap();
+            let tag = reference
+                .encrypt_in_place_detached(&nonce(counter).into(), &aad, &mut want)
+                .unwrap();
             want.extend_from_slice(&tag);
             assert_eq!(buf, want, "size {size}");
-            let mut open = [OpenJob { key: &key, counter, aad: &aad, buf: &mut buf, len: size + TAG_LEN, ok: false }];
+            let mut open = [OpenJob {
+                key: &key,
+                counter,
+                aad: &aad,
+                buf: &mut buf,
+                len: size + TAG_LEN,
+                ok: false,
+            }];
             engine.open(&mut open);
             assert!(open[0].ok, "size {size}");
             assert_eq!(&buf[..size], plain.as_slice());
@@ -132,15 +171,32 @@ mod tests {
         let aad = [0u8; 16];
         let mut engine = CpuEngine;
         let mut buf = vec![0u8; 100 + TAG_LEN];
-        engine.seal(&mut [SealJob { key: &key, counter: 5, aad: &aad, buf: &mut buf, len: 100, ok: false }]);
-        for (what, flip_at, counter, aad2) in
-            [("ciphertext", 10usize, 5u64, aad), ("tag", 105, 5, aad), ("counter", 200, 6, aad), ("aad", 200, 5, [1u8; 16])]
-        {
+        engine.seal(&mut [SealJob {
+            key: &key,
+            counter: 5,
+            aad: &aad,
+            buf: &mut buf,
+            len: 100,
+            ok: false,
+        }]);
+        for (what, flip_at, counter, aad2) in [
+            ("ciphertext", 10usize, 5u64, aad),
+            ("tag", 105, 5, aad),
+            ("counter", 200, 6, aad),
+            ("aad", 200, 5, [1u8; 16]),
+        ] {
             let mut b = buf.clone();
             if flip_at < b.len() {
                 b[flip_at] ^= 1;
             }
-            let mut job = [OpenJob { key: &key, counter, aad: &aad2, buf: &mut b, len: 100 + TAG_LEN, ok: true }];
+            let mut job = [OpenJob {
+                key: &key,
+                counter,
+                aad: &aad2,
+                buf: &mut b,
+                len: 100 + TAG_LEN,
+                ok: true,
+            }];
             engine.open(&mut job);
             assert!(!job[0].ok, "{what} change not detected");
         }
@@ -150,10 +206,24 @@ mod tests {
     fn short_buffers_are_refused_not_panics() {
         let key = AeadKey::new(&[3u8; 32]);
         let mut buf = [0u8; 20];
-        let mut seal = [SealJob { key: &key, counter: 1, aad: &[], buf: &mut buf, len: 10, ok: true }];
+        let mut seal = [SealJob {
+            key: &key,
+            counter: 1,
+            aad: &[],
+            buf: &mut buf,
+            len: 10,
+            ok: true,
+        }];
         CpuEngine.seal(&mut seal);
         assert!(!seal[0].ok);
-        let mut open = [OpenJob { key: &key, counter: 1, aad: &[], buf: &mut buf, len: 5, ok: true }];
+        let mut open = [OpenJob {
+            key: &key,
+            counter: 1,
+            aad: &[],
+            buf: &mut buf,
+            len: 5,
+            ok: true,
+        }];
         CpuEngine.open(&mut open);
         assert!(!open[0].ok);
     }
@@ -174,20 +244,36 @@ mod tests {
         let mut out1 = vec![0u8; 2048];
         let mut out2 = vec![0u8; 2048];
         let mut jobs = [
-            CompressJob { src: &text, dst: &mut out1, out_len: None },
-            CompressJob { src: &random, dst: &mut out2, out_len: None },
+            CompressJob {
+                src: &text,
+                dst: &mut out1,
+                out_len: None,
+            },
+            CompressJob {
+                src: &random,
+                dst: &mut out2,
+                out_len: None,
+            },
         ];
         e.compress(&mut jobs);
         let n = jobs[0].out_len.expect("text compresses");
         assert!(n < text.len() / 4);
         assert_eq!(jobs[1].out_len, None, "random data must be sent as is");
         let mut back = vec![0u8; 9216];
-        let mut d = [DecompressJob { src: &out1[..n], dst: &mut back, out_len: None }];
+        let mut d = [DecompressJob {
+            src: &out1[..n],
+            dst: &mut back,
+            out_len: None,
+        }];
         e.decompress(&mut d);
         let m = d[0].out_len.unwrap();
         assert_eq!(&back[..m], text.as_slice());
         // Garbage never panics.
-        let mut d = [DecompressJob { src: &[0xff, 0xff, 0x00, 0x12], dst: &mut back, out_len: Some(1) }];
+        let mut d = [DecompressJob {
+            src: &[0xff, 0xff, 0x00, 0x12],
+            dst: &mut back,
+            out_len: Some(1),
+        }];
         e.decompress(&mut d);
         assert_eq!(d[0].out_len, None);
     }

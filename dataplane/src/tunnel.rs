@@ -1,0 +1,1054 @@
+//! One worker's DWCP/1 state: its peers, sessions, handshakes and timers (docs/protocol.md).
+//!
+//! Owns no I/O and no clock: datagrams and the time come in, datagrams and inner packets go
+//! out through the caller's buffer. Crypto and compression go through the batch
+//! [`Engine`]. On the data path nothing is allocated; handshakes (control path) may allocate.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use dwcp_kernels::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
+
+use crate::anti_replay::{Replay, ReplayWindow};
+use crate::handshake::{self, Pending, SessionKeys, TIMESTAMP_LEN};
+use crate::wire::{self, DATA_HEADER_LEN, DataHeader, FLAG_LZ4, Init, Response};
+
+/// Largest inner packet (the largest MTU the config allows).
+pub const MAX_INNER: usize = 9216;
+/// Bytes DWCP adds to an inner packet: header and tag.
+pub const OVERHEAD: usize = DATA_HEADER_LEN + TAG_LEN;
+/// Packets staged per peer while its first handshake runs.
+pub const STAGED_MAX: usize = 32;
+/// Never send more than this many messages on one key (far below the 2^64 nonce space).
+pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 16);
+
+/// Protocol timers and limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// Anti-replay window in messages.
+    pub replay_window: u32,
+    /// Start a new handshake when the sending session is this old.
+    pub rekey_after: Duration,
+    /// ... or has sent this many messages.
+    pub rekey_after_messages: u64,
+    /// A session is unusable this long after it was made (missed rekeys).
+    pub reject_after: Duration,
+    /// Send a keepalive after this much sending silence; `None`: never.
+    pub keepalive: Option<Duration>,
+    /// How long the replaced session still decrypts what was in flight.
+    pub keep_previous: Duration,
+    /// Resend an unanswered initiation after this long.
+    pub handshake_retry: Duration,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            replay_window: 2048,
+            rekey_after: Duration::from_secs(120),
+            rekey_after_messages: 1 << 48,
+            reject_after: Duration::from_secs(180),
+            keepalive: Some(Duration::from_secs(10)),
+            keep_previous: Duration::from_secs(10),
+            handshake_retry: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A configured peer.
+#[derive(Clone, Debug)]
+pub struct PeerSpec {
+    /// Its static public key.
+    pub public: [u8; 32],
+    /// Pre-shared key (all zeros when none is configured).
+    pub psk: [u8; 32],
+    /// Where to send, until the peer is heard from elsewhere.
+    pub endpoint: Option<SocketAddrV4>,
+    /// Compress payloads to this peer when that makes them smaller.
+    pub compress: bool,
+}
+
+/// Why a datagram or packet was dropped (each has a counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a DWCP/1 message.
+    Malformed,
+    /// Tag or handshake did not authenticate.
+    AuthFailed,
+    /// Counter already seen or older than the window.
+    Replayed,
+    /// Receiver index names no session.
+    UnknownIndex,
+    /// No session and the staging queue is full.
+    NoSession,
+    /// Inner packet larger than the tunnel carries.
+    TooBig,
+}
+
+/// What the caller does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing.
+    None,
+    /// Send `out[..len]` to the peer's endpoint.
+    Send {
+        /// Peer index.
+        peer: usize,
+        /// Datagram length.
+        len: usize,
+    },
+    /// `out[..len]` is an inner packet from the peer.
+    Deliver {
+        /// Peer index.
+        peer: usize,
+        /// Packet length.
+        len: usize,
+    },
+    /// A session with the peer was established: staged packets can go
+    /// ([`Tunnel::flush_staged`]).
+    Established {
+        /// Peer index.
+        peer: usize,
+    },
+    /// The packet waits for the peer's handshake.
+    Staged,
+    /// Dropped, and counted.
+    Dropped(DropReason),
+}
+
+/// Per-worker counters; the control thread sums them for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Data messages sent (keepalives included).
+    pub tx_messages: u64,
+    /// Inner bytes sent.
+    pub tx_inner_bytes: u64,
+    /// Bytes on the wire sent (DWCP messages, handshakes included).
+    pub tx_wire_bytes: u64,
+    /// Inner packets delivered.
+    pub rx_packets: u64,
+    /// Inner bytes delivered.
+    pub rx_inner_bytes: u64,
+    /// Drops: malformed.
+    pub malformed: u64,
+    /// Drops: authentication failed.
+    pub auth_failed: u64,
+    /// Drops: replayed or too old.
+    pub replayed: u64,
+    /// Drops: unknown receiver index.
+    pub unknown_index: u64,
+    /// Drops: no session and no room to stage.
+    pub no_session: u64,
+    /// Drops: inner packet too big.
+    pub too_big: u64,
+    /// Initiations sent.
+    pub handshakes_initiated: u64,
+    /// Sessions established (both roles).
+    pub handshakes_completed: u64,
+    /// Sessions that replaced an existing one.
+    pub rekeys: u64,
+    /// Keepalives sent.
+    pub keepalives_sent: u64,
+    /// Payloads sent compressed.
+    pub compressed: u64,
+    /// Bytes before compression, of the payloads sent compressed.
+    pub compress_in: u64,
+    /// Bytes after compression, of the payloads sent compressed.
+    pub compress_out: u64,
+}
+
+struct Session {
+    send: AeadKey,
+    recv: AeadKey,
+    local: u32,
+    remote: u32,
+    send_counter: u64,
+    replay: ReplayWindow,
+    born: Duration,
+}
+
+impl Session {
+    fn new(keys: &SessionKeys, local: u32, remote: u32, window: u32, now: Duration) -> Self {
+        Self {
+            send: AeadKey::new(&keys.send),
+            recv: AeadKey::new(&keys.recv),
+            local,
+            remote,
+            send_counter: 0,
+            replay: ReplayWindow::new(window),
+            born: now,
+        }
+    }
+}
+
+/// Retired sessions kept per peer (the oldest goes first when full).
+const RETIRED_MAX: usize = 4;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Current,
+    Retired(usize),
+    Next,
+}
+
+struct Peer {
+    spec: PeerSpec,
+    endpoint: Option<SocketAddrV4>,
+    current: Option<Session>,
+    /// Replaced sessions that still decrypt what was in flight, each until its deadline.
+    retired: Vec<(Session, Duration)>,
+    /// Made as responder, used for sending once the initiator's first data arrives on it.
+    next: Option<Session>,
+    pending: Option<(Pending, u32, Duration)>,
+    last_timestamp: [u8; TIMESTAMP_LEN],
+    last_sent: Duration,
+    staged: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Peer {
+    fn slot(&self, slot: Slot) -> Option<&Session> {
+        match slot {
+            Slot::Current => self.current.as_ref(),
+            Slot::Retired(i) => self.retired.get(i).map(|(s, _)| s),
+            Slot::Next => self.next.as_ref(),
+        }
+    }
+    fn slot_mut(&mut self, slot: Slot) -> Option<&mut Session> {
+        match slot {
+            Slot::Current => self.current.as_mut(),
+            Slot::Retired(i) => self.retired.get_mut(i).map(|(s, _)| s),
+            Slot::Next => self.next.as_mut(),
+        }
+    }
+    fn find(&self, index: u32) -> Option<Slot> {
+        if self.current.as_ref().is_some_and(|s| s.local == index) {
+            return Some(Slot::Current);
+        }
+        if self.next.as_ref().is_some_and(|s| s.local == index) {
+            return Some(Slot::Next);
+        }
+        self.retired
+            .iter()
+            .position(|(s, _)| s.local == index)
+            .map(Slot::Retired)
+    }
+}
+
+/// One worker's tunnel state.
+pub struct Tunnel {
+    worker: u8,
+    private: [u8; 32],
+    params: Params,
+    /// Wall-clock time at `now == 0`, for handshake timestamps.
+    wall_at_zero: Duration,
+    peers: Vec<Peer>,
+    by_index: HashMap<u32, usize>,
+    /// Compression scratch space.
+    scratch: Box<[u8; MAX_INNER + 64]>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl Tunnel {
+    /// A worker's tunnel. `worker` goes into the top byte of its session indices, so any
+    /// worker can tell which worker owns a session from a datagram's receiver index.
+    pub fn new(
+        worker: u8,
+        private: [u8; 32],
+        params: Params,
+        wall_at_zero: Duration,
+        peers: Vec<PeerSpec>,
+    ) -> Self {
+        let peers = peers
+            .into_iter()
+            .map(|spec| Peer {
+                endpoint: spec.endpoint,
+                spec,
+                current: None,
+                retired: Vec::with_capacity(RETIRED_MAX),
+                next: None,
+                pending: None,
+                last_timestamp: [0; TIMESTAMP_LEN],
+                last_sent: Duration::ZERO,
+                staged: VecDeque::with_capacity(STAGED_MAX),
+                spare: (0..STAGED_MAX)
+                    .map(|_| Vec::with_capacity(MAX_INNER))
+                    .collect(),
+            })
+            .collect();
+        Self {
+            worker,
+            private,
+            params,
+            wall_at_zero,
+            peers,
+            by_index: HashMap::new(),
+            scratch: Box::new([0; MAX_INNER + 64]),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The worker that owns a session index.
+    pub fn owner_of(index: u32) -> u8 {
+        index.to_be_bytes()[0]
+    }
+
+    /// Where to send to a peer: the configured endpoint, or where it was last heard from.
+    pub fn endpoint(&self, peer: usize) -> Option<SocketAddrV4> {
+        self.peers.get(peer).and_then(|p| p.endpoint)
+    }
+
+    /// Whether the peer has a session to send on.
+    pub fn has_session(&self, peer: usize) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.current.is_some() || p.next.is_some())
+    }
+
+    fn new_index(&mut self, peer: usize) -> u32 {
+        loop {
+            let mut r = [0u8; 4];
+            if getrandom::fill(&mut r).is_err() {
+                // Without randomness, a counter still gives unique indices.
+                r = u32::try_from(self.by_index.len())
+                    .unwrap_or(0)
+                    .to_be_bytes();
+            }
+            r[0] = self.worker;
+            let index = u32::from_be_bytes(r);
+            if let std::collections::hash_map::Entry::Vacant(e) = self.by_index.entry(index) {
+                e.insert(peer);
+                return index;
+            }
+        }
+    }
+
+    fn forget(&mut self, s: Option<Session>) {
+        if let Some(s) = s {
+            self.by_index.remove(&s.local);
+        }
+    }
+
+    /// Keeps a replaced session decrypting until `keep_previous` from now.
+    fn retire(&mut self, peer: usize, session: Option<Session>, now: Duration) {
+        let Some(session) = session else { return };
+        let until = now + self.params.keep_previous;
+        let p = &mut self.peers[peer];
+        let evicted = if p.retired.len() >= RETIRED_MAX {
+            Some(p.retired.remove(0).0)
+        } else {
+            None
+        };
+        p.retired.push((session, until));
+        self.forget(evicted);
+    }
+
+    /// Installs a new sending session for `peer`, keeping the old one for what is in flight.
+    fn install(&mut self, peer: usize, session: Session, now: Duration) {
+        let old = self.peers[peer].current.replace(session);
+        if old.is_some() {
+            self.counters.rekeys += 1;
+        }
+        self.retire(peer, old, now);
+        self.counters.handshakes_completed += 1;
+    }
+
+    /// Encapsulates one inner packet for `peer` into `out` (at least `len + OVERHEAD` long).
+    pub fn encapsulate(
+        &mut self,
+        engine: &mut dyn Engine,
+        peer: usize,
+        inner: &[u8],
+        out: &mut [u8],
+        now: Duration,
+    ) -> Action {
+        if inner.len() > MAX_INNER || out.len() < inner.len() + OVERHEAD {
+            self.counters.too_big += 1;
+            return Action::Dropped(DropReason::TooBig);
+        }
+        let Some(p) = self.peers.get_mut(peer) else {
+            return Action::Dropped(DropReason::NoSession);
+        };
+        let usable = |s: &Session| {
+            now.saturating_sub(s.born) < self.params.reject_after
+                && s.send_counter < REJECT_AFTER_MESSAGES
+        };
+        let slot = if p.current.as_ref().is_some_and(usable) {
+            Slot::Current
+        } else if p.next.as_ref().is_some_and(usable) {
+            Slot::Next
+        } else {
+            // Stage it for when the handshake (started by `tick`) completes.
+            return match p.spare.pop() {
+                Some(mut buf) => {
+                    buf.clear();
+                    buf.extend_from_slice(inner);
+                    p.staged.push_back(buf);
+                    Action::Staged
+                }
+                None => {
+                    self.counters.no_session += 1;
+                    Action::Dropped(DropReason::NoSession)
+                }
+            };
+        };
+        let compress = p.spec.compress && !inner.is_empty();
+        let (payload_len, flags) = if compress {
+            let mut job = [CompressJob {
+                src: inner,
+                dst: &mut self.scratch[..],
+                out_len: None,
+            }];
+            engine.compress(&mut job);
+            match job[0].out_len {
+                Some(n) => {
+                    self.counters.compressed += 1;
+                    self.counters.compress_in += inner.len() as u64;
+                    self.counters.compress_out += n as u64;
+                    out[DATA_HEADER_LEN..DATA_HEADER_LEN + n].copy_from_slice(&self.scratch[..n]);
+                    (n, FLAG_LZ4)
+                }
+                None => {
+                    out[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
+                    (inner.len(), 0)
+                }
+            }
+        } else {
+            out[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
+            (inner.len(), 0)
+        };
+        let p = &mut self.peers[peer];
+        let Some(s) = p.slot_mut(slot) else {
+            return Action::Dropped(DropReason::NoSession);
+        };
+        let counter = s.send_counter;
+        s.send_counter += 1;
+        let header = DataHeader {
+            flags,
+            receiver: s.remote,
+            counter,
+        };
+        let (hdr, body) = out.split_at_mut(DATA_HEADER_LEN);
+        let Ok(hdr) = <&mut [u8; DATA_HEADER_LEN]>::try_from(hdr) else {
+            return Action::Dropped(DropReason::TooBig);
+        };
+        header.emit(hdr);
+        let mut job = [SealJob {
+            key: &s.send,
+            counter,
+            aad: &hdr[..],
+            buf: body,
+            len: payload_len,
+            ok: false,
+        }];
+        engine.seal(&mut job);
+        if !job[0].ok {
+            self.counters.too_big += 1;
+            return Action::Dropped(DropReason::TooBig);
+        }
+        p.last_sent = now;
+        let len = DATA_HEADER_LEN + payload_len + TAG_LEN;
+        self.counters.tx_messages += 1;
+        self.counters.tx_inner_bytes += inner.len() as u64;
+        self.counters.tx_wire_bytes += len as u64;
+        Action::Send { peer, len }
+    }
+
+    /// Sends the next packet staged for `peer`, if any and if a session exists.
+    pub fn flush_staged(
+        &mut self,
+        engine: &mut dyn Engine,
+        peer: usize,
+        out: &mut [u8],
+        now: Duration,
+    ) -> Option<Action> {
+        if !self.has_session(peer) {
+            return None;
+        }
+        let buf = self.peers.get_mut(peer)?.staged.pop_front()?;
+        let action = self.encapsulate(engine, peer, &buf, out, now);
+        self.peers[peer].spare.push(buf);
+        Some(action)
+    }
+
+    fn drop_counted(&mut self, reason: DropReason) -> Action {
+        let c = &mut self.counters;
+        match reason {
+            DropReason::Malformed => c.malformed += 1,
+            DropReason::AuthFailed => c.auth_failed += 1,
+            DropReason::Replayed => c.replayed += 1,
+            DropReason::UnknownIndex => c.unknown_index += 1,
+            DropReason::NoSession => c.no_session += 1,
+            DropReason::TooBig => c.too_big += 1,
+        }
+        Action::Dropped(reason)
+    }
+
+    /// Processes one received datagram from `from`. Handshake answers and inner packets go
+    /// to `out` (at least `MAX_INNER + 64` long).
+    pub fn receive(
+        &mut self,
+        engine: &mut dyn Engine,
+        datagram: &[u8],
+        from: Option<SocketAddrV4>,
+        out: &mut [u8],
+        now: Duration,
+    ) -> Action {
+        match datagram.first() {
+            Some(&wire::TYPE_DATA) => self.receive_data(engine, datagram, from, out, now),
+            Some(&wire::TYPE_INIT) => self.receive_init(datagram, from, out, now),
+            Some(&wire::TYPE_RESPONSE) => self.receive_response(datagram, from, now),
+            _ => self.drop_counted(DropReason::Malformed),
+        }
+    }
+
+    fn receive_init(
+        &mut self,
+        datagram: &[u8],
+        from: Option<SocketAddrV4>,
+        out: &mut [u8],
+        now: Duration,
+    ) -> Action {
+        let Ok(init) = Init::parse(datagram) else {
+            return self.drop_counted(DropReason::Malformed);
+        };
+        let peers = &self.peers;
+        let accepted = handshake::respond(&self.private, init.noise, |k| {
+            peers
+                .iter()
+                .position(|p| &p.spec.public == k)
+                .map(|i| (i, peers[i].spec.psk, peers[i].last_timestamp))
+        });
+        let acc = match accepted {
+            Ok(a) => a,
+            Err(_) => return self.drop_counted(DropReason::AuthFailed),
+        };
+        let local = self.new_index(acc.peer);
+        let session = Session::new(
+            &acc.keys,
+            local,
+            init.sender,
+            self.params.replay_window,
+            now,
+        );
+        let Ok(len) = Response::emit(local, init.sender, &acc.response, out) else {
+            self.by_index.remove(&local);
+            return self.drop_counted(DropReason::TooBig);
+        };
+        let p = &mut self.peers[acc.peer];
+        p.last_timestamp = acc.timestamp;
+        if from.is_some() {
+            p.endpoint = from;
+        }
+        let replaced = p.next.replace(session);
+        self.retire(acc.peer, replaced, now);
+        self.counters.tx_wire_bytes += len as u64;
+        Action::Send {
+            peer: acc.peer,
+            len,
+        }
+    }
+
+    fn receive_response(
+        &mut self,
+        datagram: &[u8],
+        from: Option<SocketAddrV4>,
+        now: Duration,
+    ) -> Action {
+        let Ok(resp) = Response::parse(datagram) else {
+            return self.drop_counted(DropReason::Malformed);
+        };
+        let Some(&peer) = self.by_index.get(&resp.receiver) else {
+            return self.drop_counted(DropReason::UnknownIndex);
+        };
+        let p = &mut self.peers[peer];
+        let Some((pending, index, _)) = p.pending.take_if(|(_, i, _)| *i == resp.receiver) else {
+            return self.drop_counted(DropReason::UnknownIndex);
+        };
+        match pending.finish(resp.noise) {
+            Ok(keys) => {
+                if from.is_some() {
+                    p.endpoint = from;
+                }
+                let session =
+                    Session::new(&keys, index, resp.sender, self.params.replay_window, now);
+                self.install(peer, session, now);
+                Action::Established { peer }
+            }
+            Err(_) => {
+                self.by_index.remove(&index);
+                self.drop_counted(DropReason::AuthFailed)
+            }
+        }
+    }
+
+    fn receive_data(
+        &mut self,
+        engine: &mut dyn Engine,
+        datagram: &[u8],
+        from: Option<SocketAddrV4>,
+        out: &mut [u8],
+        now: Duration,
+    ) -> Action {
+        let Ok(header) = DataHeader::parse(datagram) else {
+            return self.drop_counted(DropReason::Malformed);
+        };
+        if datagram.len() < OVERHEAD || datagram.len() - DATA_HEADER_LEN > out.len() {
+            return self.drop_counted(DropReason::Malformed);
+        }
+        let Some(&peer) = self.by_index.get(&header.receiver) else {
+            return self.drop_counted(DropReason::UnknownIndex);
+        };
+        let Some(slot) = self.peers[peer].find(header.receiver) else {
+            return self.drop_counted(DropReason::UnknownIndex);
+        };
+        let body_len = datagram.len() - DATA_HEADER_LEN;
+        // Decrypt into `scratch` when the payload is compressed (then decompress into `out`),
+        // else straight into `out`.
+        let compressed = header.flags & FLAG_LZ4 != 0;
+        let ok = {
+            let Some(s) = self.peers[peer].slot(slot) else {
+                return self.drop_counted(DropReason::UnknownIndex);
+            };
+            match s.replay.check(header.counter) {
+                Ok(()) => {}
+                Err(Replay::TooOld | Replay::Duplicate) => {
+                    return self.drop_counted(DropReason::Replayed);
+                }
+            }
+            let dst: &mut [u8] = if compressed {
+                &mut self.scratch[..]
+            } else {
+                &mut *out
+            };
+            dst[..body_len].copy_from_slice(&datagram[DATA_HEADER_LEN..]);
+            let mut job = [OpenJob {
+                key: &s.recv,
+                counter: header.counter,
+                aad: &datagram[..DATA_HEADER_LEN],
+                buf: dst,
+                len: body_len,
+                ok: false,
+            }];
+            engine.open(&mut job);
+            job[0].ok
+        };
+        if !ok {
+            return self.drop_counted(DropReason::AuthFailed);
+        }
+        let p = &mut self.peers[peer];
+        if let Some(s) = p.slot_mut(slot)
+            && s.replay.accept(header.counter).is_err()
+        {
+            return self.drop_counted(DropReason::Replayed);
+        }
+        if from.is_some() {
+            p.endpoint = from;
+        }
+        // The initiator uses the session it made with us: it is confirmed; send on it from now
+        // on — unless ours is at least as new (both sides initiated at once: each then sends
+        // on the session it initiated and receives on the other's).
+        let newer = p
+            .next
+            .as_ref()
+            .is_some_and(|n| p.current.as_ref().is_none_or(|c| n.born > c.born));
+        if slot == Slot::Next
+            && newer
+            && let Some(next) = p.next.take()
+        {
+            self.install(peer, next, now);
+        }
+        let plain_len = body_len - TAG_LEN;
+        let len = if compressed {
+            let cap = MAX_INNER.min(out.len());
+            let mut job = [DecompressJob {
+                src: &self.scratch[..plain_len],
+                dst: &mut out[..cap],
+                out_len: None,
+            }];
+            engine.decompress(&mut job);
+            match job[0].out_len {
+                Some(n) => n,
+                // Authentic but undecodable: the sender is broken; count it as malformed.
+                None => return self.drop_counted(DropReason::Malformed),
+            }
+        } else {
+            plain_len
+        };
+        if len == 0 {
+            return Action::None; // keepalive
+        }
+        self.counters.rx_packets += 1;
+        self.counters.rx_inner_bytes += len as u64;
+        Action::Deliver { peer, len }
+    }
+
+    /// Runs the timers: handshakes (first, retry, rekey), keepalives, expiry. Returns one
+    /// action; call again until it returns [`Action::None`].
+    pub fn tick(&mut self, engine: &mut dyn Engine, out: &mut [u8], now: Duration) -> Action {
+        for peer in 0..self.peers.len() {
+            // Expire the previous session and sessions past their hard limit.
+            while let Some(i) = self.peers[peer]
+                .retired
+                .iter()
+                .position(|(_, until)| now >= *until)
+            {
+                let (s, _) = self.peers[peer].retired.remove(i);
+                self.forget(Some(s));
+            }
+            let reject_after = self.params.reject_after;
+            if self.peers[peer]
+                .current
+                .as_ref()
+                .is_some_and(|s| now.saturating_sub(s.born) >= reject_after)
+            {
+                let s = self.peers[peer].current.take();
+                self.forget(s);
+            }
+            let p = &self.peers[peer];
+            let wants_session = !p.staged.is_empty() || p.current.is_some();
+            let needs_rekey = match &p.current {
+                None => p.next.is_none(),
+                Some(s) => {
+                    now.saturating_sub(s.born) >= self.params.rekey_after
+                        || s.send_counter >= self.params.rekey_after_messages
+                }
+            };
+            let pending_fresh = p
+                .pending
+                .as_ref()
+                .is_some_and(|(_, _, at)| now.saturating_sub(*at) < self.params.handshake_retry);
+            if wants_session && needs_rekey && !pending_fresh && p.endpoint.is_some() {
+                return self.initiate(peer, out, now);
+            }
+            if let Some(ka) = self.params.keepalive
+                && p.current.is_some()
+                && now.saturating_sub(p.last_sent) >= ka
+            {
+                let action = self.encapsulate(engine, peer, &[], out, now);
+                if matches!(action, Action::Send { .. }) {
+                    self.counters.keepalives_sent += 1;
+                    return action;
+                }
+            }
+        }
+        Action::None
+    }
+
+    fn initiate(&mut self, peer: usize, out: &mut [u8], now: Duration) -> Action {
+        let wall = self.wall_at_zero + now;
+        let spec = self.peers[peer].spec.clone();
+        let Ok((pending, noise)) = handshake::initiate(
+            &self.private,
+            &spec.public,
+            &spec.psk,
+            handshake::timestamp(wall.as_nanos()),
+        ) else {
+            return Action::None;
+        };
+        if let Some((_, old, _)) = self.peers[peer].pending.take() {
+            self.by_index.remove(&old);
+        }
+        let index = self.new_index(peer);
+        let Ok(len) = Init::emit(index, &noise, out) else {
+            self.by_index.remove(&index);
+            return Action::None;
+        };
+        self.peers[peer].pending = Some((pending, index, now));
+        self.counters.handshakes_initiated += 1;
+        self.counters.tx_wire_bytes += len as u64;
+        Action::Send { peer, len }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dwcp_kernels::cpu::CpuEngine;
+
+    use super::*;
+
+    fn keypair() -> ([u8; 32], [u8; 32]) {
+        let p = dwcp_provisioning::types::PrivateKey::generate().unwrap();
+        (*p.expose_secret(), p.public_key().0)
+    }
+
+    /// Two tunnels A and B wired back to back, with a clock.
+    struct Link {
+        a: Tunnel,
+        b: Tunnel,
+        now: Duration,
+        engine: CpuEngine,
+        /// Datagrams in flight: (to_b, bytes).
+        wire: VecDeque<(bool, Vec<u8>)>,
+        got_a: Vec<Vec<u8>>,
+        got_b: Vec<Vec<u8>>,
+    }
+
+    impl Link {
+        fn new(params: Params, compress: bool) -> Self {
+            let (ap, apub) = keypair();
+            let (bp, bpub) = keypair();
+            let psk = [9u8; 32];
+            let ep: SocketAddrV4 = "192.0.2.1:51900".parse().unwrap();
+            let spec = |public| PeerSpec {
+                public,
+                psk,
+                endpoint: Some(ep),
+                compress,
+            };
+            Self {
+                a: Tunnel::new(
+                    0,
+                    ap,
+                    params,
+                    Duration::from_secs(1_000_000),
+                    vec![spec(bpub)],
+                ),
+                b: Tunnel::new(
+                    1,
+                    bp,
+                    params,
+                    Duration::from_secs(1_000_000),
+                    vec![spec(apub)],
+                ),
+                now: Duration::ZERO,
+                engine: CpuEngine,
+                wire: VecDeque::new(),
+                got_a: Vec::new(),
+                got_b: Vec::new(),
+            }
+        }
+
+        fn handle(&mut self, to_b: bool, action: Action, out: &[u8]) {
+            match action {
+                Action::Send { len, .. } => self.wire.push_back((!to_b, out[..len].to_vec())),
+                Action::Deliver { len, .. } => {
+                    if to_b {
+                        self.got_b.push(out[..len].to_vec())
+                    } else {
+                        self.got_a.push(out[..len].to_vec())
+                    }
+                }
+                Action::Established { peer } => {
+                    let mut buf = vec![0u8; MAX_INNER + 64];
+                    loop {
+                        let t = if to_b { &mut self.b } else { &mut self.a };
+                        let Some(a) = t.flush_staged(&mut self.engine, peer, &mut buf, self.now)
+                        else {
+                            break;
+                        };
+                        if let Action::Send { len, .. } = a {
+                            self.wire.push_back((!to_b, buf[..len].to_vec()));
+                        }
+                    }
+                }
+                Action::None | Action::Staged => {}
+                Action::Dropped(r) => {
+                    panic!("unexpected drop {r:?} at {}", if to_b { "B" } else { "A" })
+                }
+            }
+        }
+
+        /// `to_b`: the tunnel the action came from is B's side if true.
+        fn send(&mut self, from_a: bool, inner: &[u8]) {
+            let mut out = vec![0u8; MAX_INNER + 64];
+            let t = if from_a { &mut self.a } else { &mut self.b };
+            let action = t.encapsulate(&mut self.engine, 0, inner, &mut out, self.now);
+            match action {
+                Action::Send { len, .. } => self.wire.push_back((from_a, out[..len].to_vec())),
+                other => self.handle(!from_a, other, &out),
+            }
+        }
+
+        fn pump(&mut self) {
+            let mut out = vec![0u8; MAX_INNER + 64];
+            for _ in 0..10_000 {
+                for side_a in [true, false] {
+                    loop {
+                        let t = if side_a { &mut self.a } else { &mut self.b };
+                        let action = t.tick(&mut self.engine, &mut out, self.now);
+                        if action == Action::None {
+                            break;
+                        }
+                        if let Action::Send { len, .. } = action {
+                            self.wire.push_back((side_a, out[..len].to_vec()));
+                        }
+                    }
+                }
+                let Some((to_b, bytes)) = self.wire.pop_front() else {
+                    return;
+                };
+                let t = if to_b { &mut self.b } else { &mut self.a };
+                let action = t.receive(&mut self.engine, &bytes, None, &mut out, self.now);
+                self.handle(to_b, action, &out);
+            }
+            panic!("link did not settle");
+        }
+    }
+
+    fn packet(i: usize, size: usize) -> Vec<u8> {
+        let mut p = format!("packet {i:08} ").into_bytes();
+        p.resize(size, u8::try_from(i % 200).unwrap());
+        p
+    }
+
+    #[test]
+    fn first_packets_wait_for_the_handshake_then_flow() {
+        let mut l = Link::new(Params::default(), false);
+        for i in 0..5 {
+            l.send(true, &packet(i, 100));
+        }
+        l.pump();
+        assert_eq!(l.got_b, (0..5).map(|i| packet(i, 100)).collect::<Vec<_>>());
+        assert_eq!(l.a.counters.handshakes_initiated, 1);
+        assert_eq!(l.a.counters.handshakes_completed, 1);
+        // B answers on the session A confirmed.
+        l.send(false, &packet(99, 60));
+        l.pump();
+        assert_eq!(l.got_a, vec![packet(99, 60)]);
+    }
+
+    #[test]
+    fn rekey_under_traffic_loses_nothing() {
+        let params = Params {
+            rekey_after_messages: 50,
+            ..Params::default()
+        };
+        let mut l = Link::new(params, true);
+        let mut sent_a = Vec::new();
+        let mut sent_b = Vec::new();
+        for i in 0..2000 {
+            let p = packet(i, 40 + i % 1400);
+            l.send(true, &p);
+            sent_a.push(p);
+            if i % 3 == 0 {
+                let q = packet(100_000 + i, 64);
+                l.send(false, &q);
+                sent_b.push(q);
+            }
+            // Let a few datagrams stay in flight across handshakes.
+            if i % 7 == 0 {
+                l.pump();
+            }
+            l.now += Duration::from_millis(1);
+        }
+        l.pump();
+        assert_eq!(l.got_b.len(), sent_a.len());
+        assert!(l.got_b == sent_a, "A→B stream differs");
+        assert!(l.got_a == sent_b, "B→A stream differs");
+        let rekeys = l.a.counters.rekeys + l.b.counters.rekeys;
+        assert!(rekeys >= 20, "only {rekeys} rekeys");
+        for c in [l.a.counters, l.b.counters] {
+            assert_eq!(
+                (
+                    c.auth_failed,
+                    c.replayed,
+                    c.unknown_index,
+                    c.malformed,
+                    c.no_session
+                ),
+                (0, 0, 0, 0, 0),
+                "{c:?}"
+            );
+        }
+        assert!(l.a.counters.compressed > 0);
+    }
+
+    fn established() -> (Link, Vec<u8>) {
+        let mut l = Link::new(Params::default(), false);
+        l.send(true, &packet(0, 100));
+        l.pump();
+        let mut out = vec![0u8; MAX_INNER + 64];
+        let Action::Send { len, .. } =
+            l.a.encapsulate(&mut l.engine, 0, &packet(1, 300), &mut out, l.now)
+        else {
+            panic!()
+        };
+        (l, out[..len].to_vec())
+    }
+
+    #[test]
+    fn tampered_replayed_and_unknown_are_dropped_and_counted() {
+        let (mut l, msg) = established();
+        let mut out = vec![0u8; MAX_INNER + 64];
+        let e = &mut l.engine;
+        for (what, flip) in [
+            ("reserved header byte", 2usize),
+            ("receiver index", 5),
+            ("counter", 12),
+            ("ciphertext", 40),
+            ("tag", msg.len() - 1),
+        ] {
+            let mut bad = msg.clone();
+            bad[flip] ^= 0x40;
+            let action = l.b.receive(e, &bad, None, &mut out, l.now);
+            assert!(matches!(action, Action::Dropped(_)), "{what}: {action:?}");
+        }
+        assert_eq!(l.b.counters.malformed, 1);
+        assert_eq!(l.b.counters.unknown_index, 1);
+        assert_eq!(l.b.counters.auth_failed, 3);
+        // The genuine message still gets through once, then is a replay.
+        assert!(matches!(
+            l.b.receive(e, &msg, None, &mut out, l.now),
+            Action::Deliver { .. }
+        ));
+        assert_eq!(
+            l.b.receive(e, &msg, None, &mut out, l.now),
+            Action::Dropped(DropReason::Replayed)
+        );
+        assert_eq!(l.b.counters.replayed, 1);
+        // Garbage and truncations never panic.
+        for n in 0..msg.len() {
+            let _ = l.b.receive(e, &msg[..n], None, &mut out, l.now);
+        }
+    }
+
+    #[test]
+    fn flipping_the_compression_flag_fails_authentication() {
+        let (mut l, msg) = established();
+        let mut out = vec![0u8; MAX_INNER + 64];
+        let mut bad = msg.clone();
+        bad[1] ^= FLAG_LZ4;
+        assert_eq!(
+            l.b.receive(&mut l.engine, &bad, None, &mut out, l.now),
+            Action::Dropped(DropReason::AuthFailed)
+        );
+    }
+
+    #[test]
+    fn keepalive_after_silence_and_session_expiry() {
+        let params = Params {
+            keepalive: Some(Duration::from_secs(10)),
+            ..Params::default()
+        };
+        let mut l = Link::new(params, false);
+        l.send(true, &packet(0, 100));
+        l.pump();
+        l.now += Duration::from_secs(11);
+        l.pump();
+        assert!(l.a.counters.keepalives_sent >= 1);
+        assert_eq!(l.got_b.len(), 1, "keepalives are not delivered as packets");
+    }
+
+    #[test]
+    fn oversized_inner_packet_is_dropped() {
+        let (mut l, _) = established();
+        let mut out = vec![0u8; 20_000];
+        let big = vec![0u8; MAX_INNER + 1];
+        assert_eq!(
+            l.a.encapsulate(&mut l.engine, 0, &big, &mut out, l.now),
+            Action::Dropped(DropReason::TooBig)
+        );
+    }
+
+    #[test]
+    fn worker_id_is_in_the_index() {
+        let (l, msg) = established();
+        let h = DataHeader::parse(&msg).unwrap();
+        // A sends to B's session; B is worker 1.
+        assert_eq!(Tunnel::owner_of(h.receiver), 1);
+        drop(l);
+    }
+}
