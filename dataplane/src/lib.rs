@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod anti_replay;
+pub mod gateway;
 pub mod handshake;
 pub mod readiness;
 pub mod tunnel;
