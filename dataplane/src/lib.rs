@@ -11,6 +11,7 @@
 pub mod anti_replay;
 pub mod gateway;
 pub mod handshake;
+pub mod io;
 pub mod readiness;
 pub mod tunnel;
 pub mod wire;

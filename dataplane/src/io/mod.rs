@@ -1,0 +1,21 @@
+//! Packet I/O behind one trait, so workers do not care where frames come from: `memory`
+//! (paired in-process rings, for tests and benchmarks) and `af_packet` (TPACKET_V3 mmap'ed
+//! rings on a kernel interface); `dpdk` joins with the kernel-bypass issue.
+
+#[allow(unsafe_code)]
+pub mod af_packet;
+pub mod memory;
+
+/// A port a worker polls.
+pub trait PacketPort: Send {
+    /// Receives up to `max` frames, handing each to `f` (borrowed from the backend's
+    /// buffers, valid only during the call). Returns how many.
+    fn rx_burst(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize;
+    /// Queues one frame for sending; `false` when the TX ring is full (the frame is dropped
+    /// and the caller counts it).
+    fn tx(&mut self, frame: &[u8]) -> bool;
+    /// Hands the queued frames to the device (one system call for `af_packet`).
+    fn flush(&mut self);
+    /// The port's MAC address.
+    fn mac(&self) -> [u8; 6];
+}
