@@ -835,6 +835,26 @@ impl Gateway {
     }
 }
 
+/// The worker that owns the session a WAN frame is for (from the receiver index of a DWCP
+/// data message or handshake response), or `None` for anything else.
+pub fn wan_owner(frame: &[u8]) -> Option<u8> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(ETH_LEN..)?;
+    if ip.first()? >> 4 != 4 || *ip.get(9)? != 17 {
+        return None;
+    }
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    let msg = ip.get(hl + UDP_LEN..)?;
+    let index_at = match *msg.first()? {
+        crate::wire::TYPE_DATA => 4,
+        crate::wire::TYPE_RESPONSE => 8,
+        _ => return None,
+    };
+    msg.get(index_at).copied()
+}
+
 /// Writes a 20-byte IPv4 header (DF set, no options) for `payload_len` bytes of payload.
 fn write_ipv4(
     buf: &mut [u8],

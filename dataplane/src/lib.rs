@@ -9,12 +9,16 @@
 #![deny(unsafe_code)]
 
 pub mod anti_replay;
+pub mod app;
 pub mod gateway;
 pub mod handshake;
 pub mod io;
+pub mod metrics;
 pub mod readiness;
+pub mod stats;
 pub mod tunnel;
 pub mod wire;
+pub mod worker;
 
 pub use dwcp_kernels as kernels;
 pub use dwcp_provisioning::NodeConfig;

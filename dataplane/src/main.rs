@@ -1,11 +1,14 @@
-//! `dwcp-dataplane`: the process init launches. Loads and validates its config, tells init
-//! it is ready, and stops cleanly on SIGTERM.
+//! `dwcp-dataplane`: the process init launches. Loads and validates its config, opens its
+//! ports, starts pinned workers, tells init it is ready, serves metrics, and stops cleanly on
+//! SIGTERM.
 //!
-//! Exit codes: 0 stopped on request, 2 bad arguments, 3 invalid config, 4 readiness failed.
+//! Exit codes: 0 stopped on request, 2 bad arguments, 3 invalid config, 4 readiness failed,
+//! 5 could not start (the error names the port or address).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use dwcp_provisioning::schema::Backend;
 use nix::sys::signal::{SigSet, Signal};
 
 fn main() -> ExitCode {
@@ -17,11 +20,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Block the stop signals before anything else so none is lost while starting.
-    let mut stop = SigSet::empty();
-    stop.add(Signal::SIGTERM);
-    stop.add(Signal::SIGINT);
-    if let Err(e) = stop.thread_block() {
+    // Block the control signals before any thread starts, so every thread inherits the mask
+    // and the control thread alone receives them.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    if let Err(e) = signals.thread_block() {
         eprintln!("dwcp-dataplane: cannot block signals: {e}");
     }
     let cfg = match dwcp_provisioning::load_file(&config) {
@@ -37,24 +42,82 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    println!(
-        "dwcp-dataplane: node {}: {} port(s), {} peer(s), {} worker core(s); packet path not built yet (data-plane issue)",
-        cfg.name,
-        cfg.ports.len(),
-        cfg.tunnel.peers.len(),
-        cfg.cores.dataplane.len()
-    );
-    match dwcp_dataplane::readiness::notify_ready() {
-        Ok(true) => println!("dwcp-dataplane: ready"),
-        Ok(false) => println!("dwcp-dataplane: ready (no DWCP_NOTIFY_SOCKET; not run by init)"),
+    // Until the DPDK backend lands, a node whose ports are all DPDK runs its control side
+    // only, and says so: init still supervises a real process, and the boot path is tested.
+    if cfg.ports.iter().all(|p| p.backend == Backend::Dpdk) {
+        println!(
+            "dwcp-dataplane: node {}: all ports use the dpdk backend, which is not built yet (kernel-bypass issue); NO PACKETS WILL FLOW",
+            cfg.name
+        );
+        return idle(&signals);
+    }
+    let running = match dwcp_dataplane::app::start(&cfg) {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("dwcp-dataplane: cannot tell init we are ready: {e}");
-            return ExitCode::from(4);
+            let mut msg = format!("dwcp-dataplane: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            return ExitCode::from(5);
+        }
+    };
+    println!(
+        "dwcp-dataplane: node {}: {} worker(s) on cores {:?}, engine cpu, metrics on http://{}/metrics",
+        cfg.name,
+        cfg.cores.dataplane.len(),
+        cfg.cores.dataplane,
+        cfg.metrics.listen
+    );
+    if let Err(code) = ready() {
+        return code;
+    }
+    match running.control(&signals) {
+        Ok(()) => {
+            println!("dwcp-dataplane: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dwcp-dataplane: {e}");
+            ExitCode::from(5)
         }
     }
-    match stop.wait() {
-        Ok(sig) => println!("dwcp-dataplane: {sig}, stopping"),
-        Err(e) => eprintln!("dwcp-dataplane: waiting for a stop signal failed: {e}"),
+}
+
+fn ready() -> Result<(), ExitCode> {
+    match dwcp_dataplane::readiness::notify_ready() {
+        Ok(true) => {
+            println!("dwcp-dataplane: ready");
+            Ok(())
+        }
+        Ok(false) => {
+            println!("dwcp-dataplane: ready (no DWCP_NOTIFY_SOCKET; not run by init)");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("dwcp-dataplane: cannot tell init we are ready: {e}");
+            Err(ExitCode::from(4))
+        }
     }
-    ExitCode::SUCCESS
+}
+
+fn idle(signals: &SigSet) -> ExitCode {
+    if let Err(code) = ready() {
+        return code;
+    }
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => continue,
+            Ok(sig) => {
+                println!("dwcp-dataplane: {sig}, stopping");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("dwcp-dataplane: waiting for a stop signal failed: {e}");
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
 }

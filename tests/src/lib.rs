@@ -5,6 +5,8 @@
 
 #![deny(unsafe_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;

@@ -12,13 +12,16 @@ pub const FRAME_MAX: usize = 9400;
 
 type Buf = (Box<[u8; FRAME_MAX]>, usize);
 
-struct Direction {
+/// A bounded, lock-free queue of frames with recycled buffers. Used for memory links and
+/// for handing a frame to the worker that owns its session.
+pub struct Mailbox {
     full: ArrayQueue<Buf>,
     free: ArrayQueue<Box<[u8; FRAME_MAX]>>,
 }
 
-impl Direction {
-    fn new(capacity: usize) -> Arc<Self> {
+impl Mailbox {
+    /// Room for `capacity` frames, all buffers allocated now.
+    pub fn new(capacity: usize) -> Arc<Self> {
         let free = ArrayQueue::new(capacity);
         for _ in 0..capacity {
             let _ = free.push(Box::new([0u8; FRAME_MAX]));
@@ -28,21 +31,49 @@ impl Direction {
             free,
         })
     }
+
+    /// Copies a frame in; `false` when full or too large.
+    pub fn push(&self, frame: &[u8]) -> bool {
+        if frame.len() > FRAME_MAX {
+            return false;
+        }
+        let Some(mut buf) = self.free.pop() else {
+            return false;
+        };
+        buf[..frame.len()].copy_from_slice(frame);
+        match self.full.push((buf, frame.len())) {
+            Ok(()) => true,
+            Err((buf, _)) => {
+                let _ = self.free.push(buf);
+                false
+            }
+        }
+    }
+
+    /// Hands the oldest frame to `f`; `false` when empty.
+    pub fn pop(&self, f: &mut dyn FnMut(&[u8])) -> bool {
+        let Some((buf, len)) = self.full.pop() else {
+            return false;
+        };
+        f(&buf[..len]);
+        let _ = self.free.push(buf);
+        true
+    }
 }
 
 /// One end of a memory link.
 pub struct MemoryPort {
     mac: [u8; 6],
-    tx: Arc<Direction>,
-    rx: Arc<Direction>,
+    tx: Arc<Mailbox>,
+    rx: Arc<Mailbox>,
     /// Frames refused because the ring was full.
     pub tx_full: u64,
 }
 
 /// Two ports, each receiving what the other sends; `capacity` frames in flight per direction.
 pub fn pair(capacity: usize, mac_a: [u8; 6], mac_b: [u8; 6]) -> (MemoryPort, MemoryPort) {
-    let ab = Direction::new(capacity);
-    let ba = Direction::new(capacity);
+    let ab = Mailbox::new(capacity);
+    let ba = Mailbox::new(capacity);
     (
         MemoryPort {
             mac: mac_a,

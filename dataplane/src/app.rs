@@ -1,0 +1,343 @@
+//! The data-plane process: turns a validated node config into ports, gateways and pinned
+//! workers, then runs the control thread — signals, the metrics endpoint — until told to
+//! stop. Start-up checks everything it can before starting anything, so a bad config stops
+//! it with an error that names the port, and nothing is left half-started.
+
+use std::net::TcpListener;
+use std::os::fd::AsFd as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use dwcp_kernels::cpu::CpuEngine;
+use dwcp_provisioning::NodeConfig;
+use dwcp_provisioning::schema::{Backend, Compression, Port, PortRole};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::gateway::{Gateway, GatewayConfig, PortAddr};
+use crate::io::PacketPort;
+use crate::io::af_packet::AfPacket;
+use crate::io::memory::Mailbox;
+use crate::metrics::{self, Labels};
+use crate::stats::{self, WorkerStats};
+use crate::tunnel::{Params, PeerSpec, Tunnel};
+use crate::worker::Worker;
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The node needs exactly one LAN and one WAN port for now.
+    #[error("the data plane needs exactly one LAN and one WAN port (found {lan} LAN, {wan} WAN)")]
+    PortCount {
+        /// LAN ports.
+        lan: usize,
+        /// WAN ports.
+        wan: usize,
+    },
+    /// A backend this build cannot drive.
+    #[error("port `{port}`: backend `{backend}` is not available in this build ({why})")]
+    Backend {
+        /// Port name.
+        port: String,
+        /// Backend.
+        backend: &'static str,
+        /// Why.
+        why: &'static str,
+    },
+    /// A port's interface could not be opened.
+    #[error("port `{port}`: cannot open interface `{interface}`")]
+    Open {
+        /// Port name.
+        port: String,
+        /// Interface.
+        interface: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics address could not be bound.
+    #[error("metrics: cannot listen on {addr} (is it the management address of this node?)")]
+    Metrics {
+        /// Address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signals could not be set up.
+    #[error("signals: {0}")]
+    Signals(#[source] nix::Error),
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Dpdk => "dpdk",
+        Backend::AfPacket => "af_packet",
+        Backend::Memory => "memory",
+    }
+}
+
+/// Stable small number for a fanout group from an interface name.
+fn fanout_id(name: &str) -> u16 {
+    let h = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    u16::try_from(h & 0xffff).unwrap_or(1) | 1
+}
+
+fn open_port(port: &Port, workers: usize) -> Result<Vec<Box<dyn PacketPort>>, StartError> {
+    match port.backend {
+        Backend::AfPacket => {
+            let ifname = port
+                .interface
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let fanout = (workers > 1).then(|| fanout_id(&ifname));
+            (0..workers)
+                .map(|_| {
+                    AfPacket::open(&ifname, fanout)
+                        .map(|p| Box::new(p) as Box<dyn PacketPort>)
+                        .map_err(|source| StartError::Open {
+                            port: port.name.to_string(),
+                            interface: ifname.clone(),
+                            source,
+                        })
+                })
+                .collect()
+        }
+        Backend::Dpdk => Err(StartError::Backend {
+            port: port.name.to_string(),
+            backend: "dpdk",
+            why: "the DPDK backend arrives with the kernel-bypass issue",
+        }),
+        Backend::Memory => Err(StartError::Backend {
+            port: port.name.to_string(),
+            backend: backend_name(Backend::Memory),
+            why: "in-process rings exist only inside tests and benchmarks",
+        }),
+    }
+}
+
+/// Tunnel parameters from the config.
+pub fn params(cfg: &NodeConfig) -> Params {
+    let t = &cfg.tunnel;
+    Params {
+        replay_window: t.replay_window,
+        rekey_after: Duration::from_secs(u64::from(t.rekey_after_seconds)),
+        reject_after: Duration::from_secs(u64::from(t.rekey_after_seconds) * 3 / 2 + 60),
+        keepalive: (t.keepalive_seconds > 0)
+            .then(|| Duration::from_secs(u64::from(t.keepalive_seconds))),
+        ..Params::default()
+    }
+}
+
+/// Peer specs from the config, in config order (peer index = position).
+pub fn peers(cfg: &NodeConfig) -> Vec<PeerSpec> {
+    cfg.tunnel
+        .peers
+        .iter()
+        .map(|p| PeerSpec {
+            public: p.public_key.0,
+            psk: p
+                .preshared_key
+                .as_ref()
+                .map_or([0; 32], |k| *k.expose_secret()),
+            endpoint: p.endpoint.map(|e| e.0),
+            compress: p.compression == Compression::Lz4,
+        })
+        .collect()
+}
+
+/// The data plane, started.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stats: Vec<Arc<WorkerStats>>,
+    listener: TcpListener,
+    labels: (String, String, String, usize),
+}
+
+/// Opens every port and binds the metrics address, then starts the workers.
+pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
+    let lans: Vec<&Port> = cfg
+        .ports
+        .iter()
+        .filter(|p| p.role == PortRole::Lan)
+        .collect();
+    let wans: Vec<&Port> = cfg
+        .ports
+        .iter()
+        .filter(|p| p.role == PortRole::Wan)
+        .collect();
+    let (&[lan], &[wan]) = (lans.as_slice(), wans.as_slice()) else {
+        return Err(StartError::PortCount {
+            lan: lans.len(),
+            wan: wans.len(),
+        });
+    };
+    let cores = &cfg.cores.dataplane;
+    let workers = cores.len().clamp(1, 255);
+    // Everything that can fail is done before any thread starts.
+    let lan_ports = open_port(lan, workers)?;
+    let wan_ports = open_port(wan, workers)?;
+    let listener = TcpListener::bind(cfg.metrics.listen).map_err(|source| StartError::Metrics {
+        addr: cfg.metrics.listen.to_string(),
+        source,
+    })?;
+    let _ = listener.set_nonblocking(true);
+
+    let private = *cfg.tunnel.private_key.expose_secret();
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let inboxes: Vec<Arc<Mailbox>> = (0..workers).map(|_| Mailbox::new(1024)).collect();
+    let all_stats: Vec<Arc<WorkerStats>> = (0..workers)
+        .map(|_| Arc::new(WorkerStats::default()))
+        .collect();
+    let base = cfg.tunnel.listen_port;
+    let allowed = cfg
+        .tunnel
+        .peers
+        .iter()
+        .map(|p| p.allowed_prefixes.iter().map(|x| x.0).collect())
+        .collect::<Vec<_>>();
+    let mut threads = Vec::with_capacity(workers);
+    for (w, (lan_port, wan_port)) in lan_ports.into_iter().zip(wan_ports).enumerate() {
+        let id = u8::try_from(w).unwrap_or(u8::MAX);
+        let port_addr = |p: &Port, io: &dyn PacketPort| PortAddr {
+            mac: io.mac(),
+            net: p.address.0,
+            gateway: p.gateway,
+            mtu: p.mtu,
+        };
+        let gcfg = GatewayConfig {
+            lan: port_addr(lan, &*lan_port),
+            wan: port_addr(wan, &*wan_port),
+            udp_port: base.saturating_add(u16::from(id)),
+            udp_ports: base..base.saturating_add(u16::try_from(workers).unwrap_or(1)),
+            allowed: allowed.clone(),
+        };
+        let tunnel = Tunnel::new(id, private, params(cfg), wall, peers(cfg));
+        let gateway = Gateway::new(gcfg, tunnel, Box::new(CpuEngine));
+        let worker = Worker {
+            id,
+            lan: lan_port,
+            wan: wan_port,
+            gateway,
+            inbox: Arc::clone(&inboxes[w]),
+            inboxes: inboxes.clone(),
+            stats: Arc::clone(&all_stats[w]),
+            stop: Arc::clone(&stop),
+            epoch,
+        };
+        let core = cores.get(w).copied();
+        let spawned = std::thread::Builder::new().name(format!("dwcp-worker-{w}")).spawn(move || {
+            if let Some(c) = core {
+                let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: usize::from(c) });
+                if !pinned {
+                    eprintln!("dwcp-dataplane: worker {w}: could not pin to core {c}; running unpinned");
+                }
+            }
+            worker.run();
+        });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(StartError::Open {
+                    port: "worker".into(),
+                    interface: format!("thread {w}"),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(Running {
+        stop,
+        threads,
+        stats: all_stats,
+        listener,
+        labels: (
+            cfg.name.to_string(),
+            lan.name.to_string(),
+            wan.name.to_string(),
+            workers,
+        ),
+    })
+}
+
+impl Running {
+    /// Current totals over all workers.
+    pub fn totals(&self) -> [u64; stats::COUNT] {
+        stats::sum(self.stats.iter().map(|s| &**s))
+    }
+
+    fn metrics_text(&self) -> String {
+        let (node, lan, wan, workers) = &self.labels;
+        metrics::render(
+            &self.totals(),
+            &Labels {
+                node,
+                lan,
+                wan,
+                workers: *workers,
+                engine: "cpu",
+            },
+        )
+    }
+
+    /// Runs the control loop until SIGTERM or SIGINT; `signals` must already be blocked in
+    /// every thread (main blocks them before starting anything).
+    pub fn control(self, signals: &SigSet) -> Result<(), StartError> {
+        let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(StartError::Signals)?;
+        loop {
+            let (sig_ready, conn_ready) = {
+                let mut fds = [
+                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                ];
+                let _ = poll(&mut fds, PollTimeout::from(500u16));
+                let r = |i: usize| {
+                    fds[i]
+                        .revents()
+                        .is_some_and(|r| r.contains(PollFlags::POLLIN))
+                };
+                (r(0), r(1))
+            };
+            if conn_ready {
+                while let Ok((stream, _)) = self.listener.accept() {
+                    let _ = stream.set_nonblocking(false);
+                    metrics::serve(stream, || self.metrics_text());
+                }
+            }
+            if sig_ready {
+                while let Ok(Some(info)) = sfd.read_signal() {
+                    match Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) {
+                        Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                            self.stop.store(true, Ordering::Relaxed);
+                            for t in self.threads {
+                                let _ = t.join();
+                            }
+                            return Ok(());
+                        }
+                        Ok(Signal::SIGHUP) => {
+                            eprintln!(
+                                "dwcp-dataplane: SIGHUP: live peer reload is not built yet; restart the data plane to apply a new config"
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The Prometheus endpoint: text exposition format 0.0.4 over plain HTTP, served by the
+//! control thread on the management address only.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::stats::{self, COUNT};
+
+/// What the exposition needs besides the counters.
+pub struct Labels<'a> {
+    /// Node name.
+    pub node: &'a str,
+    /// LAN port name.
+    pub lan: &'a str,
+    /// WAN port name.
+    pub wan: &'a str,
+    /// Worker count.
+    pub workers: usize,
+    /// Offload engine in use.
+    pub engine: &'a str,
+}
+
+/// Renders the metrics text.
+pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
+    let mut o = String::new();
+    let node = l.node;
+    let mut family = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        for (labels, value) in rows {
+            let sep = if labels.is_empty() { "" } else { "," };
+            let _ = writeln!(o, "{name}{{node=\"{node}\"{sep}{labels}}} {value}");
+        }
+    };
+    let g = |n: &str| stats::get(v, n);
+    for (what, unit) in [("packets", "Frames"), ("bytes", "Bytes")] {
+        family(
+            &format!("dwcp_port_rx_{what}_total"),
+            "counter",
+            &format!("{unit} received per data port."),
+            &[
+                (format!("port=\"{}\"", l.lan), g(&format!("lan_rx_{what}"))),
+                (format!("port=\"{}\"", l.wan), g(&format!("wan_rx_{what}"))),
+            ],
+        );
+        family(
+            &format!("dwcp_port_tx_{what}_total"),
+            "counter",
+            &format!("{unit} sent per data port."),
+            &[
+                (format!("port=\"{}\"", l.lan), g(&format!("lan_tx_{what}"))),
+                (format!("port=\"{}\"", l.wan), g(&format!("wan_tx_{what}"))),
+            ],
+        );
+    }
+    let drops: Vec<(String, u64)> = stats::NAMES
+        .iter()
+        .filter_map(|n| {
+            n.strip_prefix("drop_")
+                .map(|r| (format!("reason=\"{}\"", r.replace('_', "-")), g(n)))
+        })
+        .collect();
+    family(
+        "dwcp_drops_total",
+        "counter",
+        "Packets dropped, by reason.",
+        &drops,
+    );
+    family(
+        "dwcp_handshakes_initiated_total",
+        "counter",
+        "Handshake initiations sent.",
+        &[(String::new(), g("handshakes_initiated"))],
+    );
+    family(
+        "dwcp_handshakes_total",
+        "counter",
+        "Sessions established.",
+        &[(String::new(), g("handshakes_completed"))],
+    );
+    family(
+        "dwcp_rekeys_total",
+        "counter",
+        "Sessions that replaced an older one.",
+        &[(String::new(), g("rekeys"))],
+    );
+    family(
+        "dwcp_keepalives_sent_total",
+        "counter",
+        "Keepalives sent.",
+        &[(String::new(), g("keepalives_sent"))],
+    );
+    family(
+        "dwcp_tunnel_rx_packets_total",
+        "counter",
+        "Inner packets received from peers.",
+        &[(String::new(), g("tunnel_rx_packets"))],
+    );
+    family(
+        "dwcp_tunnel_tx_messages_total",
+        "counter",
+        "Data messages sent to peers.",
+        &[(String::new(), g("tunnel_tx_messages"))],
+    );
+    family(
+        "dwcp_compressed_packets_total",
+        "counter",
+        "Payloads sent LZ4-compressed.",
+        &[(String::new(), g("compressed_packets"))],
+    );
+    family(
+        "dwcp_compress_in_bytes_total",
+        "counter",
+        "Bytes before compression of compressed payloads.",
+        &[(String::new(), g("compress_in_bytes"))],
+    );
+    family(
+        "dwcp_compress_out_bytes_total",
+        "counter",
+        "Bytes after compression of compressed payloads.",
+        &[(String::new(), g("compress_out_bytes"))],
+    );
+    family(
+        "dwcp_icmp_errors_sent_total",
+        "counter",
+        "ICMP fragmentation-needed messages sent.",
+        &[(String::new(), g("icmp_errors_sent"))],
+    );
+    family(
+        "dwcp_mss_clamped_total",
+        "counter",
+        "TCP SYNs whose MSS was lowered.",
+        &[(String::new(), g("mss_clamped"))],
+    );
+    family(
+        "dwcp_handoff_frames_total",
+        "counter",
+        "WAN frames handed to the worker owning their session.",
+        &[(String::new(), g("handoff_frames"))],
+    );
+    family(
+        "dwcp_workers",
+        "gauge",
+        "Data-plane worker threads.",
+        &[(String::new(), l.workers as u64)],
+    );
+    family(
+        "dwcp_engine_info",
+        "gauge",
+        "The offload engine in use.",
+        &[(format!("engine=\"{}\"", l.engine), 1)],
+    );
+    o
+}
+
+/// Answers one HTTP connection: `GET /metrics` gets the text, anything else 404.
+pub fn serve(mut stream: TcpStream, body: impl FnOnce() -> String) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
+    let mut req = [0u8; 1024];
+    let n = stream.read(&mut req).unwrap_or(0);
+    let line = String::from_utf8_lossy(&req[..n]);
+    let response = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
+        let b = body();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            b.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+    };
+    let _ = stream.write_all(response.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_families_with_labels() {
+        let mut v = [0u64; COUNT];
+        v[stats::NAMES
+            .iter()
+            .position(|n| *n == "drop_auth_failed")
+            .unwrap()] = 3;
+        v[0] = 10;
+        let text = render(
+            &v,
+            &Labels {
+                node: "n1",
+                lan: "lan0",
+                wan: "wan0",
+                workers: 2,
+                engine: "cpu",
+            },
+        );
+        assert!(
+            text.contains("dwcp_drops_total{node=\"n1\",reason=\"auth-failed\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dwcp_port_rx_packets_total{node=\"n1\",port=\"lan0\"} 10"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE dwcp_handshakes_total counter"));
+        assert!(text.contains("dwcp_workers{node=\"n1\"} 2"));
+    }
+}

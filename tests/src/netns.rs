@@ -1,0 +1,145 @@
+//! Network namespaces for traffic tests: created with `ip netns` and veth pairs, removed
+//! (with every process started in them) when the [`Lab`] is dropped, also on panic.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+/// Runs a command, failing loudly with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Whether this process may create namespaces (root).
+pub fn is_root() -> bool {
+    nix_uid() == 0
+}
+
+fn nix_uid() -> u32 {
+    // /proc/self/status has "Uid: real effective ...".
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// A set of namespaces and the processes running in them.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    /// A lab whose names start with a prefix unique to this process.
+    pub fn new(tag: &str) -> Self {
+        let prefix = format!("dw{}{tag}", std::process::id() % 100_000);
+        Self {
+            prefix,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// The full name of a namespace or interface (`short` is at most 5 characters).
+    pub fn name(&self, short: &str) -> String {
+        format!("{}{short}", self.prefix)
+    }
+
+    /// Creates a namespace with `lo` up.
+    pub fn netns(&mut self, short: &str) -> String {
+        let ns = self.name(short);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        run("ip", &["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        self.exec(&ns, "ip", &["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command in a namespace and waits for it, failing loudly.
+    pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", ns, program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// A command that runs in a namespace.
+    pub fn command(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// Starts a process in a namespace; it is killed when the lab is dropped.
+    pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str], log: &Path) -> usize {
+        let file = std::fs::File::create(log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        let child = self
+            .command(ns, program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// The child started by [`Lab::spawn`].
+    pub fn child(&mut self, i: usize) -> &mut Child {
+        &mut self.children[i]
+    }
+
+    /// A veth pair between two namespaces, both ends up, with IPv6 off and the offloads that
+    /// a packet socket cannot see through (checksum, segmentation) disabled.
+    pub fn veth(&self, a_ns: &str, a: &str, b_ns: &str, b: &str) {
+        run(
+            "ip",
+            &[
+                "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+            ],
+        );
+        for (ns, dev) in [(a_ns, a), (b_ns, b)] {
+            self.exec(
+                ns,
+                "sysctl",
+                &["-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")],
+            );
+            self.exec(
+                ns,
+                "ethtool",
+                &[
+                    "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ],
+            );
+            self.exec(ns, "ip", &["link", "set", dev, "up"]);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
