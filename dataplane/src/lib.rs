@@ -10,6 +10,7 @@
 
 pub mod anti_replay;
 pub mod app;
+pub mod bench;
 pub mod gateway;
 pub mod handshake;
 pub mod io;

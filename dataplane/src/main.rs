@@ -2,6 +2,9 @@
 //! ports, starts pinned workers, tells init it is ready, serves metrics, and stops cleanly on
 //! SIGTERM.
 //!
+//! `dwcp-dataplane bench pipeline [--json] [--seconds S]` runs the pipeline benchmark
+//! (`dwcp bench pipeline` calls it).
+//!
 //! Exit codes: 0 stopped on request, 2 bad arguments, 3 invalid config, 4 readiness failed,
 //! 5 could not start (the error names the port or address).
 
@@ -13,7 +16,11 @@ use nix::sys::signal::{SigSet, Signal};
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    let config = match (args.next(), args.next()) {
+    let first = args.next();
+    if first.as_deref() == Some(std::ffi::OsStr::new("bench")) {
+        return bench(args.map(|a| a.to_string_lossy().into_owned()).collect());
+    }
+    let config = match (first, args.next()) {
         (Some(flag), Some(path)) if flag == "--config" => PathBuf::from(path),
         _ => {
             eprintln!("usage: dwcp-dataplane --config FILE");
@@ -120,4 +127,27 @@ fn idle(signals: &SigSet) -> ExitCode {
             }
         }
     }
+}
+
+fn bench(args: Vec<String>) -> ExitCode {
+    if args.first().map(String::as_str) != Some("pipeline") {
+        eprintln!("usage: dwcp-dataplane bench pipeline [--json] [--seconds S]");
+        return ExitCode::from(2);
+    }
+    let json = args.iter().any(|a| a == "--json");
+    let seconds: f64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let rows = dwcp_dataplane::bench::run(std::time::Duration::from_secs_f64(
+        seconds.clamp(0.05, 60.0),
+    ));
+    if json {
+        print!("{}", dwcp_dataplane::bench::json(&rows));
+    } else {
+        print!("{}", dwcp_dataplane::bench::table(&rows));
+    }
+    ExitCode::SUCCESS
 }

@@ -143,3 +143,24 @@ pub fn config_initrd(config_text: &str) -> std::io::Result<Vec<u8>> {
     i.file("etc/dwcp/dwcp.toml", config_text.as_bytes().to_vec(), 0o600);
     i.to_gzip()
 }
+
+/// The data-plane binary built with the release profile (built now if needed), for benchmarks.
+pub fn release_dataplane() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "-p",
+            "dwcp-dataplane",
+        ])
+        .status()
+        .context("cannot run cargo to build the data plane")?;
+    if !status.success() {
+        bail!("building dwcp-dataplane (release) failed ({status})");
+    }
+    Ok(root.join("target").join("release").join("dwcp-dataplane"))
+}

@@ -72,6 +72,23 @@ enum Command {
     /// Boot artifacts under QEMU.
     #[command(subcommand)]
     Qemu(QemuCommand),
+    /// Benchmarks that print figures against a ceiling measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// One core's DWCP encap/decap on the memory backend at 64, 512 and 1408 bytes,
+    /// compression off and on, against `openssl speed -evp aes-256-gcm` (same run).
+    Pipeline {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +211,22 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
                 out.join("manifest.json").display()
             );
             Ok(Exit::Ok)
+        }
+        Command::Bench(BenchCommand::Pipeline { json, seconds }) => {
+            let bin = image_build::release_dataplane()?;
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.args(["bench", "pipeline", "--seconds", &seconds.to_string()]);
+            if json {
+                cmd.arg("--json");
+            }
+            let status = cmd
+                .status()
+                .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", bin.display()))?;
+            Ok(if status.success() {
+                Exit::Ok
+            } else {
+                Exit::Failed
+            })
         }
         Command::Qemu(QemuCommand::Boot {
             artifacts,
