@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam_queue::ArrayQueue;
 use dwcp_kernels::cpu::CpuEngine;
 use dwcp_provisioning::NodeConfig;
 use dwcp_provisioning::schema::{Backend, Compression, Port, PortRole};
@@ -23,7 +24,7 @@ use crate::io::memory::Mailbox;
 use crate::metrics::{self, Labels};
 use crate::stats::{self, WorkerStats};
 use crate::tunnel::{Params, PeerSpec, Tunnel};
-use crate::worker::Worker;
+use crate::worker::{Reload, Worker};
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +154,8 @@ pub fn peers(cfg: &NodeConfig) -> Vec<PeerSpec> {
 
 /// The data plane, started.
 pub struct Running {
+    config: NodeConfig,
+    reloads: Vec<Arc<ArrayQueue<Reload>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     stats: Vec<Arc<WorkerStats>>,
@@ -206,6 +209,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         .iter()
         .map(|p| p.allowed_prefixes.iter().map(|x| x.0).collect())
         .collect::<Vec<_>>();
+    let reload_queues: Vec<Arc<ArrayQueue<Reload>>> =
+        (0..workers).map(|_| Arc::new(ArrayQueue::new(4))).collect();
     let mut threads = Vec::with_capacity(workers);
     for (w, (lan_port, wan_port)) in lan_ports.into_iter().zip(wan_ports).enumerate() {
         let id = u8::try_from(w).unwrap_or(u8::MAX);
@@ -233,6 +238,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             inboxes: inboxes.clone(),
             stats: Arc::clone(&all_stats[w]),
             stop: Arc::clone(&stop),
+            reloads: Arc::clone(&reload_queues[w]),
             epoch,
         };
         let core = cores.get(w).copied();
@@ -261,6 +267,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         }
     }
     Ok(Running {
+        config: cfg.clone(),
+        reloads: reload_queues,
         stop,
         threads,
         stats: all_stats,
@@ -280,6 +288,91 @@ impl Running {
         stats::sum(self.stats.iter().map(|s| &**s))
     }
 
+    /// Re-reads the config and applies its peers to every worker; peers whose keys did not
+    /// change keep their sessions. Other changes need a restart, and are named.
+    fn reload(&mut self, path: &std::path::Path) {
+        let new = match dwcp_provisioning::load_file(path) {
+            Ok(c) => c,
+            Err(dwcp_provisioning::LoadError::Invalid(diags)) => {
+                eprintln!(
+                    "dwcp-dataplane: reload refused, the config has {} problem(s); keeping the running one:",
+                    diags.len()
+                );
+                for d in diags {
+                    eprintln!("dwcp-dataplane:   {d}");
+                }
+                return;
+            }
+            Err(e) => {
+                eprintln!("dwcp-dataplane: reload refused: {e}");
+                return;
+            }
+        };
+        let old = &self.config;
+        let mut needs_restart = Vec::new();
+        if format!("{:?}", old.ports) != format!("{:?}", new.ports) {
+            needs_restart.push("ports");
+        }
+        if old.cores.dataplane != new.cores.dataplane {
+            needs_restart.push("cores");
+        }
+        if old.tunnel.private_key != new.tunnel.private_key
+            || old.tunnel.listen_port != new.tunnel.listen_port
+        {
+            needs_restart.push("tunnel key/port");
+        }
+        if old.metrics.listen != new.metrics.listen {
+            needs_restart.push("metrics address");
+        }
+        let key = |p: &dwcp_provisioning::schema::Peer| p.public_key;
+        let added = new
+            .tunnel
+            .peers
+            .iter()
+            .filter(|p| !old.tunnel.peers.iter().any(|o| key(o) == key(p)))
+            .count();
+        let removed = old
+            .tunnel
+            .peers
+            .iter()
+            .filter(|o| !new.tunnel.peers.iter().any(|p| key(o) == key(p)))
+            .count();
+        let allowed: Vec<Vec<ipnet::Ipv4Net>> = new
+            .tunnel
+            .peers
+            .iter()
+            .map(|p| p.allowed_prefixes.iter().map(|x| x.0).collect())
+            .collect();
+        for q in &self.reloads {
+            let mut r = Reload {
+                peers: peers(&new),
+                allowed: allowed.clone(),
+            };
+            // A full queue means a reload is still pending: replace it with this one.
+            while let Err(back) = q.push(r) {
+                r = back;
+                let _ = q.pop();
+            }
+        }
+        eprintln!(
+            "dwcp-dataplane: reloaded peers: {} ({added} added, {removed} removed, others keep their sessions){}",
+            new.tunnel.peers.len(),
+            if needs_restart.is_empty() {
+                String::new()
+            } else {
+                format!("; changes to {} need a restart", needs_restart.join(", "))
+            }
+        );
+        let mut kept = new;
+        // What runs is still the old ports, cores, keys and metrics address.
+        kept.ports = old.ports.clone();
+        kept.cores = old.cores.clone();
+        kept.tunnel.private_key = old.tunnel.private_key.clone();
+        kept.tunnel.listen_port = old.tunnel.listen_port;
+        kept.metrics = old.metrics.clone();
+        self.config = kept;
+    }
+
     fn metrics_text(&self) -> String {
         let (node, lan, wan, workers) = &self.labels;
         metrics::render(
@@ -296,7 +389,11 @@ impl Running {
 
     /// Runs the control loop until SIGTERM or SIGINT; `signals` must already be blocked in
     /// every thread (main blocks them before starting anything).
-    pub fn control(self, signals: &SigSet) -> Result<(), StartError> {
+    pub fn control(
+        mut self,
+        signals: &SigSet,
+        config_path: &std::path::Path,
+    ) -> Result<(), StartError> {
         let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(StartError::Signals)?;
         loop {
@@ -329,11 +426,7 @@ impl Running {
                             }
                             return Ok(());
                         }
-                        Ok(Signal::SIGHUP) => {
-                            eprintln!(
-                                "dwcp-dataplane: SIGHUP: live peer reload is not built yet; restart the data plane to apply a new config"
-                            );
-                        }
+                        Ok(Signal::SIGHUP) => self.reload(config_path),
                         _ => {}
                     }
                 }

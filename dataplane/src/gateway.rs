@@ -223,6 +223,11 @@ impl Gateway {
         }
     }
 
+    /// Replaces the peers' allowed prefixes (config reload; index = tunnel peer index).
+    pub fn set_allowed(&mut self, allowed: Vec<Vec<Ipv4Net>>) {
+        self.cfg.allowed = allowed;
+    }
+
     /// The configuration.
     pub fn config(&self) -> &GatewayConfig {
         &self.cfg

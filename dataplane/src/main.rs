@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     if let Err(code) = ready() {
         return code;
     }
-    match running.control(&signals) {
+    match running.control(&signals, &config) {
         Ok(()) => {
             println!("dwcp-dataplane: stopped");
             ExitCode::SUCCESS

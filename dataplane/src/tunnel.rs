@@ -300,6 +300,70 @@ impl Tunnel {
         self.peers.get(peer).and_then(|p| p.endpoint)
     }
 
+    /// Replaces the peer list (config reload). A peer whose public key and pre-shared key
+    /// are unchanged keeps its sessions and learned endpoint; removed peers' sessions are
+    /// forgotten; new peers start without a session. Peer indices follow the new list.
+    pub fn set_peers(&mut self, specs: Vec<PeerSpec>) {
+        let mut old: Vec<Option<Peer>> = std::mem::take(&mut self.peers)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut peers = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let kept = old
+                .iter_mut()
+                .find(|p| {
+                    p.as_ref()
+                        .is_some_and(|p| p.spec.public == spec.public && p.spec.psk == spec.psk)
+                })
+                .and_then(Option::take);
+            let peer = match kept {
+                Some(mut p) => {
+                    if spec.endpoint.is_some() && spec.endpoint != p.spec.endpoint {
+                        p.endpoint = spec.endpoint;
+                    }
+                    p.spec = spec;
+                    p
+                }
+                None => Peer {
+                    endpoint: spec.endpoint,
+                    spec,
+                    current: None,
+                    retired: Vec::with_capacity(RETIRED_MAX),
+                    next: None,
+                    pending: None,
+                    last_timestamp: [0; TIMESTAMP_LEN],
+                    last_sent: Duration::ZERO,
+                    staged: VecDeque::with_capacity(STAGED_MAX),
+                    spare: (0..STAGED_MAX)
+                        .map(|_| Vec::with_capacity(MAX_INNER))
+                        .collect(),
+                },
+            };
+            peers.push(peer);
+        }
+        self.peers = peers;
+        // Rebuild the index table from the sessions that survived.
+        self.by_index.clear();
+        for (i, p) in self.peers.iter().enumerate() {
+            let locals = p
+                .current
+                .iter()
+                .chain(p.next.iter())
+                .chain(p.retired.iter().map(|(s, _)| s))
+                .map(|s| s.local)
+                .chain(p.pending.iter().map(|(_, idx, _)| *idx));
+            for l in locals {
+                self.by_index.insert(l, i);
+            }
+        }
+    }
+
+    /// Number of configured peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
     /// Whether the peer has a session to send on.
     pub fn has_session(&self, peer: usize) -> bool {
         self.peers
@@ -1040,6 +1104,61 @@ mod tests {
         assert_eq!(
             l.a.encapsulate(&mut l.engine, 0, &big, &mut out, l.now),
             Action::Dropped(DropReason::TooBig)
+        );
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_peers_sessions() {
+        let (mut l, _) = established();
+        let handshakes = l.a.counters.handshakes_initiated;
+        // Add a peer in front of the existing one: indices shift, the session survives.
+        let (_, other) = keypair();
+        let mut specs = vec![PeerSpec {
+            public: other,
+            psk: [0; 32],
+            endpoint: None,
+            compress: false,
+        }];
+        let b_public = l.a.peers[0].spec.clone();
+        specs.push(b_public.clone());
+        l.a.set_peers(specs);
+        assert_eq!(l.a.peer_count(), 2);
+        assert!(l.a.has_session(1));
+        let mut out = vec![0u8; MAX_INNER + 64];
+        let Action::Send { len, .. } =
+            l.a.encapsulate(&mut l.engine, 1, &packet(5, 80), &mut out, l.now)
+        else {
+            panic!()
+        };
+        assert!(matches!(
+            l.b.receive(&mut l.engine, &out[..len], None, &mut out.clone(), l.now),
+            Action::Deliver { .. }
+        ));
+        assert_eq!(
+            l.a.counters.handshakes_initiated, handshakes,
+            "no new handshake"
+        );
+        // B answers on its session; A maps it to the peer's new index.
+        let mut out2 = vec![0u8; MAX_INNER + 64];
+        let Action::Send { len, .. } =
+            l.b.encapsulate(&mut l.engine, 0, &packet(6, 80), &mut out2, l.now)
+        else {
+            panic!()
+        };
+        assert!(matches!(
+            l.a.receive(&mut l.engine, &out2[..len], None, &mut out, l.now),
+            Action::Deliver { peer: 1, .. }
+        ));
+        // Removing the peer forgets its sessions.
+        l.a.set_peers(vec![]);
+        let Action::Send { len, .. } =
+            l.b.encapsulate(&mut l.engine, 0, &packet(7, 80), &mut out2, l.now)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            l.a.receive(&mut l.engine, &out2[..len], None, &mut out, l.now),
+            Action::Dropped(DropReason::UnknownIndex)
         );
     }
 

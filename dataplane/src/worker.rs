@@ -21,6 +21,14 @@ const NAP: Duration = Duration::from_micros(200);
 const TICK: Duration = Duration::from_millis(1);
 const PUBLISH: Duration = Duration::from_millis(10);
 
+/// A new peer list for a worker (config reload), prepared by the control thread.
+pub struct Reload {
+    /// Peers in config order.
+    pub peers: Vec<crate::tunnel::PeerSpec>,
+    /// Their allowed prefixes, same order.
+    pub allowed: Vec<Vec<ipnet::Ipv4Net>>,
+}
+
 /// Everything a worker runs with.
 pub struct Worker {
     /// Worker number (the top byte of its session indices).
@@ -39,6 +47,8 @@ pub struct Worker {
     pub stats: Arc<WorkerStats>,
     /// Set by the control thread to stop.
     pub stop: Arc<AtomicBool>,
+    /// Reloads from the control thread, applied between bursts.
+    pub reloads: Arc<crossbeam_queue::ArrayQueue<Reload>>,
     /// The data plane's clock origin.
     pub epoch: Instant,
 }
@@ -83,6 +93,7 @@ impl Worker {
             inboxes,
             stats,
             stop,
+            reloads,
             epoch,
         } = &mut self;
         while !stop.load(Ordering::Relaxed) {
@@ -110,6 +121,10 @@ impl Worker {
             send_all(&mut tx, &mut **lan, &mut **wan, &mut loop_counters);
             if now.saturating_sub(last_tick) >= TICK {
                 last_tick = now;
+                while let Some(r) = reloads.pop() {
+                    gateway.tunnel.set_peers(r.peers);
+                    gateway.set_allowed(r.allowed);
+                }
                 gateway.tick(&mut tx, now);
                 send_all(&mut tx, &mut **lan, &mut **wan, &mut loop_counters);
             }

@@ -100,6 +100,12 @@ impl Lab {
         self.children.len() - 1
     }
 
+    /// The process id of a child started by [`Lab::spawn`] (`ip netns exec` execs the
+    /// program, so it is the program's).
+    pub fn pid(&self, i: usize) -> u32 {
+        self.children[i].id()
+    }
+
     /// The child started by [`Lab::spawn`].
     pub fn child(&mut self, i: usize) -> &mut Child {
         &mut self.children[i]
