@@ -22,6 +22,44 @@ pub struct Labels<'a> {
     pub engine: &'a str,
 }
 
+/// Renders the latency histograms in Prometheus histogram form (seconds).
+pub fn render_histograms(h: &[stats::Histogram; stats::STAGES.len()], node: &str) -> String {
+    let mut o = String::new();
+    let name = "dwcp_stage_latency_seconds";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Per-packet processing time by stage (burst averages)."
+    );
+    let _ = writeln!(o, "# TYPE {name} histogram");
+    for (stage, hist) in stats::STAGES.iter().zip(h) {
+        let mut cumulative = 0;
+        for (i, bound) in stats::BUCKETS_NS.iter().enumerate() {
+            cumulative += hist.buckets[i];
+            let le = *bound as f64 / 1e9;
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{node=\"{node}\",stage=\"{stage}\",le=\"{le:e}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{node=\"{node}\",stage=\"{stage}\",le=\"+Inf\"}} {}",
+            hist.count
+        );
+        let _ = writeln!(
+            o,
+            "{name}_sum{{node=\"{node}\",stage=\"{stage}\"}} {}",
+            hist.sum_ns as f64 / 1e9
+        );
+        let _ = writeln!(
+            o,
+            "{name}_count{{node=\"{node}\",stage=\"{stage}\"}} {}",
+            hist.count
+        );
+    }
+    o
+}
+
 /// Renders the metrics text.
 pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
     let mut o = String::new();
@@ -206,5 +244,18 @@ mod tests {
         );
         assert!(text.contains("# TYPE dwcp_handshakes_total counter"));
         assert!(text.contains("dwcp_workers{node=\"n1\"} 2"));
+        let mut h = [stats::Histogram::default(); stats::STAGES.len()];
+        h[0].record(300, 4);
+        let t = render_histograms(&h, "n1");
+        assert!(
+            t.contains(
+                "dwcp_stage_latency_seconds_bucket{node=\"n1\",stage=\"lan_to_wan\",le=\"5e-7\"} 4"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("dwcp_stage_latency_seconds_count{node=\"n1\",stage=\"lan_to_wan\"} 4"),
+            "{t}"
+        );
     }
 }

@@ -91,16 +91,77 @@ pub fn flatten(g: &GatewayCounters, t: &Counters, l: &LoopCounters) -> [u64; COU
     ]
 }
 
+/// Upper bounds of the latency buckets, nanoseconds (a last bucket takes the rest).
+pub const BUCKETS_NS: [u64; 10] = [
+    250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000,
+];
+/// The stages measured per packet: LAN frame to WAN output (encapsulation), WAN frame to LAN
+/// output (decapsulation), and handing output frames to the ports.
+pub const STAGES: [&str; 3] = ["lan_to_wan", "wan_to_lan", "tx"];
+/// Slots per histogram: buckets, the overflow bucket, sum, count.
+const HIST_SLOTS: usize = BUCKETS_NS.len() + 3;
+
+/// A fixed-bucket latency histogram a worker fills without allocating.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Samples per bucket (not cumulative); the last is above every bound.
+    pub buckets: [u64; BUCKETS_NS.len() + 1],
+    /// Sum of the samples, nanoseconds.
+    pub sum_ns: u64,
+    /// Number of samples.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Records `n` samples of `ns` nanoseconds each (a burst's per-packet average).
+    pub fn record(&mut self, ns: u64, n: u64) {
+        let i = BUCKETS_NS
+            .iter()
+            .position(|&b| ns <= b)
+            .unwrap_or(BUCKETS_NS.len());
+        self.buckets[i] += n;
+        self.sum_ns += ns * n;
+        self.count += n;
+    }
+
+    fn slots(&self) -> [u64; HIST_SLOTS] {
+        let mut out = [0u64; HIST_SLOTS];
+        out[..self.buckets.len()].copy_from_slice(&self.buckets);
+        out[HIST_SLOTS - 2] = self.sum_ns;
+        out[HIST_SLOTS - 1] = self.count;
+        out
+    }
+
+    fn from_slots(s: &[u64; HIST_SLOTS]) -> Self {
+        let mut h = Self::default();
+        h.buckets.copy_from_slice(&s[..BUCKETS_NS.len() + 1]);
+        h.sum_ns = s[HIST_SLOTS - 2];
+        h.count = s[HIST_SLOTS - 1];
+        h
+    }
+
+    /// Adds another histogram's samples.
+    pub fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+        self.sum_ns += o.sum_ns;
+        self.count += o.count;
+    }
+}
+
 /// One worker's published counters, on cache lines of its own.
 #[repr(align(64))]
 pub struct WorkerStats {
     values: [AtomicU64; COUNT],
+    hist: [[AtomicU64; HIST_SLOTS]; STAGES.len()],
 }
 
 impl Default for WorkerStats {
     fn default() -> Self {
         Self {
             values: std::array::from_fn(|_| AtomicU64::new(0)),
+            hist: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
         }
     }
 }
@@ -111,6 +172,24 @@ impl WorkerStats {
         for (slot, v) in self.values.iter().zip(values) {
             slot.store(*v, Ordering::Relaxed);
         }
+    }
+
+    /// Publishes the worker's latency histograms.
+    pub fn publish_histograms(&self, h: &[Histogram; STAGES.len()]) {
+        for (slots, hist) in self.hist.iter().zip(h) {
+            for (slot, v) in slots.iter().zip(hist.slots()) {
+                slot.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reads the last published histograms.
+    pub fn read_histograms(&self) -> [Histogram; STAGES.len()] {
+        std::array::from_fn(|i| {
+            Histogram::from_slots(&std::array::from_fn(|j| {
+                self.hist[i][j].load(Ordering::Relaxed)
+            }))
+        })
     }
 
     /// Reads the last published totals.
@@ -130,10 +209,45 @@ pub fn sum<'a>(workers: impl Iterator<Item = &'a WorkerStats>) -> [u64; COUNT] {
     total
 }
 
+/// Sums several workers' histograms.
+pub fn sum_histograms<'a>(
+    workers: impl Iterator<Item = &'a WorkerStats>,
+) -> [Histogram; STAGES.len()] {
+    let mut total = [Histogram::default(); STAGES.len()];
+    for w in workers {
+        for (t, h) in total.iter_mut().zip(w.read_histograms()) {
+            t.merge(&h);
+        }
+    }
+    total
+}
+
 /// The value of a named counter in a flattened array.
 pub fn get(values: &[u64; COUNT], name: &str) -> u64 {
     NAMES
         .iter()
         .position(|n| *n == name)
         .map_or(0, |i| values[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_publish() {
+        let mut h = Histogram::default();
+        h.record(100, 3);
+        h.record(1_500, 1);
+        h.record(1_000_000, 2);
+        assert_eq!(h.buckets[0], 3);
+        assert_eq!(h.buckets[3], 1);
+        assert_eq!(h.buckets[BUCKETS_NS.len()], 2);
+        assert_eq!((h.count, h.sum_ns), (6, 300 + 1_500 + 2_000_000));
+        let w = WorkerStats::default();
+        w.publish_histograms(&[h, Histogram::default(), h]);
+        let back = sum_histograms([&w, &w].into_iter());
+        assert_eq!(back[0].count, 12);
+        assert_eq!(back[1].count, 0);
+    }
 }

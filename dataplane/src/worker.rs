@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::gateway::{Gateway, Side, TxBatch, wan_owner};
 use crate::io::PacketPort;
 use crate::io::memory::Mailbox;
-use crate::stats::{LoopCounters, WorkerStats, flatten};
+use crate::stats::{Histogram, LoopCounters, STAGES, WorkerStats, flatten};
 
 /// Frames taken from a port per poll.
 pub const BURST: usize = 32;
@@ -76,12 +76,35 @@ fn send_all(
     tx.clear();
 }
 
+/// Nanoseconds per packet of a burst that started at `t0`.
+fn per_packet(t0: Instant, n: usize) -> u64 {
+    let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    ns / (n as u64).max(1)
+}
+
+fn send_timed(
+    tx: &mut TxBatch,
+    lan: &mut dyn PacketPort,
+    wan: &mut dyn PacketPort,
+    counters: &mut LoopCounters,
+    hist: &mut Histogram,
+) {
+    let n = tx.len();
+    if n == 0 {
+        return;
+    }
+    let t0 = Instant::now();
+    send_all(tx, lan, wan, counters);
+    hist.record(per_packet(t0, n), n as u64);
+}
+
 impl Worker {
     /// Runs until `stop` is set.
     pub fn run(mut self) {
         let mut tx = TxBatch::new(BURST * 3);
         let mut loop_counters = LoopCounters::default();
         let mut idle: u32 = 0;
+        let mut hist = [Histogram::default(); STAGES.len()];
         let mut last_tick = Duration::ZERO;
         let mut last_publish = Duration::ZERO;
         let Worker {
@@ -99,9 +122,21 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             let now = epoch.elapsed();
             let mut work = 0;
-            work += lan.rx_burst(BURST, &mut |f| gateway.from_lan(f, &mut tx, now));
-            send_all(&mut tx, &mut **lan, &mut **wan, &mut loop_counters);
-            work += wan.rx_burst(BURST, &mut |f| match wan_owner(f) {
+            let t0 = Instant::now();
+            let n = lan.rx_burst(BURST, &mut |f| gateway.from_lan(f, &mut tx, now));
+            if n > 0 {
+                hist[0].record(per_packet(t0, n), n as u64);
+                work += n;
+            }
+            send_timed(
+                &mut tx,
+                &mut **lan,
+                &mut **wan,
+                &mut loop_counters,
+                &mut hist[2],
+            );
+            let t0 = Instant::now();
+            let n = wan.rx_burst(BURST, &mut |f| match wan_owner(f) {
                 Some(owner) if owner != *id => {
                     // Not our session: the owning worker decrypts it, in order.
                     if inboxes.get(usize::from(owner)).is_some_and(|b| b.push(f)) {
@@ -112,7 +147,17 @@ impl Worker {
                 }
                 _ => gateway.from_wan(f, &mut tx, now),
             });
-            send_all(&mut tx, &mut **lan, &mut **wan, &mut loop_counters);
+            if n > 0 {
+                hist[1].record(per_packet(t0, n), n as u64);
+                work += n;
+            }
+            send_timed(
+                &mut tx,
+                &mut **lan,
+                &mut **wan,
+                &mut loop_counters,
+                &mut hist[2],
+            );
             let mut handed = 0;
             while handed < BURST && inbox.pop(&mut |f| gateway.from_wan(f, &mut tx, now)) {
                 handed += 1;
@@ -130,6 +175,7 @@ impl Worker {
             }
             if now.saturating_sub(last_publish) >= PUBLISH {
                 last_publish = now;
+                stats.publish_histograms(&hist);
                 stats.publish(&flatten(
                     &gateway.counters,
                     &gateway.tunnel.counters,
