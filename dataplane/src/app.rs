@@ -17,7 +17,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::gateway::{Gateway, GatewayConfig, PortAddr};
+use crate::gateway::{Gateway, GatewayConfig, PortAddr, TxBatch};
 use crate::io::PacketPort;
 use crate::io::af_packet::AfPacket;
 use crate::io::memory::Mailbox;
@@ -25,6 +25,11 @@ use crate::metrics::{self, Labels};
 use crate::stats::{self, WorkerStats};
 use crate::tunnel::{Params, PeerSpec, Tunnel};
 use crate::worker::{Reload, Worker};
+
+/// Output frames per worker burst (a LAN burst, a WAN burst and timers).
+const TX_FRAMES: usize = crate::worker::BURST * 3;
+/// Frames another worker can hand over before they are processed locally instead.
+const INBOX_FRAMES: usize = 1024;
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +203,30 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         .unwrap_or_default();
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let inboxes: Vec<Arc<Mailbox>> = (0..workers).map(|_| Mailbox::new(1024)).collect();
+    // Packet buffers for every worker's output frames and inbox, in one region.
+    let per_worker = TX_FRAMES + INBOX_FRAMES;
+    let size = crate::gateway::FRAME_MAX.max(crate::io::memory::FRAME_MAX);
+    let (mut bufs, backing) =
+        crate::pool::buffers(per_worker * workers, size).map_err(|source| StartError::Open {
+            port: "buffers".into(),
+            interface: "memory".into(),
+            source,
+        })?;
+    println!(
+        "dwcp-dataplane: {} packet buffers ({} MiB) on {backing}",
+        bufs.len(),
+        (bufs.len() * size.div_ceil(64) * 64) >> 20
+    );
+    let mut tx_batches = Vec::with_capacity(workers);
+    let mut inboxes: Vec<Arc<Mailbox>> = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let rest = bufs.split_off(per_worker);
+        let mut mine = std::mem::replace(&mut bufs, rest);
+        let inbox = mine.split_off(TX_FRAMES);
+        tx_batches.push(TxBatch::with_buffers(mine));
+        inboxes.push(Mailbox::with_buffers(inbox));
+    }
+    let mut tx_batches = tx_batches.into_iter();
     let all_stats: Vec<Arc<WorkerStats>> = (0..workers)
         .map(|_| Arc::new(WorkerStats::default()))
         .collect();
@@ -231,6 +259,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         let gateway = Gateway::new(gcfg, tunnel, Box::new(CpuEngine));
         let worker = Worker {
             id,
+            tx: tx_batches.next().unwrap_or_else(|| TxBatch::new(TX_FRAMES)),
             lan: lan_port,
             wan: wan_port,
             gateway,

@@ -119,26 +119,37 @@ pub struct GatewayCounters {
     pub mss_clamped: u64,
 }
 
-/// Output frames of one burst, in buffers allocated once.
+/// Output frames of one burst, in buffers allocated once (from the hugepage pool in the
+/// data-plane process).
 pub struct TxBatch {
-    bufs: Vec<Box<[u8; FRAME_MAX]>>,
+    bufs: Vec<crate::pool::Buffer>,
     lens: Vec<(Side, usize)>,
 }
 
 impl TxBatch {
-    /// Room for `capacity` frames.
+    /// Room for `capacity` frames on the heap (tests, benchmarks).
     pub fn new(capacity: usize) -> Self {
-        Self {
-            bufs: (0..capacity).map(|_| Box::new([0u8; FRAME_MAX])).collect(),
-            lens: Vec::with_capacity(capacity),
-        }
+        Self::with_buffers(
+            (0..capacity)
+                .map(|_| crate::pool::Buffer::heap(FRAME_MAX))
+                .collect(),
+        )
+    }
+    /// Frames in the given buffers (each at least `FRAME_MAX` long).
+    pub fn with_buffers(bufs: Vec<crate::pool::Buffer>) -> Self {
+        let bufs: Vec<crate::pool::Buffer> = bufs
+            .into_iter()
+            .filter(|b| b.bytes().len() >= FRAME_MAX)
+            .collect();
+        let lens = Vec::with_capacity(bufs.len());
+        Self { bufs, lens }
     }
     /// The frames queued, in order.
     pub fn frames(&self) -> impl Iterator<Item = (Side, &[u8])> {
         self.lens
             .iter()
             .zip(&self.bufs)
-            .map(|(&(side, len), b)| (side, &b[..len]))
+            .map(|(&(side, len), b)| (side, &b.bytes()[..len]))
     }
     /// Forgets the frames (after they were sent).
     pub fn clear(&mut self) {
@@ -154,7 +165,9 @@ impl TxBatch {
     }
     fn next_buf(&mut self) -> Option<&mut [u8; FRAME_MAX]> {
         let i = self.lens.len();
-        self.bufs.get_mut(i).map(|b| &mut **b)
+        self.bufs
+            .get_mut(i)
+            .and_then(|b| <&mut [u8; FRAME_MAX]>::try_from(&mut b.bytes_mut()[..FRAME_MAX]).ok())
     }
     fn commit(&mut self, side: Side, len: usize) {
         self.lens.push((side, len));

@@ -15,6 +15,8 @@ pub mod gateway;
 pub mod handshake;
 pub mod io;
 pub mod metrics;
+#[allow(unsafe_code)]
+pub mod pool;
 pub mod readiness;
 pub mod stats;
 pub mod tunnel;

@@ -39,6 +39,8 @@ pub struct Worker {
     pub wan: Box<dyn PacketPort>,
     /// Its gateway and tunnel.
     pub gateway: Gateway,
+    /// Output frame buffers.
+    pub tx: TxBatch,
     /// Frames other workers hand to this one.
     pub inbox: Arc<Mailbox>,
     /// Every worker's inbox, by worker number.
@@ -101,7 +103,6 @@ fn send_timed(
 impl Worker {
     /// Runs until `stop` is set.
     pub fn run(mut self) {
-        let mut tx = TxBatch::new(BURST * 3);
         let mut loop_counters = LoopCounters::default();
         let mut idle: u32 = 0;
         let mut hist = [Histogram::default(); STAGES.len()];
@@ -112,6 +113,7 @@ impl Worker {
             lan,
             wan,
             gateway,
+            tx,
             inbox,
             inboxes,
             stats,
@@ -123,18 +125,12 @@ impl Worker {
             let now = epoch.elapsed();
             let mut work = 0;
             let t0 = Instant::now();
-            let n = lan.rx_burst(BURST, &mut |f| gateway.from_lan(f, &mut tx, now));
+            let n = lan.rx_burst(BURST, &mut |f| gateway.from_lan(f, tx, now));
             if n > 0 {
                 hist[0].record(per_packet(t0, n), n as u64);
                 work += n;
             }
-            send_timed(
-                &mut tx,
-                &mut **lan,
-                &mut **wan,
-                &mut loop_counters,
-                &mut hist[2],
-            );
+            send_timed(tx, &mut **lan, &mut **wan, &mut loop_counters, &mut hist[2]);
             let t0 = Instant::now();
             let n = wan.rx_burst(BURST, &mut |f| match wan_owner(f) {
                 Some(owner) if owner != *id => {
@@ -142,36 +138,30 @@ impl Worker {
                     if inboxes.get(usize::from(owner)).is_some_and(|b| b.push(f)) {
                         loop_counters.handoff += 1;
                     } else {
-                        gateway.from_wan(f, &mut tx, now);
+                        gateway.from_wan(f, tx, now);
                     }
                 }
-                _ => gateway.from_wan(f, &mut tx, now),
+                _ => gateway.from_wan(f, tx, now),
             });
             if n > 0 {
                 hist[1].record(per_packet(t0, n), n as u64);
                 work += n;
             }
-            send_timed(
-                &mut tx,
-                &mut **lan,
-                &mut **wan,
-                &mut loop_counters,
-                &mut hist[2],
-            );
+            send_timed(tx, &mut **lan, &mut **wan, &mut loop_counters, &mut hist[2]);
             let mut handed = 0;
-            while handed < BURST && inbox.pop(&mut |f| gateway.from_wan(f, &mut tx, now)) {
+            while handed < BURST && inbox.pop(&mut |f| gateway.from_wan(f, tx, now)) {
                 handed += 1;
             }
             work += handed;
-            send_all(&mut tx, &mut **lan, &mut **wan, &mut loop_counters);
+            send_all(tx, &mut **lan, &mut **wan, &mut loop_counters);
             if now.saturating_sub(last_tick) >= TICK {
                 last_tick = now;
                 while let Some(r) = reloads.pop() {
                     gateway.tunnel.set_peers(r.peers);
                     gateway.set_allowed(r.allowed);
                 }
-                gateway.tick(&mut tx, now);
-                send_all(&mut tx, &mut **lan, &mut **wan, &mut loop_counters);
+                gateway.tick(tx, now);
+                send_all(tx, &mut **lan, &mut **wan, &mut loop_counters);
             }
             if now.saturating_sub(last_publish) >= PUBLISH {
                 last_publish = now;

@@ -7,24 +7,32 @@ use crossbeam_queue::ArrayQueue;
 
 use super::PacketPort;
 
-/// Largest frame a memory port carries.
-pub const FRAME_MAX: usize = 9400;
+/// Largest frame a memory port or mailbox carries.
+pub const FRAME_MAX: usize = 9472;
 
-type Buf = (Box<[u8; FRAME_MAX]>, usize);
+use crate::pool::Buffer;
+
+type Buf = (Buffer, usize);
 
 /// A bounded, lock-free queue of frames with recycled buffers. Used for memory links and
 /// for handing a frame to the worker that owns its session.
 pub struct Mailbox {
     full: ArrayQueue<Buf>,
-    free: ArrayQueue<Box<[u8; FRAME_MAX]>>,
+    free: ArrayQueue<Buffer>,
 }
 
 impl Mailbox {
-    /// Room for `capacity` frames, all buffers allocated now.
+    /// Room for `capacity` frames in heap buffers allocated now (tests, benchmarks).
     pub fn new(capacity: usize) -> Arc<Self> {
+        Self::with_buffers((0..capacity).map(|_| Buffer::heap(FRAME_MAX)).collect())
+    }
+
+    /// A mailbox over the given buffers (each at least `FRAME_MAX` long), one frame each.
+    pub fn with_buffers(bufs: Vec<Buffer>) -> Arc<Self> {
+        let capacity = bufs.len().max(1);
         let free = ArrayQueue::new(capacity);
-        for _ in 0..capacity {
-            let _ = free.push(Box::new([0u8; FRAME_MAX]));
+        for b in bufs.into_iter().filter(|b| b.bytes().len() >= FRAME_MAX) {
+            let _ = free.push(b);
         }
         Arc::new(Self {
             full: ArrayQueue::new(capacity),
@@ -40,7 +48,7 @@ impl Mailbox {
         let Some(mut buf) = self.free.pop() else {
             return false;
         };
-        buf[..frame.len()].copy_from_slice(frame);
+        buf.bytes_mut()[..frame.len()].copy_from_slice(frame);
         match self.full.push((buf, frame.len())) {
             Ok(()) => true,
             Err((buf, _)) => {
@@ -55,7 +63,7 @@ impl Mailbox {
         let Some((buf, len)) = self.full.pop() else {
             return false;
         };
-        f(&buf[..len]);
+        f(&buf.bytes()[..len]);
         let _ = self.free.push(buf);
         true
     }
@@ -93,33 +101,18 @@ pub fn pair(capacity: usize, mac_a: [u8; 6], mac_b: [u8; 6]) -> (MemoryPort, Mem
 impl PacketPort for MemoryPort {
     fn rx_burst(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
         let mut n = 0;
-        while n < max {
-            let Some((buf, len)) = self.rx.full.pop() else {
-                break;
-            };
-            f(&buf[..len]);
-            let _ = self.rx.free.push(buf);
+        while n < max && self.rx.pop(f) {
             n += 1;
         }
         n
     }
 
     fn tx(&mut self, frame: &[u8]) -> bool {
-        if frame.len() > FRAME_MAX {
+        let ok = self.tx.push(frame);
+        if !ok {
             self.tx_full += 1;
-            return false;
         }
-        let Some(mut buf) = self.tx.free.pop() else {
-            self.tx_full += 1;
-            return false;
-        };
-        buf[..frame.len()].copy_from_slice(frame);
-        if let Err((buf, _)) = self.tx.full.push((buf, frame.len())) {
-            let _ = self.tx.free.push(buf);
-            self.tx_full += 1;
-            return false;
-        }
-        true
+        ok
     }
 
     fn flush(&mut self) {}
