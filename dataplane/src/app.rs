@@ -404,16 +404,17 @@ impl Running {
 
     fn metrics_text(&self) -> String {
         let (node, lan, wan, workers) = &self.labels;
-        metrics::render(
-            &self.totals(),
-            &Labels {
-                node,
-                lan,
-                wan,
-                workers: *workers,
-                engine: "cpu",
-            },
-        )
+        let labels = Labels {
+            node,
+            lan,
+            wan,
+            workers: *workers,
+            engine: "cpu",
+        };
+        let mut text = metrics::render(&self.totals(), &labels);
+        let hist = stats::sum_histograms(self.stats.iter().map(|s| &**s));
+        text.push_str(&metrics::render_histograms(&hist, node));
+        text
     }
 
     /// Runs the control loop until SIGTERM or SIGINT; `signals` must already be blocked in

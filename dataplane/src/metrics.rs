@@ -190,7 +190,34 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         "The offload engine in use.",
         &[(format!("engine=\"{}\"", l.engine), 1)],
     );
+    let (cin, cout) = (g("compress_in_bytes"), g("compress_out_bytes"));
+    let ratio = if cout == 0 {
+        1.0
+    } else {
+        cin as f64 / cout as f64
+    };
+    family_f(
+        &mut o,
+        node,
+        "dwcp_compression_ratio",
+        "Bytes before / after compression, over payloads sent compressed.",
+        ratio,
+    );
+    let rtt = g("handshake_rtt_ns_max") as f64 / 1e9;
+    family_f(
+        &mut o,
+        node,
+        "dwcp_handshake_rtt_seconds_max",
+        "Longest handshake initiation-to-response time seen.",
+        rtt,
+    );
     o
+}
+
+fn family_f(o: &mut String, node: &str, name: &str, help: &str, value: f64) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} gauge");
+    let _ = writeln!(o, "{name}{{node=\"{node}\"}} {value}");
 }
 
 /// Answers one HTTP connection: `GET /metrics` gets the text, anything else 404.

@@ -40,6 +40,7 @@ pub const NAMES: &[&str] = &[
     "mss_clamped",
     "tunnel_rx_packets",
     "tunnel_tx_messages",
+    "handshake_rtt_ns_max",
 ];
 
 /// Number of counters.
@@ -88,6 +89,7 @@ pub fn flatten(g: &GatewayCounters, t: &Counters, l: &LoopCounters) -> [u64; COU
         g.mss_clamped,
         t.rx_packets,
         t.tx_messages,
+        t.handshake_rtt_ns_max,
     ]
 }
 
@@ -202,8 +204,13 @@ impl WorkerStats {
 pub fn sum<'a>(workers: impl Iterator<Item = &'a WorkerStats>) -> [u64; COUNT] {
     let mut total = [0u64; COUNT];
     for w in workers {
-        for (t, v) in total.iter_mut().zip(w.read()) {
-            *t += v;
+        for ((t, v), name) in total.iter_mut().zip(w.read()).zip(NAMES) {
+            // Gauges named `_max` combine by maximum; counters add up.
+            if name.ends_with("_max") {
+                *t = (*t).max(v);
+            } else {
+                *t += v;
+            }
         }
     }
     total

@@ -156,6 +156,8 @@ pub struct Counters {
     pub compress_in: u64,
     /// Bytes after compression, of the payloads sent compressed.
     pub compress_out: u64,
+    /// Longest initiation-to-response time seen, nanoseconds.
+    pub handshake_rtt_ns_max: u64,
 }
 
 struct Session {
@@ -628,7 +630,8 @@ impl Tunnel {
             return self.drop_counted(DropReason::UnknownIndex);
         };
         let p = &mut self.peers[peer];
-        let Some((pending, index, _)) = p.pending.take_if(|(_, i, _)| *i == resp.receiver) else {
+        let Some((pending, index, sent_at)) = p.pending.take_if(|(_, i, _)| *i == resp.receiver)
+        else {
             return self.drop_counted(DropReason::UnknownIndex);
         };
         match pending.finish(resp.noise) {
@@ -638,6 +641,8 @@ impl Tunnel {
                 }
                 let session =
                     Session::new(&keys, index, resp.sender, self.params.replay_window, now);
+                let rtt = u64::try_from(now.saturating_sub(sent_at).as_nanos()).unwrap_or(u64::MAX);
+                self.counters.handshake_rtt_ns_max = self.counters.handshake_rtt_ns_max.max(rtt);
                 self.install(peer, session, now);
                 Action::Established { peer }
             }
@@ -832,6 +837,8 @@ mod tests {
     use dwcp_kernels::cpu::CpuEngine;
 
     use super::*;
+    use crate::io::PacketPort;
+    use crate::io::memory::{self, MemoryPort};
 
     fn keypair() -> ([u8; 32], [u8; 32]) {
         let p = dwcp_provisioning::types::PrivateKey::generate().unwrap();
@@ -844,14 +851,16 @@ mod tests {
         b: Tunnel,
         now: Duration,
         engine: CpuEngine,
-        /// Datagrams in flight: (to_b, bytes).
-        wire: VecDeque<(bool, Vec<u8>)>,
+        /// The wire: a `memory` backend link (A's end, B's end).
+        a_port: MemoryPort,
+        b_port: MemoryPort,
         got_a: Vec<Vec<u8>>,
         got_b: Vec<Vec<u8>>,
     }
 
     impl Link {
         fn new(params: Params, compress: bool) -> Self {
+            let (pa, pb) = memory::pair(1024, [2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]);
             let (ap, apub) = keypair();
             let (bp, bpub) = keypair();
             let psk = [9u8; 32];
@@ -879,7 +888,8 @@ mod tests {
                 ),
                 now: Duration::ZERO,
                 engine: CpuEngine,
-                wire: VecDeque::new(),
+                a_port: pa,
+                b_port: pb,
                 got_a: Vec::new(),
                 got_b: Vec::new(),
             }
@@ -887,7 +897,7 @@ mod tests {
 
         fn handle(&mut self, to_b: bool, action: Action, out: &[u8]) {
             match action {
-                Action::Send { len, .. } => self.wire.push_back((!to_b, out[..len].to_vec())),
+                Action::Send { len, .. } => self.put(!to_b, &out[..len]),
                 Action::Deliver { len, .. } => {
                     if to_b {
                         self.got_b.push(out[..len].to_vec())
@@ -904,7 +914,7 @@ mod tests {
                             break;
                         };
                         if let Action::Send { len, .. } = a {
-                            self.wire.push_back((!to_b, buf[..len].to_vec()));
+                            self.put(!to_b, &buf[..len]);
                         }
                     }
                 }
@@ -921,9 +931,33 @@ mod tests {
             let t = if from_a { &mut self.a } else { &mut self.b };
             let action = t.encapsulate(&mut self.engine, 0, inner, &mut out, self.now);
             match action {
-                Action::Send { len, .. } => self.wire.push_back((from_a, out[..len].to_vec())),
+                Action::Send { len, .. } => self.put(from_a, &out[..len]),
                 other => self.handle(!from_a, other, &out),
             }
+        }
+
+        /// Sends a datagram over the memory link (`to_b`: from A's end).
+        fn put(&mut self, to_b: bool, bytes: &[u8]) {
+            let port = if to_b {
+                &mut self.a_port
+            } else {
+                &mut self.b_port
+            };
+            assert!(port.tx(bytes), "memory link full");
+        }
+
+        /// The next datagram, whichever side it is for.
+        fn take(&mut self) -> Option<(bool, Vec<u8>)> {
+            let mut got = None;
+            if self
+                .b_port
+                .rx_burst(1, &mut |f| got = Some((true, f.to_vec())))
+                == 0
+            {
+                self.a_port
+                    .rx_burst(1, &mut |f| got = Some((false, f.to_vec())));
+            }
+            got
         }
 
         fn pump(&mut self) {
@@ -937,11 +971,11 @@ mod tests {
                             break;
                         }
                         if let Action::Send { len, .. } = action {
-                            self.wire.push_back((side_a, out[..len].to_vec()));
+                            self.put(side_a, &out[..len]);
                         }
                     }
                 }
-                let Some((to_b, bytes)) = self.wire.pop_front() else {
+                let Some((to_b, bytes)) = self.take() else {
                     return;
                 };
                 let t = if to_b { &mut self.b } else { &mut self.a };

@@ -421,11 +421,43 @@ fn two_gateways_carry_ping_and_tcp_through_the_tunnel() {
         String::from_utf8_lossy(&ping.stdout)
     );
     std::thread::sleep(Duration::from_millis(50));
+    let a_metrics = scrape_a();
     assert_eq!(
-        metric(&scrape_a(), hs),
+        metric(&a_metrics, hs),
         before,
         "reload must not restart the session with B"
     );
+    // Per-stage latency histograms saw the transfer; their means go in the report.
+    let encap = metric(
+        &a_metrics,
+        "dwcp_stage_latency_seconds_count{node=\"gw-a\",stage=\"lan_to_wan\"}",
+    );
+    assert!(encap > 10_000, "lan_to_wan histogram count {encap}");
+    let b_metrics = scrape("192.0.3.10");
+    for (m, node) in [(&a_metrics, "gw-a"), (&b_metrics, "gw-b")] {
+        for stage in ["lan_to_wan", "wan_to_lan", "tx"] {
+            let sum_line =
+                format!("dwcp_stage_latency_seconds_sum{{node=\"{node}\",stage=\"{stage}\"}}");
+            let sum: f64 = m
+                .lines()
+                .find(|l| l.starts_with(&sum_line))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0);
+            let count = metric(
+                m,
+                &format!("dwcp_stage_latency_seconds_count{{node=\"{node}\",stage=\"{stage}\"}}"),
+            );
+            eprintln!(
+                "{node} {stage}: {count} packets, mean {:.0} ns/packet",
+                sum * 1e9 / count.max(1) as f64
+            );
+        }
+        let rtt = m
+            .lines()
+            .find(|l| l.starts_with("dwcp_handshake_rtt_seconds_max"))
+            .unwrap_or_default();
+        eprintln!("{node}: {rtt}");
+    }
 }
 
 #[test]
