@@ -16,8 +16,8 @@ use crate::stats::{Histogram, LoopCounters, STAGES, WorkerStats, flatten};
 /// Frames taken from a port per poll.
 pub const BURST: usize = 32;
 /// Empty polls before the worker starts napping.
-const SPIN_BEFORE_NAP: u32 = 2000;
-const NAP: Duration = Duration::from_micros(200);
+const SPIN_BEFORE_NAP: u32 = 256;
+const NAP: Duration = Duration::from_micros(100);
 const TICK: Duration = Duration::from_millis(1);
 const PUBLISH: Duration = Duration::from_millis(10);
 

@@ -205,6 +205,27 @@ fn apply(fs: &dyn SysFs, c: &NodeConfig) -> Result<Facts, Vec<String>> {
             Err(e) => errors.push(format!("vfio: port {}: {e}", port.name)),
         }
     }
+    for port in c.ports.iter().filter(|p| p.backend == Backend::AfPacket) {
+        let Some(name) = &port.interface else {
+            continue;
+        };
+        match management::link_up(fs, &name.0) {
+            Ok(_) => {
+                let gro = match crate::ethtool::disable_gro(&name.0) {
+                    Ok(()) => "GRO off".to_owned(),
+                    Err(e) => format!(
+                        "GRO could not be turned off ({e}); oversized frames will be dropped as too-big"
+                    ),
+                };
+                say!(
+                    "port {}: interface {} up (af_packet), {gro}",
+                    port.name,
+                    name
+                );
+            }
+            Err(e) => errors.push(format!("port {}: {e}", port.name)),
+        }
+    }
     setup_management(fs, c);
     if errors.is_empty() {
         Ok(facts)

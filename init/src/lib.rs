@@ -12,6 +12,7 @@ pub mod boot;
 pub mod config_source;
 pub mod console;
 pub mod cpus;
+pub mod ethtool;
 pub mod hugepages;
 pub mod irq;
 pub mod management;

@@ -104,27 +104,49 @@ fn request(
     }
 }
 
-/// Brings the interface up with its address and (when configured) the default route.
-pub fn configure(iface: &Interface, m: &Management) -> Result<(), ManagementError> {
-    let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| ManagementError::Netlink {
-        what: "socket",
-        detail: e.to_string(),
-    })?;
-    sock.bind_auto().map_err(|e| ManagementError::Netlink {
-        what: "bind",
-        detail: e.to_string(),
-    })?;
-    sock.connect(&SocketAddr::new(0, 0))
-        .map_err(|e| ManagementError::Netlink {
-            what: "connect",
+fn route_socket() -> Result<Socket, ManagementError> {
+    let nl = |what: &'static str| {
+        move |e: std::io::Error| ManagementError::Netlink {
+            what,
             detail: e.to_string(),
-        })?;
+        }
+    };
+    let mut sock = Socket::new(NETLINK_ROUTE).map_err(nl("socket"))?;
+    sock.bind_auto().map_err(nl("bind"))?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .map_err(nl("connect"))?;
+    Ok(sock)
+}
 
+fn set_up(sock: &Socket, index: u32) -> Result<(), ManagementError> {
     let mut link = LinkMessage::default();
-    link.header.index = iface.index;
+    link.header.index = index;
     link.header.flags = LinkFlags::Up;
     link.header.change_mask = LinkFlags::Up;
-    request(&sock, "link up", RouteNetlinkMessage::SetLink(link), 0)?;
+    request(sock, "link up", RouteNetlinkMessage::SetLink(link), 0)
+}
+
+/// Brings a data port's kernel interface up (for `af_packet`: no address, the data plane
+/// owns the port's addressing).
+pub fn link_up(fs: &dyn SysFs, name: &str) -> Result<u32, ManagementError> {
+    let index: u32 = fs
+        .read(&format!("/sys/class/net/{name}/ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| {
+            ManagementError::NotFound(
+                format!("name {name}"),
+                fs.list("/sys/class/net").unwrap_or_default().join(","),
+            )
+        })?;
+    set_up(&route_socket()?, index)?;
+    Ok(index)
+}
+
+/// Brings the interface up with its address and (when configured) the default route.
+pub fn configure(iface: &Interface, m: &Management) -> Result<(), ManagementError> {
+    let sock = route_socket()?;
+    set_up(&sock, iface.index)?;
 
     let addr = m.address.addr();
     let mut a = AddressMessage::default();

@@ -13,44 +13,7 @@ use std::time::{Duration, Instant};
 
 use dwcp_tests::netns::{Lab, is_root};
 
-const RECEIVER: &str = r#"
-import hashlib, socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-print("listening", flush=True)
-c, _ = s.accept()
-h = hashlib.sha256()
-n = 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-print(n, h.hexdigest(), flush=True)
-"#;
-
-const SENDER: &str = r#"
-import hashlib, os, socket, sys, time
-dst, port, mib, marker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].encode()
-base = bytearray(os.urandom(1 << 20))
-h = hashlib.sha256()
-s = socket.create_connection((dst, port), timeout=30)
-t0 = time.time()
-for i in range(mib):
-    chunk = bytearray(base)
-    for off in range(0, len(chunk) - 64, 4096):
-        chunk[off:off + len(marker)] = marker
-    chunk[64:68] = i.to_bytes(4, "big")
-    h.update(chunk)
-    s.sendall(chunk)
-s.shutdown(socket.SHUT_WR)
-s.recv(1)
-dt = time.time() - t0
-print(mib << 20, h.hexdigest(), "%.3f" % dt, flush=True)
-"#;
+use dwcp_provisioning::cli::demo::{RECEIVER, SENDER};
 
 /// Captures frames on an interface until a stop file appears; reports whether the marker
 /// was seen and saves A→B DWCP data frames (hex, one per line) for injection.

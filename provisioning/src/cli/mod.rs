@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod demo;
 pub mod image_build;
 pub mod qemu_boot;
 
@@ -72,6 +73,28 @@ enum Command {
     /// Boot artifacts under QEMU.
     #[command(subcommand)]
     Qemu(QemuCommand),
+    /// The whole product on one machine: two appliances in QEMU carrying two sites' traffic
+    /// (root). Builds the image if needed, reports, and removes everything it made.
+    Demo {
+        /// MiB for the transfer checked by SHA-256.
+        #[arg(long, default_value_t = 200)]
+        mib: u64,
+        /// MiB per stream for each step of the step load (1, 2, 4 streams).
+        #[arg(long, default_value_t = 10)]
+        step_mib: u64,
+        /// Pings for the latency percentiles.
+        #[arg(long, default_value_t = 200)]
+        pings: u32,
+        /// Image directory (built there when missing or stale).
+        #[arg(long, value_name = "DIR")]
+        artifacts: Option<PathBuf>,
+        /// Use KVM instead of TCG.
+        #[arg(long)]
+        kvm: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that print figures against a ceiling measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -211,6 +234,35 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
                 out.join("manifest.json").display()
             );
             Ok(Exit::Ok)
+        }
+        Command::Demo {
+            mib,
+            step_mib,
+            pings,
+            artifacts,
+            kvm,
+            json,
+        } => {
+            let opts = demo::DemoOptions {
+                mib,
+                step_mib,
+                pings,
+                kvm,
+                artifacts: artifacts.unwrap_or_else(|| {
+                    image_build::workspace_root()
+                        .join("target")
+                        .join("artifacts")
+                }),
+                progress: true,
+            };
+            let report = demo::run_demo(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", demo::table(&report));
+            }
+            let ok = report.transfer.sha256_sent == report.transfer.sha256_received;
+            Ok(if ok { Exit::Ok } else { Exit::Failed })
         }
         Command::Bench(BenchCommand::Pipeline { json, seconds }) => {
             let bin = image_build::release_dataplane()?;

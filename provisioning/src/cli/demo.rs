@@ -1,0 +1,799 @@
+//! `dwcp demo`: two appliances in QEMU carrying two sites' traffic. Builds the image if
+//! needed, makes keys and two node configs, boots site A's and site B's gateways (LAN NIC on a
+//! TAP device inside a network namespace that plays the site's host, WAN NICs joined by a
+//! QEMU socket link), then pings, transfers a file checked by SHA-256 and runs a short step
+//! load from site A's host to site B's, and reports what both appliances' metrics and the
+//! hosts measured. Everything it creates is removed at the end, on failure and on Ctrl-C.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use dwcp_qemu::{Nic, Vm, VmSpec};
+use serde::Serialize;
+
+use super::image_build;
+use crate::document::SourceFile;
+use crate::types::PrivateKey;
+
+/// Site host B's receiver (Python, standard library only).
+pub const RECEIVER: &str = include_str!("sitehost/receiver.py");
+/// Site host A's sender.
+pub const SENDER: &str = include_str!("sitehost/sender.py");
+/// The marker the sender writes every 4 KiB.
+pub const MARKER: &str = "DWCP-PLAINTEXT-MARKER-7f3a";
+
+/// Demo settings.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// MiB for the checked TCP transfer.
+    pub mib: u64,
+    /// MiB per step of the step load.
+    pub step_mib: u64,
+    /// Pings for the latency percentiles.
+    pub pings: u32,
+    /// Use KVM.
+    pub kvm: bool,
+    /// Where the image is (built when missing or older than the sources).
+    pub artifacts: PathBuf,
+    /// Print progress.
+    pub progress: bool,
+}
+
+/// What a demo run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Guest boot times to READY, ms (site A, site B).
+    pub boot_ms: [u64; 2],
+    /// Longest DWCP handshake (initiation to response) at site A, ms.
+    pub handshake_ms: f64,
+    /// First ping's round trip (ARP, handshake and all), ms.
+    pub first_ping_ms: f64,
+    /// The checked transfer.
+    pub transfer: Transfer,
+    /// Ping round-trip percentiles, ms.
+    pub latency_ms: Latency,
+    /// Step load: (parallel streams, Mbit/s).
+    pub step_load: Vec<(u32, f64)>,
+    /// Packets and bytes per direction, from the appliances' WAN counters.
+    pub a_to_b: Direction,
+    /// Reverse direction.
+    pub b_to_a: Direction,
+    /// Drops by reason at either appliance (non-zero only).
+    pub drops: Vec<(String, String, u64)>,
+    /// Compression ratio at site A and site B (bytes before / after).
+    pub compression_ratio: [f64; 2],
+    /// Offload engine.
+    pub engine: String,
+}
+
+/// The checked transfer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Transfer {
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Seconds.
+    pub seconds: f64,
+    /// Mbit/s.
+    pub mbps: f64,
+    /// SHA-256 at the sender.
+    pub sha256_sent: String,
+    /// SHA-256 at the receiver.
+    pub sha256_received: String,
+}
+
+/// Round-trip percentiles.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub samples: usize,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+/// Traffic in one direction over the WAN.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Direction {
+    /// Frames sent by the source appliance's WAN port.
+    pub packets: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+}
+
+enum Resource {
+    Netns(String),
+    Pid(u32),
+}
+
+static CLEANUP: Mutex<Vec<Resource>> = Mutex::new(Vec::new());
+
+fn register(r: Resource) {
+    if let Ok(mut v) = CLEANUP.lock() {
+        v.push(r);
+    }
+}
+
+/// Removes everything the demo made: QEMU processes, namespaces (with their TAP devices).
+pub fn cleanup() {
+    let items: Vec<Resource> = CLEANUP
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
+    for r in items.iter().rev() {
+        match r {
+            Resource::Pid(pid) => {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+            }
+            Resource::Netns(ns) => {
+                let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            }
+        }
+    }
+}
+
+struct CleanupGuard;
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        cleanup();
+    }
+}
+
+/// Namespace of site A's host.
+pub const NS_A: &str = "dwcp-demo-a";
+/// Namespace of site B's host.
+pub const NS_B: &str = "dwcp-demo-b";
+/// TAP devices (site A, site B).
+pub const TAPS: [&str; 2] = ["dwcpdemo-a", "dwcpdemo-b"];
+
+fn say(opts: &DemoOptions, msg: &str) {
+    if opts.progress {
+        eprintln!("[demo] {msg}");
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Checks the machine can run the demo: root, QEMU, python3.
+pub fn preflight() -> anyhow::Result<()> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        bail!(
+            "dwcp demo needs root for network namespaces and TAP devices: run `sudo scripts/main-job.sh` \
+             (or `sudo ./target/debug/dwcp demo`)"
+        );
+    }
+    if !dwcp_qemu::available() {
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "qemu-system-x86"])
+            .status();
+        if !status.is_ok_and(|s| s.success()) || !dwcp_qemu::available() {
+            bail!(
+                "qemu-system-x86_64 is missing and could not be installed: apt-get install qemu-system-x86"
+            );
+        }
+    }
+    for tool in ["python3", "ping", "ethtool"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            bail!("`{tool}` is missing: run scripts/setup.sh as root");
+        }
+    }
+    Ok(())
+}
+
+fn node_config(site: char, own: &PrivateKey, peer: &PrivateKey) -> String {
+    let (lan, wan, peer_wan, peer_lan) = match site {
+        'a' => (
+            "10.1.0.1/24",
+            "198.51.100.1/30",
+            "198.51.100.2",
+            "10.2.0.0/16",
+        ),
+        _ => (
+            "10.2.0.1/24",
+            "198.51.100.2/30",
+            "198.51.100.1",
+            "10.1.0.0/16",
+        ),
+    };
+    format!(
+        "# DWCP demo: site {site}'s gateway (generated by `dwcp demo`).\n\
+         name = \"site-{site}-gw\"\n\
+         [management]\nmac = \"52:54:00:00:0{site}:02\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n\
+         [cores]\nhousekeeping = [0]\ndataplane = [1]\n\
+         [hugepages]\ncount = 0\n\
+         [boot]\nconsole = [\"ttyS0,115200\"]\n\
+         [[ports]]\nname = \"lan0\"\nrole = \"lan\"\nbackend = \"af_packet\"\ninterface = \"eth0\"\naddress = \"{lan}\"\n\
+         [[ports]]\nname = \"wan0\"\nrole = \"wan\"\nbackend = \"af_packet\"\ninterface = \"eth1\"\naddress = \"{wan}\"\n\
+         [tunnel]\nlisten_port = 51900\nprivate_key = \"{}\"\n\
+         [[tunnel.peers]]\nname = \"site-{}\"\npublic_key = \"{}\"\nendpoint = \"{peer_wan}:51900\"\n\
+         allowed_prefixes = [\"{peer_lan}\"]\ncompression = \"lz4\"\n\
+         [metrics]\nlisten = \"10.0.2.15:9100\"\n",
+        own.expose_base64(),
+        if site == 'a' { 'b' } else { 'a' },
+        peer.public_key()
+    )
+}
+
+fn image_is_stale(artifacts: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(artifacts.join("initrd.img")).and_then(|m| m.modified())
+    else {
+        return true;
+    };
+    let root = image_build::workspace_root();
+    let mut stack = vec![
+        root.join("init/src"),
+        root.join("dataplane/src"),
+        root.join("provisioning/src"),
+        root.join("kernels/src"),
+    ];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn metrics(port: u16) -> anyhow::Result<String> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()?;
+    if !out.status.success() {
+        bail!("metrics on 127.0.0.1:{port} did not answer");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of the first series whose line starts with `series`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn ping_times(out: &str) -> Vec<f64> {
+    out.lines()
+        .filter_map(|l| {
+            l.split("time=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Runs the demo.
+pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
+    preflight()?;
+    let _guard = CleanupGuard;
+    // Leftovers of an interrupted run.
+    for n in [NS_A, NS_B] {
+        let _ = Command::new("ip").args(["netns", "del", n]).output();
+    }
+    let handler_set = ctrlc::set_handler(|| {
+        eprintln!("[demo] interrupted: removing VMs, namespaces and TAP devices");
+        cleanup();
+        #[allow(clippy::exit)] // the demo's own Ctrl-C handler; not PID 1
+        std::process::exit(130);
+    });
+    if handler_set.is_err() {
+        say(
+            opts,
+            "note: Ctrl-C handler already set; cleanup runs when the demo returns",
+        );
+    }
+
+    if image_is_stale(&opts.artifacts) {
+        say(
+            opts,
+            &format!(
+                "building the image into {} (kernel, static init and data plane)...",
+                opts.artifacts.display()
+            ),
+        );
+        let bins = image_build::build_static_binaries(true)?;
+        image_build::build(None, &opts.artifacts, bins)?;
+    } else {
+        say(
+            opts,
+            &format!("image in {} is up to date", opts.artifacts.display()),
+        );
+    }
+
+    let dir = tempfile::Builder::new().prefix("dwcp-demo-").tempdir()?;
+    let keys = [PrivateKey::generate()?, PrivateKey::generate()?];
+    let configs = [
+        node_config('a', &keys[0], &keys[1]),
+        node_config('b', &keys[1], &keys[0]),
+    ];
+    let mut cfgs = Vec::new();
+    for (i, text) in configs.iter().enumerate() {
+        let name = format!("site-{}.toml", ['a', 'b'][i]);
+        let cfg = crate::validate::check(&SourceFile::new(&name, text.clone()))
+            .map_err(|d| anyhow::anyhow!("generated config invalid: {}", d[0]))?;
+        std::fs::write(dir.path().join(&name), text)?;
+        cfgs.push(cfg);
+    }
+    let base_initrd = std::fs::read(opts.artifacts.join("initrd.img"))?;
+    let wan_port = free_port()?;
+    let metric_ports = [free_port()?, free_port()?];
+    let mut vms: Vec<Vm> = Vec::new();
+    for (i, site) in ['a', 'b'].into_iter().enumerate() {
+        for n in [NS_A, NS_B].iter().skip(i).take(1) {
+            run("ip", &["netns", "add", n])?;
+            register(Resource::Netns((*n).to_owned()));
+            ns(n, &["ip", "link", "set", "lo", "up"])?;
+        }
+        let mut initrd = base_initrd.clone();
+        initrd.extend(image_build::config_initrd(&configs[i])?);
+        let initrd_path = dir.path().join(format!("initrd-{site}.img"));
+        std::fs::write(&initrd_path, initrd)?;
+        let wan = if i == 0 {
+            format!("socket,listen=127.0.0.1:{wan_port}")
+        } else {
+            format!("socket,connect=127.0.0.1:{wan_port}")
+        };
+        let spec = VmSpec {
+            name: format!("site-{site}"),
+            kernel: opts.artifacts.join("vmlinuz"),
+            initrd: initrd_path,
+            append: crate::cmdline::kernel_cmdline(&cfgs[i]),
+            memory_mib: 1024,
+            cpus: 2,
+            nics: vec![
+                Nic {
+                    model: "virtio-net-pci".into(),
+                    mac: format!("52:54:00:00:0{site}:02"),
+                    slot: Some(2),
+                    netdev: format!(
+                        "user,hostfwd=tcp:127.0.0.1:{}-10.0.2.15:9100",
+                        metric_ports[i]
+                    ),
+                },
+                Nic {
+                    model: "e1000e".into(),
+                    mac: format!("52:54:00:00:0{site}:03"),
+                    slot: Some(3),
+                    netdev: format!(
+                        "tap,ifname={},script=no,downscript=no,vnet_hdr=off",
+                        TAPS[i]
+                    ),
+                },
+                Nic {
+                    model: "e1000e".into(),
+                    mac: format!("52:54:00:00:0{site}:04"),
+                    slot: Some(4),
+                    netdev: wan,
+                },
+            ],
+            kvm: opts.kvm,
+            iommu: false,
+            console_log: Some(dir.path().join(format!("console-{site}.log"))),
+        };
+        say(
+            opts,
+            &format!(
+                "booting node {} (QEMU {}, 2 vCPUs, 1 GiB)...",
+                site.to_ascii_uppercase(),
+                if opts.kvm { "KVM" } else { "TCG" }
+            ),
+        );
+        let vm = Vm::start(&spec)?;
+        register(Resource::Pid(vm.pid()));
+        // QEMU made the TAP device in this namespace; hand it to the site's host.
+        let n = [NS_A, NS_B][i];
+        let mut moved = false;
+        for _ in 0..50 {
+            if run("ip", &["link", "set", TAPS[i], "netns", n]).is_ok() {
+                moved = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !moved {
+            bail!(
+                "QEMU did not create TAP device {}; console:\n{}",
+                TAPS[i],
+                vm.tail(20)
+            );
+        }
+        let host = ["10.1.0.2/24", "10.2.0.2/24"][i];
+        let gw = ["10.1.0.1", "10.2.0.1"][i];
+        ns(
+            n,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{}.disable_ipv6=1", TAPS[i]),
+            ],
+        )?;
+        let _ = ns(
+            n,
+            &[
+                "ethtool", "-K", TAPS[i], "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ],
+        );
+        ns(n, &["ip", "addr", "add", host, "dev", TAPS[i]])?;
+        ns(n, &["ip", "link", "set", TAPS[i], "up"])?;
+        ns(n, &["ip", "route", "add", "default", "via", gw])?;
+        vms.push(vm);
+    }
+    let mut boot_ms = [0u64; 2];
+    for (i, vm) in vms.iter_mut().enumerate() {
+        let line = vm
+            .wait_for("DWCP READY", Duration::from_secs(240))
+            .with_context(|| format!("node {} did not become ready", ['A', 'B'][i]))?;
+        boot_ms[i] = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("boot_ms=")?.parse().ok())
+            .unwrap_or(0);
+        say(opts, &format!("node {} ready: {line}", ['A', 'B'][i]));
+    }
+
+    say(opts, "handshake and ping from site A's host to site B's...");
+    let first = Instant::now();
+    let mut first_ok = false;
+    for _ in 0..30 {
+        if ns(NS_A, &["ping", "-c", "1", "-W", "2", "10.2.0.2"]).is_ok() {
+            first_ok = true;
+            break;
+        }
+    }
+    let first_ping_ms = first.elapsed().as_secs_f64() * 1e3;
+    if !first_ok {
+        bail!("site A's host cannot reach site B's host through the tunnel");
+    }
+    let pings = ns(
+        NS_A,
+        &[
+            "ping",
+            "-c",
+            &opts.pings.to_string(),
+            "-i",
+            "0.02",
+            "-W",
+            "2",
+            "10.2.0.2",
+        ],
+    )?;
+    let mut times = ping_times(&pings);
+    times.sort_by(f64::total_cmp);
+    let latency = Latency {
+        samples: times.len(),
+        p50: percentile(&times, 50.0),
+        p95: percentile(&times, 95.0),
+        p99: percentile(&times, 99.0),
+        p999: percentile(&times, 99.9),
+    };
+
+    let rx = dir.path().join("rx.py");
+    let tx = dir.path().join("tx.py");
+    std::fs::write(&rx, RECEIVER)?;
+    std::fs::write(&tx, SENDER)?;
+    let (rx, tx) = (
+        rx.to_string_lossy().into_owned(),
+        tx.to_string_lossy().into_owned(),
+    );
+    let transfer_once =
+        |streams: u32, mib: u64| -> anyhow::Result<Vec<(u64, String, f64, String)>> {
+            let mut receivers = Vec::new();
+            for s in 0..streams {
+                let port = (5201 + s).to_string();
+                let child = Command::new("ip")
+                    .args(["netns", "exec", NS_B, "python3", &rx, "10.2.0.2", &port])
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()?;
+                register(Resource::Pid(child.id()));
+                receivers.push(child);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let senders: Vec<_> = (0..streams)
+                .map(|s| {
+                    Command::new("ip")
+                        .args([
+                            "netns",
+                            "exec",
+                            NS_A,
+                            "python3",
+                            &tx,
+                            "10.2.0.2",
+                            &(5201 + s).to_string(),
+                            &mib.to_string(),
+                            MARKER,
+                        ])
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                })
+                .collect::<Result<_, _>>()?;
+            let mut results = Vec::new();
+            for (sender, receiver) in senders.into_iter().zip(receivers) {
+                let s = sender.wait_with_output()?;
+                let r = receiver.wait_with_output()?;
+                let s = String::from_utf8_lossy(&s.stdout).trim().to_owned();
+                let r = String::from_utf8_lossy(&r.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .to_owned();
+                let sp: Vec<&str> = s.split(' ').collect();
+                let rp: Vec<&str> = r.split(' ').collect();
+                if sp.len() < 3 || rp.len() < 2 {
+                    bail!("transfer failed: sender said `{s}`, receiver said `{r}`");
+                }
+                results.push((
+                    sp[0].parse()?,
+                    sp[1].to_owned(),
+                    sp[2].parse()?,
+                    rp[1].to_owned(),
+                ));
+            }
+            Ok(results)
+        };
+    say(
+        opts,
+        &format!("TCP transfer of {} MiB, checked by SHA-256...", opts.mib),
+    );
+    let t = transfer_once(1, opts.mib)?.remove(0);
+    let transfer = Transfer {
+        bytes: t.0,
+        seconds: t.2,
+        mbps: t.0 as f64 * 8.0 / t.2 / 1e6,
+        sha256_sent: t.1,
+        sha256_received: t.3,
+    };
+    say(
+        opts,
+        &format!(
+            "transfer: {:.1} Mbit/s, SHA-256 {}",
+            transfer.mbps,
+            if transfer.sha256_sent == transfer.sha256_received {
+                "matches"
+            } else {
+                "DIFFERS"
+            }
+        ),
+    );
+    let mut step_load = Vec::new();
+    for streams in [1u32, 2, 4] {
+        say(opts, &format!("step load: {streams} stream(s)..."));
+        let t0 = Instant::now();
+        let results = transfer_once(streams, opts.step_mib)?;
+        let bytes: u64 = results.iter().map(|r| r.0).sum();
+        let secs = results.iter().map(|r| r.2).fold(0.0, f64::max).max(1e-6);
+        let _ = t0;
+        step_load.push((streams, bytes as f64 * 8.0 / secs / 1e6));
+    }
+
+    say(
+        opts,
+        "reading both appliances' metrics over the management network...",
+    );
+    let ma = metrics(metric_ports[0])?;
+    let mb = metrics(metric_ports[1])?;
+    let get = |m: &str, s: &str| metric(m, s).unwrap_or(0.0);
+    let dir_of = |m: &str, node: &str| Direction {
+        packets: get(
+            m,
+            &format!("dwcp_port_tx_packets_total{{node=\"{node}\",port=\"wan0\"}}"),
+        ) as u64,
+        bytes: get(
+            m,
+            &format!("dwcp_port_tx_bytes_total{{node=\"{node}\",port=\"wan0\"}}"),
+        ) as u64,
+    };
+    let mut drops = Vec::new();
+    for (m, node) in [(&ma, "site-a-gw"), (&mb, "site-b-gw")] {
+        for l in m.lines().filter(|l| l.starts_with("dwcp_drops_total{")) {
+            let reason = l
+                .split("reason=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            let v: u64 = l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if v > 0 {
+                drops.push((node.to_owned(), reason.to_owned(), v));
+            }
+        }
+    }
+    let engine = ma
+        .lines()
+        .find(|l| l.starts_with("dwcp_engine_info"))
+        .and_then(|l| {
+            l.split("engine=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "?".into());
+    let report = Report {
+        boot_ms,
+        handshake_ms: get(&ma, "dwcp_handshake_rtt_seconds_max") * 1e3,
+        first_ping_ms,
+        transfer,
+        latency_ms: latency,
+        step_load,
+        a_to_b: dir_of(&ma, "site-a-gw"),
+        b_to_a: dir_of(&mb, "site-b-gw"),
+        drops,
+        compression_ratio: [
+            get(&ma, "dwcp_compression_ratio"),
+            get(&mb, "dwcp_compression_ratio"),
+        ],
+        engine,
+    };
+
+    say(opts, "powering both nodes off...");
+    for vm in &mut vms {
+        let _ = vm.monitor("system_powerdown");
+    }
+    for vm in &mut vms {
+        let _ = vm.wait_exit(Duration::from_secs(60));
+    }
+    drop(vms);
+    Ok(report)
+}
+
+/// The report as a table.
+pub fn table(r: &Report) -> String {
+    let ok = if r.transfer.sha256_sent == r.transfer.sha256_received {
+        "match"
+    } else {
+        "DIFFER"
+    };
+    let mut o = String::new();
+    o.push_str("DWCP demo: site A host → gateway A ⇄ WAN ⇄ gateway B → site B host (QEMU)\n");
+    o.push_str(&format!(
+        "  boot to READY          A {} ms, B {} ms (guest clock)\n",
+        r.boot_ms[0], r.boot_ms[1]
+    ));
+    o.push_str(&format!(
+        "  handshake              {:.2} ms (initiation → response, site A)\n",
+        r.handshake_ms
+    ));
+    o.push_str(&format!(
+        "  first ping             {:.0} ms (includes ARP and the handshake)\n",
+        r.first_ping_ms
+    ));
+    o.push_str(&format!(
+        "  transfer               {} bytes in {:.2} s = {:.1} Mbit/s, SHA-256 {ok} ({}…)\n",
+        r.transfer.bytes,
+        r.transfer.seconds,
+        r.transfer.mbps,
+        &r.transfer.sha256_received.get(..16).unwrap_or("")
+    ));
+    o.push_str(&format!(
+        "  latency, {} pings     P50 {:.2}  P95 {:.2}  P99 {:.2}  P99.9 {:.2} ms\n",
+        r.latency_ms.samples,
+        r.latency_ms.p50,
+        r.latency_ms.p95,
+        r.latency_ms.p99,
+        r.latency_ms.p999
+    ));
+    let steps: Vec<String> = r
+        .step_load
+        .iter()
+        .map(|(s, m)| format!("{s} stream(s) {m:.1} Mbit/s"))
+        .collect();
+    o.push_str(&format!("  step load              {}\n", steps.join(" | ")));
+    o.push_str(&format!(
+        "  A → B over the WAN     {} packets, {} bytes\n",
+        r.a_to_b.packets, r.a_to_b.bytes
+    ));
+    o.push_str(&format!(
+        "  B → A over the WAN     {} packets, {} bytes\n",
+        r.b_to_a.packets, r.b_to_a.bytes
+    ));
+    let drops: Vec<String> = r
+        .drops
+        .iter()
+        .map(|(n, reason, v)| format!("{n} {reason} {v}"))
+        .collect();
+    o.push_str(&format!(
+        "  drops                  {}\n",
+        if drops.is_empty() {
+            "none".to_owned()
+        } else {
+            drops.join(", ")
+        }
+    ));
+    o.push_str(&format!(
+        "  compression ratio      A {:.2}, B {:.2}\n",
+        r.compression_ratio[0], r.compression_ratio[1]
+    ));
+    o.push_str(&format!("  engine                 {}\n", r.engine));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_ping_parsing() {
+        let t = ping_times(
+            "64 bytes from 10.2.0.2: icmp_seq=1 ttl=62 time=1.50 ms\n64 bytes: time=3 ms\nno time here\n",
+        );
+        assert_eq!(t, vec![1.5, 3.0]);
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 500.0);
+        assert_eq!(percentile(&v, 99.9), 999.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn generated_configs_are_valid() {
+        let (a, b) = (
+            PrivateKey::generate().unwrap(),
+            PrivateKey::generate().unwrap(),
+        );
+        for (site, own, peer) in [('a', &a, &b), ('b', &b, &a)] {
+            let text = node_config(site, own, peer);
+            crate::validate::check(&SourceFile::new("x", text))
+                .unwrap_or_else(|d| panic!("{d:#?}"));
+        }
+    }
+}
