@@ -38,7 +38,7 @@ pub fn disable_gro(ifname: &str) -> io::Result<()> {
     // by the zeroes) and the data pointer are set below.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, &src) in ifr.ifr_name.iter_mut().zip(name) {
-        *dst = src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([src]);
     }
     ifr.ifr_ifru.ifru_data = std::ptr::from_mut(&mut value).cast();
     // SAFETY: SIOCETHTOOL reads `ifr` and the EthtoolValue it points to, both alive for the

@@ -293,6 +293,14 @@ fn metrics(port: u16) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The integer value of the first series whose line starts with `series`.
+pub fn metric_u64(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The value of the first series whose line starts with `series`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -300,11 +308,12 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `per_mille`-th per-mille of sorted samples (nearest rank).
+fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil().max(1.0) as usize;
+    let rank = (per_mille * sorted.len()).div_ceil(1000).max(1);
     sorted[rank.min(sorted.len()) - 1]
 }
 
@@ -519,10 +528,10 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     times.sort_by(f64::total_cmp);
     let latency = Latency {
         samples: times.len(),
-        p50: percentile(&times, 50.0),
-        p95: percentile(&times, 95.0),
-        p99: percentile(&times, 99.0),
-        p999: percentile(&times, 99.9),
+        p50: percentile(&times, 500),
+        p95: percentile(&times, 950),
+        p99: percentile(&times, 990),
+        p999: percentile(&times, 999),
     };
 
     let rx = dir.path().join("rx.py");
@@ -631,14 +640,14 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     let mb = metrics(metric_ports[1])?;
     let get = |m: &str, s: &str| metric(m, s).unwrap_or(0.0);
     let dir_of = |m: &str, node: &str| Direction {
-        packets: get(
+        packets: metric_u64(
             m,
             &format!("dwcp_port_tx_packets_total{{node=\"{node}\",port=\"wan0\"}}"),
-        ) as u64,
-        bytes: get(
+        ),
+        bytes: metric_u64(
             m,
             &format!("dwcp_port_tx_bytes_total{{node=\"{node}\",port=\"wan0\"}}"),
-        ) as u64,
+        ),
     };
     let mut drops = Vec::new();
     for (m, node) in [(&ma, "site-a-gw"), (&mb, "site-b-gw")] {
@@ -779,9 +788,9 @@ mod tests {
         );
         assert_eq!(t, vec![1.5, 3.0]);
         let v: Vec<f64> = (1..=1000).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 500.0);
-        assert_eq!(percentile(&v, 99.9), 999.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
+        assert_eq!(percentile(&v, 500), 500.0);
+        assert_eq!(percentile(&v, 999), 999.0);
+        assert_eq!(percentile(&[], 500), 0.0);
     }
 
     #[test]
