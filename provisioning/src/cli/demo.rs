@@ -359,7 +359,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
                 opts.artifacts.display()
             ),
         );
-        let bins = image_build::build_static_binaries(true)?;
+        let bins = image_build::build_static_binaries(false)?;
         image_build::build(None, &opts.artifacts, bins)?;
     } else {
         say(
@@ -511,6 +511,14 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     if !first_ok {
         bail!("site A's host cannot reach site B's host through the tunnel");
     }
+    say(
+        opts,
+        &format!(
+            "{} pings for the latency percentiles (about {} s)...",
+            opts.pings,
+            opts.pings / 20 + 1
+        ),
+    );
     let pings = ns(
         NS_A,
         &[
@@ -573,6 +581,29 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
                         .spawn()
                 })
                 .collect::<Result<_, _>>()?;
+            // Progress every few seconds, from site A's WAN counter.
+            let mut senders: Vec<std::process::Child> = senders;
+            let (t0, mut last) = (Instant::now(), Instant::now());
+            while senders.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
+                std::thread::sleep(Duration::from_millis(200));
+                if last.elapsed() >= Duration::from_secs(3) {
+                    last = Instant::now();
+                    if let Ok(m) = metrics(metric_ports[0]) {
+                        let sent = metric_u64(
+                            &m,
+                            "dwcp_port_tx_bytes_total{node=\"site-a-gw\",port=\"wan0\"}",
+                        );
+                        say(
+                            opts,
+                            &format!(
+                                "  ... {:.0} s, {} MiB sent over the WAN so far",
+                                t0.elapsed().as_secs_f64(),
+                                sent >> 20
+                            ),
+                        );
+                    }
+                }
+            }
             let mut results = Vec::new();
             for (sender, receiver) in senders.into_iter().zip(receivers) {
                 let s = sender.wait_with_output()?;
