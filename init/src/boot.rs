@@ -637,6 +637,12 @@ pub fn run() -> ! {
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok();
 
     load_modules();
+    // Open the power button before anything can print READY or SAFE MODE, so a press that
+    // follows either is never missed.
+    let mut button = power_button();
+    if button.is_none() {
+        say!("power button: none found; use the console `poweroff` or SIGTERM");
+    }
     let fs = RootedFs::new("/");
     let _ = std::fs::create_dir_all("/run/dwcp");
     let notify = UnixDatagram::bind(NOTIFY_SOCKET).ok();
@@ -686,10 +692,6 @@ pub fn run() -> ! {
         }
     }
 
-    let mut button = power_button();
-    if button.is_none() {
-        say!("power button: none found; use the console `poweroff` or SIGTERM");
-    }
     let mut stdin = std::io::stdin();
     let mut stdin_open = true;
     let mut pending = String::new();

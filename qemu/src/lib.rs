@@ -1,4 +1,4 @@
-//! The QEMU harness: boots appliance artifacts (direct kernel boot now; UEFI disk and PXE with
+//! The QEMU harness: boots appliance artifacts (direct kernel boot and PXE now; UEFI disk with
 //! the provisioning issue) under TCG by default, captures the serial console, waits for
 //! patterns with time-outs, drives the HMP monitor, and never leaves a QEMU process behind:
 //! dropping a [`Vm`] kills it, also when a test panics.
@@ -30,6 +30,15 @@ pub struct Nic {
     pub netdev: String,
 }
 
+/// Network boot: QEMU user networking's TFTP server and boot file, through the NIC's iPXE ROM.
+#[derive(Clone, Debug)]
+pub struct PxeBoot {
+    /// Directory served over TFTP.
+    pub tftp_root: PathBuf,
+    /// The file iPXE fetches first (an iPXE script).
+    pub bootfile: String,
+}
+
 /// What to boot and how.
 #[derive(Clone, Debug)]
 pub struct VmSpec {
@@ -53,6 +62,9 @@ pub struct VmSpec {
     pub iommu: bool,
     /// Where to copy the console output as it comes, if anywhere.
     pub console_log: Option<PathBuf>,
+    /// Boot from the network instead of `kernel`/`initrd` (which are then not used); the first
+    /// NIC with `user` networking serves the TFTP tree.
+    pub pxe: Option<PxeBoot>,
 }
 
 impl VmSpec {
@@ -85,12 +97,17 @@ impl VmSpec {
             push("-device");
             push("intel-iommu,intremap=on");
         }
-        push("-kernel");
-        push(&self.kernel.display().to_string());
-        push("-initrd");
-        push(&self.initrd.display().to_string());
-        push("-append");
-        push(&self.append);
+        if self.pxe.is_some() {
+            push("-boot");
+            push("n");
+        } else {
+            push("-kernel");
+            push(&self.kernel.display().to_string());
+            push("-initrd");
+            push(&self.initrd.display().to_string());
+            push("-append");
+            push(&self.append);
+        }
         push("-display");
         push("none");
         push("-serial");
@@ -99,9 +116,19 @@ impl VmSpec {
         push(&format!("unix:{},server=on,wait=off", monitor.display()));
         push("-no-reboot");
         push("-nodefaults");
+        let pxe_nic = self
+            .pxe
+            .as_ref()
+            .and_then(|_| self.nics.iter().position(|n| n.netdev.starts_with("user")));
         for (i, nic) in self.nics.iter().enumerate() {
+            let tftp = match (&self.pxe, pxe_nic) {
+                (Some(p), Some(j)) if j == i => {
+                    format!(",tftp={},bootfile={}", p.tftp_root.display(), p.bootfile)
+                }
+                _ => String::new(),
+            };
             push("-netdev");
-            push(&format!("{},id=n{i}", nic.netdev));
+            push(&format!("{}{tftp},id=n{i}", nic.netdev));
             let addr = nic
                 .slot
                 .map(|s| format!(",addr={s:#04x}"))
@@ -415,6 +442,7 @@ mod tests {
             kvm: false,
             iommu: true,
             console_log: None,
+            pxe: None,
         };
         let a = spec.args(Path::new("/tmp/m.sock")).join(" ");
         assert!(a.contains("-accel tcg"), "{a}");

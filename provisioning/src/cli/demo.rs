@@ -437,6 +437,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             kvm: opts.kvm,
             iommu: false,
             console_log: Some(dir.path().join(format!("console-{site}.log"))),
+            pxe: None,
         };
         say(
             opts,

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 pub mod demo;
 pub mod image_build;
+pub mod pxe;
 pub mod qemu_boot;
 
 use crate::document::SourceFile;
@@ -98,6 +99,26 @@ enum Command {
     /// Benchmarks that print figures against a ceiling measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Network boot for a fleet.
+    #[command(subcommand)]
+    Pxe(PxeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PxeCommand {
+    /// Write a TFTP/HTTP tree: iPXE script choosing the node by MAC, kernel, initramfs, and one
+    /// config initramfs per node. Every node config is validated first.
+    Build {
+        /// Directory with vmlinuz and initrd.img (`dwcp image build --out DIR`).
+        #[arg(long, value_name = "DIR")]
+        artifacts: PathBuf,
+        /// The inventory: `[[node]]` tables with `mac` and `config` (a path relative to it).
+        #[arg(long, value_name = "FILE")]
+        inventory: PathBuf,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,8 +159,19 @@ enum QemuCommand {
     /// Boot one node, wait for DWCP READY (or safe mode), then power it off.
     Boot {
         /// Directory with vmlinuz and initrd.img (`dwcp image build --out DIR`).
-        #[arg(long, value_name = "DIR")]
-        artifacts: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present = "pxe")]
+        artifacts: Option<PathBuf>,
+        /// Boot from this PXE tree (`dwcp pxe build`) instead, over QEMU's TFTP and iPXE.
+        #[arg(
+            long,
+            value_name = "TREE",
+            requires = "mac",
+            conflicts_with = "artifacts"
+        )]
+        pxe: Option<PathBuf>,
+        /// The MAC address the PXE-booting NIC has.
+        #[arg(long, value_name = "MAC")]
+        mac: Option<crate::types::MacAddress>,
         /// Node config to boot with; default: the config matching the VM (`dwcp config example --qemu`).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -264,6 +296,22 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             let ok = report.transfer.sha256_sent == report.transfer.sha256_received;
             Ok(if ok { Exit::Ok } else { Exit::Failed })
         }
+        Command::Pxe(PxeCommand::Build {
+            artifacts,
+            inventory,
+            out,
+        }) => {
+            let nodes = pxe::build(&artifacts, &inventory, &out)?;
+            for (mac, name) in &nodes {
+                println!("{mac}  {name}");
+            }
+            println!(
+                "{} node(s); serve {} over TFTP or HTTP, boot file boot.ipxe",
+                nodes.len(),
+                out.display()
+            );
+            Ok(Exit::Ok)
+        }
         Command::Bench(BenchCommand::Pipeline { json, seconds }) => {
             let bin = image_build::release_dataplane()?;
             let mut cmd = std::process::Command::new(&bin);
@@ -282,16 +330,20 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Qemu(QemuCommand::Boot {
             artifacts,
+            pxe,
+            mac,
             config,
             timeout,
             kvm,
         }) => {
-            let ready = qemu_boot::boot(
-                &artifacts,
-                config.as_deref(),
-                std::time::Duration::from_secs(timeout),
-                kvm,
-            )?;
+            let timeout = std::time::Duration::from_secs(timeout);
+            let ready = match (pxe, mac, artifacts) {
+                (Some(tree), Some(mac), _) => qemu_boot::boot_pxe(&tree, &mac, timeout, kvm)?,
+                (_, _, Some(artifacts)) => {
+                    qemu_boot::boot(&artifacts, config.as_deref(), timeout, kvm)?
+                }
+                _ => anyhow::bail!("give --artifacts DIR, or --pxe TREE with --mac MAC"),
+            };
             Ok(if ready { Exit::Ok } else { Exit::Invalid })
         }
         Command::Config(ConfigCommand::Docs) => {

@@ -62,6 +62,7 @@ pub fn vm_spec(name: &str, c: &NodeConfig, artifacts: &Path, initrd: PathBuf) ->
         kvm: false,
         iommu: true,
         console_log: None,
+        pxe: None,
     }
 }
 
@@ -113,6 +114,46 @@ pub fn boot(
     let status = vm.wait_exit(Duration::from_secs(60))?;
     eprintln!("qemu: powered off ({status})");
     Ok(ready)
+}
+
+/// A VM shaped like the QEMU example node that boots from a PXE tree with the given MAC on
+/// its management NIC (the one iPXE uses).
+pub fn pxe_spec(name: &str, tree: &Path, mac: &crate::types::MacAddress) -> anyhow::Result<VmSpec> {
+    let shape = crate::validate::check(&crate::SourceFile::new(
+        "shape",
+        crate::example::qemu_example()?,
+    ))
+    .map_err(|d| anyhow::anyhow!("{}", d[0]))?;
+    let mut spec = vm_spec(name, &shape, tree, PathBuf::new());
+    spec.nics[0].mac = mac.to_string();
+    spec.pxe = Some(dwcp_qemu::PxeBoot {
+        tftp_root: tree.to_path_buf(),
+        bootfile: "boot.ipxe".into(),
+    });
+    Ok(spec)
+}
+
+/// Boots a node from a PXE tree, waits for READY or safe mode, powers it off.
+pub fn boot_pxe(
+    tree: &Path,
+    mac: &crate::types::MacAddress,
+    timeout: Duration,
+    kvm: bool,
+) -> anyhow::Result<bool> {
+    let mut spec = pxe_spec("pxe-node", tree, mac)?;
+    spec.kvm = kvm;
+    eprintln!(
+        "qemu: network-booting MAC {mac} from {} ({})",
+        tree.display(),
+        if kvm { "KVM" } else { "TCG" }
+    );
+    let mut vm = Vm::start(&spec)?;
+    let outcome = wait_ready_or_safe(&mut vm, timeout);
+    print!("{}", vm.console());
+    let line = outcome?;
+    vm.monitor("system_powerdown")?;
+    let _ = vm.wait_exit(Duration::from_secs(60))?;
+    Ok(line.contains("DWCP READY"))
 }
 
 /// Waits for `DWCP READY` or `SAFE MODE`, whichever comes first.
