@@ -151,7 +151,7 @@ mod tests {
         std::fs::write(dir.path().join("a.toml"), cfg.replace("qemu-node", "pxe-a")).unwrap();
         std::fs::write(
             dir.path().join("bad.toml"),
-            cfg.replace("mtu", "mtu").replace("count = 1", "count = -1"),
+            cfg.replace("count = 1", "count = -1"),
         )
         .unwrap();
         let inv = dir.path().join("nodes.toml");
