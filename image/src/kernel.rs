@@ -103,11 +103,22 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Returns the unpacked pinned kernel, downloading and unpacking it into `cache` if needed.
-pub fn fetch(pin: &KernelPin, cache: &Path) -> Result<Kernel, KernelError> {
-    let dir = cache.join("kernel");
+/// The pin of systemd-boot's EFI package (`image/boot-pin.toml`).
+pub fn boot_pin() -> KernelPin {
+    toml::from_str(include_str!("../boot-pin.toml"))
+        .expect("image/boot-pin.toml is checked by a unit test")
+}
+
+/// Downloads (once, checked by SHA-256) and unpacks a pinned Debian package; returns the
+/// root of the unpacked tree.
+pub fn fetch_deb(pin: &KernelPin, cache: &Path) -> Result<PathBuf, KernelError> {
+    let dir = cache.join("debs");
     std::fs::create_dir_all(&dir).map_err(|e| KernelError::Cache(dir.clone(), e))?;
-    let deb = dir.join(format!("{}_{}_amd64.deb", pin.package, pin.version));
+    let deb = dir.join(format!(
+        "{}_{}_amd64.deb",
+        pin.package,
+        pin.version.replace(':', "%3a")
+    ));
     let verified = |p: &Path| sha256_file(p).is_ok_and(|s| s == pin.sha256);
     if !verified(&deb) {
         download(pin, &dir)?;
@@ -139,6 +150,12 @@ pub fn fetch(pin: &KernelPin, cache: &Path) -> Result<Kernel, KernelError> {
         }
         std::fs::write(&done, b"").map_err(|e| KernelError::Cache(done.clone(), e))?;
     }
+    Ok(root)
+}
+
+/// Returns the unpacked pinned kernel, downloading and unpacking it into `cache` if needed.
+pub fn fetch(pin: &KernelPin, cache: &Path) -> Result<Kernel, KernelError> {
+    let root = fetch_deb(pin, cache)?;
     let release = pin.release();
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
     let modules_dir = root.join("lib/modules").join(release);
@@ -188,6 +205,11 @@ fn download(pin: &KernelPin, dir: &Path) -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_pin_parses() {
+        assert_eq!(boot_pin().package, "systemd-boot-efi");
+    }
 
     #[test]
     fn committed_pin_parses() {

@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod build;
+pub mod disk;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;

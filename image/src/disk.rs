@@ -1,0 +1,322 @@
+//! A bootable GPT disk image written by Rust code, without root or loop devices: an EFI
+//! system partition (FAT32) and a small FAT config partition named `DWCP-CONFIG`. The caller
+//! says which files go on each. Reproducible: fixed GUIDs derived from the contents, FAT
+//! timestamps at the DOS epoch, fixed volume IDs.
+
+use std::io::{Cursor, Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+/// Sector size.
+const SECTOR: u64 = 512;
+/// Partitions start on 1 MiB boundaries.
+const ALIGN: u64 = 2048;
+/// GPT name and FAT label of the config partition.
+pub const CONFIG_LABEL: &str = "DWCP-CONFIG";
+/// GPT name of the EFI system partition.
+pub const ESP_NAME: &str = "EFI-SYSTEM";
+
+/// What goes on the disk.
+#[derive(Clone, Debug, Default)]
+pub struct DiskSpec {
+    /// Files on the ESP: path (with `/`), contents.
+    pub esp_files: Vec<(String, Vec<u8>)>,
+    /// Files on the config partition.
+    pub config_files: Vec<(String, Vec<u8>)>,
+    /// ESP size in MiB (at least 64: FAT32 with 512-byte clusters).
+    pub esp_mib: u64,
+    /// Config partition size in MiB.
+    pub config_mib: u64,
+}
+
+/// Why a disk could not be made or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// File system or partition table error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The partition table.
+    #[error("partition table: {0}")]
+    Gpt(String),
+    /// No config partition on the target.
+    #[error("no partition named {CONFIG_LABEL} on {0}")]
+    NoConfigPartition(String),
+}
+
+/// A GUID in GPT's on-disk byte order from its text form.
+fn guid(text: &str) -> [u8; 16] {
+    let hex: Vec<u8> = text
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|p| u8::from_str_radix(&p.iter().collect::<String>(), 16).unwrap_or(0))
+        .collect();
+    let mut g = [0u8; 16];
+    g.copy_from_slice(&hex[..16]);
+    // The first three fields are little-endian on disk.
+    g[..4].reverse();
+    g[4..6].reverse();
+    g[6..8].reverse();
+    g
+}
+
+fn derived_guid(seed: &[u8], what: &str) -> [u8; 16] {
+    let h = Sha256::new()
+        .chain_update(seed)
+        .chain_update(what.as_bytes())
+        .finalize();
+    let mut g = [0u8; 16];
+    g.copy_from_slice(&h[..16]);
+    g[7] = (g[7] & 0x0f) | 0x40; // version 4 layout, for tools that check
+    g[8] = (g[8] & 0x3f) | 0x80;
+    g
+}
+
+fn fat_label(label: &str) -> [u8; 11] {
+    let mut l = [b' '; 11];
+    for (d, s) in l.iter_mut().zip(label.bytes()) {
+        *d = s.to_ascii_uppercase();
+    }
+    l
+}
+
+/// A FAT file system image of `mib` MiB holding `files`.
+pub fn fat_image(
+    mib: u64,
+    label: &str,
+    fat32: bool,
+    volume_id: u32,
+    files: &[(String, Vec<u8>)],
+) -> std::io::Result<Vec<u8>> {
+    let size =
+        usize::try_from(mib << 20).map_err(|_| std::io::Error::other("partition too large"))?;
+    let mut img = Cursor::new(vec![0u8; size]);
+    let mut opts = fatfs::FormatVolumeOptions::new()
+        .volume_id(volume_id)
+        .volume_label(fat_label(label));
+    if fat32 {
+        opts = opts.fat_type(fatfs::FatType::Fat32).bytes_per_cluster(512);
+    }
+    fatfs::format_volume(&mut img, opts)?;
+    {
+        let fs = fatfs::FileSystem::new(&mut img, fatfs::FsOptions::new())?;
+        {
+            let root = fs.root_dir();
+            let mut sorted: Vec<&(String, Vec<u8>)> = files.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            for (path, data) in sorted {
+                let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+                let Some((name, dirs)) = parts.split_last() else {
+                    continue;
+                };
+                let mut dir = root.clone();
+                for d in dirs {
+                    dir = match dir.open_dir(d) {
+                        Ok(x) => x,
+                        Err(_) => dir.create_dir(d)?,
+                    };
+                }
+                let mut f = dir.create_file(name)?;
+                f.truncate()?;
+                f.write_all(data)?;
+                f.flush()?;
+            }
+        }
+        fs.unmount()?;
+    }
+    Ok(img.into_inner())
+}
+
+/// Reads one file from a FAT image.
+pub fn fat_read(image: &[u8], path: &str) -> std::io::Result<Vec<u8>> {
+    let mut cur = Cursor::new(image.to_vec());
+    let fs = fatfs::FileSystem::new(&mut cur, fatfs::FsOptions::new())?;
+    let mut f = fs.root_dir().open_file(path.trim_start_matches('/'))?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Writes the disk image to `out` (created or replaced).
+pub fn write_disk(spec: &DiskSpec, out: &Path) -> Result<(), DiskError> {
+    let mut seed = Sha256::new();
+    for (p, d) in spec.esp_files.iter().chain(&spec.config_files) {
+        seed.update(p.as_bytes());
+        seed.update(d);
+    }
+    let seed = seed.finalize();
+    let vol = |what: &str| {
+        u32::from_le_bytes(derived_guid(&seed, what)[..4].try_into().unwrap_or([0; 4]))
+    };
+    let esp = fat_image(
+        spec.esp_mib.max(64),
+        "DWCP-ESP",
+        true,
+        vol("esp"),
+        &spec.esp_files,
+    )?;
+    let config = fat_image(
+        spec.config_mib.max(8),
+        CONFIG_LABEL,
+        false,
+        vol("config"),
+        &spec.config_files,
+    )?;
+
+    let esp_sectors = esp.len() as u64 / SECTOR;
+    let config_sectors = config.len() as u64 / SECTOR;
+    // Room for the backup GPT at the end (33 sectors), rounded to the alignment.
+    let total = ALIGN + esp_sectors + config_sectors + ALIGN;
+    let mut disk = Cursor::new(vec![0u8; usize::try_from(total * SECTOR).unwrap_or(0)]);
+    let mut gpt = gptman::GPT::new_from(&mut disk, SECTOR, derived_guid(&seed, "disk"))
+        .map_err(|e| DiskError::Gpt(e.to_string()))?;
+    gpt.align = ALIGN;
+    let esp_start = ALIGN;
+    let config_start = esp_start + esp_sectors;
+    gpt[1] = gptman::GPTPartitionEntry {
+        partition_type_guid: guid("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        unique_partition_guid: derived_guid(&seed, "esp"),
+        starting_lba: esp_start,
+        ending_lba: esp_start + esp_sectors - 1,
+        attribute_bits: 0,
+        partition_name: ESP_NAME.into(),
+    };
+    gpt[2] = gptman::GPTPartitionEntry {
+        // Microsoft basic data: every OS offers to mount it, so operators can edit the config.
+        partition_type_guid: guid("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"),
+        unique_partition_guid: derived_guid(&seed, "config"),
+        starting_lba: config_start,
+        ending_lba: config_start + config_sectors - 1,
+        attribute_bits: 0,
+        partition_name: CONFIG_LABEL.into(),
+    };
+    gptman::GPT::write_protective_mbr_into(&mut disk, SECTOR)
+        .map_err(|e| DiskError::Gpt(e.to_string()))?;
+    gpt.write_into(&mut disk)
+        .map_err(|e| DiskError::Gpt(e.to_string()))?;
+    disk.seek(SeekFrom::Start(esp_start * SECTOR))?;
+    disk.write_all(&esp)?;
+    disk.seek(SeekFrom::Start(config_start * SECTOR))?;
+    disk.write_all(&config)?;
+    std::fs::write(out, disk.into_inner())?;
+    Ok(())
+}
+
+/// Where a named partition is on a disk image or block device: (byte offset, byte length).
+pub fn find_partition(target: &Path, name: &str) -> Result<(u64, u64), DiskError> {
+    let mut f = std::fs::File::open(target)?;
+    let gpt = gptman::GPT::find_from(&mut f).map_err(|e| DiskError::Gpt(e.to_string()))?;
+    let ss = gpt.sector_size;
+    gpt.iter()
+        .find(|(_, p)| p.is_used() && p.partition_name.as_str() == name)
+        .map(|(_, p)| {
+            (
+                p.starting_lba * ss,
+                (p.ending_lba - p.starting_lba + 1) * ss,
+            )
+        })
+        .ok_or_else(|| DiskError::NoConfigPartition(target.display().to_string()))
+}
+
+/// Replaces the config partition's files on a disk image or device (reformats it).
+pub fn write_config_partition(target: &Path, files: &[(String, Vec<u8>)]) -> Result<(), DiskError> {
+    let (offset, len) = find_partition(target, CONFIG_LABEL)?;
+    let mib = len >> 20;
+    let mut seed = Sha256::new();
+    for (p, d) in files {
+        seed.update(p.as_bytes());
+        seed.update(d);
+    }
+    let vol = u32::from_le_bytes(
+        derived_guid(&seed.finalize(), "config")[..4]
+            .try_into()
+            .unwrap_or([0; 4]),
+    );
+    let image = fat_image(mib, CONFIG_LABEL, false, vol, files)?;
+    let mut f = std::fs::OpenOptions::new().write(true).open(target)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(&image)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Reads a file from the config partition of a disk image or device.
+pub fn read_config_partition(target: &Path, path: &str) -> Result<Vec<u8>, DiskError> {
+    let (offset, len) = find_partition(target, CONFIG_LABEL)?;
+    let mut f = std::fs::File::open(target)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    f.read_exact(&mut buf)?;
+    Ok(fat_read(&buf, path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DiskSpec {
+        DiskSpec {
+            esp_files: vec![
+                ("EFI/BOOT/BOOTX64.EFI".into(), vec![0x4d, 0x5a, 1, 2]),
+                ("loader/loader.conf".into(), b"timeout 0\n".to_vec()),
+            ],
+            config_files: vec![("dwcp.toml".into(), b"name = \"x\"\n".to_vec())],
+            esp_mib: 64,
+            config_mib: 8,
+        }
+    }
+
+    #[test]
+    fn disk_is_reproducible_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        write_disk(&spec(), &a).unwrap();
+        write_disk(&spec(), &b).unwrap();
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "two builds differ"
+        );
+        assert_eq!(
+            read_config_partition(&a, "dwcp.toml").unwrap(),
+            b"name = \"x\"\n"
+        );
+        let (off, len) = find_partition(&a, ESP_NAME).unwrap();
+        assert_eq!(off, ALIGN * SECTOR);
+        assert_eq!(len, 64 << 20);
+        let disk = std::fs::read(&a).unwrap();
+        let esp = &disk[usize::try_from(off).unwrap()..usize::try_from(off + len).unwrap()];
+        assert_eq!(
+            fat_read(esp, "EFI/BOOT/BOOTX64.EFI").unwrap(),
+            vec![0x4d, 0x5a, 1, 2]
+        );
+    }
+
+    #[test]
+    fn config_partition_can_be_replaced_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.img");
+        write_disk(&spec(), &a).unwrap();
+        let before = std::fs::read(&a).unwrap();
+        write_config_partition(&a, &[("dwcp.toml".into(), b"name = \"y\"\n".to_vec())]).unwrap();
+        assert_eq!(
+            read_config_partition(&a, "dwcp.toml").unwrap(),
+            b"name = \"y\"\n"
+        );
+        let after = std::fs::read(&a).unwrap();
+        let (off, _) = find_partition(&a, CONFIG_LABEL).unwrap();
+        let off = usize::try_from(off).unwrap();
+        assert!(
+            before[..off] == after[..off],
+            "only the config partition changes"
+        );
+    }
+
+    #[test]
+    fn guid_byte_order() {
+        let g = guid("C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+        assert_eq!(g[..4], [0x28, 0x73, 0x2a, 0xc1]);
+        assert_eq!(g[8..], [0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b]);
+    }
+}
