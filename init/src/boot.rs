@@ -118,6 +118,33 @@ fn load_modules() {
     }
 }
 
+/// Finds the config partition by GPT name and mounts it read-only; returns its device.
+fn mount_config_partition(fs: &dyn SysFs) -> Option<String> {
+    let dev = crate::config_source::find_config_partition(fs)?;
+    let target = Path::new("/").join(crate::config_source::PARTITION_MOUNT);
+    let _ = std::fs::create_dir_all(&target);
+    let source = format!("/dev/{dev}");
+    match mount(
+        Some(source.as_str()),
+        &target,
+        Some("vfat"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("codepage=437,iocharset=iso8859-1"),
+    ) {
+        Ok(()) => {
+            say!("config partition: /dev/{dev} mounted read-only");
+            Some(dev)
+        }
+        Err(e) => {
+            say!(
+                "config partition: /dev/{dev} found but cannot be mounted ({}); ignoring it",
+                e.desc()
+            );
+            None
+        }
+    }
+}
+
 /// What applying the config established, for `DWCP READY` and `status`.
 #[derive(Clone, Debug, Default)]
 struct Facts {
@@ -661,7 +688,8 @@ pub fn run() -> ! {
         notify,
     };
 
-    match discover(Path::new("/")) {
+    let partition = mount_config_partition(&fs);
+    match discover(Path::new("/"), partition.as_deref()) {
         ConfigState::Unprovisioned => init.enter_safe_mode(SafeReason::Unprovisioned),
         ConfigState::Invalid {
             source,

@@ -15,15 +15,33 @@ pub const INITRAMFS_CONFIG: &str = "etc/dwcp/dwcp.toml";
 /// Where a config can come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Candidate {
+    /// `dwcp.toml` on the config partition (FAT, label and GPT name `DWCP-CONFIG`).
+    Partition {
+        /// The block device, e.g. `vda2`.
+        device: String,
+        /// Where the file is once the partition is mounted.
+        path: PathBuf,
+    },
     /// A file in the root filesystem (the initramfs).
     InitramfsFile(PathBuf),
+}
+
+/// Where init mounts the config partition (read-only).
+pub const PARTITION_MOUNT: &str = "run/dwcp/config-partition";
+
+/// The block device holding the config partition, found by GPT partition name.
+pub fn find_config_partition(fs: &dyn crate::sys::SysFs) -> Option<String> {
+    fs.list("/sys/class/block").ok()?.into_iter().find(|dev| {
+        fs.read(&format!("/sys/class/block/{dev}/uevent"))
+            .is_ok_and(|u| u.lines().any(|l| l.trim() == "PARTNAME=DWCP-CONFIG"))
+    })
 }
 
 impl Candidate {
     /// The file the config is read from.
     pub fn path(&self) -> &Path {
         match self {
-            Candidate::InitramfsFile(p) => p,
+            Candidate::Partition { path, .. } | Candidate::InitramfsFile(path) => path,
         }
     }
 }
@@ -31,6 +49,9 @@ impl Candidate {
 impl std::fmt::Display for Candidate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Candidate::Partition { device, .. } => {
+                write!(f, "config partition /dev/{device} (DWCP-CONFIG)")
+            }
             Candidate::InitramfsFile(p) => write!(f, "initramfs file {}", p.display()),
         }
     }
@@ -58,14 +79,25 @@ pub enum ConfigState {
 }
 
 /// The candidates under `root` (`/` at boot; a temporary tree in tests), in order.
-pub fn candidates(root: &Path) -> Vec<Candidate> {
-    vec![Candidate::InitramfsFile(root.join(INITRAMFS_CONFIG))]
+/// The candidates under `root`, in order: the mounted config partition (when init found and
+/// mounted one), then the initramfs file.
+pub fn candidates(root: &Path, partition: Option<&str>) -> Vec<Candidate> {
+    let mut c = Vec::new();
+    if let Some(device) = partition {
+        c.push(Candidate::Partition {
+            device: device.to_owned(),
+            path: root.join(PARTITION_MOUNT).join("dwcp.toml"),
+        });
+    }
+    c.push(Candidate::InitramfsFile(root.join(INITRAMFS_CONFIG)));
+    c
 }
 
 /// Looks for the config under `root` and validates the first one found.
-pub fn discover(root: &Path) -> ConfigState {
-    for candidate in candidates(root) {
-        let Candidate::InitramfsFile(path) = &candidate;
+pub fn discover(root: &Path, partition: Option<&str>) -> ConfigState {
+    for candidate in candidates(root, partition) {
+        let path = candidate.path().to_path_buf();
+        let path = &path;
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -108,16 +140,65 @@ mod tests {
     }
 
     #[test]
+    fn partition_wins_over_the_initramfs_and_is_found_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dwcp_provisioning::example::example().unwrap();
+        write(dir.path(), &text);
+        let part = dir.path().join(PARTITION_MOUNT);
+        std::fs::create_dir_all(&part).unwrap();
+        std::fs::write(
+            part.join("dwcp.toml"),
+            text.replace("site-a-gw1", "from-partition"),
+        )
+        .unwrap();
+        match discover(dir.path(), Some("vda2")) {
+            ConfigState::Provisioned { config, source } => {
+                assert_eq!(config.name.0, "from-partition");
+                assert_eq!(
+                    source.to_string(),
+                    "config partition /dev/vda2 (DWCP-CONFIG)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // An empty partition falls back to the initramfs file.
+        std::fs::remove_file(part.join("dwcp.toml")).unwrap();
+        assert!(matches!(
+            discover(dir.path(), Some("vda2")),
+            ConfigState::Provisioned {
+                source: Candidate::InitramfsFile(_),
+                ..
+            }
+        ));
+        // Finding the partition by its GPT name.
+        let fs = crate::sys::RootedFs::new(dir.path());
+        for (dev, name) in [("vda1", "EFI-SYSTEM"), ("vda2", "DWCP-CONFIG")] {
+            let d = fs.path(&format!("/sys/class/block/{dev}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("uevent"),
+                format!("MAJOR=253\nDEVNAME={dev}\nDEVTYPE=partition\nPARTNAME={name}\n"),
+            )
+            .unwrap();
+        }
+        std::fs::create_dir_all(fs.path("/sys/class/block/vda")).unwrap();
+        assert_eq!(find_config_partition(&fs).as_deref(), Some("vda2"));
+    }
+
+    #[test]
     fn no_config_is_unprovisioned() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(discover(dir.path()), ConfigState::Unprovisioned));
+        assert!(matches!(
+            discover(dir.path(), None),
+            ConfigState::Unprovisioned
+        ));
     }
 
     #[test]
     fn valid_config_is_used() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &dwcp_provisioning::example::example().unwrap());
-        match discover(dir.path()) {
+        match discover(dir.path(), None) {
             ConfigState::Provisioned { config, source } => {
                 assert_eq!(config.name.0, "site-a-gw1");
                 assert_eq!(
@@ -137,7 +218,7 @@ mod tests {
             .replace("mtu = 1500", "mtu = 100")
             .replace("name = \"site-a-gw1\"", "name = \"-bad\"");
         write(dir.path(), &text);
-        match discover(dir.path()) {
+        match discover(dir.path(), None) {
             ConfigState::Invalid { diagnostics, .. } => {
                 // One bad name and two bad MTUs.
                 assert_eq!(diagnostics.len(), 3, "{diagnostics:?}");

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
     }
-    match discover(Path::new("/")) {
+    match discover(Path::new("/"), None) {
         ConfigState::Provisioned { source, config } => {
             println!("dwcp-init: config: node {} from {source}", config.name);
             ExitCode::SUCCESS

@@ -39,6 +39,11 @@ pub struct PxeBoot {
     pub bootfile: String,
 }
 
+/// UEFI firmware code (Debian's `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// UEFI variable store template, copied per VM.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 /// What to boot and how.
 #[derive(Clone, Debug)]
 pub struct VmSpec {
@@ -65,6 +70,8 @@ pub struct VmSpec {
     /// Boot from the network instead of `kernel`/`initrd` (which are then not used); the first
     /// NIC with `user` networking serves the TFTP tree.
     pub pxe: Option<PxeBoot>,
+    /// Boot this disk image (virtio-blk) through UEFI firmware instead of `kernel`/`initrd`.
+    pub disk: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -97,7 +104,19 @@ impl VmSpec {
             push("-device");
             push("intel-iommu,intremap=on");
         }
-        if self.pxe.is_some() {
+        if let Some(disk) = &self.disk {
+            push("-drive");
+            push(&format!(
+                "if=pflash,format=raw,readonly=on,file={OVMF_CODE}"
+            ));
+            push("-drive");
+            push(&format!(
+                "if=pflash,format=raw,file={}",
+                monitor.with_file_name("OVMF_VARS.fd").display()
+            ));
+            push("-drive");
+            push(&format!("file={},format=raw,if=virtio", disk.display()));
+        } else if self.pxe.is_some() {
             push("-boot");
             push("n");
         } else {
@@ -222,6 +241,10 @@ impl Vm {
             .tempdir()
             .map_err(QemuError::Spawn)?;
         let monitor_path = dir.path().join("monitor.sock");
+        if spec.disk.is_some() {
+            // Each VM gets its own copy of the UEFI variable store.
+            std::fs::copy(OVMF_VARS, dir.path().join("OVMF_VARS.fd")).map_err(QemuError::Spawn)?;
+        }
         let mut child = Command::new(QEMU)
             .args(spec.args(&monitor_path))
             .stdin(Stdio::piped())
@@ -443,6 +466,7 @@ mod tests {
             iommu: true,
             console_log: None,
             pxe: None,
+            disk: None,
         };
         let a = spec.args(Path::new("/tmp/m.sock")).join(" ");
         assert!(a.contains("-accel tcg"), "{a}");

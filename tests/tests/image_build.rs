@@ -21,7 +21,7 @@ fn two_builds_are_byte_identical() {
         ma.files, mb.files,
         "vmlinuz/initrd.img hashes differ between two builds"
     );
-    for f in ["vmlinuz", "initrd.img", "manifest.json"] {
+    for f in ["vmlinuz", "initrd.img", "disk.img", "manifest.json"] {
         let x = std::fs::read(a.path().join(f)).unwrap();
         let y = std::fs::read(b.path().join(f)).unwrap();
         assert!(x == y, "{f} differs between two builds");

@@ -438,6 +438,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             iommu: false,
             console_log: Some(dir.path().join(format!("console-{site}.log"))),
             pxe: None,
+            disk: None,
         };
         say(
             opts,

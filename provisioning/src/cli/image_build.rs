@@ -128,12 +128,81 @@ pub fn build(
             .map(|d| (*d).to_owned())
             .collect(),
     };
-    if let Some(text) = config_text {
-        spec.files
-            .push(("etc/dwcp/dwcp.toml".into(), text.into_bytes(), 0o600));
+    if let Some(text) = &config_text {
+        spec.files.push((
+            "etc/dwcp/dwcp.toml".into(),
+            text.clone().into_bytes(),
+            0o600,
+        ));
     }
-    let manifest = dwcp_image::build(&kernel, &spec, out).context("image build failed")?;
+    let cmdline = match &config_text {
+        Some(text) => crate::validate::check(&crate::SourceFile::new("config", text.clone()))
+            .map(|c| crate::cmdline::kernel_cmdline(&c))
+            .unwrap_or_else(|_| DEFAULT_CMDLINE.to_owned()),
+        None => DEFAULT_CMDLINE.to_owned(),
+    };
+    let mut manifest = dwcp_image::build(&kernel, &spec, out).context("image build failed")?;
+    write_disk(out, config_text.as_deref(), &cmdline)?;
+    let disk = out.join("disk.img");
+    manifest
+        .files
+        .push(("disk.img".into(), dwcp_image::kernel::sha256_file(&disk)?));
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
     Ok(manifest)
+}
+
+/// Kernel command line for an image without a node config.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0,115200 loglevel=4";
+/// Boot tries a new slot gets (systemd-boot boot counting).
+pub const BOOT_TRIES: u32 = 3;
+
+/// The loader entry of a slot: `slot-a+3.conf` and its text.
+pub fn loader_entry(slot: char, cmdline: &str) -> (String, String) {
+    (
+        format!("loader/entries/slot-{slot}+{BOOT_TRIES}.conf"),
+        format!(
+            "title DWCP appliance, slot {}\nlinux /dwcp/slot-{slot}/vmlinuz\ninitrd /dwcp/slot-{slot}/initrd.img\noptions {cmdline}\n",
+            slot.to_ascii_uppercase()
+        ),
+    )
+}
+
+/// `DIR/disk.img`: GPT with the ESP (systemd-boot, loader entry for slot A with boot counting,
+/// slot A's kernel and initramfs under `/dwcp/slot-a/`) and the `DWCP-CONFIG` partition.
+pub fn write_disk(out: &Path, config: Option<&str>, cmdline: &str) -> anyhow::Result<()> {
+    let boot =
+        dwcp_image::kernel::fetch_deb(&dwcp_image::kernel::boot_pin(), &dwcp_image::cache_dir())?;
+    let efi = std::fs::read(boot.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"))
+        .context("systemd-bootx64.efi missing from the systemd-boot-efi package")?;
+    let (entry, entry_text) = loader_entry('a', cmdline);
+    let spec = dwcp_image::disk::DiskSpec {
+        esp_files: vec![
+            ("EFI/BOOT/BOOTX64.EFI".into(), efi),
+            (
+                "loader/loader.conf".into(),
+                b"timeout 0\ndefault slot-a*\neditor no\n".to_vec(),
+            ),
+            (entry, entry_text.into_bytes()),
+            (
+                "dwcp/slot-a/vmlinuz".into(),
+                std::fs::read(out.join("vmlinuz"))?,
+            ),
+            (
+                "dwcp/slot-a/initrd.img".into(),
+                std::fs::read(out.join("initrd.img"))?,
+            ),
+        ],
+        config_files: config
+            .map(|c| vec![("dwcp.toml".to_owned(), c.as_bytes().to_vec())])
+            .unwrap_or_default(),
+        esp_mib: 96,
+        config_mib: 16,
+    };
+    dwcp_image::disk::write_disk(&spec, &out.join("disk.img")).context("disk image")?;
+    Ok(())
 }
 
 /// A gzip'd cpio holding only `/etc/dwcp/dwcp.toml`: appended to an initrd, the kernel merges

@@ -159,7 +159,7 @@ enum QemuCommand {
     /// Boot one node, wait for DWCP READY (or safe mode), then power it off.
     Boot {
         /// Directory with vmlinuz and initrd.img (`dwcp image build --out DIR`).
-        #[arg(long, value_name = "DIR", required_unless_present = "pxe")]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["pxe", "disk"])]
         artifacts: Option<PathBuf>,
         /// Boot from this PXE tree (`dwcp pxe build`) instead, over QEMU's TFTP and iPXE.
         #[arg(
@@ -172,6 +172,9 @@ enum QemuCommand {
         /// The MAC address the PXE-booting NIC has.
         #[arg(long, value_name = "MAC")]
         mac: Option<crate::types::MacAddress>,
+        /// Boot this disk image through UEFI (OVMF) instead.
+        #[arg(long, value_name = "IMG", conflicts_with_all = ["artifacts", "pxe"])]
+        disk: Option<PathBuf>,
         /// Node config to boot with; default: the config matching the VM (`dwcp config example --qemu`).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -204,6 +207,14 @@ enum ConfigCommand {
     Docs,
     /// Print the config's JSON schema (for editors with TOML schema support).
     Schema,
+    /// Replace only the config partition (DWCP-CONFIG) of a disk image or device with FILE,
+    /// after validating it.
+    SetPartition {
+        /// Disk image or block device.
+        target: PathBuf,
+        /// The node config.
+        file: PathBuf,
+    },
 }
 
 /// Runs `dwcp` with the process's arguments.
@@ -332,12 +343,18 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             artifacts,
             pxe,
             mac,
+            disk,
             config,
             timeout,
             kvm,
         }) => {
             let timeout = std::time::Duration::from_secs(timeout);
             let ready = match (pxe, mac, artifacts) {
+                _ if disk.is_some() => qemu_boot::boot_disk(
+                    disk.as_deref().unwrap_or(std::path::Path::new("")),
+                    timeout,
+                    kvm,
+                )?,
                 (Some(tree), Some(mac), _) => qemu_boot::boot_pxe(&tree, &mac, timeout, kvm)?,
                 (_, _, Some(artifacts)) => {
                     qemu_boot::boot(&artifacts, config.as_deref(), timeout, kvm)?
@@ -348,6 +365,24 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Config(ConfigCommand::Docs) => {
             print!("{}", docs::reference_markdown());
+            Ok(Exit::Ok)
+        }
+        Command::Config(ConfigCommand::SetPartition { target, file }) => {
+            let text = image_build::checked_config(&file)?;
+            dwcp_image::disk::write_config_partition(
+                &target,
+                &[("dwcp.toml".to_owned(), text.into_bytes())],
+            )?;
+            let back = dwcp_image::disk::read_config_partition(&target, "dwcp.toml")?;
+            anyhow::ensure!(
+                back == std::fs::read(&file)?,
+                "read-back of the config partition differs"
+            );
+            println!(
+                "{}: config partition now holds {} (verified)",
+                target.display(),
+                file.display()
+            );
             Ok(Exit::Ok)
         }
         Command::Config(ConfigCommand::Schema) => {

@@ -63,6 +63,7 @@ pub fn vm_spec(name: &str, c: &NodeConfig, artifacts: &Path, initrd: PathBuf) ->
         iommu: true,
         console_log: None,
         pxe: None,
+        disk: None,
     }
 }
 
@@ -145,6 +146,44 @@ pub fn boot_pxe(
     eprintln!(
         "qemu: network-booting MAC {mac} from {} ({})",
         tree.display(),
+        if kvm { "KVM" } else { "TCG" }
+    );
+    let mut vm = Vm::start(&spec)?;
+    let outcome = wait_ready_or_safe(&mut vm, timeout);
+    print!("{}", vm.console());
+    let line = outcome?;
+    vm.monitor("system_powerdown")?;
+    let _ = vm.wait_exit(Duration::from_secs(60))?;
+    Ok(line.contains("DWCP READY"))
+}
+
+/// A VM that boots a disk image through UEFI, shaped after the config on the image's config
+/// partition (the QEMU example's shape when that is missing or invalid).
+pub fn disk_spec(name: &str, image: &Path) -> anyhow::Result<VmSpec> {
+    let from_disk = dwcp_image::disk::read_config_partition(image, "dwcp.toml")
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| crate::validate::check(&crate::SourceFile::new("partition", t)).ok());
+    let shape = match from_disk {
+        Some(c) => c,
+        None => crate::validate::check(&crate::SourceFile::new(
+            "shape",
+            crate::example::qemu_example()?,
+        ))
+        .map_err(|d| anyhow::anyhow!("{}", d[0]))?,
+    };
+    let mut spec = vm_spec(name, &shape, Path::new("/"), PathBuf::new());
+    spec.disk = Some(image.to_path_buf());
+    Ok(spec)
+}
+
+/// Boots a disk image, waits for READY or safe mode, powers it off.
+pub fn boot_disk(image: &Path, timeout: Duration, kvm: bool) -> anyhow::Result<bool> {
+    let mut spec = disk_spec("disk-node", image)?;
+    spec.kvm = kvm;
+    eprintln!(
+        "qemu: booting {} through UEFI ({})",
+        image.display(),
         if kvm { "KVM" } else { "TCG" }
     );
     let mut vm = Vm::start(&spec)?;

@@ -1,0 +1,106 @@
+//! UEFI disk boot under QEMU (OVMF, systemd-boot): `disk.img` boots to `DWCP READY` with the
+//! node name from its config partition; replacing only that partition with
+//! `dwcp config set-partition` and rebooting shows the new name.
+
+// Integration tests are their own crate: the lint is for tests inside library code.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use dwcp_provisioning::cli::{image_build, qemu_boot};
+use dwcp_tests::{BOOT_TIMEOUT, qemu_lock, require_qemu};
+
+fn boot_name(image: &std::path::Path, log: &str) -> String {
+    let mut spec = qemu_boot::disk_spec("disk", image).unwrap();
+    spec.console_log = Some(dwcp_tests::workspace_root().join("target").join(log));
+    let mut vm = dwcp_qemu::Vm::start(&spec).unwrap();
+    let ready = vm.wait_for("DWCP READY", BOOT_TIMEOUT).unwrap();
+    assert!(
+        vm.console()
+            .contains("from config partition /dev/vda2 (DWCP-CONFIG)"),
+        "{}",
+        vm.tail(30)
+    );
+    vm.monitor("system_powerdown").unwrap();
+    vm.wait_for("shutdown: clean", Duration::from_secs(60))
+        .unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+    ready
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("node="))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
+    if !require_qemu("disk_boots_with_its_config_partition_and_set_partition_changes_it") {
+        return;
+    }
+    assert!(
+        std::path::Path::new(dwcp_qemu::OVMF_CODE).exists(),
+        "OVMF missing: scripts/setup.sh installs ovmf"
+    );
+    let _one = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dwcp_provisioning::example::qemu_example().unwrap();
+    let first = dir.path().join("first.toml");
+    std::fs::write(&first, base.replace("qemu-node", "disk-first")).unwrap();
+    let out = dir.path().join("art");
+    image_build::build(Some(&first), &out, dwcp_tests::binaries()).unwrap();
+    let disk = out.join("disk.img");
+    assert_eq!(boot_name(&disk, "console-disk-1.log"), "disk-first");
+
+    // Replace only the config partition with the operator command, then boot again.
+    let second = dir.path().join("second.toml");
+    std::fs::write(&second, base.replace("qemu-node", "disk-second")).unwrap();
+    let dwcp = Command::new(env!("CARGO"))
+        .current_dir(dwcp_tests::workspace_root())
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "dwcp-provisioning",
+            "--bin",
+            "dwcp",
+            "--",
+            "config",
+            "set-partition",
+        ])
+        .arg(&disk)
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert!(
+        dwcp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dwcp.stderr)
+    );
+    assert_eq!(boot_name(&disk, "console-disk-2.log"), "disk-second");
+
+    // An invalid config is refused and leaves the partition alone.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, base.replace("count = 1", "count = \"x\"")).unwrap();
+    let refused = Command::new(env!("CARGO"))
+        .current_dir(dwcp_tests::workspace_root())
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "dwcp-provisioning",
+            "--bin",
+            "dwcp",
+            "--",
+            "config",
+            "set-partition",
+        ])
+        .arg(&disk)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("hugepages.count"));
+    let kept = dwcp_image::disk::read_config_partition(&disk, "dwcp.toml").unwrap();
+    assert!(String::from_utf8_lossy(&kept).contains("disk-second"));
+}
