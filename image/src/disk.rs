@@ -242,6 +242,49 @@ pub fn write_config_partition(target: &Path, files: &[(String, Vec<u8>)]) -> Res
     Ok(())
 }
 
+/// Rewrites the `options` line of every loader entry on the ESP (the kernel command line a
+/// node's config implies), in place on a disk image or device.
+pub fn set_loader_options(target: &Path, options: &str) -> Result<usize, DiskError> {
+    let (offset, len) = find_partition(target, ESP_NAME)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(target)?;
+    let slice = fscommon::StreamSlice::new(file, offset, offset + len)?;
+    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new())?;
+    let mut changed = 0;
+    {
+        let entries = fs.root_dir().open_dir("loader/entries")?;
+        let names: Vec<String> = entries
+            .iter()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .filter(|n| n.ends_with(".conf"))
+            .collect();
+        for name in names {
+            let mut text = String::new();
+            entries.open_file(&name)?.read_to_string(&mut text)?;
+            let new: String = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("options ") {
+                        format!("options {options}\n")
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+            let mut f = entries.open_file(&name)?;
+            f.truncate()?;
+            f.write_all(new.as_bytes())?;
+            f.flush()?;
+            changed += 1;
+        }
+    }
+    fs.unmount()?;
+    Ok(changed)
+}
+
 /// Reads a file from the config partition of a disk image or device.
 pub fn read_config_partition(target: &Path, path: &str) -> Result<Vec<u8>, DiskError> {
     let (offset, len) = find_partition(target, CONFIG_LABEL)?;

@@ -104,3 +104,90 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
     let kept = dwcp_image::disk::read_config_partition(&disk, "dwcp.toml").unwrap();
     assert!(String::from_utf8_lossy(&kept).contains("disk-second"));
 }
+
+fn dwcp(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO"))
+        .current_dir(dwcp_tests::workspace_root())
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "dwcp-provisioning",
+            "--bin",
+            "dwcp",
+            "--",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn flash_refuses_bad_input_verifies_and_the_flashed_file_boots() {
+    if !require_qemu("flash_refuses_bad_input_verifies_and_the_flashed_file_boots") {
+        return;
+    }
+    let _one = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dwcp_provisioning::example::qemu_example().unwrap();
+    let out = dir.path().join("art");
+    image_build::build(None, &out, dwcp_tests::binaries()).unwrap();
+    let image = out.join("disk.img");
+    let good = dir.path().join("node.toml");
+    std::fs::write(&good, base.replace("qemu-node", "flashed-node")).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, base.replace("count = 1", "count = \"x\"")).unwrap();
+    let target = dir.path().join("target.img");
+    let os = |p: &std::path::Path| p.as_os_str().to_owned();
+    let flag = |s: &str| std::ffi::OsString::from(s);
+
+    let r = dwcp(&[
+        &flag("flash"),
+        &flag("--image"),
+        &os(&image),
+        &flag("--config"),
+        &os(&bad),
+        &os(&target),
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("hugepages.count"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(!target.exists(), "nothing written for an invalid config");
+
+    let small = dir.path().join("small.img");
+    std::fs::write(&small, vec![0u8; 1 << 20]).unwrap();
+    let r = dwcp(&[
+        &flag("flash"),
+        &flag("--image"),
+        &os(&image),
+        &flag("--config"),
+        &os(&good),
+        &os(&small),
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("refusing"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&small).unwrap().len(),
+        1 << 20,
+        "a too-small target is left alone"
+    );
+
+    let r = dwcp(&[
+        &flag("flash"),
+        &flag("--image"),
+        &os(&image),
+        &flag("--config"),
+        &os(&good),
+        &os(&target),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("verified:"));
+    assert_eq!(boot_name(&target, "console-flashed.log"), "flashed-node");
+}

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod demo;
+pub mod flash;
 pub mod image_build;
 pub mod pxe;
 pub mod qemu_boot;
@@ -99,6 +100,20 @@ enum Command {
     /// Benchmarks that print figures against a ceiling measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a disk image and a node's config onto a block device or a file, then verify.
+    Flash {
+        /// The disk image (`dwcp image build` writes DIR/disk.img).
+        #[arg(long, value_name = "IMG")]
+        image: Option<PathBuf>,
+        /// The node's config, validated first and written to its config partition.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Block device or file.
+        target: PathBuf,
+        /// Go ahead on a real block device.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Network boot for a fleet.
     #[command(subcommand)]
     Pxe(PxeCommand),
@@ -306,6 +321,28 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             }
             let ok = report.transfer.sha256_sent == report.transfer.sha256_received;
             Ok(if ok { Exit::Ok } else { Exit::Failed })
+        }
+        Command::Flash {
+            image,
+            config,
+            target,
+            yes,
+        } => {
+            let image = image.unwrap_or_else(flash::default_image);
+            flash::flash(
+                &image,
+                &config,
+                &target,
+                yes,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )?;
+            println!(
+                "{}: flashed with {} and {}",
+                target.display(),
+                image.display(),
+                config.display()
+            );
+            Ok(Exit::Ok)
         }
         Command::Pxe(PxeCommand::Build {
             artifacts,
