@@ -74,6 +74,39 @@ fn derived_guid(seed: &[u8], what: &str) -> [u8; 16] {
     g
 }
 
+/// FAT timestamps: one fixed, valid date (2020-01-01 00:00), so builds are reproducible and
+/// UEFI's FAT driver accepts renames (it rejects entries whose date is the all-zero "month 0,
+/// day 0" a zero timestamp decodes to, which breaks systemd-boot's boot counting).
+#[derive(Debug)]
+struct FixedTime;
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 2020,
+            month: 1,
+            day: 1,
+        }
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static FIXED_TIME: FixedTime = FixedTime;
+
+fn fs_options() -> fatfs::FsOptions {
+    fatfs::FsOptions::new().time_provider(&FIXED_TIME)
+}
+
 fn fat_label(label: &str) -> [u8; 11] {
     let mut l = [b' '; 11];
     for (d, s) in l.iter_mut().zip(label.bytes()) {
@@ -101,7 +134,7 @@ pub fn fat_image(
     }
     fatfs::format_volume(&mut img, opts)?;
     {
-        let fs = fatfs::FileSystem::new(&mut img, fatfs::FsOptions::new())?;
+        let fs = fatfs::FileSystem::new(&mut img, fs_options())?;
         {
             let root = fs.root_dir();
             let mut sorted: Vec<&(String, Vec<u8>)> = files.iter().collect();
@@ -251,7 +284,7 @@ pub fn set_loader_options(target: &Path, options: &str) -> Result<usize, DiskErr
         .write(true)
         .open(target)?;
     let slice = fscommon::StreamSlice::new(file, offset, offset + len)?;
-    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new())?;
+    let fs = fatfs::FileSystem::new(slice, fs_options())?;
     let mut changed = 0;
     {
         let entries = fs.root_dir().open_dir("loader/entries")?;
@@ -268,7 +301,7 @@ pub fn set_loader_options(target: &Path, options: &str) -> Result<usize, DiskErr
                 .lines()
                 .map(|l| {
                     if l.starts_with("options ") {
-                        format!("options {options}\n")
+                        format!("options {options}{}\n", slot_arg(&name))
                     } else {
                         format!("{l}\n")
                     }
@@ -283,6 +316,33 @@ pub fn set_loader_options(target: &Path, options: &str) -> Result<usize, DiskErr
     }
     fs.unmount()?;
     Ok(changed)
+}
+
+/// ` dwcp.slot=a` for an entry named `slot-a…`, so init knows which slot it booted.
+fn slot_arg(entry: &str) -> String {
+    entry
+        .strip_prefix("slot-")
+        .and_then(|r| r.chars().next())
+        .map(|c| format!(" dwcp.slot={c}"))
+        .unwrap_or_default()
+}
+
+/// The loader entries on a disk's ESP, sorted.
+pub fn loader_entries(target: &Path) -> Result<Vec<String>, DiskError> {
+    let (offset, len) = find_partition(target, ESP_NAME)?;
+    let file = std::fs::File::open(target)?;
+    let slice = fscommon::StreamSlice::new(file, offset, offset + len)?;
+    let fs = fatfs::FileSystem::new(slice, fs_options())?;
+    let mut names: Vec<String> = fs
+        .root_dir()
+        .open_dir("loader/entries")?
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Reads a file from the config partition of a disk image or device.

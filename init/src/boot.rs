@@ -316,6 +316,8 @@ struct Init {
     /// Set while an operator's `restart` is in progress: the exit is not a crash.
     expected_exit: bool,
     notify: Option<UnixDatagram>,
+    /// The booted slot was marked good (after the first READY).
+    marked_good: bool,
 }
 
 impl Init {
@@ -462,6 +464,15 @@ impl Init {
                     self.supervisor.restarts,
                     uptime().as_millis()
                 ));
+                if !self.marked_good {
+                    self.marked_good = true;
+                    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+                    match crate::boot_assessment::mark_good(&RootedFs::new("/"), &cmdline) {
+                        Ok(Some((from, to))) => say!("boot: slot marked good ({from} -> {to})"),
+                        Ok(None) => {}
+                        Err(e) => say!("boot: could not mark the slot good: {e}"),
+                    }
+                }
             }
         }
     }
@@ -686,6 +697,7 @@ pub fn run() -> ! {
         supervisor: Supervisor::new(Policy::default()),
         expected_exit: false,
         notify,
+        marked_good: false,
     };
 
     let partition = mount_config_partition(&fs);

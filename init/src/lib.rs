@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod boot;
+pub mod boot_assessment;
 pub mod config_source;
 pub mod console;
 pub mod cpus;

@@ -51,6 +51,19 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
     image_build::build(Some(&first), &out, dwcp_tests::binaries()).unwrap();
     let disk = out.join("disk.img");
     assert_eq!(boot_name(&disk, "console-disk-1.log"), "disk-first");
+    // systemd-boot counted the try down (slot-a+3 → slot-a+2-1) and init, once READY, marked
+    // the slot good by dropping the counter.
+    let log =
+        std::fs::read_to_string(dwcp_tests::workspace_root().join("target/console-disk-1.log"))
+            .unwrap();
+    assert!(
+        log.contains("boot: slot marked good (slot-a+2-1.conf -> slot-a.conf)"),
+        "{log}"
+    );
+    assert_eq!(
+        dwcp_image::disk::loader_entries(&disk).unwrap(),
+        vec!["slot-a.conf".to_owned()]
+    );
 
     // Replace only the config partition with the operator command, then boot again.
     let second = dir.path().join("second.toml");

@@ -164,7 +164,7 @@ pub fn loader_entry(slot: char, cmdline: &str) -> (String, String) {
     (
         format!("loader/entries/slot-{slot}+{BOOT_TRIES}.conf"),
         format!(
-            "title DWCP appliance, slot {}\nlinux /dwcp/slot-{slot}/vmlinuz\ninitrd /dwcp/slot-{slot}/initrd.img\noptions {cmdline}\n",
+            "title DWCP appliance, slot {}\nlinux /dwcp/slot-{slot}/vmlinuz\ninitrd /dwcp/slot-{slot}/initrd.img\noptions {cmdline} dwcp.slot={slot}\n",
             slot.to_ascii_uppercase()
         ),
     )
