@@ -355,6 +355,134 @@ pub fn read_config_partition(target: &Path, path: &str) -> Result<Vec<u8>, DiskE
     Ok(fat_read(&buf, path)?)
 }
 
+/// A loader entry's state from its file name (`slot-a.conf`, `slot-a+3.conf`, `slot-a+2-1.conf`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryState {
+    /// File name.
+    pub name: String,
+    /// Slot letter.
+    pub slot: char,
+    /// Tries left, when the entry still counts (None: marked good).
+    pub tries_left: Option<u32>,
+}
+
+/// Parses a loader entry name of ours.
+pub fn entry_state(name: &str) -> Option<EntryState> {
+    let rest = name.strip_prefix("slot-")?.strip_suffix(".conf")?;
+    let slot = rest.chars().next().filter(char::is_ascii_lowercase)?;
+    let counter = &rest[1..];
+    let tries_left = match counter.strip_prefix('+') {
+        None if counter.is_empty() => None,
+        None => return None,
+        Some(c) => Some(c.split('-').next()?.parse().ok()?),
+    };
+    Some(EntryState {
+        name: name.to_owned(),
+        slot,
+        tries_left,
+    })
+}
+
+/// The slot `loader/loader.conf` makes the default (`default slot-a*` → `a`).
+pub fn default_slot(target: &Path) -> Result<Option<char>, DiskError> {
+    let (offset, len) = find_partition(target, ESP_NAME)?;
+    let file = std::fs::File::open(target)?;
+    let slice = fscommon::StreamSlice::new(file, offset, offset + len)?;
+    let fs = fatfs::FileSystem::new(slice, fs_options())?;
+    let mut text = String::new();
+    fs.root_dir()
+        .open_file("loader/loader.conf")?
+        .read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("default slot-"))
+        .and_then(|r| r.chars().next()))
+}
+
+/// Installs a system into `slot` on the ESP: its kernel and initramfs, a loader entry with
+/// `tries` boot tries and the given options (plus `dwcp.slot=`), replacing the slot's old
+/// entries, and makes it the default.
+pub fn install_slot(
+    target: &Path,
+    slot: char,
+    vmlinuz: &[u8],
+    initrd: &[u8],
+    options: &str,
+    tries: u32,
+) -> Result<(), DiskError> {
+    let (offset, len) = find_partition(target, ESP_NAME)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(target)?;
+    let slice = fscommon::StreamSlice::new(file, offset, offset + len)?;
+    let fs = fatfs::FileSystem::new(slice, fs_options())?;
+    {
+        let root = fs.root_dir();
+        let dwcp = match root.open_dir("dwcp") {
+            Ok(d) => d,
+            Err(_) => root.create_dir("dwcp")?,
+        };
+        let dir_name = format!("slot-{slot}");
+        let dir = match dwcp.open_dir(&dir_name) {
+            Ok(d) => d,
+            Err(_) => dwcp.create_dir(&dir_name)?,
+        };
+        for (name, data) in [("vmlinuz", vmlinuz), ("initrd.img", initrd)] {
+            let mut f = dir.create_file(name)?;
+            f.truncate()?;
+            f.write_all(data)?;
+            f.flush()?;
+        }
+        let entries = root.open_dir("loader/entries")?;
+        let old: Vec<String> = entries
+            .iter()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .filter(|n| entry_state(n).is_some_and(|e| e.slot == slot))
+            .collect();
+        for n in old {
+            entries.remove(&n)?;
+        }
+        let text = format!(
+            "title DWCP appliance, slot {}\nlinux /dwcp/slot-{slot}/vmlinuz\ninitrd /dwcp/slot-{slot}/initrd.img\noptions {options} dwcp.slot={slot}\n",
+            slot.to_ascii_uppercase()
+        );
+        let mut f = entries.create_file(&format!("slot-{slot}+{tries}.conf"))?;
+        f.truncate()?;
+        f.write_all(text.as_bytes())?;
+        f.flush()?;
+        let mut conf = root.create_file("loader/loader.conf")?;
+        conf.truncate()?;
+        conf.write_all(format!("timeout 0\ndefault slot-{slot}*\neditor no\n").as_bytes())?;
+        conf.flush()?;
+    }
+    fs.unmount()?;
+    Ok(())
+}
+
+/// The options of a slot's entry, without `dwcp.slot=`.
+pub fn entry_options(target: &Path, entry: &str) -> Result<String, DiskError> {
+    let (offset, len) = find_partition(target, ESP_NAME)?;
+    let file = std::fs::File::open(target)?;
+    let slice = fscommon::StreamSlice::new(file, offset, offset + len)?;
+    let fs = fatfs::FileSystem::new(slice, fs_options())?;
+    let mut text = String::new();
+    fs.root_dir()
+        .open_file(&format!("loader/entries/{entry}"))?
+        .read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("options "))
+        .map(|o| {
+            o.split_whitespace()
+                .filter(|a| !a.starts_with("dwcp.slot="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +542,42 @@ mod tests {
             before[..off] == after[..off],
             "only the config partition changes"
         );
+    }
+
+    #[test]
+    fn entry_states() {
+        assert_eq!(entry_state("slot-a.conf").unwrap().tries_left, None);
+        assert_eq!(entry_state("slot-b+3.conf").unwrap().tries_left, Some(3));
+        let e = entry_state("slot-b+0-3.conf").unwrap();
+        assert_eq!((e.slot, e.tries_left), ('b', Some(0)));
+        assert!(entry_state("other.conf").is_none());
+        assert!(entry_state("slot-a-x.conf").is_none());
+    }
+
+    #[test]
+    fn install_slot_adds_an_entry_and_makes_it_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.img");
+        let mut sp = spec();
+        sp.esp_files.push((
+            "loader/entries/slot-a.conf".into(),
+            b"title A\noptions console=ttyS0 dwcp.slot=a\n".to_vec(),
+        ));
+        sp.esp_files.retain(|(p, _)| p != "loader/loader.conf");
+        sp.esp_files.push((
+            "loader/loader.conf".into(),
+            b"timeout 0\ndefault slot-a*\n".to_vec(),
+        ));
+        write_disk(&sp, &a).unwrap();
+        assert_eq!(default_slot(&a).unwrap(), Some('a'));
+        assert_eq!(entry_options(&a, "slot-a.conf").unwrap(), "console=ttyS0");
+        install_slot(&a, 'b', b"kernel-b", b"initrd-b", "console=ttyS0", 3).unwrap();
+        assert_eq!(
+            loader_entries(&a).unwrap(),
+            vec!["slot-a.conf".to_owned(), "slot-b+3.conf".to_owned()]
+        );
+        assert_eq!(default_slot(&a).unwrap(), Some('b'));
+        assert_eq!(entry_options(&a, "slot-b+3.conf").unwrap(), "console=ttyS0");
     }
 
     #[test]

@@ -92,6 +92,44 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
     );
     assert_eq!(boot_name(&disk, "console-disk-2.log"), "disk-second");
 
+    // A good update: the new system goes into slot B with a boot counter, boots, and is marked
+    // good; slot A stays as the fallback.
+    let upd = Command::new(env!("CARGO"))
+        .current_dir(dwcp_tests::workspace_root())
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "dwcp-provisioning",
+            "--bin",
+            "dwcp",
+            "--",
+            "update",
+            "--image",
+        ])
+        .arg(&out)
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        upd.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upd.stderr)
+    );
+    assert_eq!(dwcp_image::disk::default_slot(&disk).unwrap(), Some('b'));
+    assert_eq!(boot_name(&disk, "console-disk-3.log"), "disk-second");
+    let log =
+        std::fs::read_to_string(dwcp_tests::workspace_root().join("target/console-disk-3.log"))
+            .unwrap();
+    assert!(
+        log.contains("boot: slot marked good (slot-b+2-1.conf -> slot-b.conf)"),
+        "{log}"
+    );
+    assert_eq!(
+        dwcp_image::disk::loader_entries(&disk).unwrap(),
+        vec!["slot-a.conf".to_owned(), "slot-b.conf".to_owned()]
+    );
+
     // An invalid config is refused and leaves the partition alone.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, base.replace("count = 1", "count = \"x\"")).unwrap();
@@ -202,5 +240,13 @@ fn flash_refuses_bad_input_verifies_and_the_flashed_file_boots() {
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(String::from_utf8_lossy(&r.stdout).contains("verified:"));
+    // A disk whose slot never reached READY is not updated.
+    let r = dwcp(&[&flag("update"), &flag("--image"), &os(&out), &os(&target)]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("has not been marked good yet"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     assert_eq!(boot_name(&target, "console-flashed.log"), "flashed-node");
 }

@@ -12,6 +12,7 @@ pub mod flash;
 pub mod image_build;
 pub mod pxe;
 pub mod qemu_boot;
+pub mod update;
 
 use crate::document::SourceFile;
 use crate::types::PrivateKey;
@@ -113,6 +114,15 @@ enum Command {
         /// Go ahead on a real block device.
         #[arg(long)]
         yes: bool,
+    },
+    /// Write a new system into the inactive slot of a disk and make it the default, with a
+    /// boot counter (systemd-boot falls back when it never reaches READY).
+    Update {
+        /// Directory with the new vmlinuz and initrd.img (`dwcp image build --out DIR`).
+        #[arg(long, value_name = "DIR")]
+        image: PathBuf,
+        /// Disk image or block device.
+        target: PathBuf,
     },
     /// Network boot for a fleet.
     #[command(subcommand)]
@@ -341,6 +351,17 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
                 target.display(),
                 image.display(),
                 config.display()
+            );
+            Ok(Exit::Ok)
+        }
+        Command::Update { image, target } => {
+            let u = update::update(&image, &target)?;
+            println!(
+                "{}: slot {} written and made the default with {} tries; slot {} stays as the fallback",
+                target.display(),
+                u.to.to_ascii_uppercase(),
+                image_build::BOOT_TRIES,
+                u.from.to_ascii_uppercase()
             );
             Ok(Exit::Ok)
         }
