@@ -383,20 +383,57 @@ pub fn entry_state(name: &str) -> Option<EntryState> {
     })
 }
 
-/// The slot `loader/loader.conf` makes the default (`default slot-a*` → `a`).
-pub fn default_slot(target: &Path) -> Result<Option<char>, DiskError> {
+/// `loader/loader.conf`: no `default` — systemd-boot then boots the first entry in its order,
+/// which skips entries with no tries left (a `default` pattern would pin a failing slot).
+pub const LOADER_CONF: &str = "timeout 0\neditor no\n";
+
+/// The text of a slot's loader entry.
+pub fn slot_entry_text(slot: char, options: &str, version: u64) -> String {
+    format!(
+        "title DWCP appliance, slot {}\nsort-key dwcp\nversion {version}\nlinux /dwcp/slot-{slot}/vmlinuz\ninitrd /dwcp/slot-{slot}/initrd.img\noptions {options} dwcp.slot={slot}\n",
+        slot.to_ascii_uppercase()
+    )
+}
+
+/// Every loader entry of ours with its `version` (boot order: systemd-boot puts entries with
+/// no tries left last, then sorts by `sort-key`, then by `version`, newest first).
+pub fn entry_versions(target: &Path) -> Result<Vec<(EntryState, u64)>, DiskError> {
     let (offset, len) = find_partition(target, ESP_NAME)?;
     let file = std::fs::File::open(target)?;
     let slice = fscommon::StreamSlice::new(file, offset, offset + len)?;
     let fs = fatfs::FileSystem::new(slice, fs_options())?;
-    let mut text = String::new();
-    fs.root_dir()
-        .open_file("loader/loader.conf")?
-        .read_to_string(&mut text)?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("default slot-"))
-        .and_then(|r| r.chars().next()))
+    let entries = fs.root_dir().open_dir("loader/entries")?;
+    let mut out = Vec::new();
+    let names: Vec<String> = entries
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    for name in names {
+        let Some(state) = entry_state(&name) else {
+            continue;
+        };
+        let mut text = String::new();
+        entries.open_file(&name)?.read_to_string(&mut text)?;
+        let version = text
+            .lines()
+            .find_map(|l| l.strip_prefix("version "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((state, version));
+    }
+    Ok(out)
+}
+
+/// The slot systemd-boot boots by default: the newest entry that still has tries left or is
+/// marked good.
+pub fn default_slot(target: &Path) -> Result<Option<char>, DiskError> {
+    let entries = entry_versions(target)?;
+    Ok(entries
+        .iter()
+        .filter(|(e, _)| e.tries_left != Some(0))
+        .max_by_key(|(_, v)| *v)
+        .map(|(e, _)| e.slot))
 }
 
 /// Installs a system into `slot` on the ESP: its kernel and initramfs, a loader entry with
@@ -410,6 +447,12 @@ pub fn install_slot(
     options: &str,
     tries: u32,
 ) -> Result<(), DiskError> {
+    let next_version = entry_versions(target)?
+        .iter()
+        .map(|(_, v)| *v)
+        .max()
+        .unwrap_or(0)
+        + 1;
     let (offset, len) = find_partition(target, ESP_NAME)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -444,17 +487,14 @@ pub fn install_slot(
         for n in old {
             entries.remove(&n)?;
         }
-        let text = format!(
-            "title DWCP appliance, slot {}\nlinux /dwcp/slot-{slot}/vmlinuz\ninitrd /dwcp/slot-{slot}/initrd.img\noptions {options} dwcp.slot={slot}\n",
-            slot.to_ascii_uppercase()
-        );
+        let text = slot_entry_text(slot, options, next_version);
         let mut f = entries.create_file(&format!("slot-{slot}+{tries}.conf"))?;
         f.truncate()?;
         f.write_all(text.as_bytes())?;
         f.flush()?;
         let mut conf = root.create_file("loader/loader.conf")?;
         conf.truncate()?;
-        conf.write_all(format!("timeout 0\ndefault slot-{slot}*\neditor no\n").as_bytes())?;
+        conf.write_all(LOADER_CONF.as_bytes())?;
         conf.flush()?;
     }
     fs.unmount()?;

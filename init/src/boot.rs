@@ -657,6 +657,10 @@ pub fn run() -> ! {
     mount_all();
     console::attach_kmsg();
     say!("DWCP init {} starting", env!("CARGO_PKG_VERSION"));
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(slot) = crate::boot_assessment::slot_from_cmdline(&cmdline) {
+        say!("boot: running slot {}", slot.to_ascii_uppercase());
+    }
     // Ctrl-Alt-Del becomes SIGINT to init instead of an immediate reboot.
     let _ = set_cad_enabled(false);
     let mut signals = SigSet::empty();

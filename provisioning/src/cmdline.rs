@@ -38,6 +38,9 @@ pub fn kernel_cmdline(c: &NodeConfig) -> String {
         .collect();
     // Init's own messages go to the console directly; keep kernel chatter to warnings.
     args.push("loglevel=4".into());
+    // A kernel panic (a broken image, init gone) reboots after 5 s, so systemd-boot's boot
+    // counting can fall back to the previous slot instead of the node hanging.
+    args.push("panic=5".into());
     if c.hugepages.count > 0 {
         args.push("default_hugepagesz=1G".into());
         args.push("hugepagesz=1G".into());

@@ -250,3 +250,92 @@ fn flash_refuses_bad_input_verifies_and_the_flashed_file_boots() {
     );
     assert_eq!(boot_name(&target, "console-flashed.log"), "flashed-node");
 }
+
+#[test]
+fn an_update_that_never_gets_ready_falls_back_to_the_old_slot() {
+    if !require_qemu("an_update_that_never_gets_ready_falls_back_to_the_old_slot") {
+        return;
+    }
+    let _one = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        dwcp_provisioning::example::qemu_example()
+            .unwrap()
+            .replace("qemu-node", "rollback-node"),
+    )
+    .unwrap();
+    let out = dir.path().join("art");
+    image_build::build(Some(&cfg), &out, dwcp_tests::binaries()).unwrap();
+    let disk = out.join("disk.img");
+    assert_eq!(boot_name(&disk, "console-rollback-0.log"), "rollback-node");
+
+    // A system built for the test whose init exits at once: the kernel panics and, with
+    // panic=5, reboots (QEMU runs with -no-reboot, so it exits instead).
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let mut initrd = dwcp_image::initramfs::Initramfs::new();
+    initrd.file(
+        "init",
+        std::fs::read(dwcp_tests::binaries().1).unwrap(),
+        0o755,
+    );
+    initrd.add(
+        "dev/console",
+        dwcp_image::initramfs::EntryKind::CharDev(5, 1),
+        0o600,
+    );
+    std::fs::write(bad.join("initrd.img"), initrd.to_gzip().unwrap()).unwrap();
+    std::fs::copy(out.join("vmlinuz"), bad.join("vmlinuz")).unwrap();
+    let upd = Command::new(env!("CARGO"))
+        .current_dir(dwcp_tests::workspace_root())
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "dwcp-provisioning",
+            "--bin",
+            "dwcp",
+            "--",
+            "update",
+            "--image",
+        ])
+        .arg(&bad)
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        upd.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upd.stderr)
+    );
+
+    for attempt in 1..=3 {
+        let mut spec = qemu_boot::disk_spec("rollback", &disk).unwrap();
+        spec.console_log = Some(
+            dwcp_tests::workspace_root()
+                .join("target")
+                .join(format!("console-rollback-{attempt}.log")),
+        );
+        let mut vm = dwcp_qemu::Vm::start(&spec).unwrap();
+        vm.wait_for("Kernel panic", BOOT_TIMEOUT).unwrap();
+        vm.wait_exit(Duration::from_secs(60)).unwrap();
+    }
+    assert!(
+        dwcp_image::disk::loader_entries(&disk)
+            .unwrap()
+            .contains(&"slot-b+0-3.conf".to_owned()),
+        "three tries used up: {:?}",
+        dwcp_image::disk::loader_entries(&disk).unwrap()
+    );
+    // The fourth boot: systemd-boot skips the slot with no tries left and boots slot A.
+    let mut spec = qemu_boot::disk_spec("rollback", &disk).unwrap();
+    spec.console_log = Some(dwcp_tests::workspace_root().join("target/console-rollback-4.log"));
+    let mut vm = dwcp_qemu::Vm::start(&spec).unwrap();
+    vm.wait_for("boot: running slot A", BOOT_TIMEOUT).unwrap();
+    let ready = vm.wait_for("DWCP READY", BOOT_TIMEOUT).unwrap();
+    assert!(ready.contains("node=rollback-node"), "{ready}");
+    vm.monitor("system_powerdown").unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+}

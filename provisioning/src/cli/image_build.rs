@@ -155,18 +155,15 @@ pub fn build(
 }
 
 /// Kernel command line for an image without a node config.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0,115200 loglevel=4";
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0,115200 loglevel=4 panic=5";
 /// Boot tries a new slot gets (systemd-boot boot counting).
 pub const BOOT_TRIES: u32 = 3;
 
-/// The loader entry of a slot: `slot-a+3.conf` and its text.
+/// The loader entry of a slot: `slot-a+3.conf` and its text (version 1: the first system).
 pub fn loader_entry(slot: char, cmdline: &str) -> (String, String) {
     (
         format!("loader/entries/slot-{slot}+{BOOT_TRIES}.conf"),
-        format!(
-            "title DWCP appliance, slot {}\nlinux /dwcp/slot-{slot}/vmlinuz\ninitrd /dwcp/slot-{slot}/initrd.img\noptions {cmdline} dwcp.slot={slot}\n",
-            slot.to_ascii_uppercase()
-        ),
+        dwcp_image::disk::slot_entry_text(slot, cmdline, 1),
     )
 }
 
@@ -183,7 +180,7 @@ pub fn write_disk(out: &Path, config: Option<&str>, cmdline: &str) -> anyhow::Re
             ("EFI/BOOT/BOOTX64.EFI".into(), efi),
             (
                 "loader/loader.conf".into(),
-                b"timeout 0\ndefault slot-a*\neditor no\n".to_vec(),
+                dwcp_image::disk::LOADER_CONF.as_bytes().to_vec(),
             ),
             (entry, entry_text.into_bytes()),
             (
