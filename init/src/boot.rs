@@ -118,6 +118,29 @@ fn load_modules() {
     }
 }
 
+/// Writes the running config as the last-known-good copy on the (read-only mounted) config
+/// partition, remounting it writable for the moment; `false` when the copy is already current.
+fn save_last_good(text: &str) -> Result<bool, String> {
+    let dir = Path::new("/").join(crate::config_source::PARTITION_MOUNT);
+    let target = dir.join(crate::config_source::LAST_GOOD);
+    if std::fs::read_to_string(&target).is_ok_and(|t| t == text) {
+        return Ok(false);
+    }
+    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(None::<&str>, &dir, None::<&str>, flags, None::<&str>)
+        .map_err(|e| format!("remount rw: {}", e.desc()))?;
+    let written = std::fs::write(&target, text).map_err(|e| e.to_string());
+    nix::unistd::sync();
+    let _ = mount(
+        None::<&str>,
+        &dir,
+        None::<&str>,
+        flags | MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+    written.map(|()| true)
+}
+
 /// Finds the config partition by GPT name and mounts it read-only; returns its device.
 fn mount_config_partition(fs: &dyn SysFs) -> Option<String> {
     let dev = crate::config_source::find_config_partition(fs)?;
@@ -318,6 +341,8 @@ struct Init {
     notify: Option<UnixDatagram>,
     /// The booted slot was marked good (after the first READY).
     marked_good: bool,
+    /// The config came from the partition: keep a last-known-good copy there after READY.
+    save_last_good: bool,
 }
 
 impl Init {
@@ -464,6 +489,15 @@ impl Init {
                     self.supervisor.restarts,
                     uptime().as_millis()
                 ));
+                if !self.marked_good && self.save_last_good {
+                    match save_last_good(&self.config_text) {
+                        Ok(true) => say!(
+                            "config: saved as the last-known-good copy on the config partition"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => say!("config: could not save the last-known-good copy: {e}"),
+                    }
+                }
                 if !self.marked_good {
                     self.marked_good = true;
                     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -702,6 +736,7 @@ pub fn run() -> ! {
         expected_exit: false,
         notify,
         marked_good: false,
+        save_last_good: false,
     };
 
     let partition = mount_config_partition(&fs);
@@ -715,10 +750,41 @@ pub fn run() -> ! {
             let errs = diagnostics.iter().map(ToString::to_string).collect();
             init.enter_safe_mode(SafeReason::InvalidConfig(errs));
         }
-        ConfigState::Provisioned { source, config } => {
-            say!("config: node {} from {source}", config.name);
+        found @ (ConfigState::Provisioned { .. } | ConfigState::LastGood { .. }) => {
+            let (source, config, text_path) = match found {
+                ConfigState::Provisioned { source, config } => {
+                    say!("config: node {} from {source}", config.name);
+                    let p = source.path().to_path_buf();
+                    (source, config, p)
+                }
+                ConfigState::LastGood {
+                    source,
+                    config,
+                    rejected,
+                } => {
+                    say!(
+                        "config: {source}: dwcp.toml has {} problem(s):",
+                        rejected.len()
+                    );
+                    for d in &rejected {
+                        say!("  {d}");
+                    }
+                    say!(
+                        "config: USING THE LAST-KNOWN-GOOD COPY ({}): node {}",
+                        crate::config_source::LAST_GOOD,
+                        config.name
+                    );
+                    let p = source
+                        .path()
+                        .with_file_name(crate::config_source::LAST_GOOD);
+                    (source, config, p)
+                }
+                _ => unreachable!("matched above"),
+            };
+            init.save_last_good =
+                matches!(source, crate::config_source::Candidate::Partition { .. });
             init.source = source.to_string();
-            init.config_text = std::fs::read_to_string(source.path()).unwrap_or_default();
+            init.config_text = std::fs::read_to_string(&text_path).unwrap_or_default();
             init.facts.node = config.name.to_string();
             match apply(&fs, &config) {
                 Ok(facts) => {

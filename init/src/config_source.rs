@@ -67,6 +67,16 @@ pub enum ConfigState {
         /// The config.
         config: Box<NodeConfig>,
     },
+    /// The config partition's `dwcp.toml` is invalid, but the last-known-good copy init
+    /// saved after an earlier READY is valid: the node runs with it and says so.
+    LastGood {
+        /// The partition.
+        source: Candidate,
+        /// The last-known-good config.
+        config: Box<NodeConfig>,
+        /// Why `dwcp.toml` was rejected.
+        rejected: Vec<Diagnostic>,
+    },
     /// A config that exists but cannot be used: safe mode, the errors on the console.
     Invalid {
         /// Where it came from.
@@ -79,6 +89,19 @@ pub enum ConfigState {
 }
 
 /// The candidates under `root` (`/` at boot; a temporary tree in tests), in order.
+/// Name of the last-known-good copy on the config partition.
+pub const LAST_GOOD: &str = "dwcp.last-good.toml";
+
+/// The last-known-good config next to a partition candidate, if there is a valid one.
+fn last_good(candidate: &Candidate) -> Option<NodeConfig> {
+    let Candidate::Partition { path, .. } = candidate else {
+        return None;
+    };
+    let p = path.with_file_name(LAST_GOOD);
+    let text = std::fs::read_to_string(&p).ok()?;
+    dwcp_provisioning::check(&SourceFile::new(p.display().to_string(), text)).ok()
+}
+
 /// The candidates under `root`, in order: the mounted config partition (when init found and
 /// mounted one), then the initramfs file.
 pub fn candidates(root: &Path, partition: Option<&str>) -> Vec<Candidate> {
@@ -120,9 +143,16 @@ pub fn discover(root: &Path, partition: Option<&str>) -> ConfigState {
                 source: candidate,
                 config: Box::new(config),
             },
-            Err(diagnostics) => ConfigState::Invalid {
-                source: candidate,
-                diagnostics,
+            Err(diagnostics) => match last_good(&candidate) {
+                Some(config) => ConfigState::LastGood {
+                    source: candidate,
+                    config: Box::new(config),
+                    rejected: diagnostics,
+                },
+                None => ConfigState::Invalid {
+                    source: candidate,
+                    diagnostics,
+                },
             },
         };
     }
@@ -183,6 +213,37 @@ mod tests {
         }
         std::fs::create_dir_all(fs.path("/sys/class/block/vda")).unwrap();
         assert_eq!(find_config_partition(&fs).as_deref(), Some("vda2"));
+    }
+
+    #[test]
+    fn invalid_partition_config_falls_back_to_the_last_good_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join(PARTITION_MOUNT);
+        std::fs::create_dir_all(&part).unwrap();
+        let text = dwcp_provisioning::example::example().unwrap();
+        std::fs::write(
+            part.join("dwcp.toml"),
+            text.replace("mtu = 1500", "mtu = 1"),
+        )
+        .unwrap();
+        match discover(dir.path(), Some("vda2")) {
+            ConfigState::Invalid { diagnostics, .. } => assert_eq!(diagnostics.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(
+            part.join(LAST_GOOD),
+            text.replace("site-a-gw1", "known-good"),
+        )
+        .unwrap();
+        match discover(dir.path(), Some("vda2")) {
+            ConfigState::LastGood {
+                config, rejected, ..
+            } => {
+                assert_eq!(config.name.0, "known-good");
+                assert_eq!(rejected.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -36,6 +36,18 @@ fn main() -> ExitCode {
             println!("dwcp-init: config: node {} from {source}", config.name);
             ExitCode::SUCCESS
         }
+        ConfigState::LastGood {
+            source,
+            config,
+            rejected,
+        } => {
+            println!(
+                "dwcp-init: config: {source} has {} problem(s); last-known-good copy is node {}",
+                rejected.len(),
+                config.name
+            );
+            ExitCode::FAILURE
+        }
         ConfigState::Invalid {
             source,
             diagnostics,

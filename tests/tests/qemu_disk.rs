@@ -64,6 +64,9 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
         dwcp_image::disk::loader_entries(&disk).unwrap(),
         vec!["slot-a.conf".to_owned()]
     );
+    // After READY, init kept the config it ran with as the last-known-good copy.
+    let saved = dwcp_image::disk::read_config_partition(&disk, "dwcp.last-good.toml").unwrap();
+    assert_eq!(saved, std::fs::read(&first).unwrap());
 
     // Replace only the config partition with the operator command, then boot again.
     let second = dir.path().join("second.toml");
@@ -154,6 +157,36 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("hugepages.count"));
     let kept = dwcp_image::disk::read_config_partition(&disk, "dwcp.toml").unwrap();
     assert!(String::from_utf8_lossy(&kept).contains("disk-second"));
+
+    // A broken dwcp.toml on the partition (edited by hand, say) next to a valid last-known-good
+    // copy: the node runs with the copy and says why.
+    let good = std::fs::read(&second).unwrap();
+    dwcp_image::disk::write_config_partition(
+        &disk,
+        &[
+            (
+                "dwcp.toml".to_owned(),
+                base.replace("count = 1", "count = \"x\"").into_bytes(),
+            ),
+            ("dwcp.last-good.toml".to_owned(), good),
+        ],
+    )
+    .unwrap();
+    let mut spec = qemu_boot::disk_spec("disk", &disk).unwrap();
+    spec.console_log = Some(dwcp_tests::workspace_root().join("target/console-disk-4.log"));
+    let mut vm = dwcp_qemu::Vm::start(&spec).unwrap();
+    vm.wait_for("USING THE LAST-KNOWN-GOOD COPY", BOOT_TIMEOUT)
+        .unwrap();
+    let ready = vm.wait_for("DWCP READY", BOOT_TIMEOUT).unwrap();
+    assert!(ready.contains("node=disk-second"), "{ready}");
+    assert!(
+        vm.console()
+            .contains("hugepages.count: expected an integer"),
+        "{}",
+        vm.tail(30)
+    );
+    vm.monitor("system_powerdown").unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
 }
 
 fn dwcp(args: &[&std::ffi::OsStr]) -> std::process::Output {
