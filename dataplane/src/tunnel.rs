@@ -210,6 +210,24 @@ struct Peer {
 }
 
 impl Peer {
+    /// A peer with no session yet; its staging buffers are allocated now.
+    fn new(spec: PeerSpec) -> Self {
+        Self {
+            endpoint: spec.endpoint,
+            spec,
+            current: None,
+            retired: Vec::with_capacity(RETIRED_MAX),
+            next: None,
+            pending: None,
+            last_timestamp: [0; TIMESTAMP_LEN],
+            last_sent: Duration::ZERO,
+            staged: VecDeque::with_capacity(STAGED_MAX),
+            spare: (0..STAGED_MAX)
+                .map(|_| Vec::with_capacity(MAX_INNER))
+                .collect(),
+        }
+    }
+
     fn slot(&self, slot: Slot) -> Option<&Session> {
         match slot {
             Slot::Current => self.current.as_ref(),
@@ -263,23 +281,7 @@ impl Tunnel {
         wall_at_zero: Duration,
         peers: Vec<PeerSpec>,
     ) -> Self {
-        let peers = peers
-            .into_iter()
-            .map(|spec| Peer {
-                endpoint: spec.endpoint,
-                spec,
-                current: None,
-                retired: Vec::with_capacity(RETIRED_MAX),
-                next: None,
-                pending: None,
-                last_timestamp: [0; TIMESTAMP_LEN],
-                last_sent: Duration::ZERO,
-                staged: VecDeque::with_capacity(STAGED_MAX),
-                spare: (0..STAGED_MAX)
-                    .map(|_| Vec::with_capacity(MAX_INNER))
-                    .collect(),
-            })
-            .collect();
+        let peers = peers.into_iter().map(Peer::new).collect();
         Self {
             worker,
             private,
@@ -327,20 +329,7 @@ impl Tunnel {
                     p.spec = spec;
                     p
                 }
-                None => Peer {
-                    endpoint: spec.endpoint,
-                    spec,
-                    current: None,
-                    retired: Vec::with_capacity(RETIRED_MAX),
-                    next: None,
-                    pending: None,
-                    last_timestamp: [0; TIMESTAMP_LEN],
-                    last_sent: Duration::ZERO,
-                    staged: VecDeque::with_capacity(STAGED_MAX),
-                    spare: (0..STAGED_MAX)
-                        .map(|_| Vec::with_capacity(MAX_INNER))
-                        .collect(),
-                },
+                None => Peer::new(spec),
             };
             peers.push(peer);
         }

@@ -24,21 +24,8 @@ pub fn parse_list(s: &str) -> Option<BTreeSet<u16>> {
 
 /// Formats CPUs as a kernel CPU list (`0-3,8`).
 pub fn format_list(cpus: &BTreeSet<u16>) -> String {
-    let mut parts = Vec::new();
-    let mut iter = cpus.iter().copied().peekable();
-    while let Some(start) = iter.next() {
-        let mut end = start;
-        while iter.peek() == Some(&(end + 1)) {
-            end += 1;
-            iter.next();
-        }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-    }
-    parts.join(",")
+    let cores: Vec<u16> = cpus.iter().copied().collect();
+    dwcp_provisioning::cmdline::cpu_list(&cores)
 }
 
 /// The hex mask `/proc/irq/default_smp_affinity` takes: 32-bit groups separated by commas,

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 
 use crate::schema::{Backend, NodeConfig};
 
-fn cpu_list(cores: &[u16]) -> String {
+/// Formats CPUs as a kernel CPU list (`0-3,8`), sorted, duplicates merged.
+pub fn cpu_list(cores: &[u16]) -> String {
     let set: BTreeSet<u16> = cores.iter().copied().collect();
     let mut parts = Vec::new();
     let mut iter = set.into_iter().peekable();

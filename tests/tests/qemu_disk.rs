@@ -11,6 +11,23 @@ use std::time::Duration;
 use dwcp_provisioning::cli::{image_build, qemu_boot};
 use dwcp_tests::{BOOT_TIMEOUT, qemu_lock, require_qemu};
 
+fn dwcp(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO"))
+        .current_dir(dwcp_tests::workspace_root())
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "dwcp-provisioning",
+            "--bin",
+            "dwcp",
+            "--",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn boot_name(image: &std::path::Path, log: &str) -> String {
     let mut spec = qemu_boot::disk_spec("disk", image).unwrap();
     spec.console_log = Some(dwcp_tests::workspace_root().join("target").join(log));
@@ -71,49 +88,27 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
     // Replace only the config partition with the operator command, then boot again.
     let second = dir.path().join("second.toml");
     std::fs::write(&second, base.replace("qemu-node", "disk-second")).unwrap();
-    let dwcp = Command::new(env!("CARGO"))
-        .current_dir(dwcp_tests::workspace_root())
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "dwcp-provisioning",
-            "--bin",
-            "dwcp",
-            "--",
-            "config",
-            "set-partition",
-        ])
-        .arg(&disk)
-        .arg(&second)
-        .output()
-        .unwrap();
+    let set = dwcp(&[
+        std::ffi::OsStr::new("config"),
+        std::ffi::OsStr::new("set-partition"),
+        disk.as_os_str(),
+        second.as_os_str(),
+    ]);
     assert!(
-        dwcp.status.success(),
+        set.status.success(),
         "{}",
-        String::from_utf8_lossy(&dwcp.stderr)
+        String::from_utf8_lossy(&set.stderr)
     );
     assert_eq!(boot_name(&disk, "console-disk-2.log"), "disk-second");
 
     // A good update: the new system goes into slot B with a boot counter, boots, and is marked
     // good; slot A stays as the fallback.
-    let upd = Command::new(env!("CARGO"))
-        .current_dir(dwcp_tests::workspace_root())
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "dwcp-provisioning",
-            "--bin",
-            "dwcp",
-            "--",
-            "update",
-            "--image",
-        ])
-        .arg(&out)
-        .arg(&disk)
-        .output()
-        .unwrap();
+    let upd = dwcp(&[
+        std::ffi::OsStr::new("update"),
+        std::ffi::OsStr::new("--image"),
+        out.as_os_str(),
+        disk.as_os_str(),
+    ]);
     assert!(
         upd.status.success(),
         "{}",
@@ -136,23 +131,12 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
     // An invalid config is refused and leaves the partition alone.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, base.replace("count = 1", "count = \"x\"")).unwrap();
-    let refused = Command::new(env!("CARGO"))
-        .current_dir(dwcp_tests::workspace_root())
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "dwcp-provisioning",
-            "--bin",
-            "dwcp",
-            "--",
-            "config",
-            "set-partition",
-        ])
-        .arg(&disk)
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let refused = dwcp(&[
+        std::ffi::OsStr::new("config"),
+        std::ffi::OsStr::new("set-partition"),
+        disk.as_os_str(),
+        bad.as_os_str(),
+    ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("hugepages.count"));
     let kept = dwcp_image::disk::read_config_partition(&disk, "dwcp.toml").unwrap();
@@ -187,23 +171,6 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
     );
     vm.monitor("system_powerdown").unwrap();
     assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
-}
-
-fn dwcp(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(env!("CARGO"))
-        .current_dir(dwcp_tests::workspace_root())
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "dwcp-provisioning",
-            "--bin",
-            "dwcp",
-            "--",
-        ])
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -321,23 +288,12 @@ fn an_update_that_never_gets_ready_falls_back_to_the_old_slot() {
     );
     std::fs::write(bad.join("initrd.img"), initrd.to_gzip().unwrap()).unwrap();
     std::fs::copy(out.join("vmlinuz"), bad.join("vmlinuz")).unwrap();
-    let upd = Command::new(env!("CARGO"))
-        .current_dir(dwcp_tests::workspace_root())
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "dwcp-provisioning",
-            "--bin",
-            "dwcp",
-            "--",
-            "update",
-            "--image",
-        ])
-        .arg(&bad)
-        .arg(&disk)
-        .output()
-        .unwrap();
+    let upd = dwcp(&[
+        std::ffi::OsStr::new("update"),
+        std::ffi::OsStr::new("--image"),
+        bad.as_os_str(),
+        disk.as_os_str(),
+    ]);
     assert!(
         upd.status.success(),
         "{}",

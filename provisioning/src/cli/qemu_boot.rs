@@ -148,13 +148,7 @@ pub fn boot_pxe(
         tree.display(),
         if kvm { "KVM" } else { "TCG" }
     );
-    let mut vm = Vm::start(&spec)?;
-    let outcome = wait_ready_or_safe(&mut vm, timeout);
-    print!("{}", vm.console());
-    let line = outcome?;
-    vm.monitor("system_powerdown")?;
-    let _ = vm.wait_exit(Duration::from_secs(60))?;
-    Ok(line.contains("DWCP READY"))
+    run_to_ready(&spec, timeout)
 }
 
 /// A VM that boots a disk image through UEFI, shaped after the config on the image's config
@@ -186,7 +180,13 @@ pub fn boot_disk(image: &Path, timeout: Duration, kvm: bool) -> anyhow::Result<b
         image.display(),
         if kvm { "KVM" } else { "TCG" }
     );
-    let mut vm = Vm::start(&spec)?;
+    run_to_ready(&spec, timeout)
+}
+
+/// Starts a VM, waits for READY or safe mode, prints the console, powers it off; returns
+/// whether it got READY.
+fn run_to_ready(spec: &VmSpec, timeout: Duration) -> anyhow::Result<bool> {
+    let mut vm = Vm::start(spec)?;
     let outcome = wait_ready_or_safe(&mut vm, timeout);
     print!("{}", vm.console());
     let line = outcome?;
