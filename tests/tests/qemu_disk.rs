@@ -28,6 +28,19 @@ fn dwcp(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .unwrap()
 }
 
+/// The boot logged in `log` marked its slot good (`change` is `from -> to`), and the ESP now
+/// holds exactly `entries`.
+fn assert_marked_good(disk: &std::path::Path, log: &str, change: &str, entries: &[&str]) {
+    let text =
+        std::fs::read_to_string(dwcp_tests::workspace_root().join("target").join(log)).unwrap();
+    assert!(
+        text.contains(&format!("boot: slot marked good ({change})")),
+        "{text}"
+    );
+    let want: Vec<String> = entries.iter().map(|e| (*e).to_owned()).collect();
+    assert_eq!(dwcp_image::disk::loader_entries(disk).unwrap(), want);
+}
+
 fn boot_name(image: &std::path::Path, log: &str) -> String {
     let mut spec = qemu_boot::disk_spec("disk", image).unwrap();
     spec.console_log = Some(dwcp_tests::workspace_root().join("target").join(log));
@@ -70,16 +83,11 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
     assert_eq!(boot_name(&disk, "console-disk-1.log"), "disk-first");
     // systemd-boot counted the try down (slot-a+3 → slot-a+2-1) and init, once READY, marked
     // the slot good by dropping the counter.
-    let log =
-        std::fs::read_to_string(dwcp_tests::workspace_root().join("target/console-disk-1.log"))
-            .unwrap();
-    assert!(
-        log.contains("boot: slot marked good (slot-a+2-1.conf -> slot-a.conf)"),
-        "{log}"
-    );
-    assert_eq!(
-        dwcp_image::disk::loader_entries(&disk).unwrap(),
-        vec!["slot-a.conf".to_owned()]
+    assert_marked_good(
+        &disk,
+        "console-disk-1.log",
+        "slot-a+2-1.conf -> slot-a.conf",
+        &["slot-a.conf"],
     );
     // After READY, init kept the config it ran with as the last-known-good copy.
     let saved = dwcp_image::disk::read_config_partition(&disk, "dwcp.last-good.toml").unwrap();
@@ -116,16 +124,11 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
     );
     assert_eq!(dwcp_image::disk::default_slot(&disk).unwrap(), Some('b'));
     assert_eq!(boot_name(&disk, "console-disk-3.log"), "disk-second");
-    let log =
-        std::fs::read_to_string(dwcp_tests::workspace_root().join("target/console-disk-3.log"))
-            .unwrap();
-    assert!(
-        log.contains("boot: slot marked good (slot-b+2-1.conf -> slot-b.conf)"),
-        "{log}"
-    );
-    assert_eq!(
-        dwcp_image::disk::loader_entries(&disk).unwrap(),
-        vec!["slot-a.conf".to_owned(), "slot-b.conf".to_owned()]
+    assert_marked_good(
+        &disk,
+        "console-disk-3.log",
+        "slot-b+2-1.conf -> slot-b.conf",
+        &["slot-a.conf", "slot-b.conf"],
     );
 
     // An invalid config is refused and leaves the partition alone.
