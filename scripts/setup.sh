@@ -6,7 +6,7 @@ set -euo pipefail
 
 # Debian packages the build and the tests need. Later tiers (QEMU, DPDK, kernel package)
 # add theirs here, so a fresh machine gets everything from this one script.
-PACKAGES=(build-essential pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3)
+PACKAGES=(build-essential pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3 python3-pip)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -28,4 +28,22 @@ fi
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found: install the Rust toolchain pinned in rust-toolchain.toml" >&2
     exit 1
+fi
+
+# NVRTC for compiling the CUDA kernels (kernels/cuda) on machines without a GPU or driver:
+# NVIDIA's nvidia-cuda-nvrtc wheel, pinned by version and SHA-256, unpacked into the cache.
+NVRTC_VERSION=13.0.88
+NVRTC_SHA256=ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575
+nvrtc_dir="$HOME/.cache/dwcp/nvrtc/$NVRTC_VERSION"
+if [[ ! -f "$nvrtc_dir/nvidia/cu13/lib/libnvrtc.so.13" ]]; then
+    echo "setup: fetching nvidia-cuda-nvrtc $NVRTC_VERSION (NVRTC for the CUDA kernel tests)"
+    dl=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --python-version 3.11 -d "$dl" "nvidia-cuda-nvrtc==$NVRTC_VERSION"
+    whl=$(ls "$dl"/nvidia_cuda_nvrtc-*.whl)
+    echo "$NVRTC_SHA256  $whl" | sha256sum --check --quiet
+    mkdir -p "$nvrtc_dir"
+    python3 -m zipfile -e "$whl" "$nvrtc_dir"
+    rm -rf "$dl"
 fi

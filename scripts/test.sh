@@ -15,8 +15,13 @@ cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+ignored=$(grep -Eo '[0-9]+ ignored;' "$log" | awk '{s+=$1} END {print s+0}')
 echo
-echo "all tiers: ${passed} passed, ${failed} failed"
+echo "all tiers: ${passed} passed, ${failed} failed, ${ignored} ignored"
+if ((ignored != 0)); then
+    echo "ignored: the GPU tests (they need an NVIDIA GPU; run scripts/gpu-test.sh on one):"
+    grep -E '^test .* \.\.\. ignored' "$log" | sed 's/^/  /'
+fi
 if ((status != 0 || failed != 0)); then
     exit 1
 fi

@@ -209,7 +209,7 @@ pub fn measure(size: usize, kind: Payload, budget: Duration) -> Row {
         for _ in 0..256 {
             let mut job = dwcp_kernels::SealJob {
                 key: &key,
-                counter: k,
+                nonce: dwcp_kernels::nonce(k),
                 aad: &[0u8; 16],
                 buf: &mut buf,
                 len: size,

@@ -130,8 +130,14 @@ fn idle(signals: &SigSet) -> ExitCode {
 }
 
 fn bench(args: Vec<String>) -> ExitCode {
+    if args.first().map(String::as_str) == Some("offload") {
+        return bench_offload(&args);
+    }
     if args.first().map(String::as_str) != Some("pipeline") {
-        eprintln!("usage: dwcp-dataplane bench pipeline [--json] [--seconds S]");
+        eprintln!(
+            "usage: dwcp-dataplane bench pipeline [--json] [--seconds S]\n       \
+             dwcp-dataplane bench offload [--json] [--device N] [--quick]"
+        );
         return ExitCode::from(2);
     }
     let json = args.iter().any(|a| a == "--json");
@@ -150,4 +156,39 @@ fn bench(args: Vec<String>) -> ExitCode {
         print!("{}", dwcp_dataplane::bench::table(&rows));
     }
     ExitCode::SUCCESS
+}
+
+/// `bench offload`: the GPU engine against the pinned-copy ceiling and the CPU engine.
+fn bench_offload(args: &[String]) -> ExitCode {
+    let json = args.iter().any(|a| a == "--json");
+    let quick = args.iter().any(|a| a == "--quick");
+    let device: u32 = args
+        .iter()
+        .position(|a| a == "--device")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (sizes, batches, reps): (&[usize], &[usize], usize) = if quick {
+        (&[64, 1408], &[256, 4096], 3)
+    } else {
+        (
+            &dwcp_kernels::bench::SIZES,
+            &dwcp_kernels::bench::BATCHES,
+            5,
+        )
+    };
+    match dwcp_kernels::bench::offload(device, sizes, batches, reps) {
+        Ok(report) => {
+            if json {
+                print!("{}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dwcp-dataplane bench offload: no GPU engine: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

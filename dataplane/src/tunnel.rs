@@ -492,7 +492,7 @@ impl Tunnel {
         header.emit(hdr);
         let mut job = [SealJob {
             key: &s.send,
-            counter,
+            nonce: dwcp_kernels::nonce(counter),
             aad: &hdr[..],
             buf: body,
             len: payload_len,
@@ -684,7 +684,7 @@ impl Tunnel {
             dst[..body_len].copy_from_slice(&datagram[DATA_HEADER_LEN..]);
             let mut job = [OpenJob {
                 key: &s.recv,
-                counter: header.counter,
+                nonce: dwcp_kernels::nonce(header.counter),
                 aad: &datagram[..DATA_HEADER_LEN],
                 buf: dst,
                 len: body_len,

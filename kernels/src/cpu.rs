@@ -3,7 +3,7 @@
 
 use ring::aead::{Aad, Nonce, Tag};
 
-use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN, nonce};
+use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
 /// The CPU engine. Stateless: one per worker costs nothing.
 #[derive(Clone, Copy, Debug, Default)]
@@ -17,10 +17,10 @@ impl CpuEngine {
             return;
         };
         let (data, rest) = job.buf[..end].split_at_mut(job.len);
-        let n = Nonce::assume_unique_for_key(nonce(job.counter));
+        let n = Nonce::assume_unique_for_key(job.nonce);
         if let Ok(tag) = job
             .key
-            .0
+            .ring
             .seal_in_place_separate_tag(n, Aad::from(job.aad), data)
         {
             rest.copy_from_slice(tag.as_ref());
@@ -38,10 +38,10 @@ impl CpuEngine {
         let Ok(tag_bytes) = <[u8; TAG_LEN]>::try_from(&*tag) else {
             return;
         };
-        let n = Nonce::assume_unique_for_key(nonce(job.counter));
+        let n = Nonce::assume_unique_for_key(job.nonce);
         job.ok = job
             .key
-            .0
+            .ring
             .open_in_place_separate_tag(n, Aad::from(job.aad), Tag::from(tag_bytes), data, 0..)
             .is_ok();
     }
@@ -80,7 +80,7 @@ mod tests {
     use aes_gcm::aead::{AeadInPlace, KeyInit};
 
     use super::*;
-    use crate::AeadKey;
+    use crate::{AeadKey, nonce};
 
     /// Test case 16 of McGrew and Viega, "The Galois/Counter Mode of Operation" (the vectors
     /// NIST SP 800-38D refers to): 256-bit key, 96-bit IV, AAD, 60-byte plaintext.
@@ -100,8 +100,9 @@ mod tests {
         // go through ring directly with the vector's IV.
         let k = AeadKey::new(&key.clone().try_into().unwrap());
         let mut buf = pt.clone();
-        let t =
-            k.0.seal_in_place_separate_tag(
+        let t = k
+            .ring
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(iv.try_into().unwrap()),
                 Aad::from(&aad),
                 &mut buf,
@@ -137,7 +138,7 @@ mod tests {
             buf.resize(size + TAG_LEN, 0);
             let mut jobs = [SealJob {
                 key: &key,
-                counter,
+                nonce: nonce(counter),
                 aad: &aad,
                 buf: &mut buf,
                 len: size,
@@ -153,7 +154,7 @@ mod tests {
             assert_eq!(buf, want, "size {size}");
             let mut open = [OpenJob {
                 key: &key,
-                counter,
+                nonce: nonce(counter),
                 aad: &aad,
                 buf: &mut buf,
                 len: size + TAG_LEN,
@@ -173,7 +174,7 @@ mod tests {
         let mut buf = vec![0u8; 100 + TAG_LEN];
         engine.seal(&mut [SealJob {
             key: &key,
-            counter: 5,
+            nonce: nonce(5),
             aad: &aad,
             buf: &mut buf,
             len: 100,
@@ -191,7 +192,7 @@ mod tests {
             }
             let mut job = [OpenJob {
                 key: &key,
-                counter,
+                nonce: nonce(counter),
                 aad: &aad2,
                 buf: &mut b,
                 len: 100 + TAG_LEN,
@@ -208,7 +209,7 @@ mod tests {
         let mut buf = [0u8; 20];
         let mut seal = [SealJob {
             key: &key,
-            counter: 1,
+            nonce: nonce(1),
             aad: &[],
             buf: &mut buf,
             len: 10,
@@ -218,7 +219,7 @@ mod tests {
         assert!(!seal[0].ok);
         let mut open = [OpenJob {
             key: &key,
-            counter: 1,
+            nonce: nonce(1),
             aad: &[],
             buf: &mut buf,
             len: 5,

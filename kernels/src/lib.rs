@@ -1,15 +1,19 @@
 //! The offload engine: batch operations — AES-256-GCM seal and open, LZ4 block compress and
 //! decompress — behind one [`Engine`] trait, so the data plane hands a whole burst to
-//! whichever engine runs it. The CPU engine ([`cpu::CpuEngine`]) is here; the CUDA engine
-//! (`.cu` sources compiled by NVRTC at start-up through `cudarc`) plugs in behind the same
-//! trait with the GPU-offload issue.
+//! whichever engine runs it: the CPU engine ([`cpu::CpuEngine`]), the CUDA engine
+//! ([`cuda::CudaEngine`], `.cu` sources compiled by NVRTC at start-up through `cudarc`), or
+//! the adaptive dispatcher in front of both.
 //!
 //! Jobs borrow the caller's packet buffers and are built in fixed-size arrays: nothing is
 //! allocated per batch.
 
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod cpu;
+#[allow(unsafe_code)]
+pub mod cuda;
+pub mod suite;
 
 /// AES-256-GCM tag length.
 pub const TAG_LEN: usize = 16;
@@ -18,15 +22,36 @@ pub const KEY_LEN: usize = 32;
 /// AES-GCM nonce length.
 pub const NONCE_LEN: usize = 12;
 
-/// An AES-256-GCM key, expanded once (per session), used for many packets.
-pub struct AeadKey(ring::aead::LessSafeKey);
+/// An AES-256-GCM key, expanded once (per session), used for many packets. The raw bytes are
+/// kept (zeroed on drop) for engines that expand keys themselves (the GPU), and `id` names the
+/// key uniquely in this process so that an engine can find repeats within a batch cheaply.
+pub struct AeadKey {
+    ring: ring::aead::LessSafeKey,
+    raw: zeroize::Zeroizing<[u8; KEY_LEN]>,
+    id: u64,
+}
 
 impl AeadKey {
     /// Expands a raw 32-byte key.
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
             .unwrap_or_else(|_| unreachable!("AES-256-GCM takes every 32-byte key"));
-        Self(ring::aead::LessSafeKey::new(unbound))
+        Self {
+            ring: ring::aead::LessSafeKey::new(unbound),
+            raw: zeroize::Zeroizing::new(*key),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// This key's process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The raw key bytes (for an engine that expands keys itself).
+    pub fn raw(&self) -> &[u8; KEY_LEN] {
+        &self.raw
     }
 }
 
@@ -48,8 +73,8 @@ pub fn nonce(counter: u64) -> [u8; NONCE_LEN] {
 pub struct SealJob<'a> {
     /// The session's send key.
     pub key: &'a AeadKey,
-    /// The message counter (the nonce).
-    pub counter: u64,
+    /// The nonce (DWCP uses [`nonce`] of the message counter).
+    pub nonce: [u8; NONCE_LEN],
     /// Authenticated, unencrypted data (the DWCP header).
     pub aad: &'a [u8],
     /// Plaintext in, ciphertext and tag out; at least `len + 16` long.
@@ -65,8 +90,8 @@ pub struct SealJob<'a> {
 pub struct OpenJob<'a> {
     /// The session's receive key.
     pub key: &'a AeadKey,
-    /// The message counter (the nonce).
-    pub counter: u64,
+    /// The nonce (DWCP uses [`nonce`] of the message counter).
+    pub nonce: [u8; NONCE_LEN],
     /// Authenticated data (the DWCP header as received).
     pub aad: &'a [u8],
     /// Ciphertext and tag in, plaintext out.
@@ -82,10 +107,15 @@ pub struct OpenJob<'a> {
 pub struct CompressJob<'a> {
     /// Input.
     pub src: &'a [u8],
-    /// Output space.
+    /// Output space: at least [`compress_bound`] of the input length.
     pub dst: &'a mut [u8],
     /// Set by the engine.
     pub out_len: Option<usize>,
+}
+
+/// The output space a [`CompressJob`] needs for `len` bytes of input (LZ4's worst case).
+pub const fn compress_bound(len: usize) -> usize {
+    lz4_flex::block::get_maximum_output_size(len)
 }
 
 /// Decompress one packet into `dst`; `out_len` is `None` when the input is malformed or does

@@ -1,0 +1,410 @@
+//! `dwcp bench offload`: seal, open, compress and decompress at several packet and batch
+//! sizes on the GPU — kernel-only and end-to-end (host staging and copies included) — beside
+//! the pinned host↔device copy bandwidth and the CPU engine on every host core, all measured
+//! in the same run.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::cpu::CpuEngine;
+use crate::cuda::{Capacity, CudaEngine, CudaError, Op};
+use crate::suite::{Rng, compressible};
+use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
+
+/// Packet sizes measured.
+pub const SIZES: [usize; 4] = [64, 512, 1408, 9000];
+/// Batch sizes measured.
+pub const BATCHES: [usize; 5] = [256, 1024, 4096, 16384, 65536];
+
+/// One measured cell.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Operation.
+    pub op: Op,
+    /// Packet size, bytes (the uncompressed size for decompress).
+    pub size: usize,
+    /// Packets per batch.
+    pub batch: usize,
+    /// Payload GB/s with data already on the device.
+    pub kernel_gbps: f64,
+    /// Payload GB/s from host buffers to host buffers.
+    pub e2e_gbps: f64,
+    /// The CPU engine on every host core, payload GB/s.
+    pub cpu_gbps: f64,
+}
+
+/// The whole report.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// GPU name.
+    pub device: String,
+    /// Pinned host→device copy bandwidth, GB/s.
+    pub h2d_gbps: f64,
+    /// Pinned device→host copy bandwidth, GB/s.
+    pub d2h_gbps: f64,
+    /// Host threads the CPU engine ran on.
+    pub cpu_threads: usize,
+    /// The cells.
+    pub rows: Vec<Row>,
+}
+
+fn gbps(bytes: usize, t: Duration) -> f64 {
+    bytes as f64 / t.as_secs_f64().max(1e-12) / 1e9
+}
+
+/// Inputs of one packet size: plaintexts (random), compressible inputs, and their sealed and
+/// compressed forms (made by the CPU engine).
+struct Inputs {
+    keys: Vec<AeadKey>,
+    plain: Vec<Vec<u8>>,
+    sealed: Vec<Vec<u8>>,
+    text: Vec<Vec<u8>>,
+    packed: Vec<Vec<u8>>,
+    nonces: Vec<[u8; 12]>,
+    aad: [u8; 16],
+}
+
+impl Inputs {
+    fn new(size: usize, n: usize, rng: &mut Rng) -> Self {
+        let keys: Vec<AeadKey> = (0..16)
+            .map(|_| {
+                let mut k = [0u8; 32];
+                rng.fill(&mut k);
+                AeadKey::new(&k)
+            })
+            .collect();
+        let mut plain = vec![vec![0u8; size + TAG_LEN]; n];
+        for p in &mut plain {
+            rng.fill(&mut p[..size]);
+        }
+        let nonces: Vec<[u8; 12]> = (0..n).map(|i| crate::nonce(i as u64)).collect();
+        let aad = [7u8; 16];
+        let mut sealed = plain.clone();
+        {
+            let mut jobs = seal_jobs(&keys, &nonces, &aad, &mut sealed, size);
+            CpuEngine.seal(&mut jobs);
+        }
+        let text: Vec<Vec<u8>> = (0..n).map(|_| compressible(rng, size)).collect();
+        let packed = text.iter().map(|t| lz4_flex::block::compress(t)).collect();
+        Self {
+            keys,
+            plain,
+            sealed,
+            text,
+            packed,
+            nonces,
+            aad,
+        }
+    }
+}
+
+fn seal_jobs<'a>(
+    keys: &'a [AeadKey],
+    nonces: &[[u8; 12]],
+    aad: &'a [u8],
+    bufs: &'a mut [Vec<u8>],
+    size: usize,
+) -> Vec<SealJob<'a>> {
+    bufs.iter_mut()
+        .enumerate()
+        .map(|(i, buf)| SealJob {
+            key: &keys[i % keys.len()],
+            nonce: nonces[i],
+            aad,
+            buf,
+            len: size,
+            ok: false,
+        })
+        .collect()
+}
+
+fn open_jobs<'a>(
+    keys: &'a [AeadKey],
+    nonces: &[[u8; 12]],
+    aad: &'a [u8],
+    bufs: &'a mut [Vec<u8>],
+    size: usize,
+) -> Vec<OpenJob<'a>> {
+    bufs.iter_mut()
+        .enumerate()
+        .map(|(i, buf)| OpenJob {
+            key: &keys[i % keys.len()],
+            nonce: nonces[i],
+            aad,
+            buf,
+            len: size + TAG_LEN,
+            ok: false,
+        })
+        .collect()
+}
+
+fn compress_jobs<'a>(src: &'a [Vec<u8>], dst: &'a mut [Vec<u8>]) -> Vec<CompressJob<'a>> {
+    src.iter()
+        .zip(dst.iter_mut())
+        .map(|(src, dst)| CompressJob {
+            src,
+            dst,
+            out_len: None,
+        })
+        .collect()
+}
+
+fn decompress_jobs<'a>(src: &'a [Vec<u8>], dst: &'a mut [Vec<u8>]) -> Vec<DecompressJob<'a>> {
+    src.iter()
+        .zip(dst.iter_mut())
+        .map(|(src, dst)| DecompressJob {
+            src,
+            dst,
+            out_len: None,
+        })
+        .collect()
+}
+
+/// Runs `f` `reps` times and returns the median time.
+fn median(
+    reps: usize,
+    mut f: impl FnMut() -> Result<(), CudaError>,
+) -> Result<Duration, CudaError> {
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        f()?;
+        t.push(t0.elapsed());
+    }
+    t.sort();
+    Ok(t[t.len() / 2])
+}
+
+/// One GPU cell: kernel-only and end-to-end GB/s of `op` on `n` packets.
+fn gpu_cell(
+    gpu: &mut CudaEngine,
+    op: Op,
+    size: usize,
+    n: usize,
+    inp: &Inputs,
+    reps: usize,
+) -> Result<(f64, f64), CudaError> {
+    let far = || Instant::now() + Duration::from_secs(60);
+    let bytes = size * n;
+    let err = |p: crate::cuda::Partial| p.error;
+    let (kernel, e2e) = match op {
+        Op::Seal => {
+            let mut bufs = inp.plain[..n].to_vec();
+            let k = {
+                let jobs = seal_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut bufs, size);
+                gpu.kernel_time_seal(&jobs, reps)?
+            };
+            let e = median(reps, || {
+                let mut jobs = seal_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut bufs, size);
+                gpu.try_seal(&mut jobs, far()).map_err(err)
+            })?;
+            (k, e)
+        }
+        Op::Open => {
+            let mut bufs = inp.sealed[..n].to_vec();
+            let k = {
+                let jobs = open_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut bufs, size);
+                gpu.kernel_time_open(&jobs, reps)?
+            };
+            let e = median(reps, || {
+                bufs.clone_from_slice(&inp.sealed[..n]);
+                let mut jobs = open_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut bufs, size);
+                let r = gpu.try_open(&mut jobs, far()).map_err(err);
+                assert!(
+                    jobs.iter().all(|j| j.ok),
+                    "GPU open failed in the benchmark"
+                );
+                r
+            })?;
+            (k, e)
+        }
+        Op::Compress => {
+            let mut dst = vec![vec![0u8; crate::compress_bound(size)]; n];
+            let k = {
+                let jobs = compress_jobs(&inp.text[..n], &mut dst);
+                gpu.kernel_time_compress(&jobs, reps)?
+            };
+            let e = median(reps, || {
+                let mut jobs = compress_jobs(&inp.text[..n], &mut dst);
+                gpu.try_compress(&mut jobs, far()).map_err(err)
+            })?;
+            (k, e)
+        }
+        Op::Decompress => {
+            let mut dst = vec![vec![0u8; size]; n];
+            let k = {
+                let jobs = decompress_jobs(&inp.packed[..n], &mut dst);
+                gpu.kernel_time_decompress(&jobs, reps)?
+            };
+            let e = median(reps, || {
+                let mut jobs = decompress_jobs(&inp.packed[..n], &mut dst);
+                gpu.try_decompress(&mut jobs, far()).map_err(err)
+            })?;
+            (k, e)
+        }
+    };
+    Ok((gbps(bytes, kernel), gbps(bytes, e2e)))
+}
+
+/// The CPU engine on `threads` threads, each working through its own copy of 1024 packets
+/// for about `budget`: total payload GB/s.
+fn cpu_cell(op: Op, size: usize, inp: &Inputs, threads: usize, budget: Duration) -> f64 {
+    let n = 1024.min(inp.plain.len());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut done = 0usize;
+                    let t0 = Instant::now();
+                    let mut plain = inp.plain[..n].to_vec();
+                    let mut sealed = inp.sealed[..n].to_vec();
+                    let mut dst = vec![vec![0u8; crate::compress_bound(size)]; n];
+                    while t0.elapsed() < budget {
+                        match op {
+                            Op::Seal => CpuEngine.seal(&mut seal_jobs(
+                                &inp.keys,
+                                &inp.nonces,
+                                &inp.aad,
+                                &mut plain,
+                                size,
+                            )),
+                            Op::Open => {
+                                sealed.clone_from_slice(&inp.sealed[..n]);
+                                CpuEngine.open(&mut open_jobs(
+                                    &inp.keys,
+                                    &inp.nonces,
+                                    &inp.aad,
+                                    &mut sealed,
+                                    size,
+                                ));
+                            }
+                            Op::Compress => {
+                                CpuEngine.compress(&mut compress_jobs(&inp.text[..n], &mut dst))
+                            }
+                            Op::Decompress => CpuEngine
+                                .decompress(&mut decompress_jobs(&inp.packed[..n], &mut dst)),
+                        }
+                        done += n * size;
+                    }
+                    (done, t0.elapsed())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let (bytes, t) = h.join().unwrap_or((0, Duration::from_secs(1)));
+                gbps(bytes, t)
+            })
+            .sum()
+    })
+}
+
+/// Runs the whole benchmark on GPU `device`. `quick` measures fewer repetitions (for tests).
+pub fn offload(
+    device: u32,
+    sizes: &[usize],
+    batches: &[usize],
+    reps: usize,
+) -> Result<Report, CudaError> {
+    let max_batch = batches.iter().copied().max().unwrap_or(1024);
+    let max_size = sizes.iter().copied().max().unwrap_or(1408);
+    let cap = Capacity {
+        packets: max_batch,
+        bytes: max_batch * (16 + max_size + TAG_LEN).next_multiple_of(16),
+    };
+    let mut gpu = CudaEngine::new(device, cap)?;
+    let device_name = gpu.info().name.clone();
+    let (h2d, d2h) = gpu.copy_bandwidth(256 << 20, 10)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rng = Rng(0x00ff_10ad);
+    let mut rows = Vec::new();
+    for &size in sizes {
+        let inp = Inputs::new(size, max_batch, &mut rng);
+        for op in Op::ALL {
+            let cpu = cpu_cell(op, size, &inp, threads, Duration::from_millis(300));
+            for &batch in batches {
+                let (kernel_gbps, e2e_gbps) = gpu_cell(&mut gpu, op, size, batch, &inp, reps)?;
+                rows.push(Row {
+                    op,
+                    size,
+                    batch,
+                    kernel_gbps,
+                    e2e_gbps,
+                    cpu_gbps: cpu,
+                });
+            }
+        }
+    }
+    Ok(Report {
+        device: device_name,
+        h2d_gbps: h2d / 1e9,
+        d2h_gbps: d2h / 1e9,
+        cpu_threads: threads,
+        rows,
+    })
+}
+
+impl Report {
+    /// The copy ceiling for a transform whose bytes go both ways: the slower direction.
+    pub fn copy_ceiling_gbps(&self) -> f64 {
+        self.h2d_gbps.min(self.d2h_gbps)
+    }
+
+    /// A table for people.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let ceiling = self.copy_ceiling_gbps();
+        let _ = writeln!(
+            s,
+            "device {}: pinned copies host→device {:.1} GB/s, device→host {:.1} GB/s; CPU engine on {} threads",
+            self.device, self.h2d_gbps, self.d2h_gbps, self.cpu_threads
+        );
+        let _ = writeln!(
+            s,
+            "{:<10} {:>5} {:>6} {:>10} {:>9} {:>9} {:>9} {:>8}",
+            "op", "bytes", "batch", "kernel", "e2e", "e2e/copy", "cpu-all", "gpu/cpu"
+        );
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "{:<10} {:>5} {:>6} {:>7.1} GB/s {:>6.1} GB/s {:>8.0}% {:>6.1} GB/s {:>7.2}x",
+                r.op.name(),
+                r.size,
+                r.batch,
+                r.kernel_gbps,
+                r.e2e_gbps,
+                100.0 * r.e2e_gbps / ceiling,
+                r.cpu_gbps,
+                r.e2e_gbps / r.cpu_gbps.max(1e-9)
+            );
+        }
+        s
+    }
+
+    /// The same as JSON.
+    pub fn json(&self) -> String {
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "{{\"device\":{:?},\"h2d_gbps\":{:.3},\"d2h_gbps\":{:.3},\"cpu_threads\":{},\"rows\":[",
+            self.device, self.h2d_gbps, self.d2h_gbps, self.cpu_threads
+        );
+        for (i, r) in self.rows.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}{{\"op\":\"{}\",\"size\":{},\"batch\":{},\"kernel_gbps\":{:.3},\"e2e_gbps\":{:.3},\"e2e_over_copy\":{:.3},\"cpu_gbps\":{:.3}}}",
+                if i == 0 { "" } else { "," },
+                r.op.name(),
+                r.size,
+                r.batch,
+                r.kernel_gbps,
+                r.e2e_gbps,
+                r.e2e_gbps / self.copy_ceiling_gbps(),
+                r.cpu_gbps
+            );
+        }
+        s.push_str("]}\n");
+        s
+    }
+}

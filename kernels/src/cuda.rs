@@ -1,0 +1,1262 @@
+//! The CUDA engine: the `.cu` sources in `kernels/cuda/`, embedded here, compiled by NVRTC at
+//! start-up and run through `cudarc` with dynamic loading, so a binary built here runs on
+//! machines with no CUDA at all (and says so through [`CudaError`]).
+//!
+//! A batch is cut into chunks that alternate between two lanes; each lane has its own stream,
+//! pinned host staging and device buffers, all allocated once. While one lane's chunk is copied
+//! and run, the host packs the next chunk into the other lane and unpacks the last one, so
+//! copies, kernels and host work overlap. Descriptors are structure-of-arrays. A chunk's results
+//! reach the jobs only once the whole chunk succeeded, and chunks finish in order: on an error
+//! the caller learns how many jobs are complete and the rest are untouched.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+    result,
+};
+
+use crate::cpu::CpuEngine;
+use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
+
+/// The header every kernel file is compiled with.
+pub const COMMON_SOURCE: &str = include_str!("../cuda/common.cuh");
+/// Batched AES-256-GCM.
+pub const GCM_SOURCE: &str = include_str!("../cuda/gcm.cu");
+/// Batched LZ4 block compression.
+pub const LZ4_SOURCE: &str = include_str!("../cuda/lz4.cu");
+
+/// Bytes of per-key material the GCM kernels keep (`struct GcmKey`).
+const GCM_KEY_BYTES: usize = 768;
+/// `LZ4_NONE` in `lz4.cu`.
+const LZ4_NONE: u32 = u32::MAX;
+/// The largest decompressed packet the GPU writes.
+const MAX_DECOMPRESSED: usize = 65_535;
+
+/// Why the CUDA engine is not available or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// No `libcuda.so`: no NVIDIA driver.
+    #[error("no NVIDIA driver library (libcuda.so) on this machine")]
+    NoDriver,
+    /// No `libnvrtc.so`.
+    #[error("no NVRTC library (libnvrtc.so.13 or .12) on this machine or in LD_LIBRARY_PATH")]
+    NoNvrtc,
+    /// The driver has no such device.
+    #[error("no CUDA device {index} (the driver sees {count})")]
+    NoDevice {
+        /// Asked for.
+        index: u32,
+        /// Present.
+        count: i32,
+    },
+    /// A CUDA driver call failed.
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] DriverError),
+    /// NVRTC rejected a source.
+    #[error("NVRTC could not compile {file}: {log}")]
+    Compile {
+        /// Which source.
+        file: &'static str,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// A batch did not finish by its deadline.
+    #[error("batch still running after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Whether NVRTC can be loaded here (no GPU or driver is needed to compile).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the candidate library names; no symbol is called.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Where `scripts/setup.sh` unpacks the NVRTC wheel (`nvidia-cuda-nvrtc`), under the cache.
+pub const NVRTC_CACHE: &str = ".cache/dwcp/nvrtc/13.0.88/nvidia/cu13/lib/libnvrtc.so.13";
+
+/// Makes NVRTC loadable when it is not on the library path: loads it by full path from
+/// `$DWCP_NVRTC` or the setup script's cache (the dynamic loader then finds it by its soname).
+/// Returns where it came from, or `None` when no NVRTC is to be had.
+pub fn ensure_nvrtc() -> Option<String> {
+    if nvrtc_present() {
+        return Some("library path".into());
+    }
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("DWCP_NVRTC") {
+        candidates.push(std::path::PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(std::path::Path::new(&home).join(NVRTC_CACHE));
+    }
+    for path in candidates {
+        if !path.is_file() {
+            continue;
+        }
+        // NVRTC opens its builtins library by name at compile time: load it first, from the
+        // same folder.
+        if let Some(dir) = path.parent() {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("libnvrtc-builtins.so") {
+                    // SAFETY: as below, for NVRTC's builtins library.
+                    if let Ok(lib) = unsafe { libloading::Library::new(entry.path()) } {
+                        std::mem::forget(lib);
+                    }
+                }
+            }
+        }
+        // SAFETY: loads NVIDIA's NVRTC library, whose initialisers are sound to run; the
+        // handle is leaked so the library stays loaded for the process's lifetime.
+        if let Ok(lib) = unsafe { libloading::Library::new(&path) } {
+            std::mem::forget(lib);
+            if nvrtc_present() {
+                return Some(path.display().to_string());
+            }
+        }
+    }
+    None
+}
+
+/// Whether the CUDA driver library can be loaded here.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the candidate library names; no symbol is called.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// The kernel sources as NVRTC compiles them: (file name, common header + file).
+pub fn sources() -> [(&'static str, String); 2] {
+    [
+        ("gcm.cu", format!("{COMMON_SOURCE}\n{GCM_SOURCE}")),
+        ("lz4.cu", format!("{COMMON_SOURCE}\n{LZ4_SOURCE}")),
+    ]
+}
+
+/// Compiles one source to PTX for a virtual architecture such as `compute_90`.
+pub fn compile(file: &'static str, src: &str, arch: &'static str) -> Result<String, CudaError> {
+    if !nvrtc_present() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        name: Some(file.to_owned()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| CudaError::Compile {
+        file,
+        log: match e {
+            cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+                log.to_string_lossy().into_owned()
+            }
+            other => format!("{other:?}"),
+        },
+    })?;
+    Ok(ptx.to_src())
+}
+
+/// The newest virtual architecture this code is compiled for that a device of compute
+/// capability `major.minor` runs.
+pub fn arch_for(major: i32, minor: i32) -> &'static str {
+    match (major, minor) {
+        (m, _) if m >= 12 => "compute_120",
+        (10, _) | (11, _) => "compute_100",
+        (9, _) => "compute_90",
+        (8, n) if n >= 9 => "compute_89",
+        (8, n) if n >= 6 => "compute_86",
+        (8, _) => "compute_80",
+        _ => "compute_75",
+    }
+}
+
+/// What the engine knows of its device, for logs, metrics and the console.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceInfo {
+    /// Device name (`NVIDIA H100 80GB HBM3`).
+    pub name: String,
+    /// Compute capability.
+    pub compute_capability: (i32, i32),
+    /// Multiprocessors.
+    pub multiprocessors: u32,
+    /// Total device memory, bytes.
+    pub memory_total: u64,
+    /// The architecture the kernels were compiled for.
+    pub arch: &'static str,
+}
+
+/// Device memory, freed on drop.
+struct DeviceBuf {
+    ptr: CUdeviceptr,
+}
+
+impl DeviceBuf {
+    fn new(bytes: usize) -> Result<Self, DriverError> {
+        // SAFETY: plain allocation in the current context (the engine binds it first); the
+        // memory is only reached through this handle and freed once in drop.
+        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }?;
+        Ok(Self { ptr })
+    }
+}
+
+impl Drop for DeviceBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from malloc_sync and is freed exactly once; the engine
+        // synchronises its streams before dropping its buffers.
+        let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// Page-locked host memory of `T`s, freed on drop.
+struct Pinned<T: Copy + Default> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain memory owned by this handle; access goes through &/&mut self.
+unsafe impl<T: Copy + Default + Send> Send for Pinned<T> {}
+
+impl<T: Copy + Default> Pinned<T> {
+    fn new(len: usize) -> Result<Self, DriverError> {
+        let len = len.max(1);
+        let bytes = len * size_of::<T>();
+        // SAFETY: flags 0 asks for ordinary (cached, not write-combined) page-locked memory;
+        // the pointer is checked and initialised below before any read.
+        let raw = unsafe { result::malloc_host(bytes, 0) }?;
+        let ptr = raw.cast::<T>();
+        // SAFETY: `ptr` points to `len` properly aligned (page-aligned) `T`s that we own.
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }.fill(T::default());
+        Ok(Self { ptr, len })
+    }
+
+    fn as_slice(&self) -> &[T] {
+        // SAFETY: `ptr` holds `len` initialised `T`s owned by self; the engine waits for its
+        // stream before reading memory a copy writes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in as_slice, with exclusive access through &mut self; the engine waits for
+        // its stream before writing memory a pending copy reads.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl<T: Copy + Default> Drop for Pinned<T> {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from malloc_host and is freed once, after the streams are idle.
+        let _ = unsafe { result::free_host(self.ptr.cast()) };
+    }
+}
+
+/// One operation's descriptor columns, named per operation in the comments of `stage_*`.
+struct HostStage {
+    data: Pinned<u8>,
+    dst: Pinned<u8>,
+    a: Pinned<u32>,
+    b: Pinned<u32>,
+    c: Pinned<u32>,
+    d: Pinned<u32>,
+    out: Pinned<u32>,
+    ok: Pinned<u8>,
+    nonces: Pinned<u8>,
+    keys_raw: Pinned<u8>,
+    /// Jobs the host refused before staging (buffer too short): not sent.
+    refused: Vec<bool>,
+}
+
+struct DeviceStage {
+    data: DeviceBuf,
+    dst: DeviceBuf,
+    a: DeviceBuf,
+    b: DeviceBuf,
+    c: DeviceBuf,
+    d: DeviceBuf,
+    out: DeviceBuf,
+    ok: DeviceBuf,
+    nonces: DeviceBuf,
+    keys_raw: DeviceBuf,
+    keys: DeviceBuf,
+}
+
+/// What a lane holds in flight.
+#[derive(Clone, Copy, Debug, Default)]
+struct Chunk {
+    start: usize,
+    n: usize,
+    bytes: usize,
+    dst_bytes: usize,
+    keys: usize,
+}
+
+struct Lane {
+    stream: Arc<CudaStream>,
+    host: HostStage,
+    dev: DeviceStage,
+    pending: Option<Chunk>,
+    start: CudaEvent,
+    stop: CudaEvent,
+}
+
+/// The batch operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// AES-256-GCM seal.
+    Seal,
+    /// AES-256-GCM open.
+    Open,
+    /// LZ4 block compress.
+    Compress,
+    /// LZ4 block decompress.
+    Decompress,
+}
+
+impl Op {
+    /// All four, in report order.
+    pub const ALL: [Op; 4] = [Op::Seal, Op::Open, Op::Compress, Op::Decompress];
+
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Seal => "seal",
+            Op::Open => "open",
+            Op::Compress => "compress",
+            Op::Decompress => "decompress",
+        }
+    }
+
+    /// Index into per-operation arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Sizes the engine's buffers: each of the two lanes holds `packets` packets and `bytes` bytes
+/// of staged records (a record is AAD + payload + tag, rounded up to 16).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Packets per lane.
+    pub packets: usize,
+    /// Staged bytes per lane.
+    pub bytes: usize,
+}
+
+impl Capacity {
+    /// Room for a batch of `max_batch` packets of up to `max_packet` bytes, split over the two
+    /// lanes.
+    pub fn for_batch(max_batch: usize, max_packet: usize) -> Self {
+        let packets = max_batch.div_ceil(2).max(1);
+        Self {
+            packets,
+            bytes: packets * record_len(64, max_packet),
+        }
+    }
+}
+
+fn record_len(aad: usize, len: usize) -> usize {
+    (aad + len + TAG_LEN).next_multiple_of(16)
+}
+
+struct Functions {
+    key_setup: CudaFunction,
+    seal: CudaFunction,
+    open: CudaFunction,
+    compress: CudaFunction,
+    decompress: CudaFunction,
+}
+
+/// Per-batch key de-duplication: key id → slot in the batch's key table, in a fixed table
+/// cleared by generation (no allocation per batch).
+struct KeyMap {
+    ids: Vec<u64>,
+    slots: Vec<u32>,
+    gens: Vec<u32>,
+    gen_now: u32,
+}
+
+impl KeyMap {
+    fn new(capacity: usize) -> Self {
+        let n = (capacity * 2).next_power_of_two().max(16);
+        Self {
+            ids: vec![0; n],
+            slots: vec![0; n],
+            gens: vec![0; n],
+            gen_now: 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.gen_now = self.gen_now.wrapping_add(1);
+        if self.gen_now == 0 {
+            self.gens.fill(0);
+            self.gen_now = 1;
+        }
+    }
+
+    /// The slot of `id`, and whether it is new in this batch.
+    fn slot(&mut self, id: u64, next: u32) -> (u32, bool) {
+        let mask = self.ids.len() - 1;
+        let mut i = usize::try_from(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40).unwrap_or(0);
+        loop {
+            i &= mask;
+            if self.gens[i] != self.gen_now {
+                self.gens[i] = self.gen_now;
+                self.ids[i] = id;
+                self.slots[i] = next;
+                return (next, true);
+            }
+            if self.ids[i] == id {
+                return (self.slots[i], false);
+            }
+            i += 1;
+        }
+    }
+}
+
+/// The CUDA batch engine.
+pub struct CudaEngine {
+    ctx: Arc<CudaContext>,
+    f: Functions,
+    lanes: [Lane; 2],
+    cap: Capacity,
+    keymap: KeyMap,
+    info: DeviceInfo,
+    /// Set when a batch was abandoned while the device may still write into a lane; cleared
+    /// by [`CudaEngine::recover`].
+    dirty: bool,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+fn u32_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl CudaEngine {
+    /// Opens device `index`, compiles the kernels and allocates every buffer.
+    pub fn new(index: u32, cap: Capacity) -> Result<Self, CudaError> {
+        if !driver_present() {
+            return Err(CudaError::NoDriver);
+        }
+        if ensure_nvrtc().is_none() {
+            return Err(CudaError::NoNvrtc);
+        }
+        result::init()?;
+        let count = CudaContext::device_count()?;
+        if i64::from(index) >= i64::from(count) {
+            return Err(CudaError::NoDevice { index, count });
+        }
+        let ctx = CudaContext::new(usize::try_from(index).unwrap_or(0))?;
+        // SAFETY: the engine orders all work itself (per-lane streams, explicit
+        // synchronisation) and uses raw device pointers, not cudarc's tracked slices.
+        unsafe { ctx.disable_event_tracking() };
+        let cc = ctx.compute_capability()?;
+        let arch = arch_for(cc.0, cc.1);
+        let info = DeviceInfo {
+            name: ctx.name()?,
+            compute_capability: cc,
+            multiprocessors: u32::try_from(ctx.attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )?)
+            .unwrap_or(1),
+            memory_total: u64::try_from(ctx.total_mem()?).unwrap_or(0),
+            arch,
+        };
+        let [(gcm_name, gcm_src), (lz4_name, lz4_src)] = sources();
+        let gcm = ctx.load_module(cudarc::nvrtc::Ptx::from_src(compile(
+            gcm_name, &gcm_src, arch,
+        )?))?;
+        let lz4 = ctx.load_module(cudarc::nvrtc::Ptx::from_src(compile(
+            lz4_name, &lz4_src, arch,
+        )?))?;
+        let f = Functions {
+            key_setup: gcm.load_function("gcm_key_setup")?,
+            seal: gcm.load_function("gcm_seal")?,
+            open: gcm.load_function("gcm_open")?,
+            compress: lz4.load_function("lz4_compress")?,
+            decompress: lz4.load_function("lz4_decompress")?,
+        };
+        let lanes = [Self::lane(&ctx, cap)?, Self::lane(&ctx, cap)?];
+        Ok(Self {
+            ctx,
+            f,
+            lanes,
+            cap,
+            keymap: KeyMap::new(cap.packets),
+            info,
+            dirty: false,
+            failures: 0,
+            last_error: None,
+        })
+    }
+
+    fn lane(ctx: &Arc<CudaContext>, cap: Capacity) -> Result<Lane, DriverError> {
+        let (p, b) = (cap.packets, cap.bytes);
+        let stream = ctx.new_stream()?;
+        ctx.bind_to_thread()?;
+        Ok(Lane {
+            stream,
+            host: HostStage {
+                data: Pinned::new(b)?,
+                dst: Pinned::new(b)?,
+                a: Pinned::new(p)?,
+                b: Pinned::new(p)?,
+                c: Pinned::new(p)?,
+                d: Pinned::new(p)?,
+                out: Pinned::new(p)?,
+                ok: Pinned::new(p)?,
+                nonces: Pinned::new(12 * p)?,
+                keys_raw: Pinned::new(32 * p)?,
+                refused: vec![false; p],
+            },
+            dev: DeviceStage {
+                data: DeviceBuf::new(b)?,
+                dst: DeviceBuf::new(b)?,
+                a: DeviceBuf::new(4 * p)?,
+                b: DeviceBuf::new(4 * p)?,
+                c: DeviceBuf::new(4 * p)?,
+                d: DeviceBuf::new(4 * p)?,
+                out: DeviceBuf::new(4 * p)?,
+                ok: DeviceBuf::new(p)?,
+                nonces: DeviceBuf::new(12 * p)?,
+                keys_raw: DeviceBuf::new(32 * p)?,
+                keys: DeviceBuf::new(GCM_KEY_BYTES * p)?,
+            },
+            pending: None,
+            start: ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?,
+            stop: ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?,
+        })
+    }
+
+    /// The device this engine runs on.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Free and total device memory now, bytes.
+    pub fn memory(&self) -> Result<(u64, u64), CudaError> {
+        let (free, total) = self.ctx.mem_get_info()?;
+        Ok((
+            u64::try_from(free).unwrap_or(0),
+            u64::try_from(total).unwrap_or(0),
+        ))
+    }
+
+    /// The per-lane capacity.
+    pub fn capacity(&self) -> Capacity {
+        self.cap
+    }
+
+    /// Waits for both lanes and forgets what they held; after a time-out this makes the
+    /// engine usable again (the health probe calls it).
+    pub fn recover(&mut self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread()?;
+        for lane in &mut self.lanes {
+            lane.stream.synchronize()?;
+            lane.pending = None;
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Whether a batch was abandoned and [`CudaEngine::recover`] has not yet succeeded.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Seals every job; on error, `jobs[..done]` are sealed and the rest untouched.
+    pub fn try_seal(&mut self, jobs: &mut [SealJob<'_>], deadline: Instant) -> Result<(), Partial> {
+        self.drive(jobs, deadline, Op::Seal, stage_seal, unstage_seal)
+    }
+
+    /// Opens every job; on error, `jobs[..done]` are complete and the rest untouched.
+    pub fn try_open(&mut self, jobs: &mut [OpenJob<'_>], deadline: Instant) -> Result<(), Partial> {
+        self.drive(jobs, deadline, Op::Open, stage_open, unstage_open)
+    }
+
+    /// Compresses every job; on error, `jobs[..done]` are complete and the rest untouched.
+    pub fn try_compress(
+        &mut self,
+        jobs: &mut [CompressJob<'_>],
+        deadline: Instant,
+    ) -> Result<(), Partial> {
+        self.drive(
+            jobs,
+            deadline,
+            Op::Compress,
+            stage_compress,
+            unstage_compress,
+        )
+    }
+
+    /// Decompresses every job; on error, `jobs[..done]` are complete and the rest untouched.
+    pub fn try_decompress(
+        &mut self,
+        jobs: &mut [DecompressJob<'_>],
+        deadline: Instant,
+    ) -> Result<(), Partial> {
+        self.drive(
+            jobs,
+            deadline,
+            Op::Decompress,
+            stage_decompress,
+            unstage_decompress,
+        )
+    }
+
+    /// The chunk loop shared by the four operations.
+    fn drive<J>(
+        &mut self,
+        jobs: &mut [J],
+        deadline: Instant,
+        op: Op,
+        stage: fn(&mut HostStage, &mut KeyMap, Capacity, &[J], usize, usize) -> Chunk,
+        unstage: fn(&HostStage, &Chunk, &mut [J]),
+    ) -> Result<(), Partial> {
+        let fail = |done: usize, error: CudaError| Partial { done, error };
+        if self.dirty {
+            return Err(fail(0, CudaError::Timeout(Duration::ZERO)));
+        }
+        self.ctx.bind_to_thread().map_err(|e| fail(0, e.into()))?;
+        // At least two chunks when the batch is big enough, so the lanes overlap.
+        let per_chunk = if jobs.len() >= 512 {
+            jobs.len().div_ceil(2).min(self.cap.packets)
+        } else {
+            self.cap.packets
+        };
+        let mut done = 0;
+        let mut next = 0;
+        let mut which = 0;
+        while next < jobs.len() || self.lanes.iter().any(|l| l.pending.is_some()) {
+            let lane = &mut self.lanes[which];
+            if let Some(chunk) = lane.pending.take() {
+                if let Err(e) = wait(&lane.stream, deadline) {
+                    self.dirty = true;
+                    return Err(fail(done, e));
+                }
+                unstage(
+                    &lane.host,
+                    &chunk,
+                    &mut jobs[chunk.start..chunk.start + chunk.n],
+                );
+                done = chunk.start + chunk.n;
+            }
+            if next < jobs.len() {
+                let chunk = stage(
+                    &mut lane.host,
+                    &mut self.keymap,
+                    self.cap,
+                    jobs,
+                    next,
+                    per_chunk,
+                );
+                if chunk.n == 0 {
+                    // Nothing fits a lane (cannot happen with Capacity::for_batch sizes).
+                    return Err(fail(done, CudaError::Timeout(Duration::ZERO)));
+                }
+                if let Err(e) = launch(&self.f, &self.info, lane, op, &chunk) {
+                    self.dirty = true;
+                    return Err(fail(done, e.into()));
+                }
+                next += chunk.n;
+                lane.pending = Some(chunk);
+            }
+            which ^= 1;
+        }
+        Ok(())
+    }
+
+    /// Kernel-only time of sealing `jobs` (which must fit one lane): the median of `reps`.
+    pub fn kernel_time_seal(
+        &mut self,
+        jobs: &[SealJob<'_>],
+        reps: usize,
+    ) -> Result<Duration, CudaError> {
+        self.time_kernel(Op::Seal, jobs, reps, stage_seal)
+    }
+
+    /// Kernel-only time of opening `jobs`.
+    pub fn kernel_time_open(
+        &mut self,
+        jobs: &[OpenJob<'_>],
+        reps: usize,
+    ) -> Result<Duration, CudaError> {
+        self.time_kernel(Op::Open, jobs, reps, stage_open)
+    }
+
+    /// Kernel-only time of compressing `jobs`.
+    pub fn kernel_time_compress(
+        &mut self,
+        jobs: &[CompressJob<'_>],
+        reps: usize,
+    ) -> Result<Duration, CudaError> {
+        self.time_kernel(Op::Compress, jobs, reps, stage_compress)
+    }
+
+    /// Kernel-only time of decompressing `jobs`.
+    pub fn kernel_time_decompress(
+        &mut self,
+        jobs: &[DecompressJob<'_>],
+        reps: usize,
+    ) -> Result<Duration, CudaError> {
+        self.time_kernel(Op::Decompress, jobs, reps, stage_decompress)
+    }
+
+    /// Kernel-only timing: stages `jobs` (which must fit one lane) once, then `reps` times
+    /// copies them in (untimed) and times the kernels alone with events. The median.
+    fn time_kernel<J>(
+        &mut self,
+        op: Op,
+        jobs: &[J],
+        reps: usize,
+        stage: fn(&mut HostStage, &mut KeyMap, Capacity, &[J], usize, usize) -> Chunk,
+    ) -> Result<Duration, CudaError> {
+        self.ctx.bind_to_thread()?;
+        let lane = &mut self.lanes[0];
+        let chunk = stage(
+            &mut lane.host,
+            &mut self.keymap,
+            self.cap,
+            jobs,
+            0,
+            jobs.len(),
+        );
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            copy_in(lane, op, &chunk)?;
+            lane.start.record(&lane.stream)?;
+            run_kernels(&self.f, &self.info, lane, op, &chunk)?;
+            lane.stop.record(&lane.stream)?;
+            lane.stream.synchronize()?;
+            let ms = lane.start.elapsed_ms(&lane.stop)?;
+            times.push(Duration::from_secs_f64(f64::from(ms) / 1e3));
+        }
+        times.sort();
+        Ok(times.get(times.len() / 2).copied().unwrap_or_default())
+    }
+
+    /// Pinned host→device and device→host copy bandwidth over `bytes` (at most one lane's
+    /// capacity), bytes per second, the median of `reps` timed copies each way.
+    pub fn copy_bandwidth(&mut self, bytes: usize, reps: usize) -> Result<(f64, f64), CudaError> {
+        self.ctx.bind_to_thread()?;
+        let lane = &mut self.lanes[0];
+        let n = bytes.min(lane.host.data.len);
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            lane.start.record(&lane.stream)?;
+            // SAFETY: copies within both allocations (n ≤ their length) on this lane's stream;
+            // the stream is synchronised before the buffers are touched again.
+            unsafe {
+                result::memcpy_htod_async(
+                    lane.dev.data.ptr,
+                    &lane.host.data.as_slice()[..n],
+                    lane.stream.cu_stream(),
+                )
+            }?;
+            lane.stop.record(&lane.stream)?;
+            lane.stream.synchronize()?;
+            up.push(f64::from(lane.start.elapsed_ms(&lane.stop)?));
+            lane.start.record(&lane.stream)?;
+            // SAFETY: as above, device to host.
+            unsafe {
+                result::memcpy_dtoh_async(
+                    &mut lane.host.data.as_mut_slice()[..n],
+                    lane.dev.data.ptr,
+                    lane.stream.cu_stream(),
+                )
+            }?;
+            lane.stop.record(&lane.stream)?;
+            lane.stream.synchronize()?;
+            down.push(f64::from(lane.start.elapsed_ms(&lane.stop)?));
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let bps = |ms: f64| n as f64 / (ms / 1e3);
+        Ok((bps(median(&mut up)), bps(median(&mut down))))
+    }
+}
+
+/// The plain [`Engine`] face of the CUDA engine, for tests and benchmarks: a failed batch is
+/// finished on the CPU (never lost or run twice) and counted in [`CudaEngine::failures`].
+/// The data plane goes through the dispatcher instead, which also tracks health.
+impl Engine for CudaEngine {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn seal(&mut self, jobs: &mut [SealJob<'_>]) {
+        if let Err(p) = self.try_seal(jobs, far()) {
+            self.failed(&p);
+            CpuEngine.seal(&mut jobs[p.done..]);
+        }
+    }
+
+    fn open(&mut self, jobs: &mut [OpenJob<'_>]) {
+        if let Err(p) = self.try_open(jobs, far()) {
+            self.failed(&p);
+            CpuEngine.open(&mut jobs[p.done..]);
+        }
+    }
+
+    fn compress(&mut self, jobs: &mut [CompressJob<'_>]) {
+        if let Err(p) = self.try_compress(jobs, far()) {
+            self.failed(&p);
+            CpuEngine.compress(&mut jobs[p.done..]);
+        }
+    }
+
+    fn decompress(&mut self, jobs: &mut [DecompressJob<'_>]) {
+        if let Err(p) = self.try_decompress(jobs, far()) {
+            self.failed(&p);
+            CpuEngine.decompress(&mut jobs[p.done..]);
+        }
+    }
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+impl CudaEngine {
+    fn failed(&mut self, p: &Partial) {
+        self.failures += 1;
+        self.last_error = Some(p.error.to_string());
+        let _ = self.recover();
+    }
+
+    /// Batches that failed on the GPU through the [`Engine`] face, and the last error.
+    pub fn failures(&self) -> (u64, Option<&str>) {
+        (self.failures, self.last_error.as_deref())
+    }
+}
+
+impl Drop for CudaEngine {
+    fn drop(&mut self) {
+        for lane in &self.lanes {
+            let _ = lane.stream.synchronize();
+        }
+    }
+}
+
+/// A failed batch: how many leading jobs are complete, and why the rest are not.
+#[derive(Debug)]
+pub struct Partial {
+    /// `jobs[..done]` are complete; the rest were not touched.
+    pub done: usize,
+    /// What went wrong.
+    pub error: CudaError,
+}
+
+/// Waits for `stream` until `deadline`.
+fn wait(stream: &CudaStream, deadline: Instant) -> Result<(), CudaError> {
+    loop {
+        // SAFETY: queries a live stream of this engine's context (bound by the caller).
+        match unsafe { cudarc::driver::sys::cuStreamQuery(stream.cu_stream()) } {
+            cudarc::driver::sys::CUresult::CUDA_SUCCESS => return Ok(()),
+            cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_READY => {}
+            other => return Err(CudaError::Driver(DriverError(other))),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(CudaError::Timeout(now.saturating_duration_since(deadline)));
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn grid(info: &DeviceInfo, items: usize, per_block: usize, blocks_per_sm: u32) -> u32 {
+    let want = u32_of(items.div_ceil(per_block)).max(1);
+    want.min(info.multiprocessors.max(1) * blocks_per_sm)
+}
+
+fn copy_in(lane: &mut Lane, op: Op, chunk: &Chunk) -> Result<(), DriverError> {
+    let s = lane.stream.cu_stream();
+    let (h, d, n) = (&lane.host, &lane.dev, chunk.n);
+    // SAFETY: every copy stays within its host and device allocation (chunk sizes were
+    // bounded by the lane capacity when staging) and runs on this lane's stream, which is
+    // synchronised before the host buffers are written again.
+    unsafe {
+        result::memcpy_htod_async(d.data.ptr, &h.data.as_slice()[..chunk.bytes], s)?;
+        result::memcpy_htod_async(d.a.ptr, &h.a.as_slice()[..n], s)?;
+        result::memcpy_htod_async(d.b.ptr, &h.b.as_slice()[..n], s)?;
+        result::memcpy_htod_async(d.c.ptr, &h.c.as_slice()[..n], s)?;
+        result::memcpy_htod_async(d.d.ptr, &h.d.as_slice()[..n], s)?;
+        if matches!(op, Op::Seal | Op::Open) {
+            result::memcpy_htod_async(d.nonces.ptr, &h.nonces.as_slice()[..12 * n], s)?;
+            result::memcpy_htod_async(
+                d.keys_raw.ptr,
+                &h.keys_raw.as_slice()[..32 * chunk.keys],
+                s,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn run_kernels(
+    f: &Functions,
+    info: &DeviceInfo,
+    lane: &mut Lane,
+    op: Op,
+    chunk: &Chunk,
+) -> Result<(), DriverError> {
+    let d = &lane.dev;
+    let n = u32_of(chunk.n);
+    let stream = &lane.stream;
+    match op {
+        Op::Seal | Op::Open => {
+            let keys = u32_of(chunk.keys);
+            let cfg = LaunchConfig {
+                grid_dim: (grid(info, chunk.keys, 64, 4), 1, 1),
+                block_dim: (64, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = stream.launch_builder(&f.key_setup);
+            b.arg(&d.keys_raw.ptr).arg(&d.keys.ptr).arg(&keys);
+            // SAFETY: gcm_key_setup(const u8*, GcmKey*, u32): `keys` raw keys were copied in
+            // and the key table holds `cap.packets` ≥ keys records.
+            unsafe { b.launch(cfg) }?;
+            let cfg = LaunchConfig {
+                grid_dim: (grid(info, chunk.n, 8, 8), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let func = if op == Op::Seal { &f.seal } else { &f.open };
+            let mut b = stream.launch_builder(func);
+            b.arg(&d.data.ptr)
+                .arg(&d.a.ptr)
+                .arg(&d.b.ptr)
+                .arg(&d.c.ptr)
+                .arg(&d.d.ptr)
+                .arg(&d.nonces.ptr)
+                .arg(&d.keys.ptr)
+                .arg(&d.ok.ptr)
+                .arg(&n);
+            // SAFETY: matches gcm_seal/gcm_open's parameters; every offset, length and key
+            // index was written by stage_seal/stage_open within the staged bytes and keys.
+            unsafe { b.launch(cfg) }?;
+        }
+        Op::Compress | Op::Decompress => {
+            let cfg = LaunchConfig {
+                grid_dim: (grid(info, chunk.n, 32, 16), 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let func = if op == Op::Compress {
+                &f.compress
+            } else {
+                &f.decompress
+            };
+            let mut b = stream.launch_builder(func);
+            b.arg(&d.data.ptr)
+                .arg(&d.a.ptr)
+                .arg(&d.b.ptr)
+                .arg(&d.dst.ptr)
+                .arg(&d.c.ptr)
+                .arg(&d.d.ptr)
+                .arg(&d.out.ptr)
+                .arg(&n);
+            // SAFETY: matches lz4_compress/lz4_decompress's parameters; source and destination
+            // ranges were laid out by stage_compress/stage_decompress inside the buffers.
+            unsafe { b.launch(cfg) }?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_out(lane: &mut Lane, op: Op, chunk: &Chunk) -> Result<(), DriverError> {
+    let s = lane.stream.cu_stream();
+    let n = chunk.n;
+    let (h, d) = (&mut lane.host, &lane.dev);
+    // SAFETY: as in copy_in; the host reads these only after waiting for the stream.
+    unsafe {
+        match op {
+            Op::Seal | Op::Open => {
+                result::memcpy_dtoh_async(
+                    &mut h.data.as_mut_slice()[..chunk.bytes],
+                    d.data.ptr,
+                    s,
+                )?;
+                result::memcpy_dtoh_async(&mut h.ok.as_mut_slice()[..n], d.ok.ptr, s)?;
+            }
+            Op::Compress | Op::Decompress => {
+                result::memcpy_dtoh_async(
+                    &mut h.dst.as_mut_slice()[..chunk.dst_bytes],
+                    d.dst.ptr,
+                    s,
+                )?;
+                result::memcpy_dtoh_async(&mut h.out.as_mut_slice()[..n], d.out.ptr, s)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn launch(
+    f: &Functions,
+    info: &DeviceInfo,
+    lane: &mut Lane,
+    op: Op,
+    chunk: &Chunk,
+) -> Result<(), DriverError> {
+    copy_in(lane, op, chunk)?;
+    run_kernels(f, info, lane, op, chunk)?;
+    copy_out(lane, op, chunk)
+}
+
+/// Packs SealJobs from `start` into the lane: a = record offset, b = AAD length, c = plaintext
+/// length, d = key slot; record = AAD | plaintext | room for the tag.
+fn stage_seal(
+    h: &mut HostStage,
+    keys: &mut KeyMap,
+    cap: Capacity,
+    jobs: &[SealJob<'_>],
+    start: usize,
+    max: usize,
+) -> Chunk {
+    keys.reset();
+    let mut c = Chunk {
+        start,
+        ..Chunk::default()
+    };
+    for job in &jobs[start..] {
+        let rec = record_len(job.aad.len(), job.len);
+        if c.n == max || c.n == cap.packets || c.bytes + rec > cap.bytes {
+            break;
+        }
+        let i = c.n;
+        let refused = job
+            .len
+            .checked_add(TAG_LEN)
+            .is_none_or(|e| e > job.buf.len());
+        h.refused[i] = refused;
+        let (slot, new) = keys.slot(job.key.id(), u32_of(c.keys));
+        if new {
+            h.keys_raw.as_mut_slice()[32 * c.keys..32 * c.keys + 32].copy_from_slice(job.key.raw());
+            c.keys += 1;
+        }
+        let at = c.bytes;
+        let al = job.aad.len();
+        let len = if refused { 0 } else { job.len };
+        let data = h.data.as_mut_slice();
+        data[at..at + al].copy_from_slice(job.aad);
+        data[at + al..at + al + len].copy_from_slice(&job.buf[..len]);
+        h.a.as_mut_slice()[i] = u32_of(at);
+        h.b.as_mut_slice()[i] = u32_of(al);
+        h.c.as_mut_slice()[i] = u32_of(len);
+        h.d.as_mut_slice()[i] = slot;
+        h.nonces.as_mut_slice()[12 * i..12 * i + 12].copy_from_slice(&job.nonce);
+        c.bytes += rec;
+        c.n += 1;
+    }
+    c
+}
+
+fn unstage_seal(h: &HostStage, c: &Chunk, jobs: &mut [SealJob<'_>]) {
+    for (i, job) in jobs.iter_mut().enumerate() {
+        if h.refused[i] {
+            job.ok = false;
+            continue;
+        }
+        let at = h.a.as_slice()[i] as usize + h.b.as_slice()[i] as usize;
+        let n = job.len + TAG_LEN;
+        job.buf[..n].copy_from_slice(&h.data.as_slice()[at..at + n]);
+        job.ok = h.ok.as_slice()[i] != 0;
+    }
+    let _ = c;
+}
+
+/// Packs OpenJobs: as seal, c = ciphertext + tag length.
+fn stage_open(
+    h: &mut HostStage,
+    keys: &mut KeyMap,
+    cap: Capacity,
+    jobs: &[OpenJob<'_>],
+    start: usize,
+    max: usize,
+) -> Chunk {
+    keys.reset();
+    let mut c = Chunk {
+        start,
+        ..Chunk::default()
+    };
+    for job in &jobs[start..] {
+        let rec = record_len(job.aad.len(), job.len);
+        if c.n == max || c.n == cap.packets || c.bytes + rec > cap.bytes {
+            break;
+        }
+        let i = c.n;
+        let refused = job.len > job.buf.len();
+        h.refused[i] = refused;
+        let (slot, new) = keys.slot(job.key.id(), u32_of(c.keys));
+        if new {
+            h.keys_raw.as_mut_slice()[32 * c.keys..32 * c.keys + 32].copy_from_slice(job.key.raw());
+            c.keys += 1;
+        }
+        let at = c.bytes;
+        let al = job.aad.len();
+        let len = if refused { 0 } else { job.len };
+        let data = h.data.as_mut_slice();
+        data[at..at + al].copy_from_slice(job.aad);
+        data[at + al..at + al + len].copy_from_slice(&job.buf[..len]);
+        h.a.as_mut_slice()[i] = u32_of(at);
+        h.b.as_mut_slice()[i] = u32_of(al);
+        h.c.as_mut_slice()[i] = u32_of(len);
+        h.d.as_mut_slice()[i] = slot;
+        h.nonces.as_mut_slice()[12 * i..12 * i + 12].copy_from_slice(&job.nonce);
+        c.bytes += rec;
+        c.n += 1;
+    }
+    c
+}
+
+fn unstage_open(h: &HostStage, _c: &Chunk, jobs: &mut [OpenJob<'_>]) {
+    for (i, job) in jobs.iter_mut().enumerate() {
+        job.ok = !h.refused[i] && h.ok.as_slice()[i] != 0;
+        if job.ok {
+            let at = h.a.as_slice()[i] as usize + h.b.as_slice()[i] as usize;
+            let n = job.len - TAG_LEN;
+            job.buf[..n].copy_from_slice(&h.data.as_slice()[at..at + n]);
+        }
+    }
+}
+
+/// Packs CompressJobs: a = source offset, b = source length, c = destination offset,
+/// d = destination capacity (one less than the input: only smaller results count).
+fn stage_compress(
+    h: &mut HostStage,
+    _keys: &mut KeyMap,
+    cap: Capacity,
+    jobs: &[CompressJob<'_>],
+    start: usize,
+    max: usize,
+) -> Chunk {
+    let mut c = Chunk {
+        start,
+        ..Chunk::default()
+    };
+    for job in &jobs[start..] {
+        let len = job.src.len();
+        let out_cap = len.saturating_sub(1).min(job.dst.len());
+        let rec = len.next_multiple_of(16);
+        let out_rec = out_cap.next_multiple_of(16);
+        if c.n == max
+            || c.n == cap.packets
+            || c.bytes + rec > cap.bytes
+            || c.dst_bytes + out_rec > cap.bytes
+        {
+            break;
+        }
+        let i = c.n;
+        h.refused[i] = false;
+        h.data.as_mut_slice()[c.bytes..c.bytes + len].copy_from_slice(job.src);
+        h.a.as_mut_slice()[i] = u32_of(c.bytes);
+        h.b.as_mut_slice()[i] = u32_of(len);
+        h.c.as_mut_slice()[i] = u32_of(c.dst_bytes);
+        h.d.as_mut_slice()[i] = u32_of(out_cap);
+        c.bytes += rec;
+        c.dst_bytes += out_rec;
+        c.n += 1;
+    }
+    c
+}
+
+fn unstage_lz4(h: &HostStage, i: usize, dst: &mut [u8]) -> Option<usize> {
+    let n = h.out.as_slice()[i];
+    if n == LZ4_NONE {
+        return None;
+    }
+    let n = n as usize;
+    let at = h.c.as_slice()[i] as usize;
+    dst.get_mut(..n)?
+        .copy_from_slice(h.dst.as_slice().get(at..at + n)?);
+    Some(n)
+}
+
+fn unstage_compress(h: &HostStage, _c: &Chunk, jobs: &mut [CompressJob<'_>]) {
+    for (i, job) in jobs.iter_mut().enumerate() {
+        job.out_len = unstage_lz4(h, i, job.dst);
+    }
+}
+
+/// Packs DecompressJobs: as compress, d = the caller's output space (at most 64 KiB).
+fn stage_decompress(
+    h: &mut HostStage,
+    _keys: &mut KeyMap,
+    cap: Capacity,
+    jobs: &[DecompressJob<'_>],
+    start: usize,
+    max: usize,
+) -> Chunk {
+    let mut c = Chunk {
+        start,
+        ..Chunk::default()
+    };
+    for job in &jobs[start..] {
+        let len = job.src.len();
+        let out_cap = job.dst.len().min(MAX_DECOMPRESSED);
+        let rec = len.next_multiple_of(16);
+        let out_rec = out_cap.next_multiple_of(16);
+        if c.n == max
+            || c.n == cap.packets
+            || c.bytes + rec > cap.bytes
+            || c.dst_bytes + out_rec > cap.bytes
+        {
+            break;
+        }
+        let i = c.n;
+        h.refused[i] = false;
+        h.data.as_mut_slice()[c.bytes..c.bytes + len].copy_from_slice(job.src);
+        h.a.as_mut_slice()[i] = u32_of(c.bytes);
+        h.b.as_mut_slice()[i] = u32_of(len);
+        h.c.as_mut_slice()[i] = u32_of(c.dst_bytes);
+        h.d.as_mut_slice()[i] = u32_of(out_cap);
+        c.bytes += rec;
+        c.dst_bytes += out_rec;
+        c.n += 1;
+    }
+    c
+}
+
+fn unstage_decompress(h: &HostStage, _c: &Chunk, jobs: &mut [DecompressJob<'_>]) {
+    for (i, job) in jobs.iter_mut().enumerate() {
+        job.out_len = unstage_lz4(h, i, job.dst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_map_dedupes_within_a_batch_and_forgets_between() {
+        let mut m = KeyMap::new(8);
+        assert_eq!(m.slot(42, 0), (0, true));
+        assert_eq!(m.slot(7, 1), (1, true));
+        assert_eq!(m.slot(42, 2), (0, false));
+        m.reset();
+        assert_eq!(m.slot(42, 0), (0, true));
+    }
+
+    #[test]
+    fn without_a_driver_the_engine_says_why() {
+        match CudaEngine::new(0, Capacity::for_batch(16, 64)) {
+            Ok(e) => eprintln!("a GPU is present here: {}", e.info().name),
+            Err(e) => {
+                if !driver_present() {
+                    assert!(matches!(e, CudaError::NoDriver), "{e}");
+                }
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn arch_choice() {
+        assert_eq!(arch_for(9, 0), "compute_90");
+        assert_eq!(arch_for(8, 6), "compute_86");
+        assert_eq!(arch_for(7, 5), "compute_75");
+    }
+}

@@ -1,0 +1,482 @@
+//! The correctness suite every engine must pass, CPU and GPU alike: NIST/McGrew–Viega GCM
+//! vectors, output byte-identical to the CPU engine (and to an independent AES-GCM) for many
+//! random packets of mixed sizes, keys and nonces, tampering rejected, LZ4 that round-trips
+//! through `lz4_flex` both ways, and malformed LZ4 refused. Each check panics with what
+//! differed.
+
+use crate::cpu::CpuEngine;
+use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
+
+/// A GCM test vector: key, IV, plaintext, AAD, ciphertext, tag (hex).
+pub struct GcmVector {
+    /// Name in the source.
+    pub name: &'static str,
+    /// 256-bit key.
+    pub key: &'static str,
+    /// 96-bit IV.
+    pub iv: &'static str,
+    /// Plaintext.
+    pub pt: &'static str,
+    /// Additional authenticated data.
+    pub aad: &'static str,
+    /// Ciphertext.
+    pub ct: &'static str,
+    /// Tag.
+    pub tag: &'static str,
+}
+
+/// The 256-bit-key test cases 13–16 of McGrew and Viega, "The Galois/Counter Mode of
+/// Operation", the vectors NIST SP 800-38D's validation refers to.
+pub const GCM_VECTORS: [GcmVector; 4] = [
+    GcmVector {
+        name: "test case 13",
+        key: "0000000000000000000000000000000000000000000000000000000000000000",
+        iv: "000000000000000000000000",
+        pt: "",
+        aad: "",
+        ct: "",
+        tag: "530f8afbc74536b9a963b4f1c4cb738b",
+    },
+    GcmVector {
+        name: "test case 14",
+        key: "0000000000000000000000000000000000000000000000000000000000000000",
+        iv: "000000000000000000000000",
+        pt: "00000000000000000000000000000000",
+        aad: "",
+        ct: "cea7403d4d606b6e074ec5d3baf39d18",
+        tag: "d0d1c8a799996bf0265b98b5d48ab919",
+    },
+    GcmVector {
+        name: "test case 15",
+        key: "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308",
+        iv: "cafebabefacedbaddecaf888",
+        pt: "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255",
+        aad: "",
+        ct: "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad",
+        tag: "b094dac5d93471bdec1a502270e3cc6c",
+    },
+    GcmVector {
+        name: "test case 16",
+        key: "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308",
+        iv: "cafebabefacedbaddecaf888",
+        pt: "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+        aad: "feedfacedeadbeeffeedfacedeadbeefabaddad2",
+        ct: "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+        tag: "76fc6ece0f4e1768cddf8853bb2d551b",
+    },
+];
+
+/// Decodes hex (test data only).
+pub fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or_else(|_| panic!("bad hex {s}")))
+        .collect()
+}
+
+/// A small deterministic generator (SplitMix64) for test data.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next_u64() % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Checks `engine` on the GCM vectors.
+pub fn gcm_vectors(engine: &mut dyn Engine) {
+    for v in &GCM_VECTORS {
+        let key = AeadKey::new(&hex(v.key).try_into().unwrap_or([0; 32]));
+        let (pt, aad) = (hex(v.pt), hex(v.aad));
+        let nonce: [u8; 12] = hex(v.iv).try_into().unwrap_or([0; 12]);
+        let mut buf = pt.clone();
+        buf.resize(pt.len() + TAG_LEN, 0);
+        let mut jobs = [SealJob {
+            key: &key,
+            nonce,
+            aad: &aad,
+            buf: &mut buf,
+            len: pt.len(),
+            ok: false,
+        }];
+        engine.seal(&mut jobs);
+        assert!(jobs[0].ok, "{}: {} refused to seal", v.name, engine.name());
+        let mut want = hex(v.ct);
+        want.extend_from_slice(&hex(v.tag));
+        assert_eq!(
+            hex_of(&buf),
+            hex_of(&want),
+            "{}: {} seal",
+            v.name,
+            engine.name()
+        );
+        let mut jobs = [OpenJob {
+            key: &key,
+            nonce,
+            aad: &aad,
+            buf: &mut buf,
+            len: pt.len() + TAG_LEN,
+            ok: false,
+        }];
+        engine.open(&mut jobs);
+        assert!(jobs[0].ok, "{}: {} open", v.name, engine.name());
+        assert_eq!(&buf[..pt.len()], pt.as_slice(), "{}: plaintext", v.name);
+    }
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The sizes every random AEAD run must include.
+pub const EDGE_SIZES: [usize; 9] = [0, 1, 15, 16, 17, 64, 1408, 9000, 9216];
+
+/// One random packet of a GCM batch.
+struct Packet {
+    key: usize,
+    nonce: [u8; 12],
+    aad: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+/// Seals `count` random packets (sizes 0..=9216 with every [`EDGE_SIZES`] entry, 64 keys,
+/// random nonces and AAD of 0–40 bytes) in batches of `batch` with `engine` and with the CPU
+/// engine, and requires byte-identical output; then opens them with `engine`, requiring the
+/// plaintext back, and requires every tampered packet (ciphertext, tag, AAD or nonce changed)
+/// to be rejected with its plaintext withheld.
+pub fn gcm_random(engine: &mut dyn Engine, count: usize, batch: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let keys: Vec<AeadKey> = (0..64)
+        .map(|_| {
+            let mut k = [0u8; 32];
+            rng.fill(&mut k);
+            AeadKey::new(&k)
+        })
+        .collect();
+    let mut done = 0;
+    while done < count {
+        let n = batch.min(count - done);
+        let packets: Vec<Packet> = (0..n)
+            .map(|i| {
+                let size = if (done + i) < EDGE_SIZES.len() * 3 {
+                    EDGE_SIZES[(done + i) % EDGE_SIZES.len()]
+                } else {
+                    match rng.below(4) {
+                        0 => rng.below(64),
+                        1 => rng.below(1500),
+                        _ => rng.below(9217),
+                    }
+                };
+                let aad_len = match rng.below(3) {
+                    0 => 16,
+                    1 => 0,
+                    _ => rng.below(41),
+                };
+                let mut p = Packet {
+                    key: rng.below(keys.len()),
+                    nonce: [0; 12],
+                    aad: vec![0; aad_len],
+                    plain: vec![0; size],
+                };
+                rng.fill(&mut p.nonce);
+                rng.fill(&mut p.aad);
+                rng.fill(&mut p.plain);
+                p
+            })
+            .collect();
+        let mut got: Vec<Vec<u8>> = packets.iter().map(|p| with_room(&p.plain)).collect();
+        let mut want = got.clone();
+        seal_all(engine, &keys, &packets, &mut got);
+        seal_all(&mut CpuEngine, &keys, &packets, &mut want);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g == w,
+                "{}: packet {} ({} bytes, AAD {}) differs from the CPU engine",
+                engine.name(),
+                done + i,
+                packets[i].plain.len(),
+                packets[i].aad.len()
+            );
+        }
+        // Tamper with every third packet in one of four ways.
+        let mut aads: Vec<Vec<u8>> = packets.iter().map(|p| p.aad.clone()).collect();
+        let mut nonces: Vec<[u8; 12]> = packets.iter().map(|p| p.nonce).collect();
+        let mut tampered = vec![false; n];
+        for i in (0..n).step_by(3) {
+            tampered[i] = true;
+            let len = got[i].len();
+            match (i / 3) % 4 {
+                0 if len > TAG_LEN => {
+                    let at = rng.below(len - TAG_LEN);
+                    got[i][at] ^= 0x40;
+                }
+                1 => {
+                    let at = len - 1 - rng.below(TAG_LEN);
+                    got[i][at] ^= 1;
+                }
+                2 if !aads[i].is_empty() => {
+                    let at = rng.below(aads[i].len());
+                    aads[i][at] ^= 0x80;
+                }
+                _ => nonces[i][11] ^= 1,
+            }
+        }
+        let mut jobs: Vec<OpenJob<'_>> = got
+            .iter_mut()
+            .enumerate()
+            .map(|(i, buf)| OpenJob {
+                key: &keys[packets[i].key],
+                nonce: nonces[i],
+                aad: &aads[i],
+                len: buf.len(),
+                buf,
+                ok: false,
+            })
+            .collect();
+        engine.open(&mut jobs);
+        for (i, job) in jobs.iter().enumerate() {
+            if tampered[i] {
+                assert!(
+                    !job.ok,
+                    "{}: tampered packet {} accepted",
+                    engine.name(),
+                    done + i
+                );
+            } else {
+                assert!(
+                    job.ok,
+                    "{}: packet {} did not open",
+                    engine.name(),
+                    done + i
+                );
+                let p = &packets[i].plain;
+                assert!(
+                    &job.buf[..p.len()] == p.as_slice(),
+                    "plaintext {} differs",
+                    done + i
+                );
+            }
+        }
+        done += n;
+    }
+}
+
+fn with_room(plain: &[u8]) -> Vec<u8> {
+    let mut b = plain.to_vec();
+    b.resize(plain.len() + TAG_LEN, 0);
+    b
+}
+
+fn seal_all(engine: &mut dyn Engine, keys: &[AeadKey], packets: &[Packet], bufs: &mut [Vec<u8>]) {
+    let mut jobs: Vec<SealJob<'_>> = bufs
+        .iter_mut()
+        .zip(packets)
+        .map(|(buf, p)| SealJob {
+            key: &keys[p.key],
+            nonce: p.nonce,
+            aad: &p.aad,
+            buf,
+            len: p.plain.len(),
+            ok: false,
+        })
+        .collect();
+    engine.seal(&mut jobs);
+    assert!(
+        jobs.iter().all(|j| j.ok),
+        "{}: a seal was refused",
+        engine.name()
+    );
+}
+
+/// A compressible packet: text-like runs mixed with random bytes.
+pub fn compressible(rng: &mut Rng, size: usize) -> Vec<u8> {
+    const WORDS: [&[u8]; 6] = [
+        b"checkpoint ",
+        b"shard-0001 ",
+        b"GET /data HTTP/1.1\r\n",
+        b"\x00\x00\x00\x00\x00\x00\x00\x00",
+        b"tensor[",
+        b"] = 0.0;\n",
+    ];
+    let mut v = Vec::with_capacity(size);
+    while v.len() < size {
+        if rng.below(5) == 0 {
+            v.push(u8::try_from(rng.below(256)).unwrap_or(0));
+        } else {
+            v.extend_from_slice(WORDS[rng.below(WORDS.len())]);
+        }
+    }
+    v.truncate(size);
+    v
+}
+
+/// Compresses `count` packets (compressible and random, every [`EDGE_SIZES`] entry) with
+/// `engine` in batches of `batch`: each result must be smaller than its input and decompress
+/// with `lz4_flex` to the original; `None` only for input that `lz4_flex` cannot shrink by
+/// more than a few bytes either. Then `lz4_flex`-compressed packets must decompress with
+/// `engine` to the original, and malformed blocks must be refused.
+pub fn lz4_round_trips(engine: &mut dyn Engine, count: usize, batch: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let mut done = 0;
+    while done < count {
+        let n = batch.min(count - done);
+        let inputs: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                let size = if done + i < EDGE_SIZES.len() {
+                    EDGE_SIZES[done + i]
+                } else {
+                    rng.below(9217)
+                };
+                if rng.below(4) == 0 {
+                    let mut v = vec![0u8; size];
+                    rng.fill(&mut v);
+                    v
+                } else {
+                    compressible(&mut rng, size)
+                }
+            })
+            .collect();
+        let mut outs: Vec<Vec<u8>> = inputs
+            .iter()
+            .map(|s| vec![0u8; crate::compress_bound(s.len())])
+            .collect();
+        let mut jobs: Vec<CompressJob<'_>> = inputs
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(src, dst)| CompressJob {
+                src,
+                dst,
+                out_len: None,
+            })
+            .collect();
+        engine.compress(&mut jobs);
+        let lens: Vec<Option<usize>> = jobs.iter().map(|j| j.out_len).collect();
+        drop(jobs);
+        for (i, len) in lens.iter().enumerate() {
+            let src = &inputs[i];
+            match len {
+                Some(m) => {
+                    assert!(*m < src.len(), "{}: result not smaller", engine.name());
+                    let back = lz4_flex::block::decompress(&outs[i][..*m], src.len())
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "{}: packet {} does not decompress: {e}",
+                                engine.name(),
+                                done + i
+                            )
+                        });
+                    assert!(
+                        back == *src,
+                        "{}: packet {} round trip",
+                        engine.name(),
+                        done + i
+                    );
+                }
+                None => {
+                    let reference = lz4_flex::block::compress(src);
+                    assert!(
+                        reference.len() + 64 >= src.len(),
+                        "{}: packet {} ({} bytes) left uncompressed, lz4_flex makes {}",
+                        engine.name(),
+                        done + i,
+                        src.len(),
+                        reference.len()
+                    );
+                }
+            }
+        }
+        // The reverse: lz4_flex compresses, the engine decompresses.
+        let packed: Vec<Vec<u8>> = inputs
+            .iter()
+            .map(|s| lz4_flex::block::compress(s))
+            .collect();
+        let mut backs: Vec<Vec<u8>> = vec![vec![0u8; 9216]; n];
+        let mut jobs: Vec<DecompressJob<'_>> = packed
+            .iter()
+            .zip(backs.iter_mut())
+            .map(|(src, dst)| DecompressJob {
+                src,
+                dst,
+                out_len: None,
+            })
+            .collect();
+        engine.decompress(&mut jobs);
+        for (i, job) in jobs.iter().enumerate() {
+            let m = job
+                .out_len
+                .unwrap_or_else(|| panic!("{}: packet {} refused", engine.name(), done + i));
+            assert!(
+                &job.dst[..m] == inputs[i].as_slice(),
+                "decompress {}",
+                done + i
+            );
+        }
+        done += n;
+    }
+    // Malformed: offsets before the start, truncated lengths, output that does not fit.
+    let bad: [&[u8]; 5] = [
+        &[0x10, b'a', 0x05, 0x00],
+        &[0xf0],
+        &[0x1f, b'a', 0x01, 0x00, 0xff],
+        &[],
+        &[0x40, b'a', b'b'],
+    ];
+    let mut outs = vec![vec![0u8; 64]; bad.len()];
+    let mut jobs: Vec<DecompressJob<'_>> = bad
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(src, dst)| DecompressJob {
+            src,
+            dst,
+            out_len: Some(1),
+        })
+        .collect();
+    engine.decompress(&mut jobs);
+    for (i, job) in jobs.iter().enumerate() {
+        assert_eq!(
+            job.out_len,
+            None,
+            "{}: malformed block {i} accepted",
+            engine.name()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_engine_passes_the_vectors() {
+        gcm_vectors(&mut CpuEngine);
+    }
+
+    #[test]
+    fn cpu_engine_passes_the_random_gcm_suite() {
+        gcm_random(&mut CpuEngine, 3000, 700, 1);
+    }
+
+    #[test]
+    fn cpu_engine_passes_the_lz4_suite() {
+        lz4_round_trips(&mut CpuEngine, 600, 256, 2);
+    }
+}

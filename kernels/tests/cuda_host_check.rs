@@ -1,0 +1,250 @@
+//! The CUDA kernels' device functions (AES-256-GCM per lane, GHASH lane folding, LZ4 block
+//! compress and decompress), built for the host with the system C++ compiler from the very
+//! `.cu` files the GPU runs (`kernels/cuda/host_check.cpp` emulates the warp's 32 lanes), and
+//! checked against the CPU engine and `lz4_flex` on random packets. This checks the kernels'
+//! arithmetic on machines without a GPU; `tests/gpu.rs` checks the kernels themselves on one.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use dwcp_kernels::cpu::CpuEngine;
+use dwcp_kernels::suite::{EDGE_SIZES, Rng, compressible};
+use dwcp_kernels::{AeadKey, Engine, SealJob, TAG_LEN};
+
+fn harness() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cuda");
+        let out = std::env::temp_dir().join(format!("dwcp-host-check-{}", std::process::id()));
+        let status = Command::new("c++")
+            .args(["-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&out)
+            .arg(src.join("host_check.cpp"))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run c++ (scripts/setup.sh installs it): {e}"));
+        assert!(status.success(), "host_check.cpp does not compile");
+        out
+    })
+}
+
+fn run(mode: &str, input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(harness())
+        .arg(mode)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run host_check");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("host_check output");
+    writer.join().expect("writer").expect("write records");
+    assert!(
+        out.status.success(),
+        "host_check {mode} failed: {:?}",
+        out.status
+    );
+    out.stdout
+}
+
+fn u32le(v: usize) -> [u8; 4] {
+    u32::try_from(v).expect("fits").to_le_bytes()
+}
+
+struct Pkt {
+    key: [u8; 32],
+    nonce: [u8; 12],
+    aad: Vec<u8>,
+    data: Vec<u8>,
+}
+
+fn random_packets(rng: &mut Rng, n: usize) -> Vec<Pkt> {
+    (0..n)
+        .map(|i| {
+            let size = if i < EDGE_SIZES.len() {
+                EDGE_SIZES[i]
+            } else {
+                rng.below(9217)
+            };
+            let mut p = Pkt {
+                key: [0; 32],
+                nonce: [0; 12],
+                aad: vec![0; [0, 16, rng.below(41)][rng.below(3)]],
+                data: vec![0; size],
+            };
+            rng.fill(&mut p.key);
+            rng.fill(&mut p.nonce);
+            rng.fill(&mut p.aad);
+            rng.fill(&mut p.data);
+            p
+        })
+        .collect()
+}
+
+fn gcm_records(pkts: &[Pkt]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for p in pkts {
+        v.extend_from_slice(&p.key);
+        v.extend_from_slice(&p.nonce);
+        v.extend_from_slice(&u32le(p.aad.len()));
+        v.extend_from_slice(&p.aad);
+        v.extend_from_slice(&u32le(p.data.len()));
+        v.extend_from_slice(&p.data);
+    }
+    v
+}
+
+/// Splits results into (ok, bytes) pairs.
+fn gcm_results(mut out: &[u8]) -> Vec<(bool, Vec<u8>)> {
+    let mut r = Vec::new();
+    while !out.is_empty() {
+        let ok = out[0] == 1;
+        let n = u32::from_le_bytes(out[1..5].try_into().expect("len")) as usize;
+        r.push((ok, out[5..5 + n].to_vec()));
+        out = &out[5 + n..];
+    }
+    r
+}
+
+fn cpu_seal(p: &Pkt) -> Vec<u8> {
+    let key = AeadKey::new(&p.key);
+    let mut buf = p.data.clone();
+    buf.resize(p.data.len() + TAG_LEN, 0);
+    let mut job = [SealJob {
+        key: &key,
+        nonce: p.nonce,
+        aad: &p.aad,
+        len: p.data.len(),
+        buf: &mut buf,
+        ok: false,
+    }];
+    CpuEngine.seal(&mut job);
+    assert!(job[0].ok);
+    buf
+}
+
+#[test]
+fn gcm_device_code_is_byte_identical_to_the_cpu_engine() {
+    let mut rng = Rng(41);
+    let pkts = random_packets(&mut rng, 1500);
+    let got = gcm_results(&run("gcm-seal", &gcm_records(&pkts)));
+    assert_eq!(got.len(), pkts.len());
+    for (i, (p, (ok, ct))) in pkts.iter().zip(&got).enumerate() {
+        assert!(ok);
+        assert!(
+            *ct == cpu_seal(p),
+            "packet {i}: {} bytes, AAD {}",
+            p.data.len(),
+            p.aad.len()
+        );
+    }
+}
+
+#[test]
+fn gcm_device_code_opens_cpu_output_and_rejects_tampering() {
+    let mut rng = Rng(42);
+    let mut pkts = random_packets(&mut rng, 600);
+    let plain: Vec<Vec<u8>> = pkts.iter().map(|p| p.data.clone()).collect();
+    for (i, p) in pkts.iter_mut().enumerate() {
+        p.data = cpu_seal(p);
+        if i % 2 == 1 {
+            let at = rng.below(p.data.len());
+            p.data[at] ^= 0x20;
+        }
+    }
+    let got = gcm_results(&run("gcm-open", &gcm_records(&pkts)));
+    for (i, (ok, pt)) in got.iter().enumerate() {
+        if i % 2 == 1 {
+            assert!(!ok, "tampered packet {i} accepted");
+        } else {
+            assert!(ok, "packet {i} rejected");
+            assert!(*pt == plain[i], "packet {i} plaintext");
+        }
+    }
+}
+
+fn lz4_results(mut out: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let mut r = Vec::new();
+    while !out.is_empty() {
+        let n = i32::from_le_bytes(out[..4].try_into().expect("len"));
+        out = &out[4..];
+        if n < 0 {
+            r.push(None);
+        } else {
+            let n = usize::try_from(n).expect("non-negative");
+            r.push(Some(out[..n].to_vec()));
+            out = &out[n..];
+        }
+    }
+    r
+}
+
+#[test]
+fn lz4_device_code_round_trips_with_lz4_flex() {
+    let mut rng = Rng(43);
+    let inputs: Vec<Vec<u8>> = (0..800)
+        .map(|i| {
+            let size = if i < EDGE_SIZES.len() {
+                EDGE_SIZES[i]
+            } else {
+                rng.below(9217)
+            };
+            if i % 5 == 4 {
+                let mut v = vec![0; size];
+                rng.fill(&mut v);
+                v
+            } else {
+                compressible(&mut rng, size)
+            }
+        })
+        .collect();
+    let mut rec = Vec::new();
+    for s in &inputs {
+        rec.extend_from_slice(&u32le(s.len().saturating_sub(1)));
+        rec.extend_from_slice(&u32le(s.len()));
+        rec.extend_from_slice(s);
+    }
+    let got = lz4_results(&run("lz4-compress", &rec));
+    let mut compressed = 0;
+    for (i, (src, out)) in inputs.iter().zip(&got).enumerate() {
+        if let Some(c) = out {
+            assert!(c.len() < src.len());
+            let back = lz4_flex::block::decompress(c, src.len())
+                .unwrap_or_else(|e| panic!("packet {i}: lz4_flex rejects it: {e}"));
+            assert!(back == *src, "packet {i} round trip");
+            compressed += 1;
+        } else {
+            let reference = lz4_flex::block::compress(src).len();
+            assert!(
+                reference + 16 >= src.len(),
+                "packet {i} ({} bytes) not compressed; lz4_flex makes {reference}",
+                src.len()
+            );
+        }
+    }
+    assert!(compressed > 500, "only {compressed} compressed");
+    // The reverse, plus malformed blocks.
+    let mut rec = Vec::new();
+    for s in &inputs {
+        let c = lz4_flex::block::compress(s);
+        rec.extend_from_slice(&u32le(9216));
+        rec.extend_from_slice(&u32le(c.len()));
+        rec.extend_from_slice(&c);
+    }
+    let bad: [&[u8]; 4] = [&[0x10, b'a', 0x05, 0x00], &[0xf0], &[], &[0x40, b'a']];
+    for b in bad {
+        rec.extend_from_slice(&u32le(64));
+        rec.extend_from_slice(&u32le(b.len()));
+        rec.extend_from_slice(b);
+    }
+    let got = lz4_results(&run("lz4-decompress", &rec));
+    for (i, src) in inputs.iter().enumerate() {
+        assert_eq!(got[i].as_deref(), Some(src.as_slice()), "packet {i}");
+    }
+    for (i, g) in got[inputs.len()..].iter().enumerate() {
+        assert_eq!(*g, None, "malformed block {i} accepted");
+    }
+}

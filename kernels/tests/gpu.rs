@@ -1,0 +1,62 @@
+//! The GPU half of the correctness suite: the CUDA engine must pass exactly what the CPU
+//! engine passes (see `dwcp_kernels::suite`). These need an NVIDIA GPU and driver, so they are
+//! ignored in the ordinary test run (which prints them as ignored, with this reason); on a GPU
+//! machine run `scripts/gpu-test.sh`, which runs them with `--ignored`.
+#![allow(clippy::tests_outside_test_module)]
+
+use dwcp_kernels::cuda::{Capacity, CudaEngine};
+use dwcp_kernels::suite;
+
+fn engine() -> CudaEngine {
+    let e = CudaEngine::new(0, Capacity::for_batch(8192, 9216))
+        .unwrap_or_else(|e| panic!("the CUDA engine is not available: {e}"));
+    let info = e.info();
+    eprintln!(
+        "GPU: {} (compute {}.{}, {} SMs, {} MiB), kernels for {}",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.multiprocessors,
+        info.memory_total >> 20,
+        info.arch
+    );
+    e
+}
+
+fn no_failures(e: &CudaEngine) {
+    let (n, last) = e.failures();
+    assert_eq!(n, 0, "batches fell back to the CPU: {last:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_gcm_test_vectors() {
+    let mut e = engine();
+    suite::gcm_vectors(&mut e);
+    no_failures(&e);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_gcm_byte_identical_to_cpu_for_100k_random_packets() {
+    let mut e = engine();
+    suite::gcm_random(&mut e, 100_000, 8192, 0x5eed);
+    no_failures(&e);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_gcm_small_batches_and_single_packets() {
+    let mut e = engine();
+    suite::gcm_random(&mut e, 300, 1, 11);
+    suite::gcm_random(&mut e, 3000, 37, 12);
+    no_failures(&e);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_lz4_round_trips_with_lz4_flex_both_ways() {
+    let mut e = engine();
+    suite::lz4_round_trips(&mut e, 20_000, 4096, 0x1234);
+    no_failures(&e);
+}
