@@ -9,10 +9,12 @@
 
 #![deny(unsafe_code)]
 
+pub mod batcher;
 pub mod bench;
 pub mod cpu;
 #[allow(unsafe_code)]
 pub mod cuda;
+pub mod dispatch;
 pub mod suite;
 
 /// AES-256-GCM tag length.

@@ -1,0 +1,647 @@
+//! Adaptive dispatch: each batch goes to the CPU engine or the accelerator (the GPU), chosen
+//! per operation by the measured cost per byte of both paths at that batch size, with periodic
+//! exploration so both stay measured; `offload.gpu = on|off|auto` overrides. An accelerator
+//! error or a batch past its deadline is finished on the CPU from the first job the
+//! accelerator did not complete — nothing is lost or run twice — the accelerator is marked
+//! unhealthy and probed again after a back-off. Counters say all of it.
+
+use std::time::{Duration, Instant};
+
+use crate::cpu::CpuEngine;
+use crate::cuda::{CudaEngine, Op};
+use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob};
+
+/// Which engine a batch may use (`offload.gpu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The faster path, measured.
+    Auto,
+    /// The accelerator whenever it is healthy.
+    On,
+    /// The CPU only.
+    Off,
+}
+
+/// An accelerator failed part-way: `jobs[..done]` are complete, the rest untouched.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// Completed leading jobs.
+    pub done: usize,
+    /// What happened.
+    pub reason: String,
+    /// The batch missed its deadline (otherwise: an error).
+    pub timeout: bool,
+}
+
+/// An engine that can fail: the GPU. It must complete a prefix of each batch and leave the
+/// rest untouched, and say how far it got.
+pub trait Accelerator: Send {
+    /// Short name (`cuda`).
+    fn name(&self) -> &'static str;
+    /// Seals, or says how far it got.
+    fn try_seal(&mut self, jobs: &mut [SealJob<'_>], deadline: Instant) -> Result<(), Failure>;
+    /// Opens, or says how far it got.
+    fn try_open(&mut self, jobs: &mut [OpenJob<'_>], deadline: Instant) -> Result<(), Failure>;
+    /// Compresses, or says how far it got.
+    fn try_compress(
+        &mut self,
+        jobs: &mut [CompressJob<'_>],
+        deadline: Instant,
+    ) -> Result<(), Failure>;
+    /// Decompresses, or says how far it got.
+    fn try_decompress(
+        &mut self,
+        jobs: &mut [DecompressJob<'_>],
+        deadline: Instant,
+    ) -> Result<(), Failure>;
+    /// Gets ready again after a failure (waits out abandoned work); an error keeps it
+    /// unhealthy.
+    fn recover(&mut self) -> Result<(), String>;
+    /// One line for operators: device, memory, and whatever else the driver tells.
+    fn describe(&self) -> String;
+}
+
+fn failure(p: crate::cuda::Partial) -> Failure {
+    Failure {
+        done: p.done,
+        timeout: matches!(p.error, crate::cuda::CudaError::Timeout(_)),
+        reason: p.error.to_string(),
+    }
+}
+
+impl Accelerator for CudaEngine {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn try_seal(&mut self, jobs: &mut [SealJob<'_>], deadline: Instant) -> Result<(), Failure> {
+        CudaEngine::try_seal(self, jobs, deadline).map_err(failure)
+    }
+    fn try_open(&mut self, jobs: &mut [OpenJob<'_>], deadline: Instant) -> Result<(), Failure> {
+        CudaEngine::try_open(self, jobs, deadline).map_err(failure)
+    }
+    fn try_compress(
+        &mut self,
+        jobs: &mut [CompressJob<'_>],
+        deadline: Instant,
+    ) -> Result<(), Failure> {
+        CudaEngine::try_compress(self, jobs, deadline).map_err(failure)
+    }
+    fn try_decompress(
+        &mut self,
+        jobs: &mut [DecompressJob<'_>],
+        deadline: Instant,
+    ) -> Result<(), Failure> {
+        CudaEngine::try_decompress(self, jobs, deadline).map_err(failure)
+    }
+    fn recover(&mut self) -> Result<(), String> {
+        CudaEngine::recover(self).map_err(|e| e.to_string())
+    }
+    fn describe(&self) -> String {
+        let i = self.info();
+        let mem = match self.memory() {
+            Ok((free, total)) => format!("{} MiB free of {} MiB", free >> 20, total >> 20),
+            Err(e) => format!("memory unknown ({e})"),
+        };
+        format!(
+            "{} (compute {}.{}, {} SMs), {mem}",
+            i.name, i.compute_capability.0, i.compute_capability.1, i.multiprocessors
+        )
+    }
+}
+
+/// Batch-size classes the cost model keeps apart (the GPU's fixed cost per batch makes cost
+/// per byte depend on batch size): < 16 KiB, < 256 KiB, < 4 MiB, larger.
+const CLASSES: usize = 4;
+
+fn class_of(bytes: usize) -> usize {
+    match bytes {
+        0..16_384 => 0,
+        16_384..262_144 => 1,
+        262_144..4_194_304 => 2,
+        _ => 3,
+    }
+}
+
+/// Exponentially weighted cost per byte, nanoseconds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ewma(Option<f64>);
+
+impl Ewma {
+    fn add(&mut self, ns_per_byte: f64) {
+        self.0 = Some(match self.0 {
+            None => ns_per_byte,
+            Some(v) => 0.8 * v + 0.2 * ns_per_byte,
+        });
+    }
+}
+
+/// The two paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The CPU engine.
+    Cpu = 0,
+    /// The accelerator.
+    Gpu = 1,
+}
+
+/// What the dispatcher has done, for metrics and the console.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Batches per operation ([`Op::index`]) and path ([`Path`] as index).
+    pub batches: [[u64; 2]; 4],
+    /// Payload bytes per operation and path.
+    pub bytes: [[u64; 2]; 4],
+    /// Accelerator errors.
+    pub gpu_errors: u64,
+    /// Accelerator batches past their deadline.
+    pub gpu_timeouts: u64,
+    /// Jobs the CPU finished after an accelerator failure.
+    pub fallback_jobs: u64,
+    /// Health probes sent to an unhealthy accelerator.
+    pub probes: u64,
+    /// The accelerator is healthy (false also when there is none).
+    pub gpu_healthy: bool,
+    /// The last accelerator failure.
+    pub last_error: Option<String>,
+    /// Measured cost per byte, ns, per operation and path, at the largest class measured.
+    pub ns_per_byte: [[Option<f64>; 2]; 4],
+}
+
+/// Dispatcher settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// `offload.gpu`.
+    pub mode: Mode,
+    /// An accelerator batch not done after this is abandoned and re-run on the CPU.
+    pub deadline: Duration,
+    /// First wait before probing an unhealthy accelerator; doubles per failed probe.
+    pub retry: Duration,
+    /// Longest wait between probes.
+    pub retry_max: Duration,
+    /// In `auto`, one batch in this many goes to the path that currently looks slower.
+    pub explore_every: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Auto,
+            deadline: Duration::from_millis(100),
+            retry: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            explore_every: 32,
+        }
+    }
+}
+
+/// The adaptive dispatcher; an [`Engine`] like the others.
+pub struct Dispatcher {
+    cpu: CpuEngine,
+    gpu: Option<Box<dyn Accelerator>>,
+    set: Settings,
+    cost: [[[Ewma; CLASSES]; 2]; 4],
+    seen: [u64; 4],
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    stats: Stats,
+}
+
+impl Dispatcher {
+    /// A dispatcher over the CPU engine and, when there is one, an accelerator.
+    pub fn new(gpu: Option<Box<dyn Accelerator>>, set: Settings) -> Self {
+        let healthy = gpu.is_some();
+        Self {
+            cpu: CpuEngine,
+            gpu,
+            set,
+            cost: [[[Ewma::default(); CLASSES]; 2]; 4],
+            seen: [0; 4],
+            retry_at: None,
+            backoff: set.retry,
+            stats: Stats {
+                gpu_healthy: healthy,
+                ..Stats::default()
+            },
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The accelerator's line for operators, if there is one.
+    pub fn describe_gpu(&self) -> Option<String> {
+        self.gpu.as_ref().map(|g| g.describe())
+    }
+
+    /// Where the next batch of `op` over `bytes` goes.
+    fn route(&mut self, op: Op, bytes: usize) -> Path {
+        if self.gpu.is_none() || self.set.mode == Mode::Off {
+            return Path::Cpu;
+        }
+        if let Some(at) = self.retry_at {
+            if Instant::now() < at {
+                return Path::Cpu;
+            }
+            // Probe: recover, then let this batch try the accelerator.
+            self.stats.probes += 1;
+            let recovered = self.gpu.as_mut().map(|g| g.recover());
+            if let Some(Err(e)) = recovered {
+                self.unhealthy(e, false);
+                return Path::Cpu;
+            }
+            self.retry_at = None;
+            return Path::Gpu;
+        }
+        if self.set.mode == Mode::On {
+            return Path::Gpu;
+        }
+        let o = op.index();
+        self.seen[o] += 1;
+        let c = class_of(bytes);
+        match (self.cost[o][0][c].0, self.cost[o][1][c].0) {
+            (_, None) => Path::Gpu,
+            (None, _) => Path::Cpu,
+            (Some(cpu), Some(gpu)) => {
+                let faster = if gpu < cpu { Path::Gpu } else { Path::Cpu };
+                if self.seen[o].is_multiple_of(self.set.explore_every.max(1)) {
+                    if faster == Path::Gpu {
+                        Path::Cpu
+                    } else {
+                        Path::Gpu
+                    }
+                } else {
+                    faster
+                }
+            }
+        }
+    }
+
+    fn unhealthy(&mut self, reason: String, timeout: bool) {
+        if timeout {
+            self.stats.gpu_timeouts += 1;
+        } else {
+            self.stats.gpu_errors += 1;
+        }
+        self.stats.last_error = Some(reason);
+        self.stats.gpu_healthy = false;
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(self.set.retry_max);
+    }
+
+    fn record(&mut self, op: Op, path: Path, bytes: usize, t: Duration) {
+        let (o, p) = (op.index(), path as usize);
+        self.stats.batches[o][p] += 1;
+        self.stats.bytes[o][p] += bytes as u64;
+        if bytes > 0 {
+            let ns = t.as_nanos() as f64 / bytes as f64;
+            let c = class_of(bytes);
+            self.cost[o][p][c].add(ns);
+            self.stats.ns_per_byte[o][p] = self.cost[o][p][c].0;
+        }
+    }
+
+    /// Runs one batch: routes it, runs it, falls back on failure, records the cost.
+    fn run<J>(
+        &mut self,
+        op: Op,
+        jobs: &mut [J],
+        bytes: usize,
+        gpu_call: fn(&mut dyn Accelerator, &mut [J], Instant) -> Result<(), Failure>,
+        cpu_call: fn(&mut CpuEngine, &mut [J]),
+    ) {
+        if jobs.is_empty() {
+            return;
+        }
+        let t0 = Instant::now();
+        if self.route(op, bytes) == Path::Gpu
+            && let Some(gpu) = self.gpu.as_mut()
+        {
+            match gpu_call(gpu.as_mut(), jobs, t0 + self.set.deadline) {
+                Ok(()) => {
+                    self.stats.gpu_healthy = true;
+                    self.backoff = self.set.retry;
+                    self.record(op, Path::Gpu, bytes, t0.elapsed());
+                }
+                Err(f) => {
+                    let done = f.done.min(jobs.len());
+                    self.unhealthy(f.reason, f.timeout);
+                    self.stats.fallback_jobs += (jobs.len() - done) as u64;
+                    cpu_call(&mut self.cpu, &mut jobs[done..]);
+                    let (o, p) = (op.index(), Path::Cpu as usize);
+                    self.stats.batches[o][p] += 1;
+                }
+            }
+            return;
+        }
+        cpu_call(&mut self.cpu, jobs);
+        self.record(op, Path::Cpu, bytes, t0.elapsed());
+    }
+}
+
+impl Engine for Dispatcher {
+    fn name(&self) -> &'static str {
+        match (&self.gpu, self.set.mode) {
+            (None, _) | (_, Mode::Off) => "cpu",
+            (Some(_), Mode::On) => "gpu",
+            (Some(_), Mode::Auto) => "auto",
+        }
+    }
+
+    fn seal(&mut self, jobs: &mut [SealJob<'_>]) {
+        let bytes = jobs.iter().map(|j| j.len).sum();
+        self.run(
+            Op::Seal,
+            jobs,
+            bytes,
+            |g, j, d| g.try_seal(j, d),
+            |c, j| c.seal(j),
+        );
+    }
+
+    fn open(&mut self, jobs: &mut [OpenJob<'_>]) {
+        let bytes = jobs.iter().map(|j| j.len).sum();
+        self.run(
+            Op::Open,
+            jobs,
+            bytes,
+            |g, j, d| g.try_open(j, d),
+            |c, j| c.open(j),
+        );
+    }
+
+    fn compress(&mut self, jobs: &mut [CompressJob<'_>]) {
+        let bytes = jobs.iter().map(|j| j.src.len()).sum();
+        self.run(
+            Op::Compress,
+            jobs,
+            bytes,
+            |g, j, d| g.try_compress(j, d),
+            |c, j| c.compress(j),
+        );
+    }
+
+    fn decompress(&mut self, jobs: &mut [DecompressJob<'_>]) {
+        let bytes = jobs.iter().map(|j| j.src.len()).sum();
+        self.run(
+            Op::Decompress,
+            jobs,
+            bytes,
+            |g, j, d| g.try_decompress(j, d),
+            |c, j| c.decompress(j),
+        );
+    }
+}
+
+/// An accelerator for tests that does the CPU's work, slowly or failing on purpose.
+pub mod testing {
+    use super::*;
+
+    /// How the test accelerator misbehaves.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Fault {
+        /// Works, taking `delay` extra per batch.
+        None,
+        /// Completes this many jobs of each batch, then reports an error.
+        ErrorAfter(usize),
+        /// Completes this many jobs, then runs past the deadline.
+        HangAfter(usize),
+    }
+
+    /// The CPU engine behind the [`Accelerator`] face, with a fault and a per-batch delay.
+    #[derive(Debug)]
+    pub struct TestAccelerator {
+        /// The fault in effect.
+        pub fault: Fault,
+        /// Extra time per batch.
+        pub delay: Duration,
+        /// Batches it was handed.
+        pub calls: u64,
+        /// The fault applies to this many calls, then it works.
+        pub fail_calls: u64,
+        /// `recover` calls.
+        pub recovers: u64,
+    }
+
+    impl TestAccelerator {
+        /// A test accelerator with `fault`, `delay` per batch.
+        pub fn new(fault: Fault, delay: Duration) -> Self {
+            Self {
+                fault,
+                delay,
+                calls: 0,
+                fail_calls: u64::MAX,
+                recovers: 0,
+            }
+        }
+
+        fn go<J>(
+            &mut self,
+            jobs: &mut [J],
+            deadline: Instant,
+            f: fn(&mut CpuEngine, &mut [J]),
+        ) -> Result<(), Failure> {
+            self.calls += 1;
+            std::thread::sleep(self.delay);
+            let fault = if self.calls <= self.fail_calls {
+                self.fault
+            } else {
+                Fault::None
+            };
+            match fault {
+                Fault::None => {
+                    f(&mut CpuEngine, jobs);
+                    Ok(())
+                }
+                Fault::ErrorAfter(k) => {
+                    let k = k.min(jobs.len());
+                    f(&mut CpuEngine, &mut jobs[..k]);
+                    Err(Failure {
+                        done: k,
+                        reason: "injected error".into(),
+                        timeout: false,
+                    })
+                }
+                Fault::HangAfter(k) => {
+                    let k = k.min(jobs.len());
+                    f(&mut CpuEngine, &mut jobs[..k]);
+                    while Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(Failure {
+                        done: k,
+                        reason: "injected hang".into(),
+                        timeout: true,
+                    })
+                }
+            }
+        }
+    }
+
+    impl Accelerator for TestAccelerator {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn try_seal(&mut self, jobs: &mut [SealJob<'_>], d: Instant) -> Result<(), Failure> {
+            self.go(jobs, d, |c, j| c.seal(j))
+        }
+        fn try_open(&mut self, jobs: &mut [OpenJob<'_>], d: Instant) -> Result<(), Failure> {
+            self.go(jobs, d, |c, j| c.open(j))
+        }
+        fn try_compress(
+            &mut self,
+            jobs: &mut [CompressJob<'_>],
+            d: Instant,
+        ) -> Result<(), Failure> {
+            self.go(jobs, d, |c, j| c.compress(j))
+        }
+        fn try_decompress(
+            &mut self,
+            jobs: &mut [DecompressJob<'_>],
+            d: Instant,
+        ) -> Result<(), Failure> {
+            self.go(jobs, d, |c, j| c.decompress(j))
+        }
+        fn recover(&mut self) -> Result<(), String> {
+            self.recovers += 1;
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "test accelerator".into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Fault, TestAccelerator};
+    use super::*;
+    use crate::suite::{self, Rng};
+    use crate::{AeadKey, TAG_LEN};
+
+    fn dispatcher(mode: Mode, acc: TestAccelerator, retry: Duration) -> Dispatcher {
+        Dispatcher::new(
+            Some(Box::new(acc)),
+            Settings {
+                mode,
+                deadline: Duration::from_millis(30),
+                retry,
+                retry_max: retry * 4,
+                explore_every: 32,
+            },
+        )
+    }
+
+    /// `n` packets of 1408 bytes sealed by `engine` and by the CPU engine.
+    fn seal_both(engine: &mut dyn Engine, n: usize, seed: u64) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let key = AeadKey::new(&[9u8; 32]);
+        let mut rng = Rng(seed);
+        let mut bufs: Vec<Vec<u8>> = (0..n)
+            .map(|_| {
+                let mut b = vec![0u8; 1408 + TAG_LEN];
+                rng.fill(&mut b[..1408]);
+                b
+            })
+            .collect();
+        let mut want = bufs.clone();
+        for (which, set) in [(0, &mut bufs), (1, &mut want)] {
+            let mut jobs: Vec<SealJob<'_>> = set
+                .iter_mut()
+                .enumerate()
+                .map(|(i, buf)| SealJob {
+                    key: &key,
+                    nonce: crate::nonce(i as u64),
+                    aad: &[1u8; 16],
+                    buf,
+                    len: 1408,
+                    ok: false,
+                })
+                .collect();
+            if which == 0 {
+                engine.seal(&mut jobs);
+            } else {
+                CpuEngine.seal(&mut jobs);
+            }
+            assert!(jobs.iter().all(|j| j.ok));
+        }
+        (bufs, want)
+    }
+
+    #[test]
+    fn an_error_mid_batch_is_finished_on_the_cpu_exactly_once() {
+        let mut acc = TestAccelerator::new(Fault::ErrorAfter(37), Duration::ZERO);
+        acc.fail_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_millis(20));
+        let (got, want) = seal_both(&mut d, 100, 1);
+        assert!(got == want, "a packet was lost or sealed twice");
+        let s = d.stats().clone();
+        assert_eq!((s.gpu_errors, s.fallback_jobs), (1, 63));
+        assert!(!s.gpu_healthy);
+        assert_eq!(s.last_error.as_deref(), Some("injected error"));
+        // While unhealthy, batches go to the CPU.
+        let (got, want) = seal_both(&mut d, 10, 2);
+        assert!(got == want);
+        assert_eq!(d.stats().batches[0], [2, 0]);
+        // After the back-off, a probe goes to the accelerator, which works again.
+        std::thread::sleep(Duration::from_millis(30));
+        let (got, want) = seal_both(&mut d, 10, 3);
+        assert!(got == want);
+        let s = d.stats();
+        assert_eq!((s.probes, s.batches[0][1]), (1, 1));
+        assert!(s.gpu_healthy);
+    }
+
+    #[test]
+    fn a_batch_past_its_deadline_is_rerun_on_the_cpu() {
+        let acc = TestAccelerator::new(Fault::HangAfter(5), Duration::ZERO);
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        let (got, want) = seal_both(&mut d, 50, 4);
+        assert!(got == want);
+        let s = d.stats();
+        assert_eq!((s.gpu_timeouts, s.gpu_errors, s.fallback_jobs), (1, 0, 45));
+    }
+
+    #[test]
+    fn a_failing_accelerator_still_passes_the_whole_suite() {
+        // Every batch: the accelerator completes 3 jobs then fails; the CPU finishes.
+        let acc = TestAccelerator::new(Fault::ErrorAfter(3), Duration::ZERO);
+        let mut d = dispatcher(Mode::On, acc, Duration::ZERO);
+        suite::gcm_vectors(&mut d);
+        suite::gcm_random(&mut d, 2000, 300, 5);
+        suite::lz4_round_trips(&mut d, 600, 100, 6);
+        let s = d.stats();
+        assert!(s.gpu_errors > 10 && s.fallback_jobs > 1000, "{s:?}");
+    }
+
+    #[test]
+    fn auto_sends_most_batches_to_the_faster_path_and_keeps_measuring() {
+        let acc = TestAccelerator::new(Fault::None, Duration::from_millis(2));
+        let mut d = dispatcher(Mode::Auto, acc, Duration::from_secs(1));
+        for i in 0..100 {
+            seal_both(&mut d, 16, i);
+        }
+        let [cpu, gpu] = d.stats().batches[0];
+        assert_eq!(cpu + gpu, 100);
+        assert!(
+            (2..=6).contains(&gpu),
+            "gpu batches {gpu}: exploration only"
+        );
+        let [c, g] = d.stats().ns_per_byte[0];
+        assert!(g.unwrap() > c.unwrap(), "costs {c:?} {g:?}");
+    }
+
+    #[test]
+    fn off_never_touches_the_accelerator_and_none_means_cpu() {
+        let acc = TestAccelerator::new(Fault::ErrorAfter(0), Duration::ZERO);
+        let mut d = dispatcher(Mode::Off, acc, Duration::ZERO);
+        let (got, want) = seal_both(&mut d, 20, 7);
+        assert!(got == want);
+        assert_eq!(d.stats().batches[0], [1, 0]);
+        assert_eq!(d.stats().gpu_errors, 0);
+        let mut d = Dispatcher::new(None, Settings::default());
+        assert_eq!(d.name(), "cpu");
+        seal_both(&mut d, 5, 8);
+        assert!(!d.stats().gpu_healthy);
+    }
+}
