@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
-use dwcp_kernels::cpu::CpuEngine;
 use dwcp_provisioning::NodeConfig;
 use dwcp_provisioning::schema::{Backend, Compression, Port, PortRole};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -166,6 +165,8 @@ pub struct Running {
     stats: Vec<Arc<WorkerStats>>,
     listener: TcpListener,
     labels: (String, String, String, usize),
+    offload: (&'static str, String),
+    gpu: Option<dwcp_kernels::monitor::GpuMonitor>,
 }
 
 /// Opens every port and binds the metrics address, then starts the workers.
@@ -227,6 +228,15 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         inboxes.push(Mailbox::with_buffers(inbox));
     }
     let mut tx_batches = tx_batches.into_iter();
+    let offload = crate::offload::engines(&cfg.offload, workers);
+    println!(
+        "dwcp-dataplane: offload engine {}: {}",
+        offload.kind, offload.why
+    );
+    let offload_kind = offload.kind;
+    let offload_why = offload.why.clone();
+    let gpu_monitor = offload.monitor;
+    let mut engines = offload.engines.into_iter();
     let all_stats: Vec<Arc<WorkerStats>> = (0..workers)
         .map(|_| Arc::new(WorkerStats::default()))
         .collect();
@@ -256,7 +266,10 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             allowed: allowed.clone(),
         };
         let tunnel = Tunnel::new(id, private, params(cfg), wall, peers(cfg));
-        let gateway = Gateway::new(gcfg, tunnel, Box::new(CpuEngine));
+        let engine = engines
+            .next()
+            .unwrap_or_else(|| Box::new(dwcp_kernels::cpu::CpuEngine));
+        let gateway = Gateway::new(gcfg, tunnel, engine);
         let worker = Worker {
             id,
             tx: tx_batches.next().unwrap_or_else(|| TxBatch::new(TX_FRAMES)),
@@ -308,6 +321,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             wan.name.to_string(),
             workers,
         ),
+        offload: (offload_kind, offload_why),
+        gpu: gpu_monitor,
     })
 }
 
@@ -402,6 +417,34 @@ impl Running {
         self.config = kept;
     }
 
+    /// One line on the offload engine for the console's `status`.
+    pub fn offload_status(&self) -> String {
+        let v = self.totals();
+        let g = |n: &str| stats::get(&v, n);
+        let sum = |path: &str| -> u64 {
+            ["seal", "open", "compress", "decompress"]
+                .iter()
+                .map(|op| g(&format!("offload_{op}_{path}_batches")))
+                .sum()
+        };
+        let gpu = match self.gpu.as_ref().and_then(|m| m.snapshot()) {
+            Some(s) => format!(" | gpu {}", s.line()),
+            None => String::new(),
+        };
+        format!(
+            "offload {} ({}){gpu} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {}",
+            self.offload.0,
+            self.offload.1,
+            g("offload_gpu_healthy"),
+            self.labels.3,
+            sum("cpu"),
+            sum("gpu"),
+            g("offload_gpu_errors"),
+            g("offload_gpu_timeouts"),
+            g("offload_fallback_packets"),
+        )
+    }
+
     fn metrics_text(&self) -> String {
         let (node, lan, wan, workers) = &self.labels;
         let labels = Labels {
@@ -409,9 +452,12 @@ impl Running {
             lan,
             wan,
             workers: *workers,
-            engine: "cpu",
+            engine: self.offload.0,
         };
         let mut text = metrics::render(&self.totals(), &labels);
+        if let Some(snap) = self.gpu.as_ref().and_then(|g| g.snapshot()) {
+            text.push_str(&metrics::render_gpu(&snap, node));
+        }
         let hist = stats::sum_histograms(self.stats.iter().map(|s| &**s));
         text.push_str(&metrics::render_histograms(&hist, node));
         text
@@ -426,7 +472,13 @@ impl Running {
     ) -> Result<(), StartError> {
         let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(StartError::Signals)?;
+        let mut last_status: Option<Instant> = None;
         loop {
+            // Tell init how offload is doing, for the console's `status`.
+            if last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+                last_status = Some(Instant::now());
+                let _ = crate::readiness::notify_status(&self.offload_status());
+            }
             let (sig_ready, conn_ready) = {
                 let mut fds = [
                     PollFd::new(sfd.as_fd(), PollFlags::POLLIN),

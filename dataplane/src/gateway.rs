@@ -218,6 +218,11 @@ fn ip_checksum(header: &[u8]) -> u16 {
 }
 
 impl Gateway {
+    /// The offload engine.
+    pub fn engine(&self) -> &dyn Engine {
+        &*self.engine
+    }
+
     /// A gateway around a worker's tunnel and engine.
     pub fn new(cfg: GatewayConfig, tunnel: Tunnel, engine: Box<dyn Engine>) -> Self {
         Self {

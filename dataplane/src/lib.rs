@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod handshake;
 pub mod io;
 pub mod metrics;
+pub mod offload;
 #[allow(unsafe_code)]
 pub mod pool;
 pub mod readiness;

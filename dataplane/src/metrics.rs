@@ -60,6 +60,52 @@ pub fn render_histograms(h: &[stats::Histogram; stats::STAGES.len()], node: &str
     o
 }
 
+/// Renders the GPU's state (from NVML) as metrics.
+pub fn render_gpu(s: &dwcp_kernels::monitor::GpuSnapshot, node: &str) -> String {
+    let mut o = String::new();
+    let name = s.name.replace(['"', '\\', '\n'], "_");
+    let mut gauge = |metric: &str, help: &str, labels: &str, v: u64| {
+        let _ = writeln!(o, "# HELP {metric} {help}");
+        let _ = writeln!(o, "# TYPE {metric} gauge");
+        let _ = writeln!(o, "{metric}{{node=\"{node}\"{labels}}} {v}");
+    };
+    gauge(
+        "dwcp_gpu_info",
+        "The offload GPU.",
+        &format!(",name=\"{name}\""),
+        1,
+    );
+    gauge(
+        "dwcp_gpu_memory_total_bytes",
+        "GPU memory.",
+        "",
+        s.memory_total,
+    );
+    gauge(
+        "dwcp_gpu_memory_free_bytes",
+        "GPU memory free.",
+        "",
+        s.memory_free,
+    );
+    if let Some(u) = s.utilization_pct {
+        gauge(
+            "dwcp_gpu_utilization_percent",
+            "GPU utilisation.",
+            "",
+            u64::from(u),
+        );
+    }
+    if let Some(t) = s.temperature_c {
+        gauge(
+            "dwcp_gpu_temperature_celsius",
+            "GPU temperature.",
+            "",
+            u64::from(t),
+        );
+    }
+    o
+}
+
 /// Renders the metrics text.
 pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
     let mut o = String::new();
@@ -190,6 +236,58 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         "The offload engine in use.",
         &[(format!("engine=\"{}\"", l.engine), 1)],
     );
+    for (what, help) in [
+        ("batches", "Offload batches"),
+        ("bytes", "Payload bytes offloaded"),
+    ] {
+        let rows: Vec<(String, u64)> = ["seal", "open", "compress", "decompress"]
+            .iter()
+            .flat_map(|op| {
+                ["cpu", "gpu"].map(|path| {
+                    (
+                        format!("op=\"{op}\",engine=\"{path}\""),
+                        g(&format!("offload_{op}_{path}_{what}")),
+                    )
+                })
+            })
+            .collect();
+        family(
+            &format!("dwcp_offload_{what}_total"),
+            "counter",
+            &format!("{help}, by operation and the engine that ran them."),
+            &rows,
+        );
+    }
+    family(
+        "dwcp_offload_gpu_errors_total",
+        "counter",
+        "GPU batches that failed and were finished on the CPU.",
+        &[(String::new(), g("offload_gpu_errors"))],
+    );
+    family(
+        "dwcp_offload_gpu_timeouts_total",
+        "counter",
+        "GPU batches past their deadline, finished on the CPU.",
+        &[(String::new(), g("offload_gpu_timeouts"))],
+    );
+    family(
+        "dwcp_offload_fallback_packets_total",
+        "counter",
+        "Packets the CPU finished after a GPU failure (none lost, none run twice).",
+        &[(String::new(), g("offload_fallback_packets"))],
+    );
+    family(
+        "dwcp_offload_gpu_probes_total",
+        "counter",
+        "Health probes sent to an unhealthy GPU.",
+        &[(String::new(), g("offload_gpu_probes"))],
+    );
+    family(
+        "dwcp_offload_gpu_healthy_workers",
+        "gauge",
+        "Workers whose GPU engine is healthy.",
+        &[(String::new(), g("offload_gpu_healthy"))],
+    );
     let (cin, cout) = (g("compress_in_bytes"), g("compress_out_bytes"));
     let ratio = if cout == 0 {
         1.0
@@ -251,6 +349,9 @@ mod tests {
             .position(|n| *n == "drop_auth_failed")
             .unwrap()] = 3;
         v[0] = 10;
+        let at = |n: &str| stats::NAMES.iter().position(|x| *x == n).unwrap();
+        v[at("offload_seal_gpu_batches")] = 7;
+        v[at("offload_fallback_packets")] = 5;
         let text = render(
             &v,
             &Labels {
@@ -271,6 +372,28 @@ mod tests {
         );
         assert!(text.contains("# TYPE dwcp_handshakes_total counter"));
         assert!(text.contains("dwcp_workers{node=\"n1\"} 2"));
+        assert!(
+            text.contains("dwcp_offload_batches_total{node=\"n1\",op=\"seal\",engine=\"gpu\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains("dwcp_offload_fallback_packets_total{node=\"n1\"} 5"));
+        let gpu = render_gpu(
+            &dwcp_kernels::monitor::GpuSnapshot {
+                name: "NVIDIA \"H100\"".into(),
+                memory_total: 100,
+                memory_free: 60,
+                utilization_pct: Some(12),
+                temperature_c: None,
+            },
+            "n1",
+        );
+        assert!(
+            gpu.contains("dwcp_gpu_info{node=\"n1\",name=\"NVIDIA _H100_\"} 1"),
+            "{gpu}"
+        );
+        assert!(gpu.contains("dwcp_gpu_utilization_percent{node=\"n1\"} 12"));
+        assert!(gpu.contains("dwcp_gpu_memory_free_bytes{node=\"n1\"} 60"));
+        assert!(!gpu.contains("temperature"), "no reading, no sample");
         let mut h = [stats::Histogram::default(); stats::STAGES.len()];
         h[0].record(300, 4);
         let t = render_histograms(&h, "n1");

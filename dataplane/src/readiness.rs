@@ -13,9 +13,20 @@ pub fn notify_ready() -> std::io::Result<bool> {
 }
 
 fn notify(path: Option<&OsStr>) -> std::io::Result<bool> {
+    send(path, b"READY=1\n")
+}
+
+/// Sends one `STATUS=` line (the latest is what init's console `status` shows), if init asked
+/// for notifications. Newlines in `line` are flattened.
+pub fn notify_status(line: &str) -> std::io::Result<bool> {
+    let msg = format!("STATUS={}\n", line.replace('\n', " "));
+    send(std::env::var_os(NOTIFY_ENV).as_deref(), msg.as_bytes())
+}
+
+fn send(path: Option<&OsStr>, msg: &[u8]) -> std::io::Result<bool> {
     let Some(path) = path else { return Ok(false) };
     let sock = UnixDatagram::unbound()?;
-    sock.send_to(b"READY=1\n", path)?;
+    sock.send_to(msg, path)?;
     Ok(true)
 }
 

@@ -41,6 +41,27 @@ pub const NAMES: &[&str] = &[
     "tunnel_rx_packets",
     "tunnel_tx_messages",
     "handshake_rtt_ns_max",
+    "offload_seal_cpu_batches",
+    "offload_seal_gpu_batches",
+    "offload_open_cpu_batches",
+    "offload_open_gpu_batches",
+    "offload_compress_cpu_batches",
+    "offload_compress_gpu_batches",
+    "offload_decompress_cpu_batches",
+    "offload_decompress_gpu_batches",
+    "offload_seal_cpu_bytes",
+    "offload_seal_gpu_bytes",
+    "offload_open_cpu_bytes",
+    "offload_open_gpu_bytes",
+    "offload_compress_cpu_bytes",
+    "offload_compress_gpu_bytes",
+    "offload_decompress_cpu_bytes",
+    "offload_decompress_gpu_bytes",
+    "offload_gpu_errors",
+    "offload_gpu_timeouts",
+    "offload_fallback_packets",
+    "offload_gpu_probes",
+    "offload_gpu_healthy",
 ];
 
 /// Number of counters.
@@ -55,8 +76,16 @@ pub struct LoopCounters {
     pub handoff: u64,
 }
 
-/// Flattens a worker's counters in [`NAMES`] order.
-pub fn flatten(g: &GatewayCounters, t: &Counters, l: &LoopCounters) -> [u64; COUNT] {
+/// Flattens a worker's counters in [`NAMES`] order; `o` is its offload dispatcher's.
+pub fn flatten(
+    g: &GatewayCounters,
+    t: &Counters,
+    l: &LoopCounters,
+    o: Option<&dwcp_kernels::dispatch::Stats>,
+) -> [u64; COUNT] {
+    let d = o.cloned().unwrap_or_default();
+    let b = |op: usize, path: usize| d.batches[op][path];
+    let by = |op: usize, path: usize| d.bytes[op][path];
     [
         g.lan_rx_packets,
         g.lan_rx_bytes,
@@ -90,6 +119,27 @@ pub fn flatten(g: &GatewayCounters, t: &Counters, l: &LoopCounters) -> [u64; COU
         t.rx_packets,
         t.tx_messages,
         t.handshake_rtt_ns_max,
+        b(0, 0),
+        b(0, 1),
+        b(1, 0),
+        b(1, 1),
+        b(2, 0),
+        b(2, 1),
+        b(3, 0),
+        b(3, 1),
+        by(0, 0),
+        by(0, 1),
+        by(1, 0),
+        by(1, 1),
+        by(2, 0),
+        by(2, 1),
+        by(3, 0),
+        by(3, 1),
+        d.gpu_errors,
+        d.gpu_timeouts,
+        d.fallback_jobs,
+        d.probes,
+        u64::from(d.gpu_healthy),
     ]
 }
 

@@ -170,6 +170,7 @@ impl Worker {
                     &gateway.counters,
                     &gateway.tunnel.counters,
                     &loop_counters,
+                    gateway.engine().offload_stats(),
                 ));
             }
             if work == 0 {
@@ -187,6 +188,7 @@ impl Worker {
             &gateway.counters,
             &gateway.tunnel.counters,
             &loop_counters,
+            gateway.engine().offload_stats(),
         ));
     }
 }

@@ -343,6 +343,8 @@ struct Init {
     marked_good: bool,
     /// The config came from the partition: keep a last-known-good copy there after READY.
     save_last_good: bool,
+    /// The data plane's latest `STATUS=` line (offload engine and GPU state).
+    plane_status: Option<String>,
 }
 
 impl Init {
@@ -468,9 +470,12 @@ impl Init {
 
     fn on_notify(&mut self) {
         let Some(sock) = &self.notify else { return };
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; 2048];
         while let Ok(n) = sock.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if let Some(line) = msg.lines().rev().find_map(|l| l.strip_prefix("STATUS=")) {
+                self.plane_status = Some(line.trim().to_owned());
+            }
             if msg.lines().any(|l| l.trim() == "READY=1")
                 && let Plane::Running { child, ready } = &mut self.plane
                 && !*ready
@@ -541,6 +546,9 @@ impl Init {
             self.source,
             uptime().as_secs()
         );
+        if let (Some(line), Plane::Running { .. }) = (&self.plane_status, &self.plane) {
+            say!("status: {line}");
+        }
     }
 
     fn on_command(&mut self, cmd: Command) -> Option<RebootMode> {
@@ -737,6 +745,7 @@ pub fn run() -> ! {
         notify,
         marked_good: false,
         save_last_good: false,
+        plane_status: None,
     };
 
     let partition = mount_config_partition(&fs);

@@ -200,6 +200,7 @@ pub struct Dispatcher {
     gpu: Option<Box<dyn Accelerator>>,
     set: Settings,
     cost: [[[Ewma; CLASSES]; 2]; 4],
+    /// Batches per operation since the slower path was last explored.
     seen: [u64; 4],
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -265,7 +266,17 @@ impl Dispatcher {
             (None, _) => Path::Cpu,
             (Some(cpu), Some(gpu)) => {
                 let faster = if gpu < cpu { Path::Gpu } else { Path::Cpu };
-                if self.seen[o].is_multiple_of(self.set.explore_every.max(1)) {
+                // Explore the slower path less the slower it is (a GPU call for a lone packet
+                // costs a hundred times the CPU's: exploring it often would cost more than it
+                // tells).
+                let ratio = (gpu.max(cpu) / gpu.min(cpu).max(1e-6)).clamp(1.0, 128.0);
+                let mult = [1u64, 2, 4, 8, 16, 32, 64, 128]
+                    .into_iter()
+                    .find(|&k| k as f64 >= ratio)
+                    .unwrap_or(128);
+                let period = self.set.explore_every.max(1) * mult;
+                if self.seen[o] >= period {
+                    self.seen[o] = 0;
                     if faster == Path::Gpu {
                         Path::Cpu
                     } else {
@@ -380,6 +391,10 @@ impl Engine for Dispatcher {
             |g, j, d| g.try_compress(j, d),
             |c, j| c.compress(j),
         );
+    }
+
+    fn offload_stats(&self) -> Option<&Stats> {
+        Some(&self.stats)
     }
 
     fn decompress(&mut self, jobs: &mut [DecompressJob<'_>]) {
@@ -618,13 +633,15 @@ mod tests {
     fn auto_sends_most_batches_to_the_faster_path_and_keeps_measuring() {
         let acc = TestAccelerator::new(Fault::None, Duration::from_millis(2));
         let mut d = dispatcher(Mode::Auto, acc, Duration::from_secs(1));
-        for i in 0..100 {
+        d.set.explore_every = 1;
+        for i in 0..600 {
             seal_both(&mut d, 16, i);
         }
         let [cpu, gpu] = d.stats().batches[0];
-        assert_eq!(cpu + gpu, 100);
+        assert_eq!(cpu + gpu, 600);
+        // Explored about once per (cost ratio) batches, never more often than that.
         assert!(
-            (2..=6).contains(&gpu),
+            (3..=40).contains(&gpu),
             "gpu batches {gpu}: exploration only"
         );
         let [c, g] = d.stats().ns_per_byte[0];

@@ -15,6 +15,7 @@ pub mod cpu;
 #[allow(unsafe_code)]
 pub mod cuda;
 pub mod dispatch;
+pub mod monitor;
 pub mod suite;
 
 /// AES-256-GCM tag length.
@@ -143,4 +144,8 @@ pub trait Engine: Send {
     fn compress(&mut self, jobs: &mut [CompressJob<'_>]);
     /// Decompresses every job.
     fn decompress(&mut self, jobs: &mut [DecompressJob<'_>]);
+    /// The dispatcher's counters, for an engine that is one.
+    fn offload_stats(&self) -> Option<&dispatch::Stats> {
+        None
+    }
 }

@@ -1,0 +1,113 @@
+//! The data plane's offload engines, from `[offload]`: one adaptive dispatcher per worker over
+//! the CPU engine and, when `offload.gpu` allows it and a GPU is usable, that worker's own
+//! CUDA engine (own streams and staging, shared device): no lock between workers. Says at
+//! start-up which engine runs and why, and reports GPU state for metrics and the console.
+
+use std::time::Duration;
+
+use dwcp_kernels::Engine;
+use dwcp_kernels::cuda::{Capacity, CudaEngine};
+use dwcp_kernels::dispatch::{Accelerator, Dispatcher, Mode, Settings};
+use dwcp_kernels::monitor::GpuMonitor;
+use dwcp_provisioning::schema::{GpuMode, Offload};
+
+/// The largest inner packet the engines are sized for.
+const MAX_PACKET: usize = 9216;
+
+/// The engines for every worker and what was chosen.
+pub struct Engines {
+    /// One per worker.
+    pub engines: Vec<Box<dyn Engine>>,
+    /// `cpu`, `auto` or `gpu`: the metrics' engine label.
+    pub kind: &'static str,
+    /// Why, in words, for the start-up line and the console.
+    pub why: String,
+    /// The GPU's monitor, when a GPU engine runs.
+    pub monitor: Option<GpuMonitor>,
+}
+
+fn settings(cfg: &Offload) -> Settings {
+    Settings {
+        mode: match cfg.gpu {
+            GpuMode::Auto => Mode::Auto,
+            GpuMode::On => Mode::On,
+            GpuMode::Off => Mode::Off,
+        },
+        // A batch may take its gathering delay many times over before it is abandoned.
+        deadline: Duration::from_micros(u64::from(cfg.max_delay_us) * 20)
+            .max(Duration::from_millis(50)),
+        ..Settings::default()
+    }
+}
+
+/// Builds the engines for `workers` workers.
+pub fn engines(cfg: &Offload, workers: usize) -> Engines {
+    let set = settings(cfg);
+    let cpu_only = |why: String| Engines {
+        engines: (0..workers)
+            .map(|_| Box::new(Dispatcher::new(None, set)) as Box<dyn Engine>)
+            .collect(),
+        kind: "cpu",
+        why,
+        monitor: None,
+    };
+    if cfg.gpu == GpuMode::Off {
+        return cpu_only("offload.gpu = off".into());
+    }
+    let cap = Capacity::for_batch(usize::try_from(cfg.max_batch).unwrap_or(1024), MAX_PACKET);
+    let mut gpus: Vec<Box<dyn Accelerator>> = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        match CudaEngine::new(cfg.device, cap) {
+            Ok(e) => gpus.push(Box::new(e)),
+            Err(e) => {
+                let mode = if cfg.gpu == GpuMode::On { "on" } else { "auto" };
+                return cpu_only(format!("offload.gpu = {mode}, but no GPU engine: {e}"));
+            }
+        }
+    }
+    let described = gpus.first().map(|g| g.describe()).unwrap_or_default();
+    let (kind, how) = if cfg.gpu == GpuMode::On {
+        ("gpu", "every batch to the GPU while it is healthy")
+    } else {
+        ("auto", "each batch to whichever path is measured faster")
+    };
+    Engines {
+        engines: gpus
+            .into_iter()
+            .map(|g| Box::new(Dispatcher::new(Some(g), set)) as Box<dyn Engine>)
+            .collect(),
+        kind,
+        why: format!("GPU {described}; {how}"),
+        monitor: GpuMonitor::new(cfg.device),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_means_cpu_and_says_so() {
+        let cfg = Offload {
+            gpu: GpuMode::Off,
+            ..Offload::default()
+        };
+        let e = engines(&cfg, 3);
+        assert_eq!((e.engines.len(), e.kind), (3, "cpu"));
+        assert_eq!(e.why, "offload.gpu = off");
+        assert!(e.engines.iter().all(|e| e.offload_stats().is_some()));
+    }
+
+    #[test]
+    fn auto_without_a_gpu_falls_back_to_the_cpu_with_the_reason() {
+        let e = engines(&Offload::default(), 2);
+        if e.kind == "cpu" {
+            assert!(
+                e.why.starts_with("offload.gpu = auto, but no GPU engine: "),
+                "{}",
+                e.why
+            );
+        }
+        assert_eq!(e.engines.len(), 2);
+    }
+}
