@@ -254,6 +254,127 @@ pub fn openssl_gbps(size: usize) -> Option<f64> {
     Some(bytes_per_s * 8.0 / 1e9)
 }
 
+/// The pipeline through the configured offload engine, checked against the CPU engine.
+#[derive(Clone, Debug)]
+pub struct OffloadCheck {
+    /// The engine label (`cpu`, `auto`, `gpu`) and why.
+    pub engine: (&'static str, String),
+    /// Packets sent each way.
+    pub packets: usize,
+    /// Delivered packets that differed from what was sent, or were not delivered.
+    pub mismatches: usize,
+    /// Encapsulation on the offload engine (decapsulated by the CPU engine), Gbit/s.
+    pub encap_gbps: f64,
+    /// Decapsulation on the offload engine (of CPU-engine output), Gbit/s.
+    pub decap_gbps: f64,
+    /// Engine batches per path (CPU, GPU), all operations.
+    pub batches: [u64; 2],
+}
+
+/// Sends `packets` packets of mixed sizes (64…1408 bytes, compressible and random) through a
+/// tunnel pair where one side runs the offload engine `mode` selects and the other the CPU
+/// engine, both ways, and checks every delivered packet.
+pub fn offload_check(mode: dwcp_provisioning::schema::GpuMode, packets: usize) -> OffloadCheck {
+    let cfg = dwcp_provisioning::schema::Offload {
+        gpu: mode,
+        ..Default::default()
+    };
+    let built = crate::offload::engines(&cfg, 1);
+    let (kind, why) = (built.kind, built.why);
+    let mut engine = built
+        .engines
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Box::new(CpuEngine));
+    let mut cpu = CpuEngine;
+    let (mut a, mut b) = pair(true);
+    let inputs: Vec<Vec<u8>> = (0..packets)
+        .map(|i| {
+            let size = [64, 200, 512, 1000, 1408][i % 5];
+            let kind = if i % 3 == 0 {
+                Payload::Compressible
+            } else {
+                Payload::Random
+            };
+            payload(size, kind, i as u64 + 1)
+        })
+        .collect();
+    let bytes: u64 = inputs.iter().map(|p| p.len() as u64).sum();
+    let now = Duration::from_secs(1);
+    let mut wire = vec![0u8; MAX_INNER + 128];
+    let mut out = vec![0u8; MAX_INNER + 128];
+    let mut mismatches = 0;
+    // Offload engine encapsulates, CPU decapsulates.
+    let mut sealed = Vec::with_capacity(packets);
+    let t0 = Instant::now();
+    for p in &inputs {
+        if let Action::Send { len, .. } = a.encapsulate(&mut *engine, 0, p, &mut wire, now) {
+            sealed.push(wire[..len].to_vec());
+        }
+    }
+    let encap = t0.elapsed();
+    for (i, m) in sealed.iter().enumerate() {
+        match b.receive(&mut cpu, m, None, &mut out, now) {
+            Action::Deliver { len, .. } if inputs.get(i).is_some_and(|p| out[..len] == **p) => {}
+            _ => mismatches += 1,
+        }
+    }
+    mismatches += packets - sealed.len();
+    // CPU encapsulates, offload engine decapsulates.
+    sealed.clear();
+    for p in &inputs {
+        if let Action::Send { len, .. } = a.encapsulate(&mut cpu, 0, p, &mut wire, now) {
+            sealed.push(wire[..len].to_vec());
+        }
+    }
+    let t0 = Instant::now();
+    let mut delivered = Vec::with_capacity(packets);
+    for m in &sealed {
+        delivered.push(match b.receive(&mut *engine, m, None, &mut out, now) {
+            Action::Deliver { len, .. } => Some(out[..len].to_vec()),
+            _ => None,
+        });
+    }
+    let decap = t0.elapsed();
+    for (i, d) in delivered.iter().enumerate() {
+        if d.as_deref() != inputs.get(i).map(Vec::as_slice) {
+            mismatches += 1;
+        }
+    }
+    mismatches += packets - delivered.len();
+    let batches = engine.offload_stats().map_or([0, 0], |s| {
+        [
+            s.batches.iter().map(|b| b[0]).sum(),
+            s.batches.iter().map(|b| b[1]).sum(),
+        ]
+    });
+    OffloadCheck {
+        engine: (kind, why),
+        packets,
+        mismatches,
+        encap_gbps: gbps(bytes, encap),
+        decap_gbps: gbps(bytes, decap),
+        batches,
+    }
+}
+
+impl OffloadCheck {
+    /// One paragraph for people.
+    pub fn text(&self) -> String {
+        format!(
+            "offload engine {} ({})\n  {} packets each way, {} mismatches; encap {:.2} Gb/s, decap {:.2} Gb/s on the offload engine; engine batches cpu {} gpu {}\n",
+            self.engine.0,
+            self.engine.1,
+            self.packets,
+            self.mismatches,
+            self.encap_gbps,
+            self.decap_gbps,
+            self.batches[0],
+            self.batches[1]
+        )
+    }
+}
+
 /// Runs the whole table.
 pub fn run(budget: Duration) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -331,5 +452,22 @@ mod tests {
         );
         let j = json(&[r]);
         assert!(j.contains("\"compression\":\"lz4-compressible\""), "{j}");
+    }
+}
+
+#[cfg(test)]
+mod offload_tests {
+    use super::*;
+
+    #[test]
+    fn the_pipeline_through_the_offload_engine_matches_the_cpu_both_ways() {
+        for mode in [
+            dwcp_provisioning::schema::GpuMode::Off,
+            dwcp_provisioning::schema::GpuMode::Auto,
+        ] {
+            let c = offload_check(mode, 500);
+            assert_eq!(c.mismatches, 0, "{}", c.text());
+            assert!(c.batches[0] + c.batches[1] >= 1000, "{}", c.text());
+        }
     }
 }

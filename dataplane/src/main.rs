@@ -135,7 +135,7 @@ fn bench(args: Vec<String>) -> ExitCode {
     }
     if args.first().map(String::as_str) != Some("pipeline") {
         eprintln!(
-            "usage: dwcp-dataplane bench pipeline [--json] [--seconds S]\n       \
+            "usage: dwcp-dataplane bench pipeline [--json] [--seconds S] [--offload on|off|auto]\n       \
              dwcp-dataplane bench offload [--json] [--device N] [--quick]"
         );
         return ExitCode::from(2);
@@ -147,6 +147,32 @@ fn bench(args: Vec<String>) -> ExitCode {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
+    let offload = args
+        .iter()
+        .position(|a| a == "--offload")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    if let Some(mode) = offload {
+        use dwcp_provisioning::schema::GpuMode;
+        let mode = match mode {
+            "on" => GpuMode::On,
+            "off" => GpuMode::Off,
+            "auto" => GpuMode::Auto,
+            other => {
+                eprintln!("dwcp-dataplane: --offload {other}: expected on, off or auto");
+                return ExitCode::from(2);
+            }
+        };
+        let check = dwcp_dataplane::bench::offload_check(mode, 20_000);
+        print!("{}", check.text());
+        if check.mismatches != 0 {
+            return ExitCode::FAILURE;
+        }
+        if mode == GpuMode::On && check.engine.0 != "gpu" {
+            eprintln!("dwcp-dataplane: --offload on asked for the GPU engine, and there is none");
+            return ExitCode::FAILURE;
+        }
+    }
     let rows = dwcp_dataplane::bench::run(std::time::Duration::from_secs_f64(
         seconds.clamp(0.05, 60.0),
     ));

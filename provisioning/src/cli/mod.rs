@@ -157,6 +157,24 @@ enum BenchCommand {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+        /// Also send 20,000 packets each way through the offload engine this mode selects
+        /// (`on`, `off`, `auto`) against the CPU engine, checking every packet.
+        #[arg(long, value_name = "MODE")]
+        offload: Option<String>,
+    },
+    /// The GPU engine: seal, open, compress and decompress at 64, 512, 1408 and 9000 bytes and
+    /// batches of 256 to 65536 — kernel-only and end-to-end GB/s — against the pinned copy
+    /// bandwidth and the CPU engine on every core, all in the same run.
+    Offload {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// CUDA device index.
+        #[arg(long, default_value_t = 0)]
+        device: u32,
+        /// Two sizes and two batch sizes only.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -381,12 +399,36 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             );
             Ok(Exit::Ok)
         }
-        Command::Bench(BenchCommand::Pipeline { json, seconds }) => {
+        Command::Bench(bench) => {
             let bin = image_build::release_dataplane()?;
             let mut cmd = std::process::Command::new(&bin);
-            cmd.args(["bench", "pipeline", "--seconds", &seconds.to_string()]);
-            if json {
-                cmd.arg("--json");
+            match bench {
+                BenchCommand::Pipeline {
+                    json,
+                    seconds,
+                    offload,
+                } => {
+                    cmd.args(["bench", "pipeline", "--seconds", &seconds.to_string()]);
+                    if json {
+                        cmd.arg("--json");
+                    }
+                    if let Some(mode) = offload {
+                        cmd.args(["--offload", &mode]);
+                    }
+                }
+                BenchCommand::Offload {
+                    json,
+                    device,
+                    quick,
+                } => {
+                    cmd.args(["bench", "offload", "--device", &device.to_string()]);
+                    if json {
+                        cmd.arg("--json");
+                    }
+                    if quick {
+                        cmd.arg("--quick");
+                    }
+                }
             }
             let status = cmd
                 .status()

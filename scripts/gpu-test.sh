@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU test command (README): on a machine with an NVIDIA GPU and driver, runs the GPU half
+# of the kernels' correctness suite (GPU AES-256-GCM byte-identical to the CPU engine on
+# 100,000 random packets, NIST vectors, tampering, LZ4 both ways with lz4_flex), the pipeline
+# through the offload engine with offload.gpu = on against the CPU engine, then
+# `bench offload`.
+#
+#   scripts/gpu-test.sh                 build and run here (needs cargo)
+#   scripts/gpu-test.sh --bundle DIR    build here, put the binaries and a run.sh in DIR
+#                                       (for a GPU machine without a Rust toolchain)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ ${1:-} == --bundle ]]; then
+    dir=${2:?usage: scripts/gpu-test.sh --bundle DIR}
+    mkdir -p "$dir"
+    test_bin=$(cargo test --release --locked -p dwcp-kernels --test gpu --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu" and m.get("executable"):
+        print(m["executable"])')
+    cargo build --release --locked -p dwcp-dataplane --bin dwcp-dataplane
+    cp "$test_bin" "$dir/gpu-tests"
+    cp target/release/dwcp-dataplane "$dir/"
+    cat >"$dir/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs the bundled GPU tests and benchmarks. NVRTC: the CUDA toolkit's, found below, or $DWCP_NVRTC.
+set -uo pipefail
+here=$(dirname "$0")
+if [[ -z ${DWCP_NVRTC:-} ]]; then
+    DWCP_NVRTC=$(find /usr/local /usr/lib /opt -name 'libnvrtc.so.1[23]*' 2>/dev/null | grep -v alt | head -1)
+    export DWCP_NVRTC
+fi
+echo "NVRTC: ${DWCP_NVRTC:-on the library path}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+status=0
+"$here/gpu-tests" --ignored --test-threads 1 --nocapture || status=1
+"$here/dwcp-dataplane" bench pipeline --offload on --seconds 0.3 || status=1
+"$here/dwcp-dataplane" bench offload "$@" || status=1
+exit $status
+RUN
+    chmod +x "$dir/run.sh"
+    echo "bundle in $dir: run $dir/run.sh on the GPU machine"
+    exit 0
+fi
+
+scripts/setup.sh
+cargo test --release --locked -p dwcp-kernels --test gpu -- --ignored --test-threads 1 --nocapture
+cargo run --release --locked -q -p dwcp-dataplane -- bench pipeline --offload on --seconds 0.3
+cargo run --release --locked -q -p dwcp-dataplane -- bench offload "$@"
