@@ -51,6 +51,9 @@ pub enum StartError {
         /// Why.
         why: &'static str,
     },
+    /// DPDK could not start or open a port.
+    #[error("DPDK: {0}")]
+    Dpdk(#[from] crate::io::dpdk::DpdkError),
     /// A port's interface could not be opened.
     #[error("port `{port}`: cannot open interface `{interface}`")]
     Open {
@@ -113,11 +116,13 @@ fn open_port(port: &Port, workers: usize) -> Result<Vec<Box<dyn PacketPort>>, St
                 })
                 .collect()
         }
-        Backend::Dpdk => Err(StartError::Backend {
-            port: port.name.to_string(),
-            backend: "dpdk",
-            why: "the DPDK backend arrives with the kernel-bypass issue",
-        }),
+        Backend::Dpdk => {
+            let queues = u16::try_from(workers).unwrap_or(u16::MAX);
+            Ok(crate::io::dpdk::open(port, queues)?
+                .into_iter()
+                .map(|q| Box::new(q) as Box<dyn PacketPort>)
+                .collect())
+        }
         Backend::Memory => Err(StartError::Backend {
             port: port.name.to_string(),
             backend: backend_name(Backend::Memory),
@@ -190,6 +195,10 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     let cores = &cfg.cores.dataplane;
     let workers = cores.len().clamp(1, 255);
     // Everything that can fail is done before any thread starts.
+    if cfg.ports.iter().any(|p| p.backend == Backend::Dpdk) {
+        crate::io::dpdk::check(cfg, &crate::io::dpdk::SysPaths::default())?;
+        crate::io::dpdk::init(&crate::io::dpdk::eal_args(cfg, "dwcp"))?;
+    }
     let lan_ports = open_port(lan, workers)?;
     let wan_ports = open_port(wan, workers)?;
     let listener = TcpListener::bind(cfg.metrics.listen).map_err(|source| StartError::Metrics {

@@ -11,7 +11,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use dwcp_provisioning::schema::Backend;
 use nix::sys::signal::{SigSet, Signal};
 
 fn main() -> ExitCode {
@@ -49,15 +48,6 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    // Until the DPDK backend lands, a node whose ports are all DPDK runs its control side
-    // only, and says so: init still supervises a real process, and the boot path is tested.
-    if cfg.ports.iter().all(|p| p.backend == Backend::Dpdk) {
-        println!(
-            "dwcp-dataplane: node {}: all ports use the dpdk backend, which is not built yet (kernel-bypass issue); NO PACKETS WILL FLOW",
-            cfg.name
-        );
-        return idle(&signals);
-    }
     let running = match dwcp_dataplane::app::start(&cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -106,25 +96,6 @@ fn ready() -> Result<(), ExitCode> {
         Err(e) => {
             eprintln!("dwcp-dataplane: cannot tell init we are ready: {e}");
             Err(ExitCode::from(4))
-        }
-    }
-}
-
-fn idle(signals: &SigSet) -> ExitCode {
-    if let Err(code) = ready() {
-        return code;
-    }
-    loop {
-        match signals.wait() {
-            Ok(Signal::SIGHUP) => continue,
-            Ok(sig) => {
-                println!("dwcp-dataplane: {sig}, stopping");
-                return ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("dwcp-dataplane: waiting for a stop signal failed: {e}");
-                return ExitCode::SUCCESS;
-            }
         }
     }
 }

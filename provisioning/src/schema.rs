@@ -201,6 +201,11 @@ pub struct Port {
     /// The kernel interface name (for `af_packet`). Unique on the node.
     #[serde(default)]
     pub interface: Option<IfName>,
+    /// A DPDK virtual device instead of a PCI NIC (for `dpdk`), in DPDK's own device-argument
+    /// form, e.g. `net_af_packet0,iface=eth1` or `net_tap0,iface=dwcp0`: for tests and
+    /// benchmarks on machines without spare NICs.
+    #[serde(default)]
+    pub vdev: Option<String>,
     /// The port's own address with prefix length, e.g. `10.1.0.1/24`.
     pub address: InterfaceAddress,
     /// Next hop for destinations off the port's network (WAN: towards the peers' endpoints).

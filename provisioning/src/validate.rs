@@ -251,10 +251,25 @@ impl Rules<'_> {
         }
         let mgmt_net = c.management.address.network();
         for (i, p) in c.ports.iter().enumerate() {
+            match (p.backend, &p.vdev) {
+                (Backend::Dpdk, Some(_)) if p.pci.is_some() => self.error(
+                    path!("ports", i, "vdev"),
+                    format!("port `{}` names both a PCI NIC and a virtual device; keep one", p.name),
+                ),
+                (Backend::Dpdk, Some(v)) if !v.starts_with("net_") => self.error(
+                    path!("ports", i, "vdev"),
+                    format!("`{v}` is not a DPDK network virtual device (they start with `net_`, e.g. `net_af_packet0,iface=eth1`)"),
+                ),
+                (Backend::AfPacket | Backend::Memory, Some(_)) => self.error(
+                    path!("ports", i, "vdev"),
+                    format!("port `{}`: `vdev` is for backend `dpdk`; remove it", p.name),
+                ),
+                _ => {}
+            }
             match (p.backend, &p.pci, &p.interface) {
-                (Backend::Dpdk, None, _) => self.error(
+                (Backend::Dpdk, None, _) if p.vdev.is_none() => self.error(
                     path!("ports", i, "backend"),
-                    format!("port `{}` uses backend `dpdk` and needs `pci`, the NIC's PCI address", p.name),
+                    format!("port `{}` uses backend `dpdk` and needs `pci`, the NIC's PCI address (or `vdev`, a DPDK virtual device)", p.name),
                 ),
                 (Backend::Dpdk, Some(_), Some(_)) => self.error(
                     path!("ports", i, "interface"),

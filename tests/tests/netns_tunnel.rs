@@ -86,16 +86,33 @@ fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> String {
     }
 }
 
-#[allow(clippy::too_many_lines)]
+/// The two transfers take both cores of a CI machine: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn two_gateways_carry_ping_and_tcp_through_the_tunnel() {
+    tunnel(false);
+}
+
+/// The same on the `dpdk` backend: both gateways drive their veths through DPDK's
+/// `net_af_packet` poll-mode driver (no hugepages, no NICs needed).
+#[test]
+fn two_dpdk_gateways_on_net_af_packet_carry_ping_and_tcp() {
+    tunnel(true);
+}
+
+#[allow(clippy::too_many_lines)]
+fn tunnel(dpdk: bool) {
     assert!(
         is_root(),
         "the netns tier needs root (network namespaces, veth, AF_PACKET): run scripts/test.sh as root"
     );
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dataplane = dwcp_tests::binaries().1;
     let dir = tempfile::tempdir().unwrap();
-    let mut lab = Lab::new("t");
+    let mut lab = Lab::new(if dpdk { "d" } else { "t" });
     let (ha, ga, gb, hb, mg) = (
         lab.netns("hA"),
         lab.netns("gA"),
@@ -132,6 +149,14 @@ fn two_gateways_carry_ping_and_tcp_through_the_tunnel() {
     let key_a = dwcp_provisioning::types::PrivateKey::generate().unwrap();
     let key_b = dwcp_provisioning::types::PrivateKey::generate().unwrap();
     let psk = "xGuz/w55aVHb8h0O4fuTN0Xru1Klr2WND/zg0JnI3lw=";
+    // af_packet: our own TPACKET_V3 backend; dpdk: DPDK's af_packet PMD on the same veths.
+    let port_backend = |ifname: &str, n: u8| {
+        if dpdk {
+            format!("backend = \"dpdk\"\nvdev = \"net_af_packet{n},iface={ifname}\"")
+        } else {
+            format!("backend = \"af_packet\"\ninterface = \"{ifname}\"")
+        }
+    };
     let config = |name: &str,
                   mgmt_if: &str,
                   mgmt: &str,
@@ -145,13 +170,15 @@ fn two_gateways_carry_ping_and_tcp_through_the_tunnel() {
         format!(
             "name = \"{name}\"\n[management]\ninterface = \"{mgmt_if}\"\naddress = \"{mgmt}/24\"\n\
              [cores]\nhousekeeping = [{}]\ndataplane = [{}]\n[hugepages]\ncount = 0\n\
-             [[ports]]\nname = \"lan0\"\nrole = \"lan\"\nbackend = \"af_packet\"\ninterface = \"{lan_if}\"\naddress = \"{lan}\"\n\
-             [[ports]]\nname = \"wan0\"\nrole = \"wan\"\nbackend = \"af_packet\"\ninterface = \"{wan_if}\"\naddress = \"{wan}\"\n\
+             [[ports]]\nname = \"lan0\"\nrole = \"lan\"\n{}\naddress = \"{lan}\"\n\
+             [[ports]]\nname = \"wan0\"\nrole = \"wan\"\n{}\naddress = \"{wan}\"\n\
              [tunnel]\nlisten_port = 51900\nprivate_key = \"{}\"\n\
              [[tunnel.peers]]\nname = \"peer\"\npublic_key = \"{}\"\npreshared_key = \"{psk}\"\nendpoint = \"{endpoint}\"\n\
              allowed_prefixes = [\"{allowed}\"]\n[metrics]\nlisten = \"{mgmt}:9100\"\n",
             cores.0,
             cores.1,
+            port_backend(lan_if, 0),
+            port_backend(wan_if, 1),
             key.expose_base64(),
             peer.public_key()
         )

@@ -1,9 +1,12 @@
 //! Packet I/O behind one trait, so workers do not care where frames come from: `memory`
-//! (paired in-process rings, for tests and benchmarks) and `af_packet` (TPACKET_V3 mmap'ed
-//! rings on a kernel interface); `dpdk` joins with the kernel-bypass issue.
+//! (paired in-process rings, for tests and benchmarks), `af_packet` (TPACKET_V3 mmap'ed
+//! rings on a kernel interface) and `dpdk` (poll-mode drivers on vfio-bound NICs, or DPDK
+//! virtual devices).
 
 #[allow(unsafe_code)]
 pub mod af_packet;
+#[allow(unsafe_code)]
+pub mod dpdk;
 pub mod memory;
 
 /// A port a worker polls.
