@@ -51,9 +51,9 @@ pub enum StartError {
         /// Why.
         why: &'static str,
     },
-    /// DPDK could not start or open a port.
+    /// DPDK could not start or open a port (the node cannot run this config).
     #[error("DPDK: {0}")]
-    Dpdk(#[from] crate::io::dpdk::DpdkError),
+    Dpdk(crate::io::dpdk::DpdkError),
     /// A port's interface could not be opened.
     #[error("port `{port}`: cannot open interface `{interface}`")]
     Open {
@@ -128,6 +128,12 @@ fn open_port(port: &Port, workers: usize) -> Result<Vec<Box<dyn PacketPort>>, St
             backend: backend_name(Backend::Memory),
             why: "in-process rings exist only inside tests and benchmarks",
         }),
+    }
+}
+
+impl From<crate::io::dpdk::DpdkError> for StartError {
+    fn from(e: crate::io::dpdk::DpdkError) -> Self {
+        Self::Dpdk(e)
     }
 }
 

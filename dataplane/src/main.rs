@@ -6,7 +6,9 @@
 //! (`dwcp bench pipeline` calls it).
 //!
 //! Exit codes: 0 stopped on request, 2 bad arguments, 3 invalid config, 4 readiness failed,
-//! 5 could not start (the error names the port or address).
+//! 5 could not start (the error names the port or address), 6 this node cannot run the
+//! config (no hugepages, a NIC not bound to vfio-pci, a PCI address that does not exist; told
+//! to init as `ERROR=`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +60,12 @@ fn main() -> ExitCode {
                 src = s.source();
             }
             eprintln!("{msg}");
+            if matches!(e, dwcp_dataplane::app::StartError::Dpdk(_)) {
+                // The node cannot run this config: tell init why, and that restarting will
+                // not help.
+                let _ = dwcp_dataplane::readiness::notify_error(&e.to_string());
+                return ExitCode::from(6);
+            }
             return ExitCode::from(5);
         }
     };

@@ -23,6 +23,12 @@ pub fn notify_status(line: &str) -> std::io::Result<bool> {
     send(std::env::var_os(NOTIFY_ENV).as_deref(), msg.as_bytes())
 }
 
+/// Sends one `ERROR=` line (why the data plane cannot start) before exiting with code 6.
+pub fn notify_error(line: &str) -> std::io::Result<bool> {
+    let msg = format!("ERROR={}\n", line.replace('\n', " "));
+    send(std::env::var_os(NOTIFY_ENV).as_deref(), msg.as_bytes())
+}
+
 fn send(path: Option<&OsStr>, msg: &[u8]) -> std::io::Result<bool> {
     let Some(path) = path else { return Ok(false) };
     let sock = UnixDatagram::unbound()?;

@@ -317,6 +317,8 @@ enum SafeReason {
     InvalidConfig(Vec<String>),
     ApplyFailed(Vec<String>),
     Crashes(usize),
+    /// The data plane refused to start on this node (exit code 6) and said why.
+    CannotStart(String),
 }
 
 enum Plane {
@@ -345,6 +347,8 @@ struct Init {
     save_last_good: bool,
     /// The data plane's latest `STATUS=` line (offload engine and GPU state).
     plane_status: Option<String>,
+    /// The data plane's `ERROR=` line, sent before it exits with code 6.
+    plane_error: Option<String>,
 }
 
 impl Init {
@@ -371,6 +375,9 @@ impl Init {
             SafeReason::Crashes(n) => say!(
                 "SAFE MODE: data plane crashed {n} times within {}s; staying down (type `restart` to try again)",
                 Policy::default().window.as_secs()
+            ),
+            SafeReason::CannotStart(why) => say!(
+                "SAFE MODE: the data plane cannot start on this node: {why}; staying down (fix it, then type `restart`)"
             ),
         }
         self.safe = Some(reason);
@@ -433,6 +440,18 @@ impl Init {
             self.start_dataplane();
             return;
         }
+        // Exit code 6: the node cannot run this config (no hugepages, a NIC not bound to
+        // vfio-pci, a PCI address that is not there); restarting will not help. Its reason
+        // came as `ERROR=` on the notify socket just before.
+        if status.as_deref() == Some("exit code 6") {
+            self.on_notify();
+            let why = self
+                .plane_error
+                .take()
+                .unwrap_or_else(|| "no reason given (see the lines above)".to_owned());
+            self.enter_safe_mode(SafeReason::CannotStart(why));
+            return;
+        }
         match self.supervisor.crashed(uptime()) {
             Decision::RestartAfter(d) => {
                 say!(
@@ -475,6 +494,9 @@ impl Init {
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             if let Some(line) = msg.lines().rev().find_map(|l| l.strip_prefix("STATUS=")) {
                 self.plane_status = Some(line.trim().to_owned());
+            }
+            if let Some(line) = msg.lines().rev().find_map(|l| l.strip_prefix("ERROR=")) {
+                self.plane_error = Some(line.trim().to_owned());
             }
             if msg.lines().any(|l| l.trim() == "READY=1")
                 && let Plane::Running { child, ready } = &mut self.plane
@@ -574,7 +596,7 @@ impl Init {
                 _ => say!("config: none (unprovisioned)"),
             },
             Command::Restart => match (&self.safe, &self.plane) {
-                (Some(SafeReason::Crashes(_)), _) => {
+                (Some(SafeReason::Crashes(_) | SafeReason::CannotStart(_)), _) => {
                     say!("restart: leaving safe mode");
                     self.safe = None;
                     self.supervisor.reset();
@@ -656,6 +678,7 @@ fn safe_reason_word(r: &SafeReason) -> &'static str {
         SafeReason::InvalidConfig(_) => "invalid config, type `config`",
         SafeReason::ApplyFailed(_) => "node does not match config",
         SafeReason::Crashes(_) => "data plane crashed repeatedly",
+        SafeReason::CannotStart(_) => "data plane cannot start",
     }
 }
 
@@ -746,6 +769,7 @@ pub fn run() -> ! {
         marked_good: false,
         save_last_good: false,
         plane_status: None,
+        plane_error: None,
     };
 
     let partition = mount_config_partition(&fs);

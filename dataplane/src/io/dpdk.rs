@@ -170,7 +170,7 @@ pub fn eal_args(cfg: &NodeConfig, prefix: &str) -> Vec<String> {
         "--file-prefix".into(),
         prefix.to_owned(),
         "--log-level".into(),
-        "*:warning".into(),
+        "*:error".into(),
     ]);
     a
 }
@@ -182,6 +182,9 @@ static EAL: OnceLock<Result<(), DpdkError>> = OnceLock::new();
 /// lcore; the control thread should not sit on a worker's core).
 pub fn init(args: &[String]) -> Result<(), DpdkError> {
     EAL.get_or_init(|| {
+        // The EAL keeps its runtime files under /var/run/dpdk even in memory-only mode; the
+        // appliance's initramfs has /run only.
+        let _ = std::fs::create_dir_all("/var/run/dpdk");
         let before = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
         let owned: Vec<CString> = args
             .iter()

@@ -21,6 +21,9 @@ pub const IMAGE_MODULES: &[&str] = &[
     "ice",
     "mlx5_core",
     "vfio-pci",
+    // vfio asks for its IOMMU backend with request_module, which an initramfs without
+    // modprobe cannot answer: load it explicitly or DPDK finds "no supported IOMMU extensions".
+    "vfio_iommu_type1",
     "vfat",
     "nls_cp437",
     "nls_iso8859-1",
