@@ -52,6 +52,7 @@ fn demo_carries_traffic_reports_and_leaves_nothing_behind() {
         kvm: false,
         artifacts: dwcp_tests::artifacts().to_path_buf(),
         progress: true,
+        backend: demo::DataPath::Dpdk,
     };
     let report = demo::run_demo(&opts);
     let left = leftovers();
@@ -73,5 +74,10 @@ fn demo_carries_traffic_reports_and_leaves_nothing_behind() {
     assert_eq!(report.step_load.len(), 3);
     assert!(report.step_load.iter().all(|(_, mbps)| *mbps > 0.0));
     assert_eq!(report.engine, "cpu");
+    // Kernel bypass: both appliances drove their e1000e NICs with DPDK through vfio-pci.
+    assert_eq!(
+        report.data_path,
+        "dpdk (e1000 PMD), vfio-pci 0000:00:03.0,0000:00:04.0, 1 GiB hugepages 1"
+    );
     assert!(report.boot_ms.iter().all(|&b| b > 0));
 }

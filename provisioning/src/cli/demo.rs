@@ -41,6 +41,19 @@ pub struct DemoOptions {
     pub artifacts: PathBuf,
     /// Print progress.
     pub progress: bool,
+    /// How the appliances drive their LAN and WAN NICs.
+    pub backend: DataPath,
+}
+
+/// How the demo's appliances drive their data NICs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPath {
+    /// DPDK's e1000 poll-mode driver on the vfio-bound NICs (emulated Intel IOMMU, one 1 GiB
+    /// hugepage): the appliance's real path.
+    Dpdk,
+    /// The kernel's e1000e driver and `af_packet` rings.
+    AfPacket,
 }
 
 /// What a demo run measured.
@@ -68,6 +81,8 @@ pub struct Report {
     pub compression_ratio: [f64; 2],
     /// Offload engine.
     pub engine: String,
+    /// How the NICs were driven, from the READY lines (`dpdk, vfio-pci 0000:00:03.0,…`).
+    pub data_path: String,
 }
 
 /// The checked transfer.
@@ -220,7 +235,19 @@ pub fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn node_config(site: char, own: &PrivateKey, peer: &PrivateKey) -> String {
+fn node_config(site: char, own: &PrivateKey, peer: &PrivateKey, path: DataPath) -> String {
+    let (hugepages, lan_port, wan_port) = match path {
+        DataPath::Dpdk => (
+            1,
+            "backend = \"dpdk\"\npci = \"0000:00:03.0\"",
+            "backend = \"dpdk\"\npci = \"0000:00:04.0\"",
+        ),
+        DataPath::AfPacket => (
+            0,
+            "backend = \"af_packet\"\ninterface = \"eth0\"",
+            "backend = \"af_packet\"\ninterface = \"eth1\"",
+        ),
+    };
     let (lan, wan, peer_wan, peer_lan) = match site {
         'a' => (
             "10.1.0.1/24",
@@ -240,10 +267,10 @@ fn node_config(site: char, own: &PrivateKey, peer: &PrivateKey) -> String {
          name = \"site-{site}-gw\"\n\
          [management]\nmac = \"52:54:00:00:0{site}:02\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n\
          [cores]\nhousekeeping = [0]\ndataplane = [1]\n\
-         [hugepages]\ncount = 0\n\
+         [hugepages]\ncount = {hugepages}\n\
          [boot]\nconsole = [\"ttyS0,115200\"]\n\
-         [[ports]]\nname = \"lan0\"\nrole = \"lan\"\nbackend = \"af_packet\"\ninterface = \"eth0\"\naddress = \"{lan}\"\n\
-         [[ports]]\nname = \"wan0\"\nrole = \"wan\"\nbackend = \"af_packet\"\ninterface = \"eth1\"\naddress = \"{wan}\"\n\
+         [[ports]]\nname = \"lan0\"\nrole = \"lan\"\n{lan_port}\naddress = \"{lan}\"\n\
+         [[ports]]\nname = \"wan0\"\nrole = \"wan\"\n{wan_port}\naddress = \"{wan}\"\n\
          [tunnel]\nlisten_port = 51900\nprivate_key = \"{}\"\n\
          [[tunnel.peers]]\nname = \"site-{}\"\npublic_key = \"{}\"\nendpoint = \"{peer_wan}:51900\"\n\
          allowed_prefixes = [\"{peer_lan}\"]\ncompression = \"lz4\"\n\
@@ -371,8 +398,8 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     let dir = tempfile::Builder::new().prefix("dwcp-demo-").tempdir()?;
     let keys = [PrivateKey::generate()?, PrivateKey::generate()?];
     let configs = [
-        node_config('a', &keys[0], &keys[1]),
-        node_config('b', &keys[1], &keys[0]),
+        node_config('a', &keys[0], &keys[1], opts.backend),
+        node_config('b', &keys[1], &keys[0], opts.backend),
     ];
     let mut cfgs = Vec::new();
     for (i, text) in configs.iter().enumerate() {
@@ -406,7 +433,13 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             kernel: opts.artifacts.join("vmlinuz"),
             initrd: initrd_path,
             append: crate::cmdline::kernel_cmdline(&cfgs[i]),
-            memory_mib: 1024,
+            // q35 with one 1 GiB hugepage: 2 GiB low RAM + the page + a spare gigabyte
+            // (see qemu_boot::vm_spec).
+            memory_mib: if opts.backend == DataPath::Dpdk {
+                4096
+            } else {
+                1024
+            },
             cpus: 2,
             nics: vec![
                 Nic {
@@ -435,7 +468,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
                 },
             ],
             kvm: opts.kvm,
-            iommu: false,
+            iommu: opts.backend == DataPath::Dpdk,
             console_log: Some(dir.path().join(format!("console-{site}.log"))),
             pxe: None,
             disk: None,
@@ -443,9 +476,14 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         say(
             opts,
             &format!(
-                "booting node {} (QEMU {}, 2 vCPUs, 1 GiB)...",
+                "booting node {} (QEMU {}, 2 vCPUs, {} GiB, {})...",
                 site.to_ascii_uppercase(),
-                if opts.kvm { "KVM" } else { "TCG" }
+                if opts.kvm { "KVM" } else { "TCG" },
+                if opts.backend == DataPath::Dpdk { 4 } else { 1 },
+                match opts.backend {
+                    DataPath::Dpdk => "NICs on DPDK through vfio-pci",
+                    DataPath::AfPacket => "NICs on af_packet",
+                }
             ),
         );
         let vm = Vm::start(&spec)?;
@@ -489,14 +527,28 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         vms.push(vm);
     }
     let mut boot_ms = [0u64; 2];
+    let mut data_path = String::new();
     for (i, vm) in vms.iter_mut().enumerate() {
         let line = vm
             .wait_for("DWCP READY", Duration::from_secs(240))
             .with_context(|| format!("node {} did not become ready", ['A', 'B'][i]))?;
-        boot_ms[i] = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("boot_ms=")?.parse().ok())
-            .unwrap_or(0);
+        let fact = |key: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or("?")
+                .to_owned()
+        };
+        boot_ms[i] = fact("boot_ms").parse().unwrap_or(0);
+        if i == 0 {
+            data_path = match opts.backend {
+                DataPath::Dpdk => format!(
+                    "dpdk (e1000 PMD), vfio-pci {}, 1 GiB hugepages {}",
+                    fact("vfio_bound"),
+                    fact("hugepages_1g")
+                ),
+                DataPath::AfPacket => "af_packet (kernel e1000e)".to_owned(),
+            };
+        }
         say(opts, &format!("node {} ready: {line}", ['A', 'B'][i]));
     }
 
@@ -726,6 +778,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             get(&mb, "dwcp_compression_ratio"),
         ],
         engine,
+        data_path,
     };
 
     say(opts, "powering both nodes off...");
@@ -807,6 +860,7 @@ pub fn table(r: &Report) -> String {
         r.compression_ratio[0], r.compression_ratio[1]
     ));
     o.push_str(&format!("  engine                 {}\n", r.engine));
+    o.push_str(&format!("  data path              {}\n", r.data_path));
     o
 }
 
@@ -832,10 +886,12 @@ mod tests {
             PrivateKey::generate().unwrap(),
             PrivateKey::generate().unwrap(),
         );
-        for (site, own, peer) in [('a', &a, &b), ('b', &b, &a)] {
-            let text = node_config(site, own, peer);
-            crate::validate::check(&SourceFile::new("x", text))
-                .unwrap_or_else(|d| panic!("{d:#?}"));
+        for path in [DataPath::Dpdk, DataPath::AfPacket] {
+            for (site, own, peer) in [('a', &a, &b), ('b', &b, &a)] {
+                let text = node_config(site, own, peer, path);
+                crate::validate::check(&SourceFile::new("x", text))
+                    .unwrap_or_else(|d| panic!("{d:#?}"));
+            }
         }
     }
 }

@@ -97,6 +97,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// How the appliances drive their NICs: `dpdk` (vfio-pci, hugepages; the real path)
+        /// or `af-packet` (the kernel's driver).
+        #[arg(long, value_enum, default_value = "dpdk")]
+        backend: demo::DataPath,
     },
     /// Benchmarks that print figures against a ceiling measured in the same run.
     #[command(subcommand)]
@@ -328,8 +332,10 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             artifacts,
             kvm,
             json,
+            backend,
         } => {
             let opts = demo::DemoOptions {
+                backend,
                 mib,
                 step_mib,
                 pings,
