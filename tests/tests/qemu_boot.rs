@@ -140,3 +140,41 @@ fn missing_iommu_is_named() {
         .unwrap();
     assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
 }
+
+/// A node whose config asks for a hugepage the machine cannot give (2 GiB of RAM): init
+/// reserves none (best effort), the data plane refuses to start DPDK with one sentence, exits
+/// 6, and init's safe mode says why at once instead of restarting it three times.
+#[test]
+fn missing_hugepages_stop_the_data_plane_with_one_clear_error() {
+    if !require_qemu("missing_hugepages_stop_the_data_plane_with_one_clear_error") {
+        return;
+    }
+    let _one = qemu_lock();
+    // With policy `required` init itself keeps the data plane down (tested elsewhere); with
+    // `best-effort` it starts it, and DPDK's own check must speak.
+    let config = dwcp_provisioning::example::qemu_example()
+        .unwrap()
+        .replace("policy = \"required\"", "policy = \"best-effort\"");
+    assert!(config.contains("policy = \"best-effort\""));
+    let (mut vm, _dir) = boot("no-hugepages", &config, |spec| spec.memory_mib = 2048).unwrap();
+    let safe = vm
+        .wait_for("SAFE MODE: the data plane cannot start", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        safe.contains("DPDK: no free 1 GiB hugepages (hugepages.count = 1"),
+        "{safe}"
+    );
+    let console = vm.console();
+    assert!(console.contains("dataplane: exited (exit code 6)"), "{console}");
+    assert!(!console.contains("restarting in"), "no restart loop: {console}");
+    assert!(!console.contains("DWCP READY"));
+    vm.send_line("status").unwrap();
+    let status = vm
+        .wait_for("status: node qemu-node", Duration::from_secs(30))
+        .unwrap();
+    assert!(status.contains("SAFE MODE (data plane cannot start)"), "{status}");
+    vm.send_line("poweroff").unwrap();
+    vm.wait_for("shutdown: clean", Duration::from_secs(60))
+        .unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+}
