@@ -178,6 +178,8 @@ pub struct Running {
     labels: (String, String, String, usize),
     offload: (&'static str, String),
     gpu: Option<dwcp_kernels::monitor::GpuMonitor>,
+    /// DPDK ports: (config name, port id, last link state seen).
+    dpdk: Vec<(String, u16, Option<bool>)>,
 }
 
 /// Opens every port and binds the metrics address, then starts the workers.
@@ -207,6 +209,15 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     }
     let lan_ports = open_port(lan, workers)?;
     let wan_ports = open_port(wan, workers)?;
+    // DPDK ports the control thread watches (link state) and exports (xstats).
+    let dpdk_ports: Vec<(String, u16)> = [lan, wan]
+        .iter()
+        .filter(|p| p.backend == Backend::Dpdk)
+        .filter_map(|p| {
+            let name = crate::io::dpdk::device_name(p)?;
+            Some((p.name.to_string(), crate::io::dpdk::port_id(&name)?))
+        })
+        .collect();
     let listener = TcpListener::bind(cfg.metrics.listen).map_err(|source| StartError::Metrics {
         addr: cfg.metrics.listen.to_string(),
         source,
@@ -338,6 +349,10 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         ),
         offload: (offload_kind, offload_why),
         gpu: gpu_monitor,
+        dpdk: dpdk_ports
+            .into_iter()
+            .map(|(n, id)| (n, id, None))
+            .collect(),
     })
 }
 
@@ -475,7 +490,36 @@ impl Running {
         }
         let hist = stats::sum_histograms(self.stats.iter().map(|s| &**s));
         text.push_str(&metrics::render_histograms(&hist, node));
+        if !self.dpdk.is_empty() {
+            let ports: Vec<metrics::DpdkPort> = self
+                .dpdk
+                .iter()
+                .map(|(name, id, _)| metrics::DpdkPort {
+                    name: name.clone(),
+                    link: crate::io::dpdk::link(*id),
+                    xstats: crate::io::dpdk::xstats(*id),
+                })
+                .collect();
+            text.push_str(&metrics::render_dpdk(&ports, node));
+        }
         text
+    }
+
+    /// Logs DPDK link changes (and the first state seen).
+    fn watch_links(&mut self) {
+        for (name, id, last) in &mut self.dpdk {
+            let now = crate::io::dpdk::link(*id).map(|(up, _)| up);
+            if now != *last {
+                match crate::io::dpdk::link(*id) {
+                    Some((true, speed)) => {
+                        println!("dwcp-dataplane: port {name}: link up, {speed} Mbit/s")
+                    }
+                    Some((false, _)) => println!("dwcp-dataplane: port {name}: link DOWN"),
+                    None => println!("dwcp-dataplane: port {name}: link state unknown"),
+                }
+                *last = now;
+            }
+        }
     }
 
     /// Runs the control loop until SIGTERM or SIGINT; `signals` must already be blocked in
@@ -492,6 +536,7 @@ impl Running {
             // Tell init how offload is doing, for the console's `status`.
             if last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
                 last_status = Some(Instant::now());
+                self.watch_links();
                 let _ = crate::readiness::notify_status(&self.offload_status());
             }
             let (sig_ready, conn_ready) = {

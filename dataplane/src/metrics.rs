@@ -60,6 +60,67 @@ pub fn render_histograms(h: &[stats::Histogram; stats::STAGES.len()], node: &str
     o
 }
 
+/// One DPDK port's state for the metrics.
+#[derive(Clone, Debug)]
+pub struct DpdkPort {
+    /// The config's port name.
+    pub name: String,
+    /// Link up and speed (Mbit/s), when DPDK knows.
+    pub link: Option<(bool, u32)>,
+    /// DPDK's extended statistics.
+    pub xstats: Vec<(String, u64)>,
+}
+
+/// Renders DPDK ports' link state and extended statistics.
+pub fn render_dpdk(ports: &[DpdkPort], node: &str) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_port_link_up Link state of a DPDK port (1 up)."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_port_link_up gauge");
+    for p in ports {
+        if let Some((up, _)) = p.link {
+            let _ = writeln!(
+                o,
+                "dwcp_port_link_up{{node=\"{node}\",port=\"{}\"}} {}",
+                p.name,
+                u8::from(up)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_port_link_speed_mbps Link speed of a DPDK port."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_port_link_speed_mbps gauge");
+    for p in ports {
+        if let Some((_, speed)) = p.link {
+            let _ = writeln!(
+                o,
+                "dwcp_port_link_speed_mbps{{node=\"{node}\",port=\"{}\"}} {speed}",
+                p.name
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_dpdk_xstat DPDK extended statistics of a port, by name."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_dpdk_xstat gauge");
+    for p in ports {
+        for (name, v) in &p.xstats {
+            let name = name.replace(['"', '\\', '\n'], "_");
+            let _ = writeln!(
+                o,
+                "dwcp_dpdk_xstat{{node=\"{node}\",port=\"{}\",name=\"{name}\"}} {v}",
+                p.name
+            );
+        }
+    }
+    o
+}
+
 /// Renders the GPU's state (from NVML) as metrics.
 pub fn render_gpu(s: &dwcp_kernels::monitor::GpuSnapshot, node: &str) -> String {
     let mut o = String::new();
@@ -394,6 +455,22 @@ mod tests {
         assert!(gpu.contains("dwcp_gpu_utilization_percent{node=\"n1\"} 12"));
         assert!(gpu.contains("dwcp_gpu_memory_free_bytes{node=\"n1\"} 60"));
         assert!(!gpu.contains("temperature"), "no reading, no sample");
+        let d = render_dpdk(
+            &[DpdkPort {
+                name: "wan0".into(),
+                link: Some((true, 1000)),
+                xstats: vec![("rx_good_packets".into(), 42)],
+            }],
+            "n1",
+        );
+        assert!(
+            d.contains("dwcp_port_link_up{node=\"n1\",port=\"wan0\"} 1"),
+            "{d}"
+        );
+        assert!(d.contains("dwcp_port_link_speed_mbps{node=\"n1\",port=\"wan0\"} 1000"));
+        assert!(
+            d.contains("dwcp_dpdk_xstat{node=\"n1\",port=\"wan0\",name=\"rx_good_packets\"} 42")
+        );
         let mut h = [stats::Histogram::default(); stats::STAGES.len()];
         h[0].record(300, 4);
         let t = render_histograms(&h, "n1");

@@ -342,6 +342,19 @@ fn tunnel(dpdk: bool) {
             "dwcp_port_rx_bytes_total{node=\"gw-b\",port=\"wan0\"}"
         ) > 100_000_000
     );
+    if dpdk {
+        // DPDK's own view of the ports: link state and extended statistics.
+        assert_eq!(
+            metric(&before, "dwcp_port_link_up{node=\"gw-b\",port=\"wan0\"}"),
+            1,
+            "{before}"
+        );
+        let rx = metric(
+            &before,
+            "dwcp_dpdk_xstat{node=\"gw-b\",port=\"wan0\",name=\"rx_good_packets\"}",
+        );
+        assert!(rx > 50_000, "DPDK rx_good_packets on gw-b's WAN: {rx}");
+    }
     let on_data_port = lab
         .command(&ha, "curl")
         .args(["-s", "-m", "2", "http://10.1.0.1:9100/metrics"])

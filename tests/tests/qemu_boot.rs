@@ -165,14 +165,23 @@ fn missing_hugepages_stop_the_data_plane_with_one_clear_error() {
         "{safe}"
     );
     let console = vm.console();
-    assert!(console.contains("dataplane: exited (exit code 6)"), "{console}");
-    assert!(!console.contains("restarting in"), "no restart loop: {console}");
+    assert!(
+        console.contains("dataplane: exited (exit code 6)"),
+        "{console}"
+    );
+    assert!(
+        !console.contains("restarting in"),
+        "no restart loop: {console}"
+    );
     assert!(!console.contains("DWCP READY"));
     vm.send_line("status").unwrap();
     let status = vm
         .wait_for("status: node qemu-node", Duration::from_secs(30))
         .unwrap();
-    assert!(status.contains("SAFE MODE (data plane cannot start)"), "{status}");
+    assert!(
+        status.contains("SAFE MODE (data plane cannot start)"),
+        "{status}"
+    );
     vm.send_line("poweroff").unwrap();
     vm.wait_for("shutdown: clean", Duration::from_secs(60))
         .unwrap();

@@ -454,6 +454,15 @@ impl Drop for DpdkQueue {
     }
 }
 
+/// The port id of a probed DPDK device.
+pub fn port_id(name: &str) -> Option<u16> {
+    let c = CString::new(name).ok()?;
+    let mut port = 0u16;
+    // SAFETY: c is NUL-terminated; port is a valid out-pointer; the EAL is initialised
+    // (callers have opened the port).
+    (unsafe { sys::dwcp_port_by_name(c.as_ptr(), &raw mut port) } == 0).then_some(port)
+}
+
 /// A port's link: up, and speed in Mbit/s.
 pub fn link(port: u16) -> Option<(bool, u32)> {
     let (mut up, mut speed) = (0, 0u32);
