@@ -6,7 +6,7 @@ set -euo pipefail
 
 # Debian packages the build and the tests need. Later tiers (QEMU, DPDK, kernel package)
 # add theirs here, so a fresh machine gets everything from this one script.
-PACKAGES=(build-essential pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3 python3-pip libdpdk-dev dpdk)
+PACKAGES=(build-essential pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3 python3-pip libdpdk-dev dpdk dpdk-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

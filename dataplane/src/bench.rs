@@ -471,3 +471,156 @@ mod offload_tests {
         }
     }
 }
+
+/// One packet size through the `dpdk` backend on DPDK's `net_ring` device, beside
+/// `dpdk-testpmd` forwarding on the same kind of device in the same run.
+#[derive(Clone, Debug)]
+pub struct DpdkRow {
+    /// Inner packet size (frame size for the I/O rows).
+    pub size: usize,
+    /// Encap → DPDK port → decap on one core, Gbit/s of inner bytes.
+    pub pipeline_gbps: f64,
+    /// The same, million packets per second.
+    pub pipeline_mpps: f64,
+    /// Frames sent and received through the backend alone (copy into mbufs, TX, RX), Mpps.
+    pub io_mpps: f64,
+    /// `dpdk-testpmd --forward-mode=io` on a `net_ring` device with frames of this size, Mpps.
+    pub testpmd_mpps: Option<f64>,
+}
+
+/// Measures the `dpdk` backend at 64, 512 and 1408 bytes for about `budget` each. Starts the
+/// EAL (no hugepages, `net_ring0`) in this process.
+pub fn dpdk_rows(budget: Duration) -> Result<Vec<DpdkRow>, String> {
+    use crate::io::dpdk;
+    let args: Vec<String> = [
+        "dwcp-bench",
+        "-l",
+        "0",
+        "--no-huge",
+        "-m",
+        "512",
+        "--no-pci",
+        "--no-shconf",
+        "--vdev",
+        "net_ring0",
+        "--file-prefix",
+        "dwcp-bench",
+        "--log-level",
+        "*:error",
+    ]
+    .map(String::from)
+    .to_vec();
+    dpdk::init(&args).map_err(|e| e.to_string())?;
+    let mut q = dpdk::open_device("ring0", "net_ring0", 1, 1500).map_err(|e| e.to_string())?;
+    let port = &mut q[0];
+    let mut rows = Vec::new();
+    for size in [64usize, 512, 1408] {
+        let (mut a, mut b) = pair(false);
+        let mut e = CpuEngine;
+        let inner = payload(size, Payload::Plain, 7);
+        let mut wire = vec![0u8; MAX_INNER + 128];
+        let mut out = vec![0u8; MAX_INNER + 128];
+        let now = Duration::from_secs(1);
+        // Encap → net_ring → decap.
+        let (mut n, t0) = (0u64, Instant::now());
+        while t0.elapsed() < budget / 2 {
+            for _ in 0..32 {
+                if let Action::Send { len, .. } = a.encapsulate(&mut e, 0, &inner, &mut wire, now) {
+                    let _ = port.tx(&wire[..len]);
+                }
+            }
+            port.flush();
+            port.rx_burst(64, &mut |m| {
+                if matches!(
+                    b.receive(&mut e, m, None, &mut out, now),
+                    Action::Deliver { .. }
+                ) {
+                    n += 1;
+                }
+            });
+        }
+        let el = t0.elapsed();
+        // The backend's I/O alone.
+        let frame = vec![0x5au8; size.max(60)];
+        let (mut io, t0) = (0u64, Instant::now());
+        while t0.elapsed() < budget / 2 {
+            for _ in 0..32 {
+                let _ = port.tx(&frame);
+            }
+            port.flush();
+            port.rx_burst(64, &mut |_| io += 1);
+        }
+        let io_el = t0.elapsed();
+        rows.push(DpdkRow {
+            size,
+            pipeline_gbps: gbps(n * size as u64, el),
+            pipeline_mpps: n as f64 / el.as_secs_f64() / 1e6,
+            io_mpps: io as f64 / io_el.as_secs_f64() / 1e6,
+            // One retry: a cold first start of testpmd can miss its first full period.
+            testpmd_mpps: testpmd_mpps(size.max(60), budget)
+                .or_else(|| testpmd_mpps(size.max(60), budget)),
+        });
+    }
+    Ok(rows)
+}
+
+/// `dpdk-testpmd` forwarding (io mode, one forwarding core) on its own `net_ring` device with
+/// frames of `size` bytes for about `budget`: the last Rx-pps it reports, in Mpps.
+pub fn testpmd_mpps(size: usize, budget: Duration) -> Option<f64> {
+    let bin = crate::io::dpdk::testpmd()?;
+    // testpmd needs about two seconds to start and report its first full period.
+    let secs = budget.as_secs().clamp(2, 10) + 4;
+    let out = Command::new("timeout")
+        .args(["-s", "INT", &secs.to_string()])
+        .arg(bin)
+        .args([
+            "-l",
+            "0,1",
+            "--no-huge",
+            "-m",
+            "1024",
+            "--no-pci",
+            "--no-shconf",
+            "--vdev=net_ring0",
+            "--file-prefix",
+            "dwcp-testpmd",
+            "--log-level=*:error",
+            "--",
+            "--forward-mode=io",
+            "--tx-first",
+            "--stats-period=1",
+            "--nb-cores=1",
+            "--total-num-mbufs=16384",
+            &format!("--txpkts={size}"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pps: f64 = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Rx-pps:"))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .rfind(|&v: &f64| v > 0.0)?;
+    Some(pps / 1e6)
+}
+
+/// The DPDK rows as text.
+pub fn dpdk_table(rows: &[DpdkRow]) -> String {
+    let mut o = String::from(
+        "dpdk backend on net_ring (one core)\nsize  pipeline Gb/s  pipeline Mpps  backend I/O Mpps  testpmd io Mpps  I/O/testpmd\n",
+    );
+    for r in rows {
+        let t = r
+            .testpmd_mpps
+            .map_or_else(|| "n/a".to_owned(), |m| format!("{m:.2}"));
+        let ratio = r.testpmd_mpps.map_or_else(
+            || "n/a".to_owned(),
+            |m| format!("{:.1}%", 100.0 * r.io_mpps / m),
+        );
+        o.push_str(&format!(
+            "{:<5} {:>13.2}  {:>13.2}  {:>16.2}  {:>15}  {:>11}\n",
+            r.size, r.pipeline_gbps, r.pipeline_mpps, r.io_mpps, t, ratio
+        ));
+    }
+    o
+}

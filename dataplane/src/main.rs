@@ -114,7 +114,7 @@ fn bench(args: Vec<String>) -> ExitCode {
     }
     if args.first().map(String::as_str) != Some("pipeline") {
         eprintln!(
-            "usage: dwcp-dataplane bench pipeline [--json] [--seconds S] [--offload on|off|auto]\n       \
+            "usage: dwcp-dataplane bench pipeline [--json] [--seconds S] [--offload on|off|auto] [--backend memory|dpdk]\n       \
              dwcp-dataplane bench offload [--json] [--device N] [--quick]"
         );
         return ExitCode::from(2);
@@ -150,6 +150,25 @@ fn bench(args: Vec<String>) -> ExitCode {
         if mode == GpuMode::On && check.engine.0 != "gpu" {
             eprintln!("dwcp-dataplane: --offload on asked for the GPU engine, and there is none");
             return ExitCode::FAILURE;
+        }
+    }
+    let backend = args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    if let Some(b) = backend.filter(|b| *b != "memory") {
+        if b != "dpdk" {
+            eprintln!("dwcp-dataplane: --backend {b}: expected memory or dpdk");
+            return ExitCode::from(2);
+        }
+        let budget = std::time::Duration::from_secs_f64(seconds.clamp(0.05, 60.0));
+        match dwcp_dataplane::bench::dpdk_rows(budget) {
+            Ok(rows) => print!("{}", dwcp_dataplane::bench::dpdk_table(&rows)),
+            Err(e) => {
+                eprintln!("dwcp-dataplane: bench on DPDK: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     let rows = dwcp_dataplane::bench::run(std::time::Duration::from_secs_f64(

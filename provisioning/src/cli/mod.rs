@@ -165,6 +165,10 @@ enum BenchCommand {
         /// (`on`, `off`, `auto`) against the CPU engine, checking every packet.
         #[arg(long, value_name = "MODE")]
         offload: Option<String>,
+        /// `dpdk`: also run the pipeline through the DPDK backend on a `net_ring` device,
+        /// beside `dpdk-testpmd` forwarding on the same kind of device.
+        #[arg(long, value_name = "BACKEND")]
+        backend: Option<String>,
     },
     /// The GPU engine: seal, open, compress and decompress at 64, 512, 1408 and 9000 bytes and
     /// batches of 256 to 65536 — kernel-only and end-to-end GB/s — against the pinned copy
@@ -413,8 +417,12 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
                     json,
                     seconds,
                     offload,
+                    backend,
                 } => {
                     cmd.args(["bench", "pipeline", "--seconds", &seconds.to_string()]);
+                    if let Some(b) = backend {
+                        cmd.args(["--backend", &b]);
+                    }
                     if json {
                         cmd.arg("--json");
                     }
