@@ -57,7 +57,7 @@ fn unknown_field_with_suggestion() {
         &[("mtu = 1500", "mtus = 1500")],
         &[
             "24:1: ports[0].mtus: unknown field `mtus` (did you mean `mtu`?); known fields: \
-           name, role, backend, pci, interface, address, gateway, mtu, rx_queues, tx_queues",
+           name, role, backend, pci, interface, vdev, address, gateway, mtu, rx_queues, tx_queues",
         ],
     );
 }
@@ -269,7 +269,7 @@ fn backend_needs_its_device() {
     assert_errors(
         &[("pci = \"0000:03:00.1\"\n", "")],
         &[
-            "29:11: ports[1].backend: port `wan0` uses backend `dpdk` and needs `pci`, the NIC's PCI address",
+            "29:11: ports[1].backend: port `wan0` uses backend `dpdk` and needs `pci`, the NIC's PCI address (or `vdev`, a DPDK virtual device)",
         ],
     );
 }
