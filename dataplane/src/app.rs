@@ -447,6 +447,11 @@ impl Running {
         self.config = kept;
     }
 
+    /// The offload engine label: `cpu`, `auto` or `gpu`.
+    pub fn engine_kind(&self) -> &'static str {
+        self.offload.0
+    }
+
     /// One line on the offload engine for the console's `status`.
     pub fn offload_status(&self) -> String {
         let v = self.totals();

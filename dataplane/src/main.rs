@@ -70,10 +70,11 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "dwcp-dataplane: node {}: {} worker(s) on cores {:?}, engine cpu, metrics on http://{}/metrics",
+        "dwcp-dataplane: node {}: {} worker(s) on cores {:?}, engine {}, metrics on http://{}/metrics",
         cfg.name,
         cfg.cores.dataplane.len(),
         cfg.cores.dataplane,
+        running.engine_kind(),
         cfg.metrics.listen
     );
     if let Err(code) = ready() {

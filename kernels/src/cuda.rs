@@ -566,12 +566,12 @@ impl CudaEngine {
 
     /// Seals every job; on error, `jobs[..done]` are sealed and the rest untouched.
     pub fn try_seal(&mut self, jobs: &mut [SealJob<'_>], deadline: Instant) -> Result<(), Partial> {
-        self.drive(jobs, deadline, Op::Seal, stage_seal, unstage_seal)
+        self.drive(jobs, deadline, Op::Seal, stage_aead, unstage_seal)
     }
 
     /// Opens every job; on error, `jobs[..done]` are complete and the rest untouched.
     pub fn try_open(&mut self, jobs: &mut [OpenJob<'_>], deadline: Instant) -> Result<(), Partial> {
-        self.drive(jobs, deadline, Op::Open, stage_open, unstage_open)
+        self.drive(jobs, deadline, Op::Open, stage_aead, unstage_open)
     }
 
     /// Compresses every job; on error, `jobs[..done]` are complete and the rest untouched.
@@ -672,7 +672,7 @@ impl CudaEngine {
         jobs: &[SealJob<'_>],
         reps: usize,
     ) -> Result<Duration, CudaError> {
-        self.time_kernel(Op::Seal, jobs, reps, stage_seal)
+        self.time_kernel(Op::Seal, jobs, reps, stage_aead)
     }
 
     /// Kernel-only time of opening `jobs`.
@@ -681,7 +681,7 @@ impl CudaEngine {
         jobs: &[OpenJob<'_>],
         reps: usize,
     ) -> Result<Duration, CudaError> {
-        self.time_kernel(Op::Open, jobs, reps, stage_open)
+        self.time_kernel(Op::Open, jobs, reps, stage_aead)
     }
 
     /// Kernel-only time of compressing `jobs`.
@@ -935,7 +935,7 @@ fn run_kernels(
                 .arg(&d.ok.ptr)
                 .arg(&n);
             // SAFETY: matches gcm_seal/gcm_open's parameters; every offset, length and key
-            // index was written by stage_seal/stage_open within the staged bytes and keys.
+            // index was written by stage_aead within the staged bytes and keys.
             unsafe { b.launch(cfg) }?;
         }
         Op::Compress | Op::Decompress => {
@@ -1006,13 +1006,62 @@ fn launch(
     copy_out(lane, op, chunk)
 }
 
-/// Packs SealJobs from `start` into the lane: a = record offset, b = AAD length, c = plaintext
-/// length, d = key slot; record = AAD | plaintext | room for the tag.
-fn stage_seal(
+/// What staging needs of an AEAD job, seal or open alike.
+trait AeadJob {
+    fn key(&self) -> &crate::AeadKey;
+    fn nonce(&self) -> &[u8; 12];
+    fn aad(&self) -> &[u8];
+    /// The input bytes to stage, or `None` when the buffer is too short for the job.
+    fn input(&self) -> Option<&[u8]>;
+    /// Bytes the record needs after the AAD (input and, for seal, room for the tag).
+    fn len(&self) -> usize;
+}
+
+impl AeadJob for SealJob<'_> {
+    fn key(&self) -> &crate::AeadKey {
+        self.key
+    }
+    fn nonce(&self) -> &[u8; 12] {
+        &self.nonce
+    }
+    fn aad(&self) -> &[u8] {
+        self.aad
+    }
+    fn input(&self) -> Option<&[u8]> {
+        let end = self.len.checked_add(TAG_LEN)?;
+        (end <= self.buf.len()).then(|| &self.buf[..self.len])
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl AeadJob for OpenJob<'_> {
+    fn key(&self) -> &crate::AeadKey {
+        self.key
+    }
+    fn nonce(&self) -> &[u8; 12] {
+        &self.nonce
+    }
+    fn aad(&self) -> &[u8] {
+        self.aad
+    }
+    fn input(&self) -> Option<&[u8]> {
+        self.buf.get(..self.len)
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Packs AEAD jobs from `start` into the lane: a = record offset, b = AAD length, c = input
+/// length (seal: plaintext; open: ciphertext and tag), d = key slot; record = AAD | input |
+/// room for a tag. A job whose buffer is too short is staged empty and marked refused.
+fn stage_aead<J: AeadJob>(
     h: &mut HostStage,
     keys: &mut KeyMap,
     cap: Capacity,
-    jobs: &[SealJob<'_>],
+    jobs: &[J],
     start: usize,
     max: usize,
 ) -> Chunk {
@@ -1022,39 +1071,37 @@ fn stage_seal(
         ..Chunk::default()
     };
     for job in &jobs[start..] {
-        let rec = record_len(job.aad.len(), job.len);
+        let rec = record_len(job.aad().len(), job.len());
         if c.n == max || c.n == cap.packets || c.bytes + rec > cap.bytes {
             break;
         }
         let i = c.n;
-        let refused = job
-            .len
-            .checked_add(TAG_LEN)
-            .is_none_or(|e| e > job.buf.len());
-        h.refused[i] = refused;
-        let (slot, new) = keys.slot(job.key.id(), u32_of(c.keys));
+        let input = job.input();
+        h.refused[i] = input.is_none();
+        let input = input.unwrap_or_default();
+        let (slot, new) = keys.slot(job.key().id(), u32_of(c.keys));
         if new {
-            h.keys_raw.as_mut_slice()[32 * c.keys..32 * c.keys + 32].copy_from_slice(job.key.raw());
+            h.keys_raw.as_mut_slice()[32 * c.keys..32 * c.keys + 32]
+                .copy_from_slice(job.key().raw());
             c.keys += 1;
         }
         let at = c.bytes;
-        let al = job.aad.len();
-        let len = if refused { 0 } else { job.len };
+        let al = job.aad().len();
         let data = h.data.as_mut_slice();
-        data[at..at + al].copy_from_slice(job.aad);
-        data[at + al..at + al + len].copy_from_slice(&job.buf[..len]);
+        data[at..at + al].copy_from_slice(job.aad());
+        data[at + al..at + al + input.len()].copy_from_slice(input);
         h.a.as_mut_slice()[i] = u32_of(at);
         h.b.as_mut_slice()[i] = u32_of(al);
-        h.c.as_mut_slice()[i] = u32_of(len);
+        h.c.as_mut_slice()[i] = u32_of(input.len());
         h.d.as_mut_slice()[i] = slot;
-        h.nonces.as_mut_slice()[12 * i..12 * i + 12].copy_from_slice(&job.nonce);
+        h.nonces.as_mut_slice()[12 * i..12 * i + 12].copy_from_slice(job.nonce());
         c.bytes += rec;
         c.n += 1;
     }
     c
 }
 
-fn unstage_seal(h: &HostStage, c: &Chunk, jobs: &mut [SealJob<'_>]) {
+fn unstage_seal(h: &HostStage, _c: &Chunk, jobs: &mut [SealJob<'_>]) {
     for (i, job) in jobs.iter_mut().enumerate() {
         if h.refused[i] {
             job.ok = false;
@@ -1065,51 +1112,6 @@ fn unstage_seal(h: &HostStage, c: &Chunk, jobs: &mut [SealJob<'_>]) {
         job.buf[..n].copy_from_slice(&h.data.as_slice()[at..at + n]);
         job.ok = h.ok.as_slice()[i] != 0;
     }
-    let _ = c;
-}
-
-/// Packs OpenJobs: as seal, c = ciphertext + tag length.
-fn stage_open(
-    h: &mut HostStage,
-    keys: &mut KeyMap,
-    cap: Capacity,
-    jobs: &[OpenJob<'_>],
-    start: usize,
-    max: usize,
-) -> Chunk {
-    keys.reset();
-    let mut c = Chunk {
-        start,
-        ..Chunk::default()
-    };
-    for job in &jobs[start..] {
-        let rec = record_len(job.aad.len(), job.len);
-        if c.n == max || c.n == cap.packets || c.bytes + rec > cap.bytes {
-            break;
-        }
-        let i = c.n;
-        let refused = job.len > job.buf.len();
-        h.refused[i] = refused;
-        let (slot, new) = keys.slot(job.key.id(), u32_of(c.keys));
-        if new {
-            h.keys_raw.as_mut_slice()[32 * c.keys..32 * c.keys + 32].copy_from_slice(job.key.raw());
-            c.keys += 1;
-        }
-        let at = c.bytes;
-        let al = job.aad.len();
-        let len = if refused { 0 } else { job.len };
-        let data = h.data.as_mut_slice();
-        data[at..at + al].copy_from_slice(job.aad);
-        data[at + al..at + al + len].copy_from_slice(&job.buf[..len]);
-        h.a.as_mut_slice()[i] = u32_of(at);
-        h.b.as_mut_slice()[i] = u32_of(al);
-        h.c.as_mut_slice()[i] = u32_of(len);
-        h.d.as_mut_slice()[i] = slot;
-        h.nonces.as_mut_slice()[12 * i..12 * i + 12].copy_from_slice(&job.nonce);
-        c.bytes += rec;
-        c.n += 1;
-    }
-    c
 }
 
 fn unstage_open(h: &HostStage, _c: &Chunk, jobs: &mut [OpenJob<'_>]) {
