@@ -44,6 +44,14 @@ fn valid_config_boots_ready_and_is_supervised() {
         "{mgmt}"
     );
 
+    // The data plane tells init its offload state every 2 s from its control loop; give the
+    // first one time to arrive.
+    vm.wait_for(
+        "dwcp-dataplane: port wan0: link up",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
     vm.send_line("status").unwrap();
     let status = vm
         .wait_for("status: node qemu-node", Duration::from_secs(30))
@@ -52,6 +60,17 @@ fn valid_config_boots_ready_and_is_supervised() {
         status.contains(&format!("data plane running, pid {first_pid}")),
         "{status}"
     );
+    // The data plane's own line (its STATUS= notification): the offload engine and why.
+    let offload = vm
+        .wait_for("status: offload", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        offload.contains(
+            "status: offload cpu (offload.gpu = auto, but no GPU engine: no NVIDIA driver library"
+        ),
+        "{offload}"
+    );
+    assert!(offload.contains("healthy workers 0/1"), "{offload}");
 
     // A crash: init restarts the data plane and says READY again.
     vm.send_line("debug kill-dataplane").unwrap();
