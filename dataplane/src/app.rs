@@ -244,12 +244,23 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         bufs.len(),
         (bufs.len() * size.div_ceil(64) * 64) >> 20
     );
+    // Output frames on a DPDK port are built straight in mbufs, which the port sends without
+    // copying (zero-copy TX); other backends copy from the start-up region.
+    let mut mbufs = if cfg.ports.iter().any(|p| p.backend == Backend::Dpdk) {
+        crate::io::dpdk::tx_buffers(TX_FRAMES * workers, crate::gateway::FRAME_MAX, 2 * workers)?
+    } else {
+        Vec::new()
+    };
     let mut tx_batches = Vec::with_capacity(workers);
     let mut inboxes: Vec<Arc<Mailbox>> = Vec::with_capacity(workers);
     for _ in 0..workers {
         let rest = bufs.split_off(per_worker);
         let mut mine = std::mem::replace(&mut bufs, rest);
         let inbox = mine.split_off(TX_FRAMES);
+        if mbufs.len() >= TX_FRAMES {
+            let rest = mbufs.split_off(TX_FRAMES);
+            mine = std::mem::replace(&mut mbufs, rest);
+        }
         tx_batches.push(TxBatch::with_buffers(mine));
         inboxes.push(Mailbox::with_buffers(inbox));
     }

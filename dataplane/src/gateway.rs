@@ -151,6 +151,14 @@ impl TxBatch {
             .zip(&self.bufs)
             .map(|(&(side, len), b)| (side, &b.bytes()[..len]))
     }
+    /// Hands each queued frame's buffer and length to `f`, in order (a port may take the
+    /// buffer and leave a fresh one), then forgets them.
+    pub fn drain(&mut self, mut f: impl FnMut(Side, &mut crate::pool::Buffer, usize)) {
+        for (&(side, len), buf) in self.lens.iter().zip(self.bufs.iter_mut()) {
+            f(side, buf, len);
+        }
+        self.lens.clear();
+    }
     /// Forgets the frames (after they were sent).
     pub fn clear(&mut self) {
         self.lens.clear();

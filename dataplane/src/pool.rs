@@ -26,12 +26,16 @@ impl std::fmt::Display for Backing {
     }
 }
 
-/// A packet buffer: from the start-up pool, or from the heap (tests, benchmarks).
+/// A packet buffer: from the start-up pool, the heap (tests, benchmarks), or the data room of
+/// a DPDK mbuf that a DPDK port can send without copying.
 pub enum Buffer {
     /// Owned heap memory.
     Heap(Box<[u8]>),
     /// A slice of the process-lifetime pool.
     Pool(&'static mut [u8]),
+    /// An empty DPDK mbuf's data room (`data`), owned through `mbuf`; freed on drop unless a
+    /// port took it ([`crate::io::dpdk::TxMbuf`]).
+    Mbuf(crate::io::dpdk::TxMbuf),
 }
 
 impl Buffer {
@@ -44,6 +48,7 @@ impl Buffer {
         match self {
             Buffer::Heap(b) => b,
             Buffer::Pool(b) => b,
+            Buffer::Mbuf(m) => m.bytes(),
         }
     }
     /// The bytes, writable.
@@ -51,6 +56,7 @@ impl Buffer {
         match self {
             Buffer::Heap(b) => b,
             Buffer::Pool(b) => b,
+            Buffer::Mbuf(m) => m.bytes_mut(),
         }
     }
 }

@@ -64,18 +64,17 @@ fn send_all(
     if tx.is_empty() {
         return;
     }
-    for (side, frame) in tx.frames() {
+    tx.drain(|side, buf, len| {
         let ok = match side {
-            Side::Lan => lan.tx(frame),
-            Side::Wan => wan.tx(frame),
+            Side::Lan => lan.tx_buffer(buf, len),
+            Side::Wan => wan.tx_buffer(buf, len),
         };
         if !ok {
             counters.tx_full += 1;
         }
-    }
+    });
     lan.flush();
     wan.flush();
-    tx.clear();
 }
 
 /// Nanoseconds per packet of a burst that started at `t0`.

@@ -177,3 +177,6 @@ uint8_t *dwcp_mbuf_append(struct rte_mbuf *m, uint16_t len) {
 }
 
 unsigned dwcp_pool_avail(struct rte_mempool *pool) { return rte_mempool_avail_count(pool); }
+
+/* Writable room after the data of a (fresh) mbuf. */
+uint16_t dwcp_mbuf_tailroom(struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }

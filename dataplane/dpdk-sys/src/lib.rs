@@ -90,6 +90,8 @@ unsafe extern "C" {
     pub fn dwcp_mbuf_free_bulk(m: *mut *mut rte_mbuf, n: c_uint);
     /// First segment's data pointer, its length and the segment count.
     pub fn dwcp_mbuf_data(m: *mut rte_mbuf, len: *mut u16, segs: *mut u16) -> *mut u8;
+    /// `rte_pktmbuf_tailroom`.
+    pub fn dwcp_mbuf_tailroom(m: *mut rte_mbuf) -> u16;
     /// `rte_pktmbuf_append`.
     pub fn dwcp_mbuf_append(m: *mut rte_mbuf, len: u16) -> *mut u8;
 }

@@ -2,7 +2,8 @@
 //! `dpdk-sys`. The EAL is started once per process with arguments derived from the node config
 //! (lcores = data-plane cores, hugepage directory, PCI allow-list, virtual devices, in-memory,
 //! file prefix); each port gets one RX and one TX queue per worker (RSS over addresses and UDP
-//! ports when there are several), its mbufs from one pool per NUMA socket. What DPDK would
+//! ports when there are several), its mbufs from one pool per NUMA socket; outgoing frames are
+//! built in mbufs lent from a transmit pool and sent without a copy. What DPDK would
 //! report as a log dump — no hugepages, a NIC not bound to vfio-pci, a PCI address that does
 //! not exist — is checked first and reported as one sentence naming it.
 
@@ -247,6 +248,100 @@ fn pool_for(socket: c_int, data_room: u32) -> Result<Pool, DpdkError> {
     Ok(Pool(p))
 }
 
+/// An empty mbuf lent out as a packet buffer (its data room), so the gateway builds an
+/// outgoing frame where the NIC will read it: a DPDK port sends it without a copy.
+pub struct TxMbuf {
+    m: *mut sys::rte_mbuf,
+    data: *mut u8,
+    room: usize,
+    pool: Pool,
+}
+
+// SAFETY: the mbuf and its data room are owned by this handle alone.
+unsafe impl Send for TxMbuf {}
+
+impl TxMbuf {
+    fn alloc(pool: Pool) -> Option<Self> {
+        // SAFETY: the pool lives for the process.
+        let m = unsafe { sys::dwcp_mbuf_alloc(pool.0) };
+        if m.is_null() {
+            return None;
+        }
+        let (mut len, mut segs) = (0u16, 0u16);
+        // SAFETY: m is a fresh mbuf of ours; its data pointer is the start of the room.
+        let data = unsafe { sys::dwcp_mbuf_data(m, &raw mut len, &raw mut segs) };
+        // SAFETY: as above.
+        let room = usize::from(unsafe { sys::dwcp_mbuf_tailroom(m) });
+        Some(Self {
+            m,
+            data,
+            room,
+            pool,
+        })
+    }
+
+    /// The data room.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `data` points to `room` bytes inside the mbuf we own.
+        unsafe { std::slice::from_raw_parts(self.data, self.room) }
+    }
+
+    /// The data room, writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in bytes, exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.data, self.room) }
+    }
+
+    fn into_raw(self) -> *mut sys::rte_mbuf {
+        let m = self.m;
+        std::mem::forget(self);
+        m
+    }
+}
+
+impl Drop for TxMbuf {
+    fn drop(&mut self) {
+        // SAFETY: the mbuf is ours and not queued anywhere.
+        unsafe { sys::dwcp_mbuf_free(self.m) };
+    }
+}
+
+/// `count` packet buffers of at least `size` bytes that are mbufs of a transmit pool sized for
+/// `queues` TX queues besides them (they wait in the NICs' rings until sent).
+pub fn tx_buffers(
+    count: usize,
+    size: usize,
+    queues: usize,
+) -> Result<Vec<crate::pool::Buffer>, DpdkError> {
+    let room = u32::try_from(size + 128).map_err(|_| DpdkError("TX buffer size".into()))?;
+    let n = count + queues * usize::from(RING) + 1024;
+    let name = CString::new(format!("dwcp_tx_{room}")).map_err(|_| DpdkError("pool".into()))?;
+    // SAFETY: EAL initialised; name NUL-terminated; -1 = any NUMA socket.
+    let p = unsafe {
+        sys::dwcp_pool_create(
+            name.as_ptr(),
+            u32::try_from(n).unwrap_or(u32::MAX),
+            256,
+            room,
+            -1,
+        )
+    };
+    if p.is_null() {
+        return Err(DpdkError(format!(
+            "cannot create the transmit mbuf pool ({n} x {room} bytes; out of hugepage memory?)"
+        )));
+    }
+    let pool = Pool(p);
+    (0..count)
+        .map(|_| {
+            TxMbuf::alloc(pool)
+                .filter(|m| m.room >= size)
+                .map(crate::pool::Buffer::Mbuf)
+                .ok_or_else(|| DpdkError("transmit mbuf pool too small".into()))
+        })
+        .collect()
+}
+
 /// The DPDK device name of a config port: its PCI address, or the virtual device's name.
 pub fn device_name(p: &Port) -> Option<String> {
     p.pci.map(|a| a.to_string()).or_else(|| {
@@ -403,6 +498,42 @@ impl PacketPort for DpdkQueue {
         }
         // SAFETY: dst has room for len bytes inside m.
         unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), dst, frame.len()) };
+        self.tx[self.tx_len] = m;
+        self.tx_len += 1;
+        true
+    }
+
+    fn tx_buffer(&mut self, buf: &mut crate::pool::Buffer, len: usize) -> bool {
+        let crate::pool::Buffer::Mbuf(lent) = buf else {
+            return buf.bytes().get(..len).is_some_and(|f| self.tx(f));
+        };
+        let Ok(n) = u16::try_from(len) else {
+            return false;
+        };
+        if len > lent.room {
+            return false;
+        }
+        // Send this mbuf itself; the batch gets a fresh one (or, with the pool empty, the
+        // frame is copied into a receive-pool mbuf like any other).
+        let Some(fresh) = TxMbuf::alloc(lent.pool) else {
+            return buf.bytes().get(..len).is_some_and(|f| self.tx(f));
+        };
+        if self.tx_len == TX_QUEUE {
+            self.flush();
+        }
+        let crate::pool::Buffer::Mbuf(sent) =
+            std::mem::replace(buf, crate::pool::Buffer::Mbuf(fresh))
+        else {
+            return false;
+        };
+        let m = sent.into_raw();
+        // SAFETY: m is an empty mbuf of ours whose room holds the frame's `len` bytes already;
+        // append only sets its data and packet lengths.
+        if unsafe { sys::dwcp_mbuf_append(m, n) }.is_null() {
+            // SAFETY: m is ours, not queued.
+            unsafe { sys::dwcp_mbuf_free(m) };
+            return false;
+        }
         self.tx[self.tx_len] = m;
         self.tx_len += 1;
         true

@@ -17,6 +17,12 @@ pub trait PacketPort: Send {
     /// Queues one frame for sending; `false` when the TX ring is full (the frame is dropped
     /// and the caller counts it).
     fn tx(&mut self, frame: &[u8]) -> bool;
+    /// Queues the first `len` bytes of `buf` for sending. A backend that can send the buffer
+    /// itself (DPDK, for an mbuf buffer) takes it and puts a fresh one in its place; the
+    /// others copy, as [`PacketPort::tx`].
+    fn tx_buffer(&mut self, buf: &mut crate::pool::Buffer, len: usize) -> bool {
+        buf.bytes().get(..len).is_some_and(|f| self.tx(f))
+    }
     /// Hands the queued frames to the device (one system call for `af_packet`).
     fn flush(&mut self);
     /// The port's MAC address.
