@@ -75,6 +75,7 @@ fn send_all(
     });
     lan.flush();
     wan.flush();
+    counters.tx_full += lan.take_dropped() + wan.take_dropped();
 }
 
 /// Nanoseconds per packet of a burst that started at `t0`.

@@ -86,6 +86,23 @@ fn net_ring_round_trips_frames_through_the_packet_port_trait() {
         }
     }
     assert_eq!(back, vec![frame], "the zero-copy frame came back different");
+    // Frames the device refuses at flush (its rings full, nobody receiving) are freed and
+    // reported once, not lost silently.
+    let junk = vec![0xeeu8; 200];
+    for _ in 0..5_000 {
+        assert!(port.tx(&junk));
+    }
+    port.flush();
+    let dropped = port.take_dropped();
+    assert!(dropped > 0, "a full ring must refuse some of 5,000 frames");
+    assert_eq!(port.take_dropped(), 0, "reported once");
+    let mut drained = 0u64;
+    while port.rx_burst(64, &mut |_| drained += 1) > 0 {}
+    assert_eq!(
+        drained + dropped,
+        5_000,
+        "every frame either delivered or counted"
+    );
     // The EAL starts once per process; later calls report the first result.
     assert!(dpdk::init(&["other".to_owned()]).is_ok());
     // A device that is not there is named.

@@ -427,7 +427,8 @@ pub struct DpdkQueue {
     tx: [*mut sys::rte_mbuf; TX_QUEUE],
     tx_len: usize,
     registered: bool,
-    /// Frames the device would not take at flush (freed, counted).
+    /// Frames the device would not take at flush (freed), not yet reported by
+    /// [`PacketPort::take_dropped`].
     pub tx_dropped: u64,
 }
 
@@ -564,6 +565,10 @@ impl PacketPort for DpdkQueue {
             }
         }
         self.tx_len = 0;
+    }
+
+    fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.tx_dropped)
     }
 
     fn mac(&self) -> [u8; 6] {

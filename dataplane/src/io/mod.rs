@@ -25,6 +25,11 @@ pub trait PacketPort: Send {
     }
     /// Hands the queued frames to the device (one system call for `af_packet`).
     fn flush(&mut self);
+    /// Frames the device refused at flush since the last call (freed; the caller counts
+    /// them as dropped).
+    fn take_dropped(&mut self) -> u64 {
+        0
+    }
     /// The port's MAC address.
     fn mac(&self) -> [u8; 6];
 }
