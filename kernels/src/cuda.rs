@@ -211,6 +211,9 @@ impl Drop for DeviceBuf {
 struct Pinned<T: Copy + Default> {
     ptr: *mut T,
     len: usize,
+    /// Heap memory standing in for page-locked memory (tests of the staging code on machines
+    /// without a driver); `ptr` points into it and drop does not call the driver.
+    heap: Option<Box<[T]>>,
 }
 
 // SAFETY: the buffer is plain memory owned by this handle; access goes through &/&mut self.
@@ -226,7 +229,21 @@ impl<T: Copy + Default> Pinned<T> {
         let ptr = raw.cast::<T>();
         // SAFETY: `ptr` points to `len` properly aligned (page-aligned) `T`s that we own.
         unsafe { std::slice::from_raw_parts_mut(ptr, len) }.fill(T::default());
-        Ok(Self { ptr, len })
+        Ok(Self {
+            ptr,
+            len,
+            heap: None,
+        })
+    }
+
+    #[cfg(test)]
+    fn heap(len: usize) -> Self {
+        let mut b = vec![T::default(); len.max(1)].into_boxed_slice();
+        Self {
+            ptr: b.as_mut_ptr(),
+            len: b.len(),
+            heap: Some(b),
+        }
     }
 
     fn as_slice(&self) -> &[T] {
@@ -244,6 +261,9 @@ impl<T: Copy + Default> Pinned<T> {
 
 impl<T: Copy + Default> Drop for Pinned<T> {
     fn drop(&mut self) {
+        if self.heap.is_some() {
+            return;
+        }
         // SAFETY: `ptr` came from malloc_host and is freed once, after the streams are idle.
         let _ = unsafe { result::free_host(self.ptr.cast()) };
     }
@@ -1252,6 +1272,282 @@ mod tests {
                 }
                 assert!(!e.to_string().is_empty());
             }
+        }
+    }
+
+    fn heap_stage(cap: Capacity) -> HostStage {
+        let (p, b) = (cap.packets, cap.bytes);
+        HostStage {
+            data: Pinned::heap(b),
+            dst: Pinned::heap(b),
+            a: Pinned::heap(p),
+            b: Pinned::heap(p),
+            c: Pinned::heap(p),
+            d: Pinned::heap(p),
+            out: Pinned::heap(p),
+            ok: Pinned::heap(p),
+            nonces: Pinned::heap(12 * p),
+            keys_raw: Pinned::heap(32 * p),
+            refused: vec![false; p],
+        }
+    }
+
+    /// What the GCM kernels do to a staged chunk, done by the CPU engine on the same
+    /// structure-of-arrays layout: the host half of the engine is checked against it.
+    fn device_gcm(h: &mut HostStage, c: &Chunk, seal: bool) {
+        for i in 0..c.n {
+            let (off, al, len) = (
+                h.a.as_slice()[i] as usize,
+                h.b.as_slice()[i] as usize,
+                h.c.as_slice()[i] as usize,
+            );
+            let slot = h.d.as_slice()[i] as usize;
+            let raw: [u8; 32] = h.keys_raw.as_slice()[32 * slot..32 * slot + 32]
+                .try_into()
+                .unwrap();
+            let nonce: [u8; 12] = h.nonces.as_slice()[12 * i..12 * i + 12].try_into().unwrap();
+            let key = crate::AeadKey::new(&raw);
+            let data = h.data.as_mut_slice();
+            let (aad, rest) = data[off..].split_at_mut(al);
+            let ok = if seal {
+                let mut job = SealJob {
+                    key: &key,
+                    nonce,
+                    aad,
+                    buf: &mut rest[..len + TAG_LEN],
+                    len,
+                    ok: false,
+                };
+                CpuEngine::seal_one(&mut job);
+                job.ok
+            } else {
+                let mut job = OpenJob {
+                    key: &key,
+                    nonce,
+                    aad,
+                    buf: &mut rest[..len],
+                    len,
+                    ok: false,
+                };
+                CpuEngine::open_one(&mut job);
+                job.ok
+            };
+            h.ok.as_mut_slice()[i] = u8::from(ok);
+        }
+    }
+
+    /// What the LZ4 kernels do, likewise.
+    fn device_lz4(h: &mut HostStage, c: &Chunk, compress: bool) {
+        for i in 0..c.n {
+            let (so, sl, dof, cap) = (
+                h.a.as_slice()[i] as usize,
+                h.b.as_slice()[i] as usize,
+                h.c.as_slice()[i] as usize,
+                h.d.as_slice()[i] as usize,
+            );
+            let src = h.data.as_slice()[so..so + sl].to_vec();
+            let out = if compress {
+                Some(lz4_flex::block::compress(&src)).filter(|v| v.len() <= cap)
+            } else {
+                let mut v = vec![0u8; cap];
+                lz4_flex::block::decompress_into(&src, &mut v)
+                    .ok()
+                    .map(|n| v[..n].to_vec())
+            };
+            h.out.as_mut_slice()[i] = match out {
+                Some(v) => {
+                    h.dst.as_mut_slice()[dof..dof + v.len()].copy_from_slice(&v);
+                    u32_of(v.len())
+                }
+                None => LZ4_NONE,
+            };
+        }
+    }
+
+    /// Runs `jobs` through stage → "device" → unstage in chunks no bigger than a small lane,
+    /// as `drive` does, so chunk boundaries fall mid-batch.
+    fn through_chunks<J>(
+        jobs: &mut [J],
+        stage: fn(&mut HostStage, &mut KeyMap, Capacity, &[J], usize, usize) -> Chunk,
+        device: impl Fn(&mut HostStage, &Chunk),
+        unstage: fn(&HostStage, &Chunk, &mut [J]),
+    ) -> usize {
+        let cap = Capacity {
+            packets: 7,
+            bytes: 24 * 1024,
+        };
+        let mut h = heap_stage(cap);
+        let mut keys = KeyMap::new(cap.packets);
+        let (mut next, mut chunks) = (0, 0);
+        while next < jobs.len() {
+            let c = stage(&mut h, &mut keys, cap, jobs, next, 5);
+            assert!(c.n > 0 && c.start == next, "stalled at {next}");
+            device(&mut h, &c);
+            unstage(&h, &c, &mut jobs[c.start..c.start + c.n]);
+            next += c.n;
+            chunks += 1;
+        }
+        chunks
+    }
+
+    #[test]
+    fn staging_and_unstaging_match_the_cpu_engine_across_chunks() {
+        use crate::suite::Rng;
+        let mut rng = Rng(77);
+        let keys: Vec<crate::AeadKey> = (0..3)
+            .map(|k: u8| crate::AeadKey::new(&[k + 1; 32]))
+            .collect();
+        let sizes = [
+            0usize, 1, 15, 16, 17, 64, 1408, 9216, 300, 5000, 33, 0, 2000,
+        ];
+        let plain: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| {
+                let mut v = vec![0u8; n + TAG_LEN];
+                rng.fill(&mut v[..n]);
+                v
+            })
+            .collect();
+        let aads: Vec<Vec<u8>> = (0..sizes.len())
+            .map(|i| vec![i.to_le_bytes()[0]; i % 20])
+            .collect();
+        let seal_set = |bufs: &mut Vec<Vec<u8>>| -> Vec<bool> {
+            let mut jobs: Vec<SealJob<'_>> = bufs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, buf)| SealJob {
+                    key: &keys[i % 3],
+                    nonce: crate::nonce(i as u64),
+                    aad: &aads[i],
+                    len: sizes[i],
+                    buf,
+                    ok: false,
+                })
+                .collect();
+            // One job with a buffer too short for its tag is refused, not sent.
+            jobs[4].len = jobs[4].buf.len();
+            through_chunks(
+                &mut jobs,
+                stage_aead,
+                |h, c| device_gcm(h, c, true),
+                unstage_seal,
+            );
+            jobs.iter().map(|j| j.ok).collect()
+        };
+        let mut got = plain.clone();
+        let oks = seal_set(&mut got);
+        let mut want = plain.clone();
+        {
+            let mut jobs: Vec<SealJob<'_>> = want
+                .iter_mut()
+                .enumerate()
+                .map(|(i, buf)| SealJob {
+                    key: &keys[i % 3],
+                    nonce: crate::nonce(i as u64),
+                    aad: &aads[i],
+                    len: sizes[i],
+                    buf,
+                    ok: false,
+                })
+                .collect();
+            jobs[4].len = jobs[4].buf.len();
+            CpuEngine.seal(&mut jobs);
+            assert_eq!(oks, jobs.iter().map(|j| j.ok).collect::<Vec<_>>());
+        }
+        assert!(!oks[4] && oks.iter().filter(|&&o| o).count() == sizes.len() - 1);
+        for i in (0..sizes.len()).filter(|&i| i != 4) {
+            assert!(got[i] == want[i], "sealed packet {i} differs");
+        }
+        // Open what was sealed (packet 2 tampered), through the same chunking.
+        got[2][0] ^= 1;
+        let mut jobs: Vec<OpenJob<'_>> = got
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| *i != 4)
+            .map(|(i, buf)| OpenJob {
+                key: &keys[i % 3],
+                nonce: crate::nonce(i as u64),
+                aad: &aads[i],
+                len: sizes[i] + TAG_LEN,
+                buf,
+                ok: false,
+            })
+            .collect();
+        through_chunks(
+            &mut jobs,
+            stage_aead,
+            |h, c| device_gcm(h, c, false),
+            unstage_open,
+        );
+        for (k, job) in jobs.iter().enumerate() {
+            let i = if k >= 4 { k + 1 } else { k };
+            assert_eq!(job.ok, i != 2, "open of packet {i}");
+            if job.ok {
+                assert!(job.buf[..sizes[i]] == plain[i][..sizes[i]], "plaintext {i}");
+            }
+        }
+        // LZ4 both ways through the same glue.
+        let text: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| crate::suite::compressible(&mut rng, n))
+            .collect();
+        let mut outs: Vec<Vec<u8>> = text
+            .iter()
+            .map(|t| vec![0u8; crate::compress_bound(t.len())])
+            .collect();
+        let mut jobs: Vec<CompressJob<'_>> = text
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(src, dst)| CompressJob {
+                src,
+                dst,
+                out_len: None,
+            })
+            .collect();
+        let chunks = through_chunks(
+            &mut jobs,
+            stage_compress,
+            |h, c| device_lz4(h, c, true),
+            unstage_compress,
+        );
+        assert!(chunks >= 3, "the batch must cross chunk boundaries");
+        let lens: Vec<Option<usize>> = jobs.iter().map(|j| j.out_len).collect();
+        drop(jobs);
+        let mut packed = Vec::new();
+        for (i, len) in lens.iter().enumerate() {
+            match len {
+                Some(n) => {
+                    assert!(*n < text[i].len());
+                    let back = lz4_flex::block::decompress(&outs[i][..*n], text[i].len()).unwrap();
+                    assert!(back == text[i], "compressed packet {i}");
+                    packed.push((i, outs[i][..*n].to_vec()));
+                }
+                None => assert!(text[i].len() < 32, "packet {i} not compressed"),
+            }
+        }
+        let mut backs: Vec<Vec<u8>> = vec![vec![0u8; 9216]; packed.len()];
+        let mut jobs: Vec<DecompressJob<'_>> = packed
+            .iter()
+            .zip(backs.iter_mut())
+            .map(|((_, src), dst)| DecompressJob {
+                src,
+                dst,
+                out_len: None,
+            })
+            .collect();
+        through_chunks(
+            &mut jobs,
+            stage_decompress,
+            |h, c| device_lz4(h, c, false),
+            unstage_decompress,
+        );
+        for (k, job) in jobs.iter().enumerate() {
+            let i = packed[k].0;
+            assert_eq!(job.out_len, Some(text[i].len()), "decompressed length {i}");
+            assert!(
+                job.dst[..text[i].len()] == text[i][..],
+                "decompressed packet {i}"
+            );
         }
     }
 
