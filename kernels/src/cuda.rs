@@ -63,6 +63,12 @@ pub enum CudaError {
         /// NVRTC's log.
         log: String,
     },
+    /// An earlier batch was abandoned; [`CudaEngine::recover`] must succeed first.
+    #[error("an abandoned batch may still be running; the engine needs recovery")]
+    NeedsRecovery,
+    /// A job does not fit an empty lane.
+    #[error("a packet larger than the engine's staging lanes")]
+    TooBig,
     /// A batch did not finish by its deadline.
     #[error("batch still running after {0:?}")]
     Timeout(Duration),
@@ -635,7 +641,7 @@ impl CudaEngine {
     ) -> Result<(), Partial> {
         let fail = |done: usize, error: CudaError| Partial { done, error };
         if self.dirty {
-            return Err(fail(0, CudaError::Timeout(Duration::ZERO)));
+            return Err(fail(0, CudaError::NeedsRecovery));
         }
         self.ctx.bind_to_thread().map_err(|e| fail(0, e.into()))?;
         // At least two chunks when the batch is big enough, so the lanes overlap.
@@ -671,8 +677,11 @@ impl CudaEngine {
                     per_chunk,
                 );
                 if chunk.n == 0 {
-                    // Nothing fits a lane (cannot happen with Capacity::for_batch sizes).
-                    return Err(fail(done, CudaError::Timeout(Duration::ZERO)));
+                    // A job bigger than a whole lane (cannot happen with Capacity::for_batch
+                    // sizes). The other lane may still hold a chunk whose results will not be
+                    // used: the engine needs `recover` before its next batch.
+                    self.dirty = true;
+                    return Err(fail(done, CudaError::TooBig));
                 }
                 if let Err(e) = launch(&self.f, &self.info, lane, op, &chunk) {
                     self.dirty = true;
