@@ -9,7 +9,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use dwcp_kernels::Engine;
+use dwcp_kernels::{Engine, SealJob};
 use ipnet::Ipv4Net;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
@@ -124,6 +124,12 @@ pub struct GatewayCounters {
 pub struct TxBatch {
     bufs: Vec<crate::pool::Buffer>,
     lens: Vec<(Side, usize)>,
+    /// Committed WAN frames whose DWCP message (at `OUTER_HEADERS`) still holds plaintext:
+    /// (slot, what its seal needs). Sealed in one engine batch by [`TxBatch::seal_pending`],
+    /// which [`TxBatch::drain`] — the only way out — runs first.
+    pending: Vec<(usize, crate::tunnel::DeferredSeal)>,
+    /// The job list's allocation, kept between bursts.
+    spare_jobs: Vec<SealJob<'static>>,
 }
 
 impl TxBatch {
@@ -142,26 +148,90 @@ impl TxBatch {
             .filter(|b| b.bytes().len() >= FRAME_MAX)
             .collect();
         let lens = Vec::with_capacity(bufs.len());
-        Self { bufs, lens }
+        let pending = Vec::with_capacity(bufs.len());
+        let spare_jobs = Vec::with_capacity(bufs.len());
+        Self {
+            bufs,
+            lens,
+            pending,
+            spare_jobs,
+        }
     }
-    /// The frames queued, in order.
+
+    /// Seals every deferred message in one engine batch. A message the engine refuses is not
+    /// sent (its frame is emptied) and counted in `refused`.
+    pub fn seal_pending(&mut self, engine: &mut dyn Engine) -> usize {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        // Reuse one allocation for the job list (an empty Vec of the same layout, collected
+        // in place).
+        let mut jobs: Vec<SealJob<'_>> = std::mem::take(&mut self.spare_jobs)
+            .into_iter()
+            .map(|_| unreachable!("the spare list is empty"))
+            .collect();
+        let mut want = self.pending.iter().peekable();
+        for (slot, buf) in self.bufs.iter_mut().enumerate() {
+            let Some((_, d)) = want.next_if(|(s, _)| *s == slot) else {
+                continue;
+            };
+            let msg = &mut buf.bytes_mut()[OUTER_HEADERS..];
+            let (aad, body) = msg.split_at_mut(crate::wire::DATA_HEADER_LEN);
+            jobs.push(SealJob {
+                key: &d.key,
+                nonce: d.nonce,
+                aad,
+                buf: body,
+                len: d.len,
+                ok: false,
+            });
+        }
+        engine.seal(&mut jobs);
+        let mut refused = 0;
+        for (job, (slot, _)) in jobs.iter().zip(&self.pending) {
+            if !job.ok {
+                // Never send a message that was not sealed.
+                refused += 1;
+                if let Some(l) = self.lens.get_mut(*slot) {
+                    l.1 = 0;
+                }
+            }
+        }
+        jobs.clear();
+        self.spare_jobs = jobs.into_iter().map(|_| unreachable!("cleared")).collect();
+        self.pending.clear();
+        refused
+    }
+    /// The frames queued, in order (call [`TxBatch::seal_pending`] first: a frame whose
+    /// message is not sealed yet is not listed).
     pub fn frames(&self) -> impl Iterator<Item = (Side, &[u8])> {
+        debug_assert!(self.pending.is_empty(), "frames() before seal_pending()");
         self.lens
             .iter()
             .zip(&self.bufs)
             .map(|(&(side, len), b)| (side, &b.bytes()[..len]))
     }
-    /// Hands each queued frame's buffer and length to `f`, in order (a port may take the
-    /// buffer and leave a fresh one), then forgets them.
-    pub fn drain(&mut self, mut f: impl FnMut(Side, &mut crate::pool::Buffer, usize)) {
+    /// Seals what is pending with `engine`, then hands each queued frame's buffer and length
+    /// to `f`, in order (a port may take the buffer and leave a fresh one), then forgets them.
+    /// Returns the messages the engine refused to seal (not sent).
+    pub fn drain(
+        &mut self,
+        engine: &mut dyn Engine,
+        mut f: impl FnMut(Side, &mut crate::pool::Buffer, usize),
+    ) -> usize {
+        let refused = self.seal_pending(engine);
         for (&(side, len), buf) in self.lens.iter().zip(self.bufs.iter_mut()) {
-            f(side, buf, len);
+            if len > 0 {
+                f(side, buf, len);
+            }
         }
         self.lens.clear();
+        refused
     }
-    /// Forgets the frames (after they were sent).
+    /// Forgets the frames (after they were sent), sealed or not.
     pub fn clear(&mut self) {
         self.lens.clear();
+        self.pending.clear();
     }
     /// Number of frames.
     pub fn len(&self) -> usize {
@@ -229,6 +299,11 @@ impl Gateway {
     /// The offload engine.
     pub fn engine(&self) -> &dyn Engine {
         &*self.engine
+    }
+
+    /// The offload engine, to seal a batch's deferred messages.
+    pub fn engine_mut(&mut self) -> &mut dyn Engine {
+        &mut *self.engine
     }
 
     /// A gateway around a worker's tunnel and engine.
@@ -602,17 +677,69 @@ impl Gateway {
         self.encapsulate_to(tx, peer, inner_len, now);
     }
 
-    /// Encapsulates `scratch[..inner_len]` for `peer` into a new WAN frame.
+    /// Encapsulates `scratch[..inner_len]` for `peer` into a new WAN frame; its seal is
+    /// deferred to the burst's batch when the frame leaves with the batch.
     fn encapsulate_to(&mut self, tx: &mut TxBatch, peer: usize, inner_len: usize, now: Duration) {
         let Some(buf) = tx.next_buf() else { return };
-        let action = self.tunnel.encapsulate(
+        let (action, deferred) = self.tunnel.encapsulate_deferred(
             &mut *self.engine,
             peer,
             &self.scratch[..inner_len],
             &mut buf[OUTER_HEADERS..],
             now,
         );
+        self.after_tunnel_deferred(tx, action, deferred, now);
+    }
+
+    /// As [`Gateway::after_tunnel`] for a message whose seal was deferred: when the frame is
+    /// committed to the batch, its seal joins the batch's; when it would be parked (next hop
+    /// unresolved) or anything else, it is sealed now, so no unsealed message is ever kept
+    /// anywhere but in the batch.
+    fn after_tunnel_deferred(
+        &mut self,
+        tx: &mut TxBatch,
+        action: Action,
+        deferred: Option<crate::tunnel::DeferredSeal>,
+        now: Duration,
+    ) {
+        let Some(d) = deferred else {
+            self.after_tunnel(tx, action, None, now);
+            return;
+        };
+        let Action::Send { peer, .. } = action else {
+            return;
+        };
+        let resolved = self
+            .tunnel
+            .endpoint(peer)
+            .and_then(|dst| self.next_hop(Side::Wan, *dst.ip()))
+            .and_then(|hop| self.lookup(Side::Wan, hop, now))
+            .is_some();
+        if !resolved {
+            let Some(buf) = tx.next_buf() else { return };
+            let msg = &mut buf[OUTER_HEADERS..];
+            let (aad, body) = msg.split_at_mut(crate::wire::DATA_HEADER_LEN);
+            let mut job = [SealJob {
+                key: &d.key,
+                nonce: d.nonce,
+                aad,
+                buf: body,
+                len: d.len,
+                ok: false,
+            }];
+            self.engine.seal(&mut job);
+            if job[0].ok {
+                self.after_tunnel(tx, action, None, now);
+            } else {
+                self.counters.too_big += 1;
+            }
+            return;
+        }
+        let slot = tx.len();
         self.after_tunnel(tx, action, None, now);
+        if tx.len() == slot + 1 {
+            tx.pending.push((slot, d));
+        }
     }
 
     /// Turns a tunnel action whose output is in the next TX buffer (at `OUTER_HEADERS`) into
@@ -1104,6 +1231,12 @@ mod tests {
             tx: &mut TxBatch,
             queue: &mut VecDeque<(bool, Side, Vec<u8>)>,
         ) {
+            let g = if from_a { &mut self.a } else { &mut self.b };
+            assert_eq!(
+                tx.seal_pending(g.engine_mut()),
+                0,
+                "a deferred seal was refused"
+            );
             for (side, f) in tx.frames() {
                 let f = f.to_vec();
                 match side {
@@ -1259,6 +1392,32 @@ mod tests {
         assert_eq!(
             n.a.tunnel.counters.handshakes_completed + n.b.tunnel.counters.handshakes_completed,
             2
+        );
+        // With the WAN neighbour forgotten, the next message's seal cannot wait for the batch:
+        // it is sealed before its frame is parked for ARP, and still arrives.
+        n.a.wan_neigh.clear();
+        n.wan_seen.clear();
+        let late = ipv4(
+            HOST_A,
+            HOST_B,
+            IpProtocol::Udp,
+            &[&[9u8, 9][..], &marker].concat(),
+            true,
+        );
+        n.inject(true, Side::Lan, eth(GW_A_LAN, HOST_A_MAC, 0x0800, &late));
+        assert_eq!(n.to_host_b.len(), 21, "the parked packet was delivered");
+        assert!(
+            n.wan_seen.iter().any(|f| {
+                EthernetFrame::new_checked(&f[..])
+                    .is_ok_and(|e| e.ethertype() == EthernetProtocol::Arp)
+            }),
+            "the WAN neighbour was asked again"
+        );
+        assert!(
+            n.wan_seen
+                .iter()
+                .all(|f| !f.windows(needle.len()).any(|w| w == needle)),
+            "a parked message went out unsealed"
         );
     }
 

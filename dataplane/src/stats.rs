@@ -28,6 +28,7 @@ pub const NAMES: &[&str] = &[
     "drop_source_not_allowed",
     "drop_unresolved",
     "drop_tx_full",
+    "drop_seal_refused",
     "handoff_frames",
     "handshakes_initiated",
     "handshakes_completed",
@@ -74,6 +75,8 @@ pub struct LoopCounters {
     pub tx_full: u64,
     /// WAN frames handed to the worker owning their session.
     pub handoff: u64,
+    /// Deferred messages the engine refused to seal (not sent).
+    pub seal_refused: u64,
 }
 
 /// Flattens a worker's counters in [`NAMES`] order; `o` is its offload dispatcher's.
@@ -106,6 +109,7 @@ pub fn flatten(
         g.source_not_allowed,
         g.unresolved,
         l.tx_full,
+        l.seal_refused,
         l.handoff,
         t.handshakes_initiated,
         t.handshakes_completed,

@@ -161,7 +161,7 @@ pub struct Counters {
 }
 
 struct Session {
-    send: AeadKey,
+    send: std::sync::Arc<AeadKey>,
     recv: AeadKey,
     local: u32,
     remote: u32,
@@ -173,7 +173,7 @@ struct Session {
 impl Session {
     fn new(keys: &SessionKeys, local: u32, remote: u32, window: u32, now: Duration) -> Self {
         Self {
-            send: AeadKey::new(&keys.send),
+            send: std::sync::Arc::new(AeadKey::new(&keys.send)),
             recv: AeadKey::new(&keys.recv),
             local,
             remote,
@@ -254,6 +254,19 @@ impl Peer {
             .position(|(s, _)| s.local == index)
             .map(Slot::Retired)
     }
+}
+
+/// What sealing a deferred message needs (see [`Tunnel::encapsulate_deferred`]): the session's
+/// send key, the nonce, and the plaintext payload length. The message's first
+/// [`DATA_HEADER_LEN`] bytes are the AAD; the payload follows, with room for the tag after it.
+#[derive(Clone, Debug)]
+pub struct DeferredSeal {
+    /// The session's send key.
+    pub key: std::sync::Arc<AeadKey>,
+    /// The nonce (from the message counter).
+    pub nonce: [u8; dwcp_kernels::NONCE_LEN],
+    /// Plaintext payload length.
+    pub len: usize,
 }
 
 /// One worker's tunnel state.
@@ -419,12 +432,41 @@ impl Tunnel {
         out: &mut [u8],
         now: Duration,
     ) -> Action {
+        self.encapsulate_maybe_deferred(engine, peer, inner, out, now, false)
+            .0
+    }
+
+    /// As [`Tunnel::encapsulate`], but leaves the payload in plaintext and returns what its
+    /// seal needs, so a caller can seal a whole burst in one engine batch. `out` holds the
+    /// header and the plaintext payload; it must not leave the process before it is sealed
+    /// with the returned [`DeferredSeal`] (the gateway's `TxBatch` enforces this).
+    pub fn encapsulate_deferred(
+        &mut self,
+        engine: &mut dyn Engine,
+        peer: usize,
+        inner: &[u8],
+        out: &mut [u8],
+        now: Duration,
+    ) -> (Action, Option<DeferredSeal>) {
+        self.encapsulate_maybe_deferred(engine, peer, inner, out, now, true)
+    }
+
+    fn encapsulate_maybe_deferred(
+        &mut self,
+        engine: &mut dyn Engine,
+        peer: usize,
+        inner: &[u8],
+        out: &mut [u8],
+        now: Duration,
+        defer: bool,
+    ) -> (Action, Option<DeferredSeal>) {
+        let action = |a: Action| (a, None);
         if inner.len() > MAX_INNER || out.len() < inner.len() + OVERHEAD {
             self.counters.too_big += 1;
-            return Action::Dropped(DropReason::TooBig);
+            return action(Action::Dropped(DropReason::TooBig));
         }
         let Some(p) = self.peers.get_mut(peer) else {
-            return Action::Dropped(DropReason::NoSession);
+            return action(Action::Dropped(DropReason::NoSession));
         };
         let usable = |s: &Session| {
             now.saturating_sub(s.born) < self.params.reject_after
@@ -436,7 +478,7 @@ impl Tunnel {
             Slot::Next
         } else {
             // Stage it for when the handshake (started by `tick`) completes.
-            return match p.spare.pop() {
+            return action(match p.spare.pop() {
                 Some(mut buf) => {
                     buf.clear();
                     buf.extend_from_slice(inner);
@@ -447,7 +489,7 @@ impl Tunnel {
                     self.counters.no_session += 1;
                     Action::Dropped(DropReason::NoSession)
                 }
-            };
+            });
         };
         let compress = p.spec.compress && !inner.is_empty();
         let (payload_len, flags) = if compress {
@@ -476,7 +518,7 @@ impl Tunnel {
         };
         let p = &mut self.peers[peer];
         let Some(s) = p.slot_mut(slot) else {
-            return Action::Dropped(DropReason::NoSession);
+            return action(Action::Dropped(DropReason::NoSession));
         };
         let counter = s.send_counter;
         s.send_counter += 1;
@@ -487,9 +529,22 @@ impl Tunnel {
         };
         let (hdr, body) = out.split_at_mut(DATA_HEADER_LEN);
         let Ok(hdr) = <&mut [u8; DATA_HEADER_LEN]>::try_from(hdr) else {
-            return Action::Dropped(DropReason::TooBig);
+            return action(Action::Dropped(DropReason::TooBig));
         };
         header.emit(hdr);
+        let deferred = defer.then(|| DeferredSeal {
+            key: std::sync::Arc::clone(&s.send),
+            nonce: dwcp_kernels::nonce(counter),
+            len: payload_len,
+        });
+        if let Some(d) = deferred {
+            p.last_sent = now;
+            let len = DATA_HEADER_LEN + payload_len + TAG_LEN;
+            self.counters.tx_messages += 1;
+            self.counters.tx_inner_bytes += inner.len() as u64;
+            self.counters.tx_wire_bytes += len as u64;
+            return (Action::Send { peer, len }, Some(d));
+        }
         let mut job = [SealJob {
             key: &s.send,
             nonce: dwcp_kernels::nonce(counter),
@@ -501,14 +556,14 @@ impl Tunnel {
         engine.seal(&mut job);
         if !job[0].ok {
             self.counters.too_big += 1;
-            return Action::Dropped(DropReason::TooBig);
+            return action(Action::Dropped(DropReason::TooBig));
         }
         p.last_sent = now;
         let len = DATA_HEADER_LEN + payload_len + TAG_LEN;
         self.counters.tx_messages += 1;
         self.counters.tx_inner_bytes += inner.len() as u64;
         self.counters.tx_wire_bytes += len as u64;
-        Action::Send { peer, len }
+        (Action::Send { peer, len }, None)
     }
 
     /// Sends the next packet staged for `peer`, if any and if a session exists.

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use dwcp_kernels::Engine;
+
 use crate::gateway::{Gateway, Side, TxBatch, wan_owner};
 use crate::io::PacketPort;
 use crate::io::memory::Mailbox;
@@ -57,6 +59,7 @@ pub struct Worker {
 
 fn send_all(
     tx: &mut TxBatch,
+    engine: &mut dyn Engine,
     lan: &mut dyn PacketPort,
     wan: &mut dyn PacketPort,
     counters: &mut LoopCounters,
@@ -64,15 +67,19 @@ fn send_all(
     if tx.is_empty() {
         return;
     }
-    tx.drain(|side, buf, len| {
+    let mut full = 0u64;
+    // Draining seals whatever is still pending first: nothing leaves unsealed.
+    let refused = tx.drain(engine, |side, buf, len| {
         let ok = match side {
             Side::Lan => lan.tx_buffer(buf, len),
             Side::Wan => wan.tx_buffer(buf, len),
         };
         if !ok {
-            counters.tx_full += 1;
+            full += 1;
         }
     });
+    counters.tx_full += full;
+    counters.seal_refused += refused as u64;
     lan.flush();
     wan.flush();
     counters.tx_full += lan.take_dropped() + wan.take_dropped();
@@ -86,6 +93,7 @@ fn per_packet(t0: Instant, n: usize) -> u64 {
 
 fn send_timed(
     tx: &mut TxBatch,
+    engine: &mut dyn Engine,
     lan: &mut dyn PacketPort,
     wan: &mut dyn PacketPort,
     counters: &mut LoopCounters,
@@ -96,7 +104,7 @@ fn send_timed(
         return;
     }
     let t0 = Instant::now();
-    send_all(tx, lan, wan, counters);
+    send_all(tx, engine, lan, wan, counters);
     hist.record(per_packet(t0, n), n as u64);
 }
 
@@ -126,11 +134,20 @@ impl Worker {
             let mut work = 0;
             let t0 = Instant::now();
             let n = lan.rx_burst(BURST, &mut |f| gateway.from_lan(f, tx, now));
+            // The burst's WAN messages, sealed in one engine batch.
+            loop_counters.seal_refused += tx.seal_pending(gateway.engine_mut()) as u64;
             if n > 0 {
                 hist[0].record(per_packet(t0, n), n as u64);
                 work += n;
             }
-            send_timed(tx, &mut **lan, &mut **wan, &mut loop_counters, &mut hist[2]);
+            send_timed(
+                tx,
+                gateway.engine_mut(),
+                &mut **lan,
+                &mut **wan,
+                &mut loop_counters,
+                &mut hist[2],
+            );
             let t0 = Instant::now();
             let n = wan.rx_burst(BURST, &mut |f| match wan_owner(f) {
                 Some(owner) if owner != *id => {
@@ -147,13 +164,26 @@ impl Worker {
                 hist[1].record(per_packet(t0, n), n as u64);
                 work += n;
             }
-            send_timed(tx, &mut **lan, &mut **wan, &mut loop_counters, &mut hist[2]);
+            send_timed(
+                tx,
+                gateway.engine_mut(),
+                &mut **lan,
+                &mut **wan,
+                &mut loop_counters,
+                &mut hist[2],
+            );
             let mut handed = 0;
             while handed < BURST && inbox.pop(&mut |f| gateway.from_wan(f, tx, now)) {
                 handed += 1;
             }
             work += handed;
-            send_all(tx, &mut **lan, &mut **wan, &mut loop_counters);
+            send_all(
+                tx,
+                gateway.engine_mut(),
+                &mut **lan,
+                &mut **wan,
+                &mut loop_counters,
+            );
             if now.saturating_sub(last_tick) >= TICK {
                 last_tick = now;
                 while let Some(r) = reloads.pop() {
@@ -161,7 +191,13 @@ impl Worker {
                     gateway.set_allowed(r.allowed);
                 }
                 gateway.tick(tx, now);
-                send_all(tx, &mut **lan, &mut **wan, &mut loop_counters);
+                send_all(
+                    tx,
+                    gateway.engine_mut(),
+                    &mut **lan,
+                    &mut **wan,
+                    &mut loop_counters,
+                );
             }
             if now.saturating_sub(last_publish) >= PUBLISH {
                 last_publish = now;
