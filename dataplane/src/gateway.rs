@@ -132,6 +132,20 @@ pub struct TxBatch {
     spare_jobs: Vec<SealJob<'static>>,
 }
 
+/// The seal job for a deferred DWCP message at `OUTER_HEADERS` in `frame`: its header is the
+/// AAD, the payload follows.
+fn deferred_job<'a>(frame: &'a mut [u8], d: &'a crate::tunnel::DeferredSeal) -> SealJob<'a> {
+    let (aad, body) = frame[OUTER_HEADERS..].split_at_mut(crate::wire::DATA_HEADER_LEN);
+    SealJob {
+        key: &d.key,
+        nonce: d.nonce,
+        aad,
+        buf: body,
+        len: d.len,
+        ok: false,
+    }
+}
+
 impl TxBatch {
     /// Room for `capacity` frames on the heap (tests, benchmarks).
     pub fn new(capacity: usize) -> Self {
@@ -175,16 +189,7 @@ impl TxBatch {
             let Some((_, d)) = want.next_if(|(s, _)| *s == slot) else {
                 continue;
             };
-            let msg = &mut buf.bytes_mut()[OUTER_HEADERS..];
-            let (aad, body) = msg.split_at_mut(crate::wire::DATA_HEADER_LEN);
-            jobs.push(SealJob {
-                key: &d.key,
-                nonce: d.nonce,
-                aad,
-                buf: body,
-                len: d.len,
-                ok: false,
-            });
+            jobs.push(deferred_job(buf.bytes_mut(), d));
         }
         engine.seal(&mut jobs);
         let mut refused = 0;
@@ -717,16 +722,7 @@ impl Gateway {
             .is_some();
         if !resolved {
             let Some(buf) = tx.next_buf() else { return };
-            let msg = &mut buf[OUTER_HEADERS..];
-            let (aad, body) = msg.split_at_mut(crate::wire::DATA_HEADER_LEN);
-            let mut job = [SealJob {
-                key: &d.key,
-                nonce: d.nonce,
-                aad,
-                buf: body,
-                len: d.len,
-                ok: false,
-            }];
+            let mut job = [deferred_job(buf, &d)];
             self.engine.seal(&mut job);
             if job[0].ok {
                 self.after_tunnel(tx, action, None, now);
