@@ -325,6 +325,14 @@ impl Dispatcher {
         if jobs.is_empty() {
             return;
         }
+        if self.gpu.is_none() || self.set.mode == Mode::Off {
+            // Nothing to choose between: no clock reads on the packet path, counters only.
+            cpu_call(&mut self.cpu, jobs);
+            let o = op.index();
+            self.stats.batches[o][Path::Cpu as usize] += 1;
+            self.stats.bytes[o][Path::Cpu as usize] += bytes as u64;
+            return;
+        }
         let t0 = Instant::now();
         if self.route(op, bytes) == Path::Gpu
             && let Some(gpu) = self.gpu.as_mut()
