@@ -9,14 +9,14 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use dwcp_kernels::{Engine, SealJob};
+use dwcp_kernels::{Engine, OpenJob, SealJob};
 use ipnet::Ipv4Net;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
     Ipv4Packet, TcpPacket, UdpPacket,
 };
 
-use crate::tunnel::{Action, MAX_INNER, OVERHEAD, Tunnel};
+use crate::tunnel::{Action, DeferredOpen, MAX_INNER, OVERHEAD, Tunnel};
 
 /// Ethernet header.
 pub const ETH_LEN: usize = 14;
@@ -130,20 +130,19 @@ pub struct TxBatch {
     pending: Vec<(usize, crate::tunnel::DeferredSeal)>,
     /// The job list's allocation, kept between bursts.
     spare_jobs: Vec<SealJob<'static>>,
+    /// Received DWCP messages waiting to be opened, each in its reserved slot (committed
+    /// with length 0) at `OUTER_HEADERS`: opened in one engine batch, then finished by
+    /// [`Gateway::finish_burst`].
+    opens: Vec<(usize, DeferredOpen)>,
+    /// Whether each of `opens` authenticated (set by [`TxBatch::open_pending`]).
+    opened: Vec<bool>,
+    /// The open job list's allocation, kept between bursts.
+    spare_open_jobs: Vec<OpenJob<'static>>,
 }
 
-/// The seal job for a deferred DWCP message at `OUTER_HEADERS` in `frame`: its header is the
-/// AAD, the payload follows.
+/// The seal job for a deferred DWCP message at `OUTER_HEADERS` in `frame`.
 fn deferred_job<'a>(frame: &'a mut [u8], d: &'a crate::tunnel::DeferredSeal) -> SealJob<'a> {
-    let (aad, body) = frame[OUTER_HEADERS..].split_at_mut(crate::wire::DATA_HEADER_LEN);
-    SealJob {
-        key: &d.key,
-        nonce: d.nonce,
-        aad,
-        buf: body,
-        len: d.len,
-        ok: false,
-    }
+    d.job(&mut frame[OUTER_HEADERS..])
 }
 
 impl TxBatch {
@@ -161,15 +160,48 @@ impl TxBatch {
             .into_iter()
             .filter(|b| b.bytes().len() >= FRAME_MAX)
             .collect();
-        let lens = Vec::with_capacity(bufs.len());
-        let pending = Vec::with_capacity(bufs.len());
-        let spare_jobs = Vec::with_capacity(bufs.len());
+        let n = bufs.len();
         Self {
             bufs,
-            lens,
-            pending,
-            spare_jobs,
+            lens: Vec::with_capacity(n),
+            pending: Vec::with_capacity(n),
+            spare_jobs: Vec::with_capacity(n),
+            opens: Vec::with_capacity(n),
+            opened: Vec::with_capacity(n),
+            spare_open_jobs: Vec::with_capacity(n),
         }
+    }
+
+    /// Opens every deferred received message in one engine batch, in place in its slot, with
+    /// its session's key from `tunnel`; whether each authenticated goes to `opened`.
+    fn open_pending(&mut self, tunnel: &Tunnel, engine: &mut dyn Engine) {
+        self.opened.clear();
+        if self.opens.is_empty() {
+            return;
+        }
+        // As in `seal_pending`: one allocation for the job list, reused.
+        let mut jobs: Vec<OpenJob<'_>> = std::mem::take(&mut self.spare_open_jobs)
+            .into_iter()
+            .map(|_| unreachable!("the spare list is empty"))
+            .collect();
+        // `opened` first says which messages have a job (a session gone since has none and
+        // fails), then whether each authenticated.
+        let mut want = self.opens.iter().peekable();
+        for (slot, buf) in self.bufs.iter_mut().enumerate() {
+            let Some((_, d)) = want.next_if(|(s, _)| *s == slot) else {
+                continue;
+            };
+            let job = tunnel.open_job(d, &mut buf.bytes_mut()[OUTER_HEADERS..]);
+            self.opened.push(job.is_some());
+            jobs.extend(job);
+        }
+        engine.open(&mut jobs);
+        let mut results = jobs.iter().map(|j| j.ok);
+        for ok in self.opened.iter_mut().filter(|has_job| **has_job) {
+            *ok = results.next().unwrap_or(false);
+        }
+        jobs.clear();
+        self.spare_open_jobs = jobs.into_iter().map(|_| unreachable!("cleared")).collect();
     }
 
     /// Seals every deferred message in one engine batch. A message the engine refuses is not
@@ -214,17 +246,23 @@ impl TxBatch {
         self.lens
             .iter()
             .zip(&self.bufs)
+            .filter(|((_, len), _)| *len > 0)
             .map(|(&(side, len), b)| (side, &b.bytes()[..len]))
     }
     /// Seals what is pending with `engine`, then hands each queued frame's buffer and length
     /// to `f`, in order (a port may take the buffer and leave a fresh one), then forgets them.
-    /// Returns the messages the engine refused to seal (not sent).
+    /// Returns the messages the engine refused to seal (not sent). Received messages still
+    /// waiting to be opened need the gateway: call [`Gateway::finish_burst`] first (any left
+    /// here are dropped and counted in the return value).
     pub fn drain(
         &mut self,
         engine: &mut dyn Engine,
         mut f: impl FnMut(Side, &mut crate::pool::Buffer, usize),
     ) -> usize {
-        let refused = self.seal_pending(engine);
+        debug_assert!(self.opens.is_empty(), "drain() before finish_burst()");
+        let unopened = self.opens.len();
+        self.opens.clear();
+        let refused = self.seal_pending(engine) + unopened;
         for (&(side, len), buf) in self.lens.iter().zip(self.bufs.iter_mut()) {
             if len > 0 {
                 f(side, buf, len);
@@ -237,6 +275,7 @@ impl TxBatch {
     pub fn clear(&mut self) {
         self.lens.clear();
         self.pending.clear();
+        self.opens.clear();
     }
     /// Number of frames.
     pub fn len(&self) -> usize {
@@ -247,13 +286,22 @@ impl TxBatch {
         self.lens.is_empty()
     }
     fn next_buf(&mut self) -> Option<&mut [u8; FRAME_MAX]> {
-        let i = self.lens.len();
+        self.buf_at(self.lens.len())
+    }
+    fn buf_at(&mut self, slot: usize) -> Option<&mut [u8; FRAME_MAX]> {
         self.bufs
-            .get_mut(i)
+            .get_mut(slot)
             .and_then(|b| <&mut [u8; FRAME_MAX]>::try_from(&mut b.bytes_mut()[..FRAME_MAX]).ok())
     }
     fn commit(&mut self, side: Side, len: usize) {
         self.lens.push((side, len));
+    }
+    /// Commits the frame in `slot`: the next one, or one reserved earlier.
+    fn place(&mut self, slot: usize, side: Side, len: usize) {
+        match self.lens.get_mut(slot) {
+            Some(l) => *l = (side, len),
+            None => self.commit(side, len),
+        }
     }
 }
 
@@ -404,10 +452,24 @@ impl Gateway {
         }
     }
 
-    /// Sends a finished frame whose Ethernet destination is still to be filled in.
+    /// Sends the finished frame in the next TX buffer, whose Ethernet destination is still to
+    /// be filled in.
     fn send_routed(
         &mut self,
         tx: &mut TxBatch,
+        side: Side,
+        dst: Ipv4Addr,
+        len: usize,
+        now: Duration,
+    ) {
+        self.send_routed_at(tx, tx.len(), side, dst, len, now);
+    }
+
+    /// As [`Gateway::send_routed`] for the frame in TX slot `slot`.
+    fn send_routed_at(
+        &mut self,
+        tx: &mut TxBatch,
+        slot: usize,
         side: Side,
         dst: Ipv4Addr,
         len: usize,
@@ -419,13 +481,13 @@ impl Gateway {
         };
         let src_mac = self.port(side).mac;
         let known = self.lookup(side, hop, now);
-        let Some(buf) = tx.next_buf() else { return };
+        let Some(buf) = tx.buf_at(slot) else { return };
         buf[6..12].copy_from_slice(&src_mac);
         match known {
             Some(mac) => {
                 buf[..6].copy_from_slice(&mac);
                 self.count_tx(side, len);
-                tx.commit(side, len);
+                tx.place(slot, side, len);
             }
             None => {
                 // Park the frame and ask for the next hop.
@@ -905,29 +967,73 @@ impl Gateway {
                 }
                 let from = SocketAddrV4::new(pkt.src_addr(), udp.src_port());
                 let datagram = udp.payload();
-                let Some(buf) = tx.next_buf() else { return };
+                let slot = tx.len();
+                let Some(buf) = tx.buf_at(slot) else { return };
                 // Handshake answers are written at the outer-header offset of the next TX
-                // frame; inner packets land there too and are moved to the LAN below.
-                let action = self.tunnel.receive(
-                    &mut *self.engine,
+                // frame; a data message's body is copied there and the slot reserved: the
+                // burst's messages are opened together (`finish_burst`) and each inner packet
+                // is moved to the LAN in its own slot.
+                match self.tunnel.receive_deferred(
                     datagram,
                     Some(from),
                     &mut buf[OUTER_HEADERS..],
                     now,
-                );
-                match action {
-                    Action::Deliver { peer, len } => self.deliver(tx, peer, len, now),
-                    other => self.after_tunnel(tx, other, Some(port), now),
+                ) {
+                    (_, Some(d)) => {
+                        tx.commit(Side::Lan, 0);
+                        tx.opens.push((slot, d));
+                    }
+                    (action, None) => self.after_tunnel(tx, action, Some(port), now),
                 }
             }
             _ => self.counters.not_for_us += 1,
         }
     }
 
-    /// An inner packet is in the next TX buffer at `OUTER_HEADERS`: check it and send it on
-    /// the LAN.
-    fn deliver(&mut self, tx: &mut TxBatch, peer: usize, len: usize, now: Duration) {
-        let Some(buf) = tx.next_buf() else { return };
+    /// Finishes the burst so far: opens the received DWCP messages in one engine batch and
+    /// sends each inner packet on the LAN (in its reserved slot, so the order holds), then
+    /// seals the outgoing messages in one engine batch. Returns the messages the engine
+    /// refused to seal (not sent). [`Gateway::drain`] runs it before frames leave.
+    pub fn finish_burst(&mut self, tx: &mut TxBatch, now: Duration) -> usize {
+        if !tx.opens.is_empty() {
+            tx.open_pending(&self.tunnel, &mut *self.engine);
+            let mut opens = std::mem::take(&mut tx.opens);
+            let opened = std::mem::take(&mut tx.opened);
+            for (&(slot, ref d), &ok) in opens.iter().zip(&opened) {
+                let Some(buf) = tx.buf_at(slot) else { continue };
+                let action = self.tunnel.finish_open(
+                    &mut *self.engine,
+                    d,
+                    ok,
+                    &mut buf[OUTER_HEADERS..],
+                    now,
+                );
+                if let Action::Deliver { peer, len } = action {
+                    self.deliver(tx, slot, peer, len, now);
+                }
+            }
+            opens.clear();
+            tx.opens = opens;
+            tx.opened = opened;
+        }
+        tx.seal_pending(&mut *self.engine)
+    }
+
+    /// Finishes the burst ([`Gateway::finish_burst`]), then hands each frame to `f` and
+    /// forgets them ([`TxBatch::drain`]). Returns the messages refused by the engine.
+    pub fn drain(
+        &mut self,
+        tx: &mut TxBatch,
+        now: Duration,
+        f: impl FnMut(Side, &mut crate::pool::Buffer, usize),
+    ) -> usize {
+        self.finish_burst(tx, now) + tx.drain(&mut *self.engine, f)
+    }
+
+    /// An inner packet is in TX slot `slot` at `OUTER_HEADERS`: check it and send it on the
+    /// LAN from that slot.
+    fn deliver(&mut self, tx: &mut TxBatch, slot: usize, peer: usize, len: usize, now: Duration) {
+        let Some(buf) = tx.buf_at(slot) else { return };
         let (src, dst, ttl) = {
             let Ok(p) = Ipv4Packet::new_checked(&buf[OUTER_HEADERS..OUTER_HEADERS + len]) else {
                 self.counters.malformed += 1;
@@ -960,7 +1066,7 @@ impl Gateway {
             p.fill_checksum();
         }
         buf[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        self.send_routed(tx, Side::Lan, dst, ETH_LEN + len, now);
+        self.send_routed_at(tx, slot, Side::Lan, dst, ETH_LEN + len, now);
     }
 
     /// Timers: the tunnel's handshakes and keepalives, parked frames that waited too long.
@@ -1229,7 +1335,7 @@ mod tests {
         ) {
             let g = if from_a { &mut self.a } else { &mut self.b };
             assert_eq!(
-                tx.seal_pending(g.engine_mut()),
+                g.finish_burst(tx, self.now),
                 0,
                 "a deferred seal was refused"
             );
@@ -1415,6 +1521,70 @@ mod tests {
                 .all(|f| !f.windows(needle.len()).any(|w| w == needle)),
             "a parked message went out unsealed"
         );
+    }
+
+    /// A WAN burst is opened in one batch: each inner packet keeps its place, a replay within
+    /// the burst, a tampered message and one whose session is gone are each dropped and
+    /// counted, and the rest are delivered.
+    #[test]
+    fn a_wan_burst_is_opened_together_in_order_with_drops_counted() {
+        let mut n = Net::new();
+        let first = ipv4(HOST_A, HOST_B, IpProtocol::Udp, b"warm-up", true);
+        n.inject(true, Side::Lan, eth(GW_A_LAN, HOST_A_MAC, 0x0800, &first));
+        assert_eq!(n.to_host_b.len(), 1, "session up, host B's MAC known");
+        // Eight messages from A, sealed in one burst.
+        let mut tx = TxBatch::new(32);
+        for i in 0..8u8 {
+            let pkt = ipv4(HOST_A, HOST_B, IpProtocol::Udp, &[i; 100], true);
+            n.a.from_lan(&eth(GW_A_LAN, HOST_A_MAC, 0x0800, &pkt), &mut tx, n.now);
+        }
+        assert_eq!(n.a.finish_burst(&mut tx, n.now), 0);
+        let mut wire: Vec<Vec<u8>> = tx.frames().map(|(_, f)| f.to_vec()).collect();
+        tx.clear();
+        assert_eq!(wire.len(), 8);
+        // Message 2 again (a replay inside the burst), message 5 tampered.
+        let replay = wire[2].clone();
+        wire.insert(4, replay);
+        let last = wire[6].len() - 1;
+        wire[6][last] ^= 1;
+        let before = n.b.tunnel.counters;
+        let mut rx = TxBatch::new(32);
+        for f in &wire {
+            n.b.from_wan(f, &mut rx, n.now);
+        }
+        assert!(
+            rx.frames().next().is_none(),
+            "nothing leaves before the open"
+        );
+        assert_eq!(n.b.finish_burst(&mut rx, n.now), 0);
+        let got: Vec<u8> = rx
+            .frames()
+            .map(|(side, f)| {
+                assert_eq!(side, Side::Lan);
+                assert_eq!(&f[..6], &HOST_B_MAC);
+                let ip = ip_of(f);
+                assert!(ip.verify_checksum());
+                assert_eq!(ip.payload().len(), 100);
+                ip.payload()[0]
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [0, 1, 2, 3, 4, 6, 7],
+            "in order, the tampered one missing"
+        );
+        let after = n.b.tunnel.counters;
+        assert_eq!(after.replayed - before.replayed, 1);
+        assert_eq!(after.auth_failed - before.auth_failed, 1);
+        assert_eq!(after.rx_packets - before.rx_packets, 7);
+        // The same messages again: all replays now, none delivered.
+        rx.clear();
+        for f in &wire {
+            n.b.from_wan(f, &mut rx, n.now);
+        }
+        n.b.finish_burst(&mut rx, n.now);
+        assert_eq!(rx.frames().count(), 0);
+        assert_eq!(n.b.tunnel.counters.replayed - after.replayed, 8);
     }
 
     #[test]

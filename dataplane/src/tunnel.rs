@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dwcp_kernels::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
-use crate::anti_replay::{Replay, ReplayWindow};
+use crate::anti_replay::ReplayWindow;
 use crate::handshake::{self, Pending, SessionKeys, TIMESTAMP_LEN};
 use crate::wire::{self, DATA_HEADER_LEN, DataHeader, FLAG_LZ4, Init, Response};
 
@@ -267,6 +267,38 @@ pub struct DeferredSeal {
     pub nonce: [u8; dwcp_kernels::NONCE_LEN],
     /// Plaintext payload length.
     pub len: usize,
+}
+
+impl DeferredSeal {
+    /// The seal job for this message, which starts (with its header, the AAD) at the start
+    /// of `msg`.
+    pub fn job<'a>(&'a self, msg: &'a mut [u8]) -> SealJob<'a> {
+        let (aad, body) = msg.split_at_mut(DATA_HEADER_LEN);
+        SealJob {
+            key: &self.key,
+            nonce: self.nonce,
+            aad,
+            buf: body,
+            len: self.len,
+            ok: false,
+        }
+    }
+}
+
+/// A received data message whose opening is deferred (see [`Tunnel::receive_deferred`]): its
+/// body (ciphertext and tag) waits in the caller's buffer; [`Tunnel::open_job`] opens it
+/// there, in one engine batch with the rest of the burst, and [`Tunnel::finish_open`] then
+/// accepts it (replay window, endpoint, session confirmation) and decompresses it.
+#[derive(Clone, Debug)]
+pub struct DeferredOpen {
+    /// The message header as received (the AAD).
+    aad: [u8; DATA_HEADER_LEN],
+    header: DataHeader,
+    /// The peer whose session the receiver index named.
+    peer: usize,
+    from: Option<SocketAddrV4>,
+    /// Ciphertext plus tag length.
+    body_len: usize,
 }
 
 /// One worker's tunnel state.
@@ -606,11 +638,42 @@ impl Tunnel {
         out: &mut [u8],
         now: Duration,
     ) -> Action {
+        match self.receive_deferred(datagram, from, out, now) {
+            (_, Some(d)) => {
+                let ok = match self.open_job(&d, out) {
+                    Some(job) => {
+                        let mut job = [job];
+                        engine.open(&mut job);
+                        job[0].ok
+                    }
+                    None => false,
+                };
+                self.finish_open(engine, &d, ok, out, now)
+            }
+            (action, None) => action,
+        }
+    }
+
+    /// As [`Tunnel::receive`], but a data message is not opened: its body (ciphertext and
+    /// tag) is copied to the start of `out` and a [`DeferredOpen`] comes back, so the caller
+    /// can open a whole burst in one engine batch, then call [`Tunnel::finish_open`] for each,
+    /// in order. Anything else is handled at once (the second value is `None`).
+    #[inline]
+    pub fn receive_deferred(
+        &mut self,
+        datagram: &[u8],
+        from: Option<SocketAddrV4>,
+        out: &mut [u8],
+        now: Duration,
+    ) -> (Action, Option<DeferredOpen>) {
         match datagram.first() {
-            Some(&wire::TYPE_DATA) => self.receive_data(engine, datagram, from, out, now),
-            Some(&wire::TYPE_INIT) => self.receive_init(datagram, from, out, now),
-            Some(&wire::TYPE_RESPONSE) => self.receive_response(datagram, from, now),
-            _ => self.drop_counted(DropReason::Malformed),
+            Some(&wire::TYPE_DATA) => match self.begin_data(datagram, from, out) {
+                Ok(d) => (Action::None, Some(d)),
+                Err(reason) => (self.drop_counted(reason), None),
+            },
+            Some(&wire::TYPE_INIT) => (self.receive_init(datagram, from, out, now), None),
+            Some(&wire::TYPE_RESPONSE) => (self.receive_response(datagram, from, now), None),
+            _ => (self.drop_counted(DropReason::Malformed), None),
         }
     }
 
@@ -697,68 +760,97 @@ impl Tunnel {
         }
     }
 
-    fn receive_data(
+    /// Checks a data message against the session it names and its replay window (without
+    /// accepting its counter yet) and copies its body to `out`.
+    #[inline]
+    fn begin_data(
         &mut self,
-        engine: &mut dyn Engine,
         datagram: &[u8],
         from: Option<SocketAddrV4>,
         out: &mut [u8],
+    ) -> Result<DeferredOpen, DropReason> {
+        let header = DataHeader::parse(datagram).map_err(|_| DropReason::Malformed)?;
+        if datagram.len() < OVERHEAD || datagram.len() - DATA_HEADER_LEN > out.len() {
+            return Err(DropReason::Malformed);
+        }
+        let (peer, s) = self
+            .session_for(header.receiver)
+            .ok_or(DropReason::UnknownIndex)?;
+        s.replay
+            .check(header.counter)
+            .map_err(|_| DropReason::Replayed)?;
+        let body = &datagram[DATA_HEADER_LEN..];
+        out[..body.len()].copy_from_slice(body);
+        let mut aad = [0u8; DATA_HEADER_LEN];
+        aad.copy_from_slice(&datagram[..DATA_HEADER_LEN]);
+        Ok(DeferredOpen {
+            aad,
+            header,
+            peer,
+            from,
+            body_len: body.len(),
+        })
+    }
+
+    /// The open job for a deferred message whose body is at the start of `buf`, with the key
+    /// of the session it names now; `None` when that session has gone since (then
+    /// [`Tunnel::finish_open`] drops the message as unknown).
+    #[inline]
+    pub fn open_job<'a>(&'a self, d: &'a DeferredOpen, buf: &'a mut [u8]) -> Option<OpenJob<'a>> {
+        let p = self.peers.get(d.peer)?;
+        let s = p.slot(p.find(d.header.receiver)?)?;
+        Some(OpenJob {
+            key: &s.recv,
+            nonce: dwcp_kernels::nonce(d.header.counter),
+            aad: &d.aad,
+            buf,
+            len: d.body_len,
+            ok: false,
+        })
+    }
+
+    /// The peer and session a receiver index names.
+    #[inline]
+    fn session_for(&self, receiver: u32) -> Option<(usize, &Session)> {
+        let &peer = self.by_index.get(&receiver)?;
+        let p = self.peers.get(peer)?;
+        p.slot(p.find(receiver)?).map(|s| (peer, s))
+    }
+
+    /// Finishes a deferred data message after its open job ran (`ok`: the tag verified; its
+    /// plaintext is at the start of `out`): accepts its counter, learns the sender's endpoint,
+    /// confirms a responder session, decompresses. Returns [`Action::Deliver`] with the inner
+    /// packet at the start of `out`, [`Action::None`] for a keepalive, or a counted drop.
+    #[inline]
+    pub fn finish_open(
+        &mut self,
+        engine: &mut dyn Engine,
+        d: &DeferredOpen,
+        ok: bool,
+        out: &mut [u8],
         now: Duration,
     ) -> Action {
-        let Ok(header) = DataHeader::parse(datagram) else {
-            return self.drop_counted(DropReason::Malformed);
-        };
-        if datagram.len() < OVERHEAD || datagram.len() - DATA_HEADER_LEN > out.len() {
-            return self.drop_counted(DropReason::Malformed);
-        }
-        let Some(&peer) = self.by_index.get(&header.receiver) else {
+        // The session may have gone since the message was checked (a reload, an expiry): then
+        // it is dropped as unknown. Nothing between the open and here makes sessions, so a
+        // session found here is the one whose key opened it.
+        let peer = d.peer;
+        let Some(p) = self.peers.get_mut(peer) else {
             return self.drop_counted(DropReason::UnknownIndex);
         };
-        let Some(slot) = self.peers[peer].find(header.receiver) else {
+        let Some(slot) = p.find(d.header.receiver) else {
             return self.drop_counted(DropReason::UnknownIndex);
         };
-        let body_len = datagram.len() - DATA_HEADER_LEN;
-        // Decrypt into `scratch` when the payload is compressed (then decompress into `out`),
-        // else straight into `out`.
-        let compressed = header.flags & FLAG_LZ4 != 0;
-        let ok = {
-            let Some(s) = self.peers[peer].slot(slot) else {
-                return self.drop_counted(DropReason::UnknownIndex);
-            };
-            match s.replay.check(header.counter) {
-                Ok(()) => {}
-                Err(Replay::TooOld | Replay::Duplicate) => {
-                    return self.drop_counted(DropReason::Replayed);
-                }
-            }
-            let dst: &mut [u8] = if compressed {
-                &mut self.scratch[..]
-            } else {
-                &mut *out
-            };
-            dst[..body_len].copy_from_slice(&datagram[DATA_HEADER_LEN..]);
-            let mut job = [OpenJob {
-                key: &s.recv,
-                nonce: dwcp_kernels::nonce(header.counter),
-                aad: &datagram[..DATA_HEADER_LEN],
-                buf: dst,
-                len: body_len,
-                ok: false,
-            }];
-            engine.open(&mut job);
-            job[0].ok
+        let Some(s) = p.slot_mut(slot) else {
+            return self.drop_counted(DropReason::UnknownIndex);
         };
         if !ok {
             return self.drop_counted(DropReason::AuthFailed);
         }
-        let p = &mut self.peers[peer];
-        if let Some(s) = p.slot_mut(slot)
-            && s.replay.accept(header.counter).is_err()
-        {
+        if s.replay.accept(d.header.counter).is_err() {
             return self.drop_counted(DropReason::Replayed);
         }
-        if from.is_some() {
-            p.endpoint = from;
+        if d.from.is_some() {
+            p.endpoint = d.from;
         }
         // The initiator uses the session it made with us: it is confirmed; send on it from now
         // on — unless ours is at least as new (both sides initiated at once: each then sends
@@ -773,8 +865,13 @@ impl Tunnel {
         {
             self.install(peer, next, now);
         }
-        let plain_len = body_len - TAG_LEN;
-        let len = if compressed {
+        let plain_len = d.body_len - TAG_LEN;
+        let len = if d.header.flags & FLAG_LZ4 != 0 {
+            if plain_len > self.scratch.len() {
+                return self.drop_counted(DropReason::Malformed);
+            }
+            // Decompress from a copy of the (smaller) compressed payload back into `out`.
+            self.scratch[..plain_len].copy_from_slice(&out[..plain_len]);
             let cap = MAX_INNER.min(out.len());
             let mut job = [DecompressJob {
                 src: &self.scratch[..plain_len],
@@ -1145,6 +1242,30 @@ mod tests {
         for n in 0..msg.len() {
             let _ = l.b.receive(e, &msg[..n], None, &mut out, l.now);
         }
+    }
+
+    /// A deferred message whose session goes away before its open finishes (a reload that
+    /// removed the peer) is dropped as unknown, not delivered on a stale key.
+    #[test]
+    fn a_deferred_open_whose_session_went_away_is_dropped() {
+        let (mut l, msg) = established();
+        let mut out = vec![0u8; MAX_INNER + 64];
+        let (action, d) = l.b.receive_deferred(&msg, None, &mut out, l.now);
+        assert_eq!(action, Action::None);
+        let d = d.expect("a data message is deferred");
+        let mut job = [l.b.open_job(&d, &mut out).expect("its session is there")];
+        l.engine.open(&mut job);
+        assert!(job[0].ok, "it authenticates");
+        l.b.set_peers(Vec::new());
+        assert!(
+            l.b.open_job(&d, &mut out).is_none(),
+            "no key once the session is gone"
+        );
+        assert_eq!(
+            l.b.finish_open(&mut l.engine, &d, true, &mut out, l.now),
+            Action::Dropped(DropReason::UnknownIndex)
+        );
+        assert_eq!(l.b.counters.rx_packets, 1, "only the warm-up packet");
     }
 
     #[test]

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dwcp_kernels::Engine;
-
 use crate::gateway::{Gateway, Side, TxBatch, wan_owner};
 use crate::io::PacketPort;
 use crate::io::memory::Mailbox;
@@ -59,7 +57,8 @@ pub struct Worker {
 
 fn send_all(
     tx: &mut TxBatch,
-    engine: &mut dyn Engine,
+    gateway: &mut Gateway,
+    now: Duration,
     lan: &mut dyn PacketPort,
     wan: &mut dyn PacketPort,
     counters: &mut LoopCounters,
@@ -68,8 +67,8 @@ fn send_all(
         return;
     }
     let mut full = 0u64;
-    // Draining seals whatever is still pending first: nothing leaves unsealed.
-    let refused = tx.drain(engine, |side, buf, len| {
+    // Draining opens and seals whatever is still pending first: nothing leaves unsealed.
+    let refused = gateway.drain(tx, now, |side, buf, len| {
         let ok = match side {
             Side::Lan => lan.tx_buffer(buf, len),
             Side::Wan => wan.tx_buffer(buf, len),
@@ -93,7 +92,8 @@ fn per_packet(t0: Instant, n: usize) -> u64 {
 
 fn send_timed(
     tx: &mut TxBatch,
-    engine: &mut dyn Engine,
+    gateway: &mut Gateway,
+    now: Duration,
     lan: &mut dyn PacketPort,
     wan: &mut dyn PacketPort,
     counters: &mut LoopCounters,
@@ -104,7 +104,7 @@ fn send_timed(
         return;
     }
     let t0 = Instant::now();
-    send_all(tx, engine, lan, wan, counters);
+    send_all(tx, gateway, now, lan, wan, counters);
     hist.record(per_packet(t0, n), n as u64);
 }
 
@@ -135,14 +135,15 @@ impl Worker {
             let t0 = Instant::now();
             let n = lan.rx_burst(BURST, &mut |f| gateway.from_lan(f, tx, now));
             // The burst's WAN messages, sealed in one engine batch.
-            loop_counters.seal_refused += tx.seal_pending(gateway.engine_mut()) as u64;
+            loop_counters.seal_refused += gateway.finish_burst(tx, now) as u64;
             if n > 0 {
                 hist[0].record(per_packet(t0, n), n as u64);
                 work += n;
             }
             send_timed(
                 tx,
-                gateway.engine_mut(),
+                gateway,
+                now,
                 &mut **lan,
                 &mut **wan,
                 &mut loop_counters,
@@ -160,13 +161,16 @@ impl Worker {
                 }
                 _ => gateway.from_wan(f, tx, now),
             });
+            // The burst's DWCP messages, opened in one engine batch.
+            loop_counters.seal_refused += gateway.finish_burst(tx, now) as u64;
             if n > 0 {
                 hist[1].record(per_packet(t0, n), n as u64);
                 work += n;
             }
             send_timed(
                 tx,
-                gateway.engine_mut(),
+                gateway,
+                now,
                 &mut **lan,
                 &mut **wan,
                 &mut loop_counters,
@@ -177,13 +181,7 @@ impl Worker {
                 handed += 1;
             }
             work += handed;
-            send_all(
-                tx,
-                gateway.engine_mut(),
-                &mut **lan,
-                &mut **wan,
-                &mut loop_counters,
-            );
+            send_all(tx, gateway, now, &mut **lan, &mut **wan, &mut loop_counters);
             if now.saturating_sub(last_tick) >= TICK {
                 last_tick = now;
                 while let Some(r) = reloads.pop() {
@@ -191,13 +189,7 @@ impl Worker {
                     gateway.set_allowed(r.allowed);
                 }
                 gateway.tick(tx, now);
-                send_all(
-                    tx,
-                    gateway.engine_mut(),
-                    &mut **lan,
-                    &mut **wan,
-                    &mut loop_counters,
-                );
+                send_all(tx, gateway, now, &mut **lan, &mut **wan, &mut loop_counters);
             }
             if now.saturating_sub(last_publish) >= PUBLISH {
                 last_publish = now;
