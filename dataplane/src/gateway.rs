@@ -138,6 +138,8 @@ pub struct TxBatch {
     opened: Vec<bool>,
     /// The open job list's allocation, kept between bursts.
     spare_open_jobs: Vec<OpenJob<'static>>,
+    /// Frames not built because every buffer was taken (counted, never silent).
+    no_room: u64,
 }
 
 /// The seal job for a deferred DWCP message at `OUTER_HEADERS` in `frame`.
@@ -169,6 +171,7 @@ impl TxBatch {
             opens: Vec::with_capacity(n),
             opened: Vec::with_capacity(n),
             spare_open_jobs: Vec::with_capacity(n),
+            no_room: 0,
         }
     }
 
@@ -289,9 +292,18 @@ impl TxBatch {
         self.buf_at(self.lens.len())
     }
     fn buf_at(&mut self, slot: usize) -> Option<&mut [u8; FRAME_MAX]> {
-        self.bufs
+        let buf = self
+            .bufs
             .get_mut(slot)
-            .and_then(|b| <&mut [u8; FRAME_MAX]>::try_from(&mut b.bytes_mut()[..FRAME_MAX]).ok())
+            .and_then(|b| <&mut [u8; FRAME_MAX]>::try_from(&mut b.bytes_mut()[..FRAME_MAX]).ok());
+        if buf.is_none() {
+            self.no_room += 1;
+        }
+        buf
+    }
+    /// Frames dropped so far because the batch had no free buffer.
+    pub fn no_room(&self) -> u64 {
+        self.no_room
     }
     fn commit(&mut self, side: Side, len: usize) {
         self.lens.push((side, len));
@@ -1658,6 +1670,17 @@ mod tests {
         );
         assert_eq!(n.b.counters.source_not_allowed, 1);
         assert!(n.to_host_b.is_empty());
+    }
+
+    #[test]
+    fn a_frame_with_no_free_tx_buffer_is_counted() {
+        let (mut a, _) = gateways();
+        let mut tx = TxBatch::new(1);
+        let ask = arp_request(HOST_A_MAC, HOST_A, Ipv4Addr::new(10, 1, 0, 1));
+        a.from_lan(&ask, &mut tx, Duration::ZERO);
+        a.from_lan(&ask, &mut tx, Duration::ZERO);
+        assert_eq!(tx.frames().count(), 1, "one reply fits");
+        assert_eq!(tx.no_room(), 1, "the other is counted");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub const NAMES: &[&str] = &[
     "drop_unresolved",
     "drop_tx_full",
     "drop_seal_refused",
+    "drop_tx_no_room",
     "handoff_frames",
     "handshakes_initiated",
     "handshakes_completed",
@@ -77,6 +78,8 @@ pub struct LoopCounters {
     pub handoff: u64,
     /// Deferred messages the engine refused to seal (not sent).
     pub seal_refused: u64,
+    /// Frames not built because the burst's TX batch had no free buffer.
+    pub tx_no_room: u64,
 }
 
 /// Flattens a worker's counters in [`NAMES`] order; `o` is its offload dispatcher's.
@@ -110,6 +113,7 @@ pub fn flatten(
         g.unresolved,
         l.tx_full,
         l.seal_refused,
+        l.tx_no_room,
         l.handoff,
         t.handshakes_initiated,
         t.handshakes_completed,

@@ -193,6 +193,7 @@ impl Worker {
             }
             if now.saturating_sub(last_publish) >= PUBLISH {
                 last_publish = now;
+                loop_counters.tx_no_room = tx.no_room();
                 stats.publish_histograms(&hist);
                 stats.publish(&flatten(
                     &gateway.counters,
@@ -212,6 +213,7 @@ impl Worker {
                 idle = 0;
             }
         }
+        loop_counters.tx_no_room = tx.no_room();
         stats.publish(&flatten(
             &gateway.counters,
             &gateway.tunnel.counters,
