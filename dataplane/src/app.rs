@@ -178,6 +178,8 @@ pub struct Running {
     labels: (String, String, String, usize),
     offload: (&'static str, String),
     gpu: Option<dwcp_kernels::monitor::GpuMonitor>,
+    /// The thread gathering the workers' GPU batches (dropped after the workers stop).
+    _gather: Option<dwcp_kernels::gather::Gatherer>,
     /// DPDK ports: (config name, port id, last link state seen).
     dpdk: Vec<(String, u16, Option<bool>)>,
 }
@@ -273,6 +275,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     let offload_kind = offload.kind;
     let offload_why = offload.why.clone();
     let gpu_monitor = offload.monitor;
+    let gatherer = offload.gatherer;
     let mut engines = offload.engines.into_iter();
     let all_stats: Vec<Arc<WorkerStats>> = (0..workers)
         .map(|_| Arc::new(WorkerStats::default()))
@@ -360,6 +363,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         ),
         offload: (offload_kind, offload_why),
         gpu: gpu_monitor,
+        _gather: gatherer,
         dpdk: dpdk_ports
             .into_iter()
             .map(|(n, id)| (n, id, None))

@@ -365,6 +365,8 @@ pub fn offload_check(mode: dwcp_provisioning::schema::GpuMode, packets: usize) -
     };
     let built = crate::offload::engines(&cfg, 1);
     let (kind, why) = (built.kind, built.why);
+    // The GPU path ends with the gathering thread: keep it until the end.
+    let _gatherer = built.gatherer;
     let mut engine = built
         .engines
         .into_iter()

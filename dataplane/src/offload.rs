@@ -1,13 +1,15 @@
 //! The data plane's offload engines, from `[offload]`: one adaptive dispatcher per worker over
-//! the CPU engine and, when `offload.gpu` allows it and a GPU is usable, that worker's own
-//! CUDA engine (own streams and staging, shared device): no lock between workers. Says at
-//! start-up which engine runs and why, and reports GPU state for metrics and the console.
+//! the worker's own CPU engine and, when `offload.gpu` allows it and a GPU is usable, the one
+//! CUDA engine behind a gathering thread that runs the GPU batches of all workers together
+//! (up to `max_batch` packets or `max_delay_us`). Says at start-up which engine runs and why,
+//! and reports GPU state for metrics and the console.
 
 use std::time::Duration;
 
 use dwcp_kernels::Engine;
 use dwcp_kernels::cuda::{Capacity, CudaEngine};
-use dwcp_kernels::dispatch::{Accelerator, Dispatcher, Mode, Settings};
+use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
+use dwcp_kernels::gather::{GatherSettings, Gatherer};
 use dwcp_kernels::monitor::GpuMonitor;
 use dwcp_provisioning::schema::{GpuMode, Offload};
 
@@ -24,6 +26,9 @@ pub struct Engines {
     pub why: String,
     /// The GPU's monitor, when a GPU engine runs.
     pub monitor: Option<GpuMonitor>,
+    /// The thread that gathers the workers' GPU batches, when a GPU engine runs; the workers'
+    /// GPU path ends with it (they then finish everything on their CPUs).
+    pub gatherer: Option<Gatherer>,
 }
 
 fn settings(cfg: &Offload) -> Settings {
@@ -50,35 +55,50 @@ pub fn engines(cfg: &Offload, workers: usize) -> Engines {
         kind: "cpu",
         why,
         monitor: None,
+        gatherer: None,
     };
     if cfg.gpu == GpuMode::Off {
         return cpu_only("offload.gpu = off".into());
     }
-    let cap = Capacity::for_batch(usize::try_from(cfg.max_batch).unwrap_or(1024), MAX_PACKET);
-    let mut gpus: Vec<Box<dyn Accelerator>> = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        match CudaEngine::new(cfg.device, cap) {
-            Ok(e) => gpus.push(Box::new(e)),
-            Err(e) => {
-                let mode = if cfg.gpu == GpuMode::On { "on" } else { "auto" };
-                return cpu_only(format!("offload.gpu = {mode}, but no GPU engine: {e}"));
-            }
+    let mode = if cfg.gpu == GpuMode::On { "on" } else { "auto" };
+    let max_batch = usize::try_from(cfg.max_batch).unwrap_or(1024);
+    // Staging for `max_batch` packets; a larger gather runs in more chunks.
+    let cap = Capacity::for_batch(max_batch, MAX_PACKET);
+    let gpu = match CudaEngine::new(cfg.device, cap) {
+        Ok(e) => e,
+        Err(e) => return cpu_only(format!("offload.gpu = {mode}, but no GPU engine: {e}")),
+    };
+    let described = dwcp_kernels::dispatch::Accelerator::describe(&gpu);
+    let gather = GatherSettings {
+        max_batch,
+        max_delay: Duration::from_micros(u64::from(cfg.max_delay_us)),
+        ..GatherSettings::default()
+    };
+    let (gatherer, clients) = match Gatherer::start(Box::new(gpu), workers, gather) {
+        Ok(g) => g,
+        Err(e) => {
+            return cpu_only(format!(
+                "offload.gpu = {mode}, but the GPU gathering thread did not start: {e}"
+            ));
         }
-    }
-    let described = gpus.first().map(|g| g.describe()).unwrap_or_default();
+    };
     let (kind, how) = if cfg.gpu == GpuMode::On {
         ("gpu", "every batch to the GPU while it is healthy")
     } else {
         ("auto", "each batch to whichever path is measured faster")
     };
     Engines {
-        engines: gpus
+        engines: clients
             .into_iter()
-            .map(|g| Box::new(Dispatcher::new(Some(g), set)) as Box<dyn Engine>)
+            .map(|c| Box::new(Dispatcher::new(Some(Box::new(c)), set)) as Box<dyn Engine>)
             .collect(),
         kind,
-        why: format!("GPU {described}; {how}"),
+        why: format!(
+            "GPU {described}; {how}; workers' GPU batches gathered up to {max_batch} packets or {} us",
+            cfg.max_delay_us
+        ),
         monitor: GpuMonitor::new(cfg.device),
+        gatherer: Some(gatherer),
     }
 }
 

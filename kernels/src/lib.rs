@@ -9,12 +9,13 @@
 
 #![deny(unsafe_code)]
 
-pub mod batcher;
 pub mod bench;
 pub mod cpu;
 #[allow(unsafe_code)]
 pub mod cuda;
 pub mod dispatch;
+#[allow(unsafe_code)]
+pub mod gather;
 pub mod monitor;
 pub mod suite;
 
@@ -88,6 +89,20 @@ pub struct SealJob<'a> {
     pub ok: bool,
 }
 
+impl SealJob<'_> {
+    /// The same job, borrowed for a shorter time (to run it in a batch built elsewhere).
+    pub fn reborrow(&mut self) -> SealJob<'_> {
+        SealJob {
+            key: self.key,
+            nonce: self.nonce,
+            aad: self.aad,
+            buf: &mut *self.buf,
+            len: self.len,
+            ok: self.ok,
+        }
+    }
+}
+
 /// Open one packet in place: `buf[..len]` is ciphertext followed by the tag; on success
 /// `buf[..len - 16]` is the plaintext.
 pub struct OpenJob<'a> {
@@ -105,6 +120,20 @@ pub struct OpenJob<'a> {
     pub ok: bool,
 }
 
+impl OpenJob<'_> {
+    /// The same job, borrowed for a shorter time (to run it in a batch built elsewhere).
+    pub fn reborrow(&mut self) -> OpenJob<'_> {
+        OpenJob {
+            key: self.key,
+            nonce: self.nonce,
+            aad: self.aad,
+            buf: &mut *self.buf,
+            len: self.len,
+            ok: self.ok,
+        }
+    }
+}
+
 /// Compress one packet into `dst`; `out_len` is `None` when the result would not be smaller
 /// (the caller then sends the packet uncompressed).
 pub struct CompressJob<'a> {
@@ -114,6 +143,17 @@ pub struct CompressJob<'a> {
     pub dst: &'a mut [u8],
     /// Set by the engine.
     pub out_len: Option<usize>,
+}
+
+impl CompressJob<'_> {
+    /// The same job, borrowed for a shorter time (to run it in a batch built elsewhere).
+    pub fn reborrow(&mut self) -> CompressJob<'_> {
+        CompressJob {
+            src: self.src,
+            dst: &mut *self.dst,
+            out_len: self.out_len,
+        }
+    }
 }
 
 /// The output space a [`CompressJob`] needs for `len` bytes of input (LZ4's worst case).
@@ -130,6 +170,17 @@ pub struct DecompressJob<'a> {
     pub dst: &'a mut [u8],
     /// Set by the engine.
     pub out_len: Option<usize>,
+}
+
+impl DecompressJob<'_> {
+    /// The same job, borrowed for a shorter time (to run it in a batch built elsewhere).
+    pub fn reborrow(&mut self) -> DecompressJob<'_> {
+        DecompressJob {
+            src: self.src,
+            dst: &mut *self.dst,
+            out_len: self.out_len,
+        }
+    }
 }
 
 /// A batch engine. Every job's result is in the job; an engine never drops or reorders jobs.
