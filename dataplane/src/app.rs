@@ -179,7 +179,7 @@ pub struct Running {
     offload: (&'static str, String),
     gpu: Option<dwcp_kernels::monitor::GpuMonitor>,
     /// The thread gathering the workers' GPU batches (dropped after the workers stop).
-    _gather: Option<dwcp_kernels::gather::Gatherer>,
+    gather: Option<dwcp_kernels::gather::Gatherer>,
     /// DPDK ports: (config name, port id, last link state seen).
     dpdk: Vec<(String, u16, Option<bool>)>,
 }
@@ -363,7 +363,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         ),
         offload: (offload_kind, offload_why),
         gpu: gpu_monitor,
-        _gather: gatherer,
+        gather: gatherer,
         dpdk: dpdk_ports
             .into_iter()
             .map(|(n, id)| (n, id, None))
@@ -481,8 +481,18 @@ impl Running {
             Some(s) => format!(" | gpu {}", s.line()),
             None => String::new(),
         };
+        let gathered = match self.gather.as_ref().map(|g| g.stats()) {
+            Some(g) if g.gathers > 0 => format!(
+                " | gathered {} batches, {:.1} packets each, largest {} from {} workers",
+                g.gathers,
+                g.packets as f64 / g.gathers as f64,
+                g.largest,
+                g.most_workers
+            ),
+            _ => String::new(),
+        };
         format!(
-            "offload {} ({}){gpu} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {}",
+            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {}",
             self.offload.0,
             self.offload.1,
             g("offload_gpu_healthy"),
@@ -507,6 +517,9 @@ impl Running {
         let mut text = metrics::render(&self.totals(), &labels);
         if let Some(snap) = self.gpu.as_ref().and_then(|g| g.snapshot()) {
             text.push_str(&metrics::render_gpu(&snap, node));
+        }
+        if let Some(g) = &self.gather {
+            text.push_str(&metrics::render_gather(&g.stats(), node));
         }
         let hist = stats::sum_histograms(self.stats.iter().map(|s| &**s));
         text.push_str(&metrics::render_histograms(&hist, node));

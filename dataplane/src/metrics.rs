@@ -167,6 +167,42 @@ pub fn render_gpu(s: &dwcp_kernels::monitor::GpuSnapshot, node: &str) -> String 
     o
 }
 
+/// Renders what the GPU gathering thread did as metrics.
+pub fn render_gather(g: &dwcp_kernels::gather::GatherStats, node: &str) -> String {
+    let mut o = String::new();
+    for (metric, kind, help, v) in [
+        (
+            "dwcp_offload_gathers_total",
+            "counter",
+            "GPU gathers run (each one batch per operation present).",
+            g.gathers,
+        ),
+        (
+            "dwcp_offload_gathered_packets_total",
+            "counter",
+            "Packets run in GPU gathers.",
+            g.packets,
+        ),
+        (
+            "dwcp_offload_gather_largest_packets",
+            "gauge",
+            "Largest GPU gather so far, packets.",
+            g.largest,
+        ),
+        (
+            "dwcp_offload_gather_most_workers",
+            "gauge",
+            "Most workers in one GPU gather so far.",
+            g.most_workers,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {metric} {help}");
+        let _ = writeln!(o, "# TYPE {metric} {kind}");
+        let _ = writeln!(o, "{metric}{{node=\"{node}\"}} {v}");
+    }
+    o
+}
+
 /// Renders the metrics text.
 pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
     let mut o = String::new();
@@ -401,6 +437,22 @@ pub fn serve(mut stream: TcpStream, body: impl FnOnce() -> String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_the_gathering_threads_counters() {
+        let g = dwcp_kernels::gather::GatherStats {
+            gathers: 3,
+            packets: 300,
+            largest: 128,
+            most_workers: 4,
+        };
+        let t = render_gather(&g, "gw1");
+        assert!(t.contains("# TYPE dwcp_offload_gathers_total counter\n"));
+        assert!(t.contains("dwcp_offload_gathers_total{node=\"gw1\"} 3\n"));
+        assert!(t.contains("dwcp_offload_gathered_packets_total{node=\"gw1\"} 300\n"));
+        assert!(t.contains("dwcp_offload_gather_largest_packets{node=\"gw1\"} 128\n"));
+        assert!(t.contains("dwcp_offload_gather_most_workers{node=\"gw1\"} 4\n"));
+    }
 
     #[test]
     fn renders_families_with_labels() {
