@@ -89,7 +89,10 @@ pub fn flatten(
     l: &LoopCounters,
     o: Option<&dwcp_kernels::dispatch::Stats>,
 ) -> [u64; COUNT] {
-    let d = o.cloned().unwrap_or_default();
+    // By reference: the stats carry the last error's text, which must not be copied (and
+    // allocated) at every publish.
+    let none = dwcp_kernels::dispatch::Stats::default();
+    let d = o.unwrap_or(&none);
     let b = |op: usize, path: usize| d.batches[op][path];
     let by = |op: usize, path: usize| d.bytes[op][path];
     [
