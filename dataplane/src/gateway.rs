@@ -9,14 +9,15 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use dwcp_kernels::{Engine, OpenJob, SealJob};
+use dwcp_kernels::{CompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 use ipnet::Ipv4Net;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
     Ipv4Packet, TcpPacket, UdpPacket,
 };
 
-use crate::tunnel::{Action, DeferredOpen, MAX_INNER, OVERHEAD, Tunnel};
+use crate::tunnel::{Action, DeferredOpen, DeferredSeal, MAX_INNER, OVERHEAD, Tunnel};
+use crate::wire::DATA_HEADER_LEN;
 
 /// Ethernet header.
 pub const ETH_LEN: usize = 14;
@@ -127,7 +128,7 @@ pub struct TxBatch {
     /// Committed WAN frames whose DWCP message (at `OUTER_HEADERS`) still holds plaintext:
     /// (slot, what its seal needs). Sealed in one engine batch by [`TxBatch::seal_pending`],
     /// which [`TxBatch::drain`] — the only way out — runs first.
-    pending: Vec<(usize, crate::tunnel::DeferredSeal)>,
+    pending: Vec<(usize, DeferredSeal)>,
     /// The job list's allocation, kept between bursts.
     spare_jobs: Vec<SealJob<'static>>,
     /// Received DWCP messages waiting to be opened, each in its reserved slot (committed
@@ -143,7 +144,7 @@ pub struct TxBatch {
 }
 
 /// The seal job for a deferred DWCP message at `OUTER_HEADERS` in `frame`.
-fn deferred_job<'a>(frame: &'a mut [u8], d: &'a crate::tunnel::DeferredSeal) -> SealJob<'a> {
+fn deferred_job<'a>(frame: &'a mut [u8], d: &'a DeferredSeal) -> SealJob<'a> {
     d.job(&mut frame[OUTER_HEADERS..])
 }
 
@@ -343,6 +344,11 @@ pub struct Gateway {
     parked: Vec<Parked>,
     spare: Vec<Box<[u8; FRAME_MAX]>>,
     scratch: Box<[u8; FRAME_MAX]>,
+    /// Output space for a burst's LZ4 jobs, one per message (grows to the largest burst).
+    lz4_out: Vec<Box<[u8]>>,
+    /// The compress job list's allocation and the results, kept between bursts.
+    spare_compress_jobs: Vec<CompressJob<'static>>,
+    lz4_lens: Vec<Option<usize>>,
     ident: u16,
     /// Counters.
     pub counters: GatewayCounters,
@@ -384,6 +390,9 @@ impl Gateway {
                 .map(|_| Box::new([0u8; FRAME_MAX]))
                 .collect(),
             scratch: Box::new([0u8; FRAME_MAX]),
+            lz4_out: Vec::new(),
+            spare_compress_jobs: Vec::new(),
+            lz4_lens: Vec::new(),
             ident: 1,
             counters: GatewayCounters::default(),
         }
@@ -778,7 +787,7 @@ impl Gateway {
         &mut self,
         tx: &mut TxBatch,
         action: Action,
-        deferred: Option<crate::tunnel::DeferredSeal>,
+        deferred: Option<DeferredSeal>,
         now: Duration,
     ) {
         let Some(d) = deferred else {
@@ -795,11 +804,28 @@ impl Gateway {
             .and_then(|hop| self.lookup(Side::Wan, hop, now))
             .is_some();
         if !resolved {
+            // Compressed and sealed alone, now: it will wait outside the batch.
+            let mut d = d;
             let Some(buf) = tx.next_buf() else { return };
-            let mut job = [deferred_job(buf, &d)];
+            let msg = &mut buf[OUTER_HEADERS..];
+            if d.compress {
+                let before = d.len;
+                let mut job = [CompressJob {
+                    src: &msg[DATA_HEADER_LEN..DATA_HEADER_LEN + before],
+                    dst: &mut self.scratch[..],
+                    out_len: None,
+                }];
+                self.engine.compress(&mut job);
+                let out = job[0].out_len.map(|n| &self.scratch[..n]);
+                if d.apply_compressed(msg, out) > 0 {
+                    self.tunnel.count_compressed(before, d.len);
+                }
+            }
+            let mut job = [d.job(msg)];
             self.engine.seal(&mut job);
             if job[0].ok {
-                self.after_tunnel(tx, action, None, now);
+                let len = DATA_HEADER_LEN + d.len + TAG_LEN;
+                self.after_tunnel(tx, Action::Send { peer, len }, None, now);
             } else {
                 self.counters.too_big += 1;
             }
@@ -1028,7 +1054,67 @@ impl Gateway {
             tx.opens = opens;
             tx.opened = opened;
         }
+        self.compress_pending(tx);
         tx.seal_pending(&mut *self.engine)
+    }
+
+    /// Compresses the payloads of the burst's deferred messages whose peer wants compression,
+    /// in one engine batch; a smaller result replaces the payload and the frame's IPv4 and UDP
+    /// lengths shrink with it.
+    fn compress_pending(&mut self, tx: &mut TxBatch) {
+        let n = tx.pending.iter().filter(|(_, d)| d.compress).count();
+        if n == 0 {
+            return;
+        }
+        while self.lz4_out.len() < n {
+            self.lz4_out
+                .push(vec![0u8; dwcp_kernels::compress_bound(MAX_INNER)].into_boxed_slice());
+        }
+        // As in `TxBatch::seal_pending`: one allocation for the job list, reused.
+        let mut jobs: Vec<CompressJob<'_>> = std::mem::take(&mut self.spare_compress_jobs)
+            .into_iter()
+            .map(|_| unreachable!("the spare list is empty"))
+            .collect();
+        let mut outs = self.lz4_out.iter_mut();
+        let mut want = tx.pending.iter().filter(|(_, d)| d.compress).peekable();
+        for (slot, buf) in tx.bufs.iter().enumerate() {
+            let Some((_, d)) = want.next_if(|(s, _)| *s == slot) else {
+                continue;
+            };
+            let Some(dst) = outs.next() else { break };
+            let at = OUTER_HEADERS + DATA_HEADER_LEN;
+            jobs.push(CompressJob {
+                src: &buf.bytes()[at..at + d.len],
+                dst,
+                out_len: None,
+            });
+        }
+        self.engine.compress(&mut jobs);
+        self.lz4_lens.clear();
+        self.lz4_lens.extend(jobs.iter().map(|j| j.out_len));
+        jobs.clear();
+        self.spare_compress_jobs = jobs.into_iter().map(|_| unreachable!("cleared")).collect();
+        let mut results = self.lz4_lens.iter().zip(&self.lz4_out);
+        for (slot, d) in tx.pending.iter_mut().filter(|(_, d)| d.compress) {
+            let Some((&out_len, out)) = results.next() else {
+                d.compress = false;
+                continue;
+            };
+            let before = d.len;
+            let Some(frame) = tx.bufs.get_mut(*slot).map(|b| b.bytes_mut()) else {
+                continue;
+            };
+            let saved = d.apply_compressed(&mut frame[OUTER_HEADERS..], out_len.map(|n| &out[..n]));
+            if saved == 0 {
+                continue;
+            }
+            self.tunnel.count_compressed(before, d.len);
+            shrink_udp(&mut frame[ETH_LEN..], DATA_HEADER_LEN + d.len + TAG_LEN);
+            if let Some(l) = tx.lens.get_mut(*slot) {
+                l.1 -= saved;
+            }
+            self.counters.wan_tx_bytes = self.counters.wan_tx_bytes.saturating_sub(saved as u64);
+        }
     }
 
     /// Finishes the burst ([`Gateway::finish_burst`]), then hands each frame to `f` and
@@ -1152,6 +1238,16 @@ fn write_ipv4(
     p.set_next_header(proto);
     p.set_src_addr(src);
     p.set_dst_addr(dst);
+    p.fill_checksum();
+}
+
+/// Sets the lengths (and the IPv4 checksum) of IPv4 and UDP headers written by [`write_udp`]
+/// at the start of `buf` for a payload now `payload_len` bytes long.
+fn shrink_udp(buf: &mut [u8], payload_len: usize) {
+    let udp_len = u16::try_from(UDP_LEN + payload_len).unwrap_or(u16::MAX);
+    buf[IP_LEN + 4..IP_LEN + 6].copy_from_slice(&udp_len.to_be_bytes());
+    let mut p = Ipv4Packet::new_unchecked(&mut buf[..IP_LEN]);
+    p.set_total_len(u16::try_from(IP_LEN + UDP_LEN + payload_len).unwrap_or(u16::MAX));
     p.fill_checksum();
 }
 
@@ -1518,8 +1614,16 @@ mod tests {
             &[&[9u8, 9][..], &marker].concat(),
             true,
         );
+        let compressed = n.a.tunnel.counters.compressed;
         n.inject(true, Side::Lan, eth(GW_A_LAN, HOST_A_MAC, 0x0800, &late));
         assert_eq!(n.to_host_b.len(), 21, "the parked packet was delivered");
+        assert_eq!(
+            n.a.tunnel.counters.compressed,
+            compressed + 1,
+            "and compressed before it was sealed and parked"
+        );
+        let got = ip_of(n.to_host_b.last().unwrap());
+        assert_eq!(got.payload(), &late[IP_LEN..]);
         assert!(
             n.wan_seen.iter().any(|f| {
                 EthernetFrame::new_checked(&f[..])
@@ -1544,8 +1648,9 @@ mod tests {
         let first = ipv4(HOST_A, HOST_B, IpProtocol::Udp, b"warm-up", true);
         n.inject(true, Side::Lan, eth(GW_A_LAN, HOST_A_MAC, 0x0800, &first));
         assert_eq!(n.to_host_b.len(), 1, "session up, host B's MAC known");
-        // Eight messages from A, sealed in one burst.
+        // Eight messages from A, compressed in one batch and sealed in another.
         let mut tx = TxBatch::new(32);
+        let (compressed, wan_bytes) = (n.a.tunnel.counters.compressed, n.a.counters.wan_tx_bytes);
         for i in 0..8u8 {
             let pkt = ipv4(HOST_A, HOST_B, IpProtocol::Udp, &[i; 100], true);
             n.a.from_lan(&eth(GW_A_LAN, HOST_A_MAC, 0x0800, &pkt), &mut tx, n.now);
@@ -1554,6 +1659,26 @@ mod tests {
         let mut wire: Vec<Vec<u8>> = tx.frames().map(|(_, f)| f.to_vec()).collect();
         tx.clear();
         assert_eq!(wire.len(), 8);
+        assert_eq!(n.a.tunnel.counters.compressed - compressed, 8);
+        let sent: usize = wire.iter().map(Vec::len).sum();
+        assert_eq!(n.a.counters.wan_tx_bytes - wan_bytes, sent as u64);
+        for f in &wire {
+            // The outer headers follow the shorter, compressed message.
+            let ip = ip_of(f);
+            assert!(ip.verify_checksum());
+            assert_eq!(usize::from(ip.total_len()), f.len() - ETH_LEN);
+            let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+            assert_eq!(usize::from(udp.len()), ip.payload().len());
+            assert!(
+                f.len() < OUTER_HEADERS + OVERHEAD + IP_LEN + 100,
+                "{}",
+                f.len()
+            );
+            assert_eq!(
+                f[OUTER_HEADERS + 1] & crate::wire::FLAG_LZ4,
+                crate::wire::FLAG_LZ4
+            );
+        }
         // Message 2 again (a replay inside the burst), message 5 tampered.
         let replay = wire[2].clone();
         wire.insert(4, replay);

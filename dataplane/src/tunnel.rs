@@ -267,6 +267,28 @@ pub struct DeferredSeal {
     pub nonce: [u8; dwcp_kernels::NONCE_LEN],
     /// Plaintext payload length.
     pub len: usize,
+    /// The peer wants payloads compressed and this one has not been tried yet: the payload is
+    /// the inner packet as is, and the header says uncompressed. Compress it in a batch and
+    /// apply the result with [`DeferredSeal::apply_compressed`] before sealing; sealed
+    /// without that, it is a valid uncompressed message.
+    pub compress: bool,
+}
+
+impl DeferredSeal {
+    /// Applies the result of compressing this message's payload (`compressed`: the LZ4 block,
+    /// when it came out smaller) to the message at the start of `msg`: the payload is replaced
+    /// and the header says LZ4. Returns the bytes saved (0 when not smaller).
+    pub fn apply_compressed(&mut self, msg: &mut [u8], compressed: Option<&[u8]>) -> usize {
+        self.compress = false;
+        let Some(c) = compressed.filter(|c| c.len() < self.len) else {
+            return 0;
+        };
+        msg[DATA_HEADER_LEN..DATA_HEADER_LEN + c.len()].copy_from_slice(c);
+        msg[1] |= FLAG_LZ4;
+        let saved = self.len - c.len();
+        self.len = c.len();
+        saved
+    }
 }
 
 impl DeferredSeal {
@@ -524,7 +546,8 @@ impl Tunnel {
             });
         };
         let compress = p.spec.compress && !inner.is_empty();
-        let (payload_len, flags) = if compress {
+        // A deferred message is compressed later, in the burst's batch.
+        let (payload_len, flags) = if compress && !defer {
             let mut job = [CompressJob {
                 src: inner,
                 dst: &mut self.scratch[..],
@@ -568,6 +591,7 @@ impl Tunnel {
             key: std::sync::Arc::clone(&s.send),
             nonce: dwcp_kernels::nonce(counter),
             len: payload_len,
+            compress,
         });
         if let Some(d) = deferred {
             p.last_sent = now;
@@ -596,6 +620,16 @@ impl Tunnel {
         self.counters.tx_inner_bytes += inner.len() as u64;
         self.counters.tx_wire_bytes += len as u64;
         (Action::Send { peer, len }, None)
+    }
+
+    /// Counts a deferred message whose payload was compressed later from `before` to `after`
+    /// bytes (see [`DeferredSeal::apply_compressed`]).
+    pub fn count_compressed(&mut self, before: usize, after: usize) {
+        let c = &mut self.counters;
+        c.compressed += 1;
+        c.compress_in += before as u64;
+        c.compress_out += after as u64;
+        c.tx_wire_bytes = c.tx_wire_bytes.saturating_sub((before - after) as u64);
     }
 
     /// Sends the next packet staged for `peer`, if any and if a session exists.
