@@ -9,14 +9,14 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use dwcp_kernels::{CompressJob, Engine, OpenJob, SealJob, TAG_LEN};
+use dwcp_kernels::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 use ipnet::Ipv4Net;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
     Ipv4Packet, TcpPacket, UdpPacket,
 };
 
-use crate::tunnel::{Action, DeferredOpen, DeferredSeal, MAX_INNER, OVERHEAD, Tunnel};
+use crate::tunnel::{Accepted, Action, DeferredOpen, DeferredSeal, MAX_INNER, OVERHEAD, Tunnel};
 use crate::wire::DATA_HEADER_LEN;
 
 /// Ethernet header.
@@ -344,11 +344,15 @@ pub struct Gateway {
     parked: Vec<Parked>,
     spare: Vec<Box<[u8; FRAME_MAX]>>,
     scratch: Box<[u8; FRAME_MAX]>,
-    /// Output space for a burst's LZ4 jobs, one per message (grows to the largest burst).
+    /// Scratch for a burst's LZ4 jobs, one per message (grows to the largest burst): the
+    /// compressed output of outgoing payloads, a copy of incoming compressed payloads.
     lz4_out: Vec<Box<[u8]>>,
-    /// The compress job list's allocation and the results, kept between bursts.
+    /// The LZ4 job lists' allocations and the results, kept between bursts.
     spare_compress_jobs: Vec<CompressJob<'static>>,
+    spare_decompress_jobs: Vec<DecompressJob<'static>>,
     lz4_lens: Vec<Option<usize>>,
+    /// A WAN burst's accepted messages by slot (`None`: dropped), kept between bursts.
+    accepted: Vec<(usize, Option<Accepted>)>,
     ident: u16,
     /// Counters.
     pub counters: GatewayCounters,
@@ -392,7 +396,9 @@ impl Gateway {
             scratch: Box::new([0u8; FRAME_MAX]),
             lz4_out: Vec::new(),
             spare_compress_jobs: Vec::new(),
+            spare_decompress_jobs: Vec::new(),
             lz4_lens: Vec::new(),
+            accepted: Vec::new(),
             ident: 1,
             counters: GatewayCounters::default(),
         }
@@ -1035,27 +1041,100 @@ impl Gateway {
     pub fn finish_burst(&mut self, tx: &mut TxBatch, now: Duration) -> usize {
         if !tx.opens.is_empty() {
             tx.open_pending(&self.tunnel, &mut *self.engine);
-            let mut opens = std::mem::take(&mut tx.opens);
-            let opened = std::mem::take(&mut tx.opened);
-            for (&(slot, ref d), &ok) in opens.iter().zip(&opened) {
-                let Some(buf) = tx.buf_at(slot) else { continue };
-                let action = self.tunnel.finish_open(
-                    &mut *self.engine,
-                    d,
-                    ok,
-                    &mut buf[OUTER_HEADERS..],
-                    now,
-                );
-                if let Action::Deliver { peer, len } = action {
+            self.accepted.clear();
+            for (&(slot, ref d), &ok) in tx.opens.iter().zip(&tx.opened) {
+                let a = self.tunnel.accept_open(d, ok, now).ok();
+                self.accepted.push((slot, a));
+            }
+            tx.opens.clear();
+            self.decompress_accepted(tx);
+            let mut accepted = std::mem::take(&mut self.accepted);
+            for &(slot, a) in &accepted {
+                let Some(a) = a else { continue };
+                if let Action::Deliver { peer, len } = self.tunnel.delivered(a.peer, a.len) {
                     self.deliver(tx, slot, peer, len, now);
                 }
             }
-            opens.clear();
-            tx.opens = opens;
-            tx.opened = opened;
+            accepted.clear();
+            self.accepted = accepted;
         }
         self.compress_pending(tx);
         tx.seal_pending(&mut *self.engine)
+    }
+
+    /// Decompresses the accepted messages' LZ4 payloads in one engine batch, each from a copy
+    /// into its own slot; a payload that does not decompress is dropped and counted.
+    fn decompress_accepted(&mut self, tx: &mut TxBatch) {
+        let n = self
+            .accepted
+            .iter()
+            .filter(|(_, a)| a.is_some_and(|a| a.compressed))
+            .count();
+        if n == 0 {
+            return;
+        }
+        self.grow_lz4_scratch(n);
+        let mut jobs: Vec<DecompressJob<'_>> = std::mem::take(&mut self.spare_decompress_jobs)
+            .into_iter()
+            .map(|_| unreachable!("the spare list is empty"))
+            .collect();
+        let mut scratch = self.lz4_out.iter_mut();
+        let mut want = self
+            .accepted
+            .iter()
+            .filter_map(|&(slot, a)| a.filter(|a| a.compressed).map(|a| (slot, a.len)))
+            .peekable();
+        for (slot, buf) in tx.bufs.iter_mut().enumerate() {
+            let Some((_, len)) = want.next_if(|&(s, _)| s == slot) else {
+                continue;
+            };
+            let Some(src) = scratch.next() else { break };
+            let msg = &mut buf.bytes_mut()[OUTER_HEADERS..];
+            if len > src.len() {
+                // Longer than any payload that decompresses to an inner packet.
+                jobs.push(DecompressJob {
+                    src: &[],
+                    dst: &mut msg[..0],
+                    out_len: None,
+                });
+                continue;
+            }
+            src[..len].copy_from_slice(&msg[..len]);
+            jobs.push(DecompressJob {
+                src: &src[..len],
+                dst: &mut msg[..MAX_INNER],
+                out_len: None,
+            });
+        }
+        self.engine.decompress(&mut jobs);
+        self.lz4_lens.clear();
+        self.lz4_lens.extend(jobs.iter().map(|j| j.out_len));
+        jobs.clear();
+        self.spare_decompress_jobs = jobs.into_iter().map(|_| unreachable!("cleared")).collect();
+        let mut results = self.lz4_lens.iter();
+        for (_, a) in &mut self.accepted {
+            let Some(acc) = a.as_mut().filter(|a| a.compressed) else {
+                continue;
+            };
+            match results.next().copied().flatten() {
+                Some(n) => {
+                    acc.len = n;
+                    acc.compressed = false;
+                }
+                None => {
+                    self.tunnel.undecodable();
+                    *a = None;
+                }
+            }
+        }
+    }
+
+    /// Makes room for `n` LZ4 jobs' scratch buffers (grows to the largest burst, once).
+    fn grow_lz4_scratch(&mut self, n: usize) {
+        while self.lz4_out.len() < n {
+            self.lz4_out
+                .push(vec![0u8; dwcp_kernels::compress_bound(MAX_INNER)].into_boxed_slice());
+        }
     }
 
     /// Compresses the payloads of the burst's deferred messages whose peer wants compression,
@@ -1066,10 +1145,7 @@ impl Gateway {
         if n == 0 {
             return;
         }
-        while self.lz4_out.len() < n {
-            self.lz4_out
-                .push(vec![0u8; dwcp_kernels::compress_bound(MAX_INNER)].into_boxed_slice());
-        }
+        self.grow_lz4_scratch(n);
         // As in `TxBatch::seal_pending`: one allocation for the job list, reused.
         let mut jobs: Vec<CompressJob<'_>> = std::mem::take(&mut self.spare_compress_jobs)
             .into_iter()
@@ -1722,6 +1798,39 @@ mod tests {
         n.b.finish_burst(&mut rx, n.now);
         assert_eq!(rx.frames().count(), 0);
         assert_eq!(n.b.tunnel.counters.replayed - after.replayed, 8);
+    }
+
+    /// An authentic message whose LZ4 payload does not decompress (a broken sender) is
+    /// dropped and counted as malformed; the rest of its burst is delivered.
+    #[test]
+    fn an_undecodable_payload_is_dropped_from_its_burst_and_counted() {
+        let mut n = Net::new();
+        let first = ipv4(HOST_A, HOST_B, IpProtocol::Udp, b"warm-up", true);
+        n.inject(true, Side::Lan, eth(GW_A_LAN, HOST_A_MAC, 0x0800, &first));
+        let mut tx = TxBatch::new(32);
+        for i in 0..4u8 {
+            let pkt = ipv4(HOST_A, HOST_B, IpProtocol::Udp, &[i; 100], true);
+            n.a.from_lan(&eth(GW_A_LAN, HOST_A_MAC, 0x0800, &pkt), &mut tx, n.now);
+        }
+        // Break message 1 before it is sealed: flag says LZ4, payload is not an LZ4 block.
+        let (slot, d) = &mut tx.pending[1];
+        d.compress = false;
+        let msg = &mut tx.bufs[*slot].bytes_mut()[OUTER_HEADERS..];
+        msg[1] |= crate::wire::FLAG_LZ4;
+        msg[DATA_HEADER_LEN..DATA_HEADER_LEN + d.len].fill(0xf0);
+        assert_eq!(n.a.finish_burst(&mut tx, n.now), 0);
+        let wire: Vec<Vec<u8>> = tx.frames().map(|(_, f)| f.to_vec()).collect();
+        let before = n.b.tunnel.counters;
+        let mut rx = TxBatch::new(32);
+        for f in &wire {
+            n.b.from_wan(f, &mut rx, n.now);
+        }
+        n.b.finish_burst(&mut rx, n.now);
+        let got: Vec<u8> = rx.frames().map(|(_, f)| ip_of(f).payload()[0]).collect();
+        assert_eq!(got, [0, 2, 3]);
+        let after = n.b.tunnel.counters;
+        assert_eq!(after.malformed - before.malformed, 1);
+        assert_eq!(after.auth_failed, before.auth_failed, "it was authentic");
     }
 
     #[test]

@@ -323,6 +323,17 @@ pub struct DeferredOpen {
     body_len: usize,
 }
 
+/// A deferred data message that authenticated and was accepted ([`Tunnel::accept_open`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The peer it came from.
+    pub peer: usize,
+    /// Its plaintext payload length.
+    pub len: usize,
+    /// The payload is an LZ4 block (decompress it, then call [`Tunnel::delivered`]).
+    pub compressed: bool,
+}
+
 /// One worker's tunnel state.
 pub struct Tunnel {
     worker: u8,
@@ -852,10 +863,9 @@ impl Tunnel {
     }
 
     /// Finishes a deferred data message after its open job ran (`ok`: the tag verified; its
-    /// plaintext is at the start of `out`): accepts its counter, learns the sender's endpoint,
-    /// confirms a responder session, decompresses. Returns [`Action::Deliver`] with the inner
-    /// packet at the start of `out`, [`Action::None`] for a keepalive, or a counted drop.
-    #[inline]
+    /// plaintext is at the start of `out`): [`Tunnel::accept_open`], then decompression when
+    /// the payload is LZ4, then [`Tunnel::delivered`]. Returns [`Action::Deliver`] with the
+    /// inner packet at the start of `out`, [`Action::None`] for a keepalive, or a counted drop.
     pub fn finish_open(
         &mut self,
         engine: &mut dyn Engine,
@@ -864,24 +874,60 @@ impl Tunnel {
         out: &mut [u8],
         now: Duration,
     ) -> Action {
+        let a = match self.accept_open(d, ok, now) {
+            Ok(a) => a,
+            Err(action) => return action,
+        };
+        if !a.compressed {
+            return self.delivered(a.peer, a.len);
+        }
+        if a.len > self.scratch.len() {
+            return self.undecodable();
+        }
+        // Decompress from a copy of the (smaller) compressed payload back into `out`.
+        self.scratch[..a.len].copy_from_slice(&out[..a.len]);
+        let cap = MAX_INNER.min(out.len());
+        let mut job = [DecompressJob {
+            src: &self.scratch[..a.len],
+            dst: &mut out[..cap],
+            out_len: None,
+        }];
+        engine.decompress(&mut job);
+        match job[0].out_len {
+            Some(n) => self.delivered(a.peer, n),
+            None => self.undecodable(),
+        }
+    }
+
+    /// Accepts a deferred data message after its open job ran (`ok`: the tag verified):
+    /// checks its session is still there, takes its counter into the replay window, learns
+    /// the sender's endpoint and confirms a responder session. Its plaintext payload (LZ4 when
+    /// the answer says so) is then at the start of the caller's buffer. A drop is counted and
+    /// returned as the error.
+    pub fn accept_open(
+        &mut self,
+        d: &DeferredOpen,
+        ok: bool,
+        now: Duration,
+    ) -> Result<Accepted, Action> {
         // The session may have gone since the message was checked (a reload, an expiry): then
         // it is dropped as unknown. Nothing between the open and here makes sessions, so a
         // session found here is the one whose key opened it.
         let peer = d.peer;
         let Some(p) = self.peers.get_mut(peer) else {
-            return self.drop_counted(DropReason::UnknownIndex);
+            return Err(self.drop_counted(DropReason::UnknownIndex));
         };
         let Some(slot) = p.find(d.header.receiver) else {
-            return self.drop_counted(DropReason::UnknownIndex);
+            return Err(self.drop_counted(DropReason::UnknownIndex));
         };
         let Some(s) = p.slot_mut(slot) else {
-            return self.drop_counted(DropReason::UnknownIndex);
+            return Err(self.drop_counted(DropReason::UnknownIndex));
         };
         if !ok {
-            return self.drop_counted(DropReason::AuthFailed);
+            return Err(self.drop_counted(DropReason::AuthFailed));
         }
         if s.replay.accept(d.header.counter).is_err() {
-            return self.drop_counted(DropReason::Replayed);
+            return Err(self.drop_counted(DropReason::Replayed));
         }
         if d.from.is_some() {
             p.endpoint = d.from;
@@ -899,34 +945,28 @@ impl Tunnel {
         {
             self.install(peer, next, now);
         }
-        let plain_len = d.body_len - TAG_LEN;
-        let len = if d.header.flags & FLAG_LZ4 != 0 {
-            if plain_len > self.scratch.len() {
-                return self.drop_counted(DropReason::Malformed);
-            }
-            // Decompress from a copy of the (smaller) compressed payload back into `out`.
-            self.scratch[..plain_len].copy_from_slice(&out[..plain_len]);
-            let cap = MAX_INNER.min(out.len());
-            let mut job = [DecompressJob {
-                src: &self.scratch[..plain_len],
-                dst: &mut out[..cap],
-                out_len: None,
-            }];
-            engine.decompress(&mut job);
-            match job[0].out_len {
-                Some(n) => n,
-                // Authentic but undecodable: the sender is broken; count it as malformed.
-                None => return self.drop_counted(DropReason::Malformed),
-            }
-        } else {
-            plain_len
-        };
+        Ok(Accepted {
+            peer,
+            len: d.body_len - TAG_LEN,
+            compressed: d.header.flags & FLAG_LZ4 != 0,
+        })
+    }
+
+    /// An accepted message's inner packet, `len` bytes after decompression, is ready: counts
+    /// it and says to deliver it ([`Action::None`] for a keepalive).
+    pub fn delivered(&mut self, peer: usize, len: usize) -> Action {
         if len == 0 {
             return Action::None; // keepalive
         }
         self.counters.rx_packets += 1;
         self.counters.rx_inner_bytes += len as u64;
         Action::Deliver { peer, len }
+    }
+
+    /// An accepted message's LZ4 payload did not decompress: authentic, so the sender is
+    /// broken; counted as malformed.
+    pub fn undecodable(&mut self) -> Action {
+        self.drop_counted(DropReason::Malformed)
     }
 
     /// Runs the timers: handshakes (first, retry, rekey), keepalives, expiry. Returns one
