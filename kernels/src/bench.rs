@@ -33,6 +33,28 @@ pub struct Row {
     pub cpu_gbps: f64,
 }
 
+/// Sealing through the gathering thread from several workers at once, in worker-sized
+/// bursts, beside the CPU engine on the same number of threads.
+#[derive(Clone, Debug)]
+pub struct GatherRow {
+    /// Worker threads.
+    pub workers: usize,
+    /// Packets per worker batch (a burst).
+    pub burst: usize,
+    /// Packet size, bytes.
+    pub size: usize,
+    /// Payload GB/s through the dispatchers, the gathering thread and the accelerator.
+    pub gathered_gbps: f64,
+    /// Mean packets per gather.
+    pub mean_gather: f64,
+    /// Largest gather, packets.
+    pub largest: u64,
+    /// Packets the workers' CPUs finished after an accelerator failure.
+    pub fallbacks: u64,
+    /// The CPU engine, one per worker thread, same bursts, payload GB/s.
+    pub cpu_gbps: f64,
+}
+
 /// The whole report.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -46,6 +68,114 @@ pub struct Report {
     pub cpu_threads: usize,
     /// The cells.
     pub rows: Vec<Row>,
+    /// Sealing gathered from several workers.
+    pub gathered: Vec<GatherRow>,
+}
+
+/// Seals `burst`-packet batches of `size` bytes on `threads` threads for `budget`, each
+/// thread with the engine `make_engine` gives it; payload bytes sealed, and what each engine
+/// said at the end (`offload_stats().fallback_jobs`, 0 for the CPU).
+fn seal_bursts_on_threads(
+    threads: usize,
+    burst: usize,
+    size: usize,
+    budget: Duration,
+    make_engine: &mut dyn FnMut(usize) -> Box<dyn Engine>,
+) -> (u64, Duration, u64) {
+    let engines: Vec<Box<dyn Engine>> = (0..threads).map(&mut *make_engine).collect();
+    let t0 = Instant::now();
+    let results: Vec<(u64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = engines
+            .into_iter()
+            .enumerate()
+            .map(|(w, mut e)| {
+                scope.spawn(move || {
+                    let mut rng = Rng(0x6a7e + w as u64);
+                    let key = AeadKey::new(&[u8::try_from(w % 256).unwrap_or(0); 32]);
+                    let mut bufs: Vec<Vec<u8>> = (0..burst)
+                        .map(|_| {
+                            let mut b = vec![0u8; size + TAG_LEN];
+                            rng.fill(&mut b[..size]);
+                            b
+                        })
+                        .collect();
+                    let (mut bytes, mut counter) = (0u64, 0u64);
+                    while t0.elapsed() < budget {
+                        let mut jobs: Vec<SealJob<'_>> = bufs
+                            .iter_mut()
+                            .map(|buf| {
+                                counter += 1;
+                                SealJob {
+                                    key: &key,
+                                    nonce: crate::nonce(counter),
+                                    aad: &[0u8; 16],
+                                    buf,
+                                    len: size,
+                                    ok: false,
+                                }
+                            })
+                            .collect();
+                        e.seal(&mut jobs);
+                        bytes += (size * jobs.iter().filter(|j| j.ok).count()) as u64;
+                    }
+                    (bytes, e.offload_stats().map_or(0, |s| s.fallback_jobs))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((0, 0)))
+            .collect()
+    });
+    let elapsed = t0.elapsed();
+    let bytes = results.iter().map(|r| r.0).sum();
+    let fallbacks = results.iter().map(|r| r.1).sum();
+    (bytes, elapsed, fallbacks)
+}
+
+/// For each worker count: sealing `burst`-packet batches of `size` bytes from that many
+/// threads, each through its own dispatcher (`offload.gpu = on`) to one gathering thread over
+/// the accelerator `make` gives, for `budget`; and the CPU engine on as many threads.
+pub fn gathered(
+    make: &mut dyn FnMut() -> Result<Box<dyn crate::dispatch::Accelerator>, CudaError>,
+    workers: &[usize],
+    burst: usize,
+    size: usize,
+    budget: Duration,
+) -> Result<Vec<GatherRow>, CudaError> {
+    use crate::dispatch::{Dispatcher, Mode, Settings};
+    use crate::gather::{GatherSettings, Gatherer};
+    let mut rows = Vec::with_capacity(workers.len());
+    for &w in workers {
+        let (g, clients) = Gatherer::start(make()?, w, GatherSettings::default())
+            .map_err(|e| CudaError::Thread(e.to_string()))?;
+        let mut clients = clients.into_iter();
+        let settings = Settings {
+            mode: Mode::On,
+            ..Settings::default()
+        };
+        let (bytes, t, fallbacks) = seal_bursts_on_threads(w, burst, size, budget, &mut |_| {
+            let c = clients
+                .next()
+                .map(|c| Box::new(c) as Box<dyn crate::dispatch::Accelerator>);
+            Box::new(Dispatcher::new(c, settings))
+        });
+        let st = g.stats();
+        drop(g);
+        let (cpu_bytes, cpu_t, _) =
+            seal_bursts_on_threads(w, burst, size, budget, &mut |_| Box::new(CpuEngine));
+        rows.push(GatherRow {
+            workers: w,
+            burst,
+            size,
+            gathered_gbps: gbps(usize::try_from(bytes).unwrap_or(usize::MAX), t),
+            mean_gather: st.packets as f64 / st.gathers.max(1) as f64,
+            largest: st.largest,
+            fallbacks,
+            cpu_gbps: gbps(usize::try_from(cpu_bytes).unwrap_or(usize::MAX), cpu_t),
+        });
+    }
+    Ok(rows)
 }
 
 fn gbps(bytes: usize, t: Duration) -> f64 {
@@ -336,12 +466,31 @@ pub fn offload(
             }
         }
     }
+    drop(gpu);
+    // Worker-sized bursts (the data plane's 32) of 1408 bytes from 1, 2, 4 … workers.
+    let mut workers: Vec<usize> = [1, 2, 4, 8, threads]
+        .into_iter()
+        .filter(|&w| w <= threads.max(1))
+        .collect();
+    workers.dedup();
+    let budget = Duration::from_millis(if reps >= 5 { 300 } else { 100 });
+    let gathered = gathered(
+        &mut || {
+            CudaEngine::new(device, Capacity::for_batch(1024, 1408))
+                .map(|e| Box::new(e) as Box<dyn crate::dispatch::Accelerator>)
+        },
+        &workers,
+        32,
+        1408,
+        budget,
+    )?;
     Ok(Report {
         device: device_name,
         h2d_gbps: h2d / 1e9,
         d2h_gbps: d2h / 1e9,
         cpu_threads: threads,
         rows,
+        gathered,
     })
 }
 
@@ -379,6 +528,7 @@ impl Report {
                 r.e2e_gbps / r.cpu_gbps.max(1e-9)
             );
         }
+        s.push_str(&gather_table(&self.gathered));
         s
     }
 
@@ -404,7 +554,85 @@ impl Report {
                 r.cpu_gbps
             );
         }
+        s.push_str("],\"gathered\":[");
+        for (i, g) in self.gathered.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}{{\"workers\":{},\"burst\":{},\"size\":{},\"gathered_gbps\":{:.3},\"mean_gather\":{:.1},\"largest\":{},\"fallbacks\":{},\"cpu_gbps\":{:.3}}}",
+                if i == 0 { "" } else { "," },
+                g.workers,
+                g.burst,
+                g.size,
+                g.gathered_gbps,
+                g.mean_gather,
+                g.largest,
+                g.fallbacks,
+                g.cpu_gbps
+            );
+        }
         s.push_str("]}\n");
         s
+    }
+}
+
+/// The gathered rows as a table for people.
+pub fn gather_table(rows: &[GatherRow]) -> String {
+    let mut s = String::new();
+    let Some(first) = rows.first() else {
+        return s;
+    };
+    let _ = writeln!(
+        s,
+        "seal gathered from workers (bursts of {}, {} B, offload.gpu = on) vs the CPU engine on as many threads",
+        first.burst, first.size
+    );
+    let _ = writeln!(
+        s,
+        "{:>7} {:>14} {:>12} {:>8} {:>10} {:>14} {:>8}",
+        "workers", "gathered", "mean gather", "largest", "fallbacks", "cpu", "gpu/cpu"
+    );
+    for g in rows {
+        let _ = writeln!(
+            s,
+            "{:>7} {:>9.2} GB/s {:>12.1} {:>8} {:>10} {:>9.2} GB/s {:>7.2}x",
+            g.workers,
+            g.gathered_gbps,
+            g.mean_gather,
+            g.largest,
+            g.fallbacks,
+            g.cpu_gbps,
+            g.gathered_gbps / g.cpu_gbps.max(1e-9)
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::testing::{Fault, TestAccelerator};
+
+    /// The gathered measurement's mechanics with a CPU stand-in for the GPU (its figures say
+    /// nothing about a GPU): every burst sealed, bursts from two workers gathered together.
+    #[test]
+    fn gathered_rows_measure_through_the_gathering_thread() {
+        let rows = gathered(
+            &mut || Ok(Box::new(TestAccelerator::new(Fault::None, Duration::ZERO))),
+            &[1, 2],
+            32,
+            512,
+            Duration::from_millis(60),
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            assert!(r.gathered_gbps > 0.0 && r.cpu_gbps > 0.0, "{r:?}");
+            assert_eq!(r.fallbacks, 0, "{r:?}");
+        }
+        assert!((rows[0].mean_gather - 32.0).abs() < 1e-9, "{:?}", rows[0]);
+        assert!(rows[1].largest >= 32, "{:?}", rows[1]);
+        let t = gather_table(&rows);
+        assert!(t.contains("workers"), "{t}");
+        assert_eq!(t.lines().count(), 4, "{t}");
     }
 }

@@ -55,6 +55,9 @@ pub enum CudaError {
     /// A CUDA driver call failed.
     #[error("CUDA driver: {0}")]
     Driver(#[from] DriverError),
+    /// A thread the engine needs (the gathering thread) did not start.
+    #[error("could not start a thread: {0}")]
+    Thread(String),
     /// NVRTC rejected a source.
     #[error("NVRTC could not compile {file}: {log}")]
     Compile {
