@@ -224,8 +224,10 @@ impl GatherClient {
                 result: Ok(()),
             };
         }
-        slot.state.store(HANDED, Ordering::Release);
-        if s.parked.load(Ordering::Acquire)
+        // SeqCst with the thread's `parked` store and re-check: of this store and that one,
+        // each side sees the other's, so a handed batch never waits out a park.
+        slot.state.store(HANDED, Ordering::SeqCst);
+        if s.parked.load(Ordering::SeqCst)
             && let Some(t) = s.thread.get()
         {
             t.unpark();
@@ -340,12 +342,12 @@ fn run(s: &Shared, mut acc: Box<dyn Accelerator>, set: GatherSettings) {
                 if idle_since.elapsed() < set.spin {
                     std::hint::spin_loop();
                 } else {
-                    s.parked.store(true, Ordering::Release);
+                    s.parked.store(true, Ordering::SeqCst);
                     // Look once more after saying so, then sleep until a worker hands work.
                     if !s
                         .slots
                         .iter()
-                        .any(|slot| slot.state.load(Ordering::Acquire) == HANDED)
+                        .any(|slot| slot.state.load(Ordering::SeqCst) == HANDED)
                     {
                         std::thread::park_timeout(Duration::from_millis(5));
                     }
