@@ -784,3 +784,237 @@ pub fn dpdk_table(rows: &[DpdkRow]) -> String {
     }
     o
 }
+
+/// One packet size through two gateways as one worker runs them: LAN bursts into gateway A
+/// (route, TTL, compress and seal a burst at a time, outer headers), its WAN frames into
+/// gateway B (open, accept, decompress a burst at a time, checks, delivery on the LAN).
+#[derive(Clone, Debug)]
+pub struct GatewayRow {
+    /// Inner IP packet size, bytes.
+    pub size: usize,
+    /// Compression.
+    pub payload: Payload,
+    /// LAN→WAN through gateway A, ns per packet.
+    pub lan_to_wan_ns: f64,
+    /// WAN→LAN through gateway B, ns per packet.
+    pub wan_to_lan_ns: f64,
+    /// `openssl speed -evp aes-256-gcm` at the same size, Gbit/s (the crypto ceiling).
+    pub openssl_gbps: Option<f64>,
+}
+
+impl GatewayRow {
+    fn gbps(&self, ns: f64) -> f64 {
+        self.size as f64 * 8.0 / ns.max(1e-9)
+    }
+}
+
+/// An Ethernet frame with an IPv4 packet (protocol UDP, don't fragment, TTL 64) from `src`
+/// to `dst` whose bytes after the IPv4 header are `ip[20..]` (`ip` is the whole packet).
+fn bench_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ip: &[u8],
+) -> Vec<u8> {
+    use smoltcp::wire::{IpProtocol, Ipv4Packet};
+    let mut f = Vec::with_capacity(14 + ip.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(ip);
+    let mut p = Ipv4Packet::new_unchecked(&mut f[14..]);
+    p.set_version(4);
+    p.set_header_len(20);
+    p.set_dscp(0);
+    p.set_ecn(0);
+    p.set_total_len(u16::try_from(ip.len()).unwrap_or(u16::MAX));
+    p.set_ident(1);
+    p.clear_flags();
+    p.set_dont_frag(true);
+    p.set_frag_offset(0);
+    p.set_hop_limit(64);
+    p.set_next_header(IpProtocol::Udp);
+    p.set_src_addr(src.into());
+    p.set_dst_addr(dst.into());
+    p.fill_checksum();
+    f
+}
+
+/// An ARP request from `mac`/`ip` for `target`, as a frame.
+fn bench_arp(mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+/// Measures one size and payload through a gateway pair for about `budget`.
+pub fn gateway_row(size: usize, kind: Payload, budget: Duration) -> Result<GatewayRow, String> {
+    use crate::gateway::{Gateway, GatewayConfig, PortAddr, Side, TxBatch};
+    const A_LAN: [u8; 6] = [2, 0, 0, 0, 0xa, 1];
+    const A_WAN: [u8; 6] = [2, 0, 0, 0, 0xa, 0xf];
+    const B_LAN: [u8; 6] = [2, 0, 0, 0, 0xb, 1];
+    const B_WAN: [u8; 6] = [2, 0, 0, 0, 0xb, 0xf];
+    const HOST_A: [u8; 6] = [2, 0, 0, 0, 0xa, 2];
+    const HOST_B: [u8; 6] = [2, 0, 0, 0, 0xb, 2];
+    let burst = crate::worker::BURST;
+    let (ta, tb) = pair(kind != Payload::Plain);
+    let port = |mac, net: &str| PortAddr {
+        mac,
+        net: net.parse().expect("network"),
+        gateway: None,
+        mtu: 9000,
+    };
+    // The tunnel pair sends to 192.0.2.1:51900: gateway B's WAN address and port.
+    let mk = |t, lan, wan, allowed: &str| {
+        Gateway::new(
+            GatewayConfig {
+                lan,
+                wan,
+                udp_port: 51900,
+                udp_ports: 51900..51901,
+                allowed: vec![vec![allowed.parse().expect("prefix")]],
+            },
+            t,
+            Box::new(CpuEngine),
+        )
+    };
+    let mut a = mk(
+        ta,
+        port(A_LAN, "10.1.0.1/24"),
+        port(A_WAN, "192.0.2.2/24"),
+        "10.2.0.0/16",
+    );
+    let mut b = mk(
+        tb,
+        port(B_LAN, "10.2.0.1/24"),
+        port(B_WAN, "192.0.2.1/24"),
+        "10.1.0.0/16",
+    );
+    let now = Duration::from_secs(1);
+    let mut tx_a = TxBatch::new(burst * 3);
+    let mut tx_b = TxBatch::new(burst * 3);
+    // Neighbours: B's WAN address for A, host B for B (each learns from an ARP request).
+    a.from_wan(
+        &bench_arp(B_WAN, [192, 0, 2, 1], [192, 0, 2, 2]),
+        &mut tx_a,
+        now,
+    );
+    b.from_lan(
+        &bench_arp(HOST_B, [10, 2, 0, 2], [10, 2, 0, 1]),
+        &mut tx_b,
+        now,
+    );
+    tx_a.clear();
+    tx_b.clear();
+    let inner = payload(size.max(28), kind, 7);
+    let frames: Vec<Vec<u8>> = (0..burst)
+        .map(|_| bench_frame(A_LAN, HOST_A, [10, 1, 0, 2], [10, 2, 0, 2], &inner))
+        .collect();
+    let (mut n, mut t_a, mut t_b) = (0u64, Duration::ZERO, Duration::ZERO);
+    let t0 = Instant::now();
+    while t0.elapsed() < budget {
+        let t = Instant::now();
+        for f in &frames {
+            a.from_lan(f, &mut tx_a, now);
+        }
+        a.finish_burst(&mut tx_a, now);
+        t_a += t.elapsed();
+        let t = Instant::now();
+        for (side, f) in tx_a.frames() {
+            if side == Side::Wan {
+                b.from_wan(f, &mut tx_b, now);
+            }
+        }
+        b.finish_burst(&mut tx_b, now);
+        t_b += t.elapsed();
+        let delivered = tx_b.frames().filter(|(s, _)| *s == Side::Lan).count();
+        if delivered != burst {
+            return Err(format!(
+                "{size} B {}: {delivered} of {burst} packets came out of gateway B ({:?} / {:?})",
+                kind.name(),
+                a.counters,
+                b.tunnel.counters
+            ));
+        }
+        tx_a.clear();
+        tx_b.clear();
+        n += burst as u64;
+    }
+    let per = |t: Duration| t.as_nanos() as f64 / n.max(1) as f64;
+    Ok(GatewayRow {
+        size,
+        payload: kind,
+        lan_to_wan_ns: per(t_a),
+        wan_to_lan_ns: per(t_b),
+        openssl_gbps: openssl_gbps(size),
+    })
+}
+
+/// The gateway rows at 64, 512 and 1408 bytes, compression off and on (compressible data).
+pub fn gateway_rows(budget: Duration) -> Result<Vec<GatewayRow>, String> {
+    let mut rows = Vec::new();
+    for size in [64, 512, 1408] {
+        for kind in [Payload::Plain, Payload::Compressible] {
+            rows.push(gateway_row(size, kind, budget)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// The gateway rows as a table.
+pub fn gateway_table(rows: &[GatewayRow]) -> String {
+    let mut s = format!(
+        "gateway pair, one worker's path (CPU engine, bursts of {})\n{:<5} {:<17} {:>14} {:>14} {:>11} {:>11} {:>13} {:>13}\n",
+        crate::worker::BURST,
+        "size",
+        "compression",
+        "lan→wan ns/pkt",
+        "wan→lan ns/pkt",
+        "lan→wan Gb/s",
+        "wan→lan Gb/s",
+        "lan→wan/ossl",
+        "wan→lan/ossl"
+    );
+    for r in rows {
+        let ratio = |g: f64| {
+            r.openssl_gbps
+                .map_or("-".to_owned(), |o| format!("{:.0}%", 100.0 * g / o))
+        };
+        let (enc, dec) = (r.gbps(r.lan_to_wan_ns), r.gbps(r.wan_to_lan_ns));
+        s.push_str(&format!(
+            "{:<5} {:<17} {:>14.0} {:>14.0} {:>11.2} {:>11.2} {:>13} {:>13}\n",
+            r.size,
+            r.payload.name(),
+            r.lan_to_wan_ns,
+            r.wan_to_lan_ns,
+            enc,
+            dec,
+            ratio(enc),
+            ratio(dec)
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod gateway_bench_tests {
+    use super::*;
+
+    #[test]
+    fn every_packet_crosses_the_gateway_pair_both_with_and_without_compression() {
+        for kind in [Payload::Plain, Payload::Compressible] {
+            let r = gateway_row(512, kind, Duration::from_millis(30)).unwrap();
+            assert!(r.lan_to_wan_ns > 0.0 && r.wan_to_lan_ns > 0.0, "{r:?}");
+        }
+        let t =
+            gateway_table(&[gateway_row(64, Payload::Plain, Duration::from_millis(10)).unwrap()]);
+        assert_eq!(t.lines().count(), 3, "{t}");
+    }
+}

@@ -177,8 +177,16 @@ fn bench(args: Vec<String>) -> ExitCode {
     ));
     if json {
         print!("{}", dwcp_dataplane::bench::json(&rows));
-    } else {
-        print!("{}", dwcp_dataplane::bench::table(&rows));
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", dwcp_dataplane::bench::table(&rows));
+    let budget = std::time::Duration::from_secs_f64(seconds.clamp(0.05, 60.0) / 2.0);
+    match dwcp_dataplane::bench::gateway_rows(budget) {
+        Ok(rows) => print!("\n{}", dwcp_dataplane::bench::gateway_table(&rows)),
+        Err(e) => {
+            eprintln!("dwcp-dataplane: bench through the gateway pair: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
 }
