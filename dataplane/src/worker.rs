@@ -134,7 +134,7 @@ impl Worker {
             let mut work = 0;
             let t0 = Instant::now();
             let n = lan.rx_burst(BURST, &mut |f| gateway.from_lan(f, tx, now));
-            // The burst's WAN messages, sealed in one engine batch.
+            // The burst's WAN messages, compressed in one engine batch and sealed in another.
             loop_counters.seal_refused += gateway.finish_burst(tx, now) as u64;
             if n > 0 {
                 hist[0].record(per_packet(t0, n), n as u64);
@@ -161,7 +161,7 @@ impl Worker {
                 }
                 _ => gateway.from_wan(f, tx, now),
             });
-            // The burst's DWCP messages, opened in one engine batch.
+            // The burst's DWCP messages, opened (and decompressed) a batch at a time.
             loop_counters.seal_refused += gateway.finish_burst(tx, now) as u64;
             if n > 0 {
                 hist[1].record(per_packet(t0, n), n as u64);
