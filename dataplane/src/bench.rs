@@ -292,7 +292,7 @@ fn encap_bursts(
     for chunk in inputs.chunks(burst) {
         let mut deferred = Vec::with_capacity(chunk.len());
         for (p, buf) in chunk.iter().zip(bufs.iter_mut()) {
-            deferred.push(match t.encapsulate_deferred(engine, 0, p, buf, now) {
+            deferred.push(match t.encapsulate_deferred(0, p, buf, now) {
                 (Action::Send { len, .. }, Some(d)) => Some((len, d)),
                 _ => None,
             });

@@ -776,7 +776,6 @@ impl Gateway {
     fn encapsulate_to(&mut self, tx: &mut TxBatch, peer: usize, inner_len: usize, now: Duration) {
         let Some(buf) = tx.next_buf() else { return };
         let (action, deferred) = self.tunnel.encapsulate_deferred(
-            &mut *self.engine,
             peer,
             &self.scratch[..inner_len],
             &mut buf[OUTER_HEADERS..],

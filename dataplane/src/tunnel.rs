@@ -497,33 +497,34 @@ impl Tunnel {
         out: &mut [u8],
         now: Duration,
     ) -> Action {
-        self.encapsulate_maybe_deferred(engine, peer, inner, out, now, false)
+        self.encapsulate_maybe_deferred(Some(engine), peer, inner, out, now)
             .0
     }
 
-    /// As [`Tunnel::encapsulate`], but leaves the payload in plaintext and returns what its
-    /// seal needs, so a caller can seal a whole burst in one engine batch. `out` holds the
-    /// header and the plaintext payload; it must not leave the process before it is sealed
-    /// with the returned [`DeferredSeal`] (the gateway's `TxBatch` enforces this).
+    /// As [`Tunnel::encapsulate`], but runs no engine: the payload is the inner packet as is
+    /// (to be compressed in the burst's batch when [`DeferredSeal::compress`] says so) and in
+    /// plaintext, and what its seal needs comes back, so a caller can seal a whole burst in
+    /// one engine batch. `out` holds the header and the plaintext payload; it must not leave
+    /// the process before it is sealed with the returned [`DeferredSeal`] (the gateway's
+    /// `TxBatch` enforces this).
     pub fn encapsulate_deferred(
         &mut self,
-        engine: &mut dyn Engine,
         peer: usize,
         inner: &[u8],
         out: &mut [u8],
         now: Duration,
     ) -> (Action, Option<DeferredSeal>) {
-        self.encapsulate_maybe_deferred(engine, peer, inner, out, now, true)
+        self.encapsulate_maybe_deferred(None, peer, inner, out, now)
     }
 
+    /// Encapsulates with `engine` now, or defers compression and seal when it is `None`.
     fn encapsulate_maybe_deferred(
         &mut self,
-        engine: &mut dyn Engine,
+        mut engine: Option<&mut dyn Engine>,
         peer: usize,
         inner: &[u8],
         out: &mut [u8],
         now: Duration,
-        defer: bool,
     ) -> (Action, Option<DeferredSeal>) {
         let action = |a: Action| (a, None);
         if inner.len() > MAX_INNER || out.len() < inner.len() + OVERHEAD {
@@ -558,7 +559,7 @@ impl Tunnel {
         };
         let compress = p.spec.compress && !inner.is_empty();
         // A deferred message is compressed later, in the burst's batch.
-        let (payload_len, flags) = if compress && !defer {
+        let (payload_len, flags) = if let Some(engine) = engine.as_mut().filter(|_| compress) {
             let mut job = [CompressJob {
                 src: inner,
                 dst: &mut self.scratch[..],
@@ -598,39 +599,36 @@ impl Tunnel {
             return action(Action::Dropped(DropReason::TooBig));
         };
         header.emit(hdr);
-        let deferred = defer.then(|| DeferredSeal {
-            key: std::sync::Arc::clone(&s.send),
-            nonce: dwcp_kernels::nonce(counter),
-            len: payload_len,
-            compress,
-        });
-        if let Some(d) = deferred {
-            p.last_sent = now;
-            let len = DATA_HEADER_LEN + payload_len + TAG_LEN;
-            self.counters.tx_messages += 1;
-            self.counters.tx_inner_bytes += inner.len() as u64;
-            self.counters.tx_wire_bytes += len as u64;
-            return (Action::Send { peer, len }, Some(d));
-        }
-        let mut job = [SealJob {
-            key: &s.send,
-            nonce: dwcp_kernels::nonce(counter),
-            aad: &hdr[..],
-            buf: body,
-            len: payload_len,
-            ok: false,
-        }];
-        engine.seal(&mut job);
-        if !job[0].ok {
-            self.counters.too_big += 1;
-            return action(Action::Dropped(DropReason::TooBig));
-        }
+        let deferred = match engine {
+            None => Some(DeferredSeal {
+                key: std::sync::Arc::clone(&s.send),
+                nonce: dwcp_kernels::nonce(counter),
+                len: payload_len,
+                compress,
+            }),
+            Some(engine) => {
+                let mut job = [SealJob {
+                    key: &s.send,
+                    nonce: dwcp_kernels::nonce(counter),
+                    aad: &hdr[..],
+                    buf: body,
+                    len: payload_len,
+                    ok: false,
+                }];
+                engine.seal(&mut job);
+                if !job[0].ok {
+                    self.counters.too_big += 1;
+                    return action(Action::Dropped(DropReason::TooBig));
+                }
+                None
+            }
+        };
         p.last_sent = now;
         let len = DATA_HEADER_LEN + payload_len + TAG_LEN;
         self.counters.tx_messages += 1;
         self.counters.tx_inner_bytes += inner.len() as u64;
         self.counters.tx_wire_bytes += len as u64;
-        (Action::Send { peer, len }, None)
+        (Action::Send { peer, len }, deferred)
     }
 
     /// Counts a deferred message whose payload was compressed later from `before` to `after`
