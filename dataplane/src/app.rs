@@ -267,7 +267,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         inboxes.push(Mailbox::with_buffers(inbox));
     }
     let mut tx_batches = tx_batches.into_iter();
-    let offload = crate::offload::engines(&cfg.offload, workers);
+    let offload =
+        crate::offload::engines(&cfg.offload, cfg.offload.gather_core(&cfg.cores), workers);
     println!(
         "dwcp-dataplane: offload engine {}: {}",
         offload.kind, offload.why

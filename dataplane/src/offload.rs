@@ -45,8 +45,9 @@ fn settings(cfg: &Offload) -> Settings {
     }
 }
 
-/// Builds the engines for `workers` workers.
-pub fn engines(cfg: &Offload, workers: usize) -> Engines {
+/// Builds the engines for `workers` workers; the gathering thread (with a GPU) runs on
+/// `gather_core` when given.
+pub fn engines(cfg: &Offload, gather_core: Option<u16>, workers: usize) -> Engines {
     let set = settings(cfg);
     let cpu_only = |why: String| Engines {
         engines: (0..workers)
@@ -72,6 +73,7 @@ pub fn engines(cfg: &Offload, workers: usize) -> Engines {
     let gather = GatherSettings {
         max_batch,
         max_delay: Duration::from_micros(u64::from(cfg.max_delay_us)),
+        core: gather_core.map(usize::from),
         ..GatherSettings::default()
     };
     let (gatherer, clients) = match Gatherer::start(Box::new(gpu), workers, gather) {
@@ -94,8 +96,9 @@ pub fn engines(cfg: &Offload, workers: usize) -> Engines {
             .collect(),
         kind,
         why: format!(
-            "GPU {described}; {how}; workers' GPU batches gathered up to {max_batch} packets or {} us",
-            cfg.max_delay_us
+            "GPU {described}; {how}; workers' GPU batches gathered up to {max_batch} packets or {} us by a thread {}",
+            cfg.max_delay_us,
+            gatherer.placement()
         ),
         monitor: GpuMonitor::new(cfg.device),
         gatherer: Some(gatherer),
@@ -112,7 +115,7 @@ mod tests {
             gpu: GpuMode::Off,
             ..Offload::default()
         };
-        let e = engines(&cfg, 3);
+        let e = engines(&cfg, Some(0), 3);
         assert_eq!((e.engines.len(), e.kind), (3, "cpu"));
         assert_eq!(e.why, "offload.gpu = off");
         assert!(e.engines.iter().all(|e| e.offload_stats().is_some()));
@@ -120,7 +123,7 @@ mod tests {
 
     #[test]
     fn auto_without_a_gpu_falls_back_to_the_cpu_with_the_reason() {
-        let e = engines(&Offload::default(), 2);
+        let e = engines(&Offload::default(), None, 2);
         if e.kind == "cpu" {
             assert!(
                 e.why.starts_with("offload.gpu = auto, but no GPU engine: "),

@@ -10,7 +10,7 @@ use std::process::{Child, Command as Process};
 use std::time::Duration;
 
 use dwcp_provisioning::NodeConfig;
-use dwcp_provisioning::schema::Backend;
+use dwcp_provisioning::schema::{Backend, GpuMode};
 use nix::mount::{MsFlags, mount};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CpuSet, sched_setaffinity};
@@ -179,6 +179,28 @@ struct Facts {
 
 /// Applies the config to the machine: cores, hugepages, IRQs, vfio. Errors keep the data
 /// plane down.
+/// The configured cores that are not online (the GPU gathering core only when a GPU may be
+/// used), as an error for the console.
+fn cores_not_online(c: &NodeConfig, online: &BTreeSet<u16>) -> Option<String> {
+    let mut wanted: BTreeSet<u16> = c.cores.housekeeping.iter().copied().collect();
+    wanted.extend(c.cores.dataplane.iter().copied());
+    if c.offload.gpu != GpuMode::Off {
+        wanted.extend(c.offload.core);
+    }
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|c| !online.contains(c))
+        .map(ToString::to_string)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "cores: {} configured but not online here (online: {})",
+            missing.join(","),
+            cpus::format_list(online)
+        )
+    })
+}
+
 fn apply(fs: &dyn SysFs, c: &NodeConfig) -> Result<Facts, Vec<String>> {
     let mut errors = Vec::new();
     let mut facts = Facts {
@@ -192,20 +214,7 @@ fn apply(fs: &dyn SysFs, c: &NodeConfig) -> Result<Facts, Vec<String>> {
     let housekeeping: BTreeSet<u16> = c.cores.housekeeping.iter().copied().collect();
     facts.dataplane_cores = c.cores.dataplane.iter().copied().collect();
     match &online {
-        Some(online) => {
-            let missing: Vec<String> = housekeeping
-                .union(&facts.dataplane_cores)
-                .filter(|c| !online.contains(c))
-                .map(ToString::to_string)
-                .collect();
-            if !missing.is_empty() {
-                errors.push(format!(
-                    "cores: {} configured but not online here (online: {})",
-                    missing.join(","),
-                    cpus::format_list(online)
-                ));
-            }
-        }
+        Some(online) => errors.extend(cores_not_online(c, online)),
         None => errors.push("cores: cannot read /sys/devices/system/cpu/online".into()),
     }
     if c.hugepages.count > 0 {
@@ -930,5 +939,36 @@ pub fn run() -> ! {
         {
             init.start_dataplane();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dwcp_provisioning::{SourceFile, check, example};
+
+    use super::*;
+
+    fn config() -> NodeConfig {
+        check(&SourceFile::new("node.toml", example::example().unwrap())).unwrap()
+    }
+
+    #[test]
+    fn every_configured_core_must_be_online() {
+        let mut c = config();
+        let online: BTreeSet<u16> = (0..=3).collect();
+        assert_eq!(cores_not_online(&c, &online), None);
+        c.offload.core = Some(5);
+        assert_eq!(
+            cores_not_online(&c, &online).as_deref(),
+            Some("cores: 5 configured but not online here (online: 0-3)")
+        );
+        // Without a GPU the gathering core is never used: not a reason to stay down.
+        c.offload.gpu = GpuMode::Off;
+        assert_eq!(cores_not_online(&c, &online), None);
+        let two: BTreeSet<u16> = (0..=1).collect();
+        assert_eq!(
+            cores_not_online(&c, &two).as_deref(),
+            Some("cores: 2,3 configured but not online here (online: 0-1)")
+        );
     }
 }

@@ -28,6 +28,29 @@ pub struct GatherSettings {
     pub max_delay: Duration,
     /// The thread spins this long for work before it parks.
     pub spin: Duration,
+    /// The core the thread runs on (`offload.core`); `None` leaves it where it starts.
+    pub core: Option<usize>,
+}
+
+/// Where the gathering thread runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// No core was asked for.
+    Unpinned,
+    /// Pinned to this core.
+    Pinned(usize),
+    /// This core was asked for but the thread could not be pinned there (it runs unpinned).
+    Refused(usize),
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unpinned => f.write_str("unpinned"),
+            Self::Pinned(c) => write!(f, "on core {c}"),
+            Self::Refused(c) => write!(f, "NOT on core {c} (the kernel refused it; unpinned)"),
+        }
+    }
 }
 
 impl Default for GatherSettings {
@@ -36,6 +59,7 @@ impl Default for GatherSettings {
             max_batch: 1024,
             max_delay: Duration::from_micros(50),
             spin: Duration::from_micros(200),
+            core: None,
         }
     }
 }
@@ -114,6 +138,7 @@ pub struct GatherStats {
 pub struct Gatherer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    placement: Placement,
 }
 
 /// A worker's way to the gathering thread: an [`Accelerator`] for its dispatcher.
@@ -156,13 +181,17 @@ impl Gatherer {
             most_workers: AtomicU64::new(0),
         });
         let s = Arc::clone(&shared);
+        let (placed, placement) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("dwcp-gather".into())
             .spawn(move || {
+                let _ = placed.send(place(set.core));
                 run(&s, acc, set);
                 s.exited.store(true, Ordering::Release);
             })?;
         let _ = shared.thread.set(thread.thread().clone());
+        // The thread says where it runs before it looks for work.
+        let placement = placement.recv().unwrap_or(Placement::Unpinned);
         let clients = (0..workers)
             .map(|worker| GatherClient {
                 worker,
@@ -173,9 +202,15 @@ impl Gatherer {
             Self {
                 shared,
                 thread: Some(thread),
+                placement,
             },
             clients,
         ))
+    }
+
+    /// Where the thread runs.
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 
     /// What it did so far.
@@ -312,6 +347,23 @@ struct Spare {
     decompress: Vec<DecompressJob<'static>>,
     oks: Vec<bool>,
     lens: Vec<Option<usize>>,
+}
+
+/// Cores `core_affinity` can name: its set is glibc's `cpu_set_t` (it panics past it).
+const CPU_SET_CORES: usize = 1024;
+
+/// Pins the calling thread to `core`, when one is asked for.
+fn place(core: Option<usize>) -> Placement {
+    match core {
+        None => Placement::Unpinned,
+        Some(c)
+            if c < CPU_SET_CORES
+                && core_affinity::set_for_current(core_affinity::CoreId { id: c }) =>
+        {
+            Placement::Pinned(c)
+        }
+        Some(c) => Placement::Refused(c),
+    }
 }
 
 fn run(s: &Shared, mut acc: Box<dyn Accelerator>, set: GatherSettings) {
@@ -513,6 +565,7 @@ mod tests {
             max_batch: 4096,
             max_delay,
             spin: Duration::from_micros(100),
+            ..GatherSettings::default()
         }
     }
 
@@ -669,5 +722,75 @@ mod tests {
             seal_with(&mut d, &key, 4, 9),
             seal_with(&mut CpuEngine, &key, 4, 9)
         );
+    }
+
+    /// The cores the kernel lets the process's `dwcp-gather` threads run on.
+    fn gather_threads_cores() -> Vec<String> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != "dwcp-gather" {
+                continue;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            if let Some(list) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            {
+                found.push(list.trim().to_owned());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_thread_runs_on_the_core_asked_for() {
+        let last = core_affinity::get_core_ids().unwrap().last().unwrap().id;
+        let acc = TestAccelerator::new(Fault::None, Duration::ZERO);
+        let (g, mut clients) = Gatherer::start(
+            Box::new(acc),
+            1,
+            GatherSettings {
+                core: Some(last),
+                ..settings(Duration::from_millis(1))
+            },
+        )
+        .unwrap();
+        assert_eq!(g.placement(), Placement::Pinned(last));
+        assert_eq!(g.placement().to_string(), format!("on core {last}"));
+        let cores = gather_threads_cores();
+        assert!(cores.contains(&last.to_string()), "{cores:?}");
+        let mut d = Dispatcher::new(Some(Box::new(clients.remove(0))), on());
+        let key = AeadKey::new(&[2; 32]);
+        assert_eq!(
+            seal_with(&mut d, &key, 4, 0),
+            seal_with(&mut CpuEngine, &key, 4, 0)
+        );
+        assert_eq!(g.stats().packets, 4);
+    }
+
+    #[test]
+    fn a_core_the_kernel_refuses_leaves_the_thread_unpinned_and_working() {
+        for core in [4000, usize::MAX] {
+            let acc = TestAccelerator::new(Fault::None, Duration::ZERO);
+            let (g, mut clients) = Gatherer::start(
+                Box::new(acc),
+                1,
+                GatherSettings {
+                    core: Some(core),
+                    ..settings(Duration::from_millis(1))
+                },
+            )
+            .unwrap();
+            assert_eq!(g.placement(), Placement::Refused(core));
+            assert!(g.placement().to_string().starts_with("NOT on core"));
+            let mut d = Dispatcher::new(Some(Box::new(clients.remove(0))), on());
+            let key = AeadKey::new(&[3; 32]);
+            assert_eq!(
+                seal_with(&mut d, &key, 4, 0),
+                seal_with(&mut CpuEngine, &key, 4, 0)
+            );
+            assert_eq!(g.stats().gathers, 1);
+        }
     }
 }

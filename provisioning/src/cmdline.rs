@@ -47,10 +47,17 @@ pub fn kernel_cmdline(c: &NodeConfig) -> String {
         args.push("hugepagesz=1G".into());
         args.push(format!("hugepages={}", c.hugepages.count));
     }
-    let dp = cpu_list(&c.cores.dataplane);
-    args.push(format!("isolcpus=managed_irq,domain,{dp}"));
-    args.push(format!("nohz_full={dp}"));
-    args.push(format!("rcu_nocbs={dp}"));
+    // A gathering-thread core of its own is kept from the kernel like the workers' cores.
+    let mut isolated = c.cores.dataplane.clone();
+    if let Some(core) = c.offload.core
+        && !c.cores.housekeeping.contains(&core)
+    {
+        isolated.push(core);
+    }
+    let isolated = cpu_list(&isolated);
+    args.push(format!("isolcpus=managed_irq,domain,{isolated}"));
+    args.push(format!("nohz_full={isolated}"));
+    args.push(format!("rcu_nocbs={isolated}"));
     args.push(format!("irqaffinity={}", cpu_list(&c.cores.housekeeping)));
     if c.ports.iter().any(|p| p.backend == Backend::Dpdk) {
         args.push("intel_iommu=on".into());
@@ -82,5 +89,22 @@ mod tests {
         );
         assert!(line.contains("irqaffinity=0"), "{line}");
         assert!(line.contains("intel_iommu=on"), "{line}");
+    }
+
+    #[test]
+    fn a_gathering_core_of_its_own_is_isolated_a_housekeeping_one_is_not() {
+        let mut c = check(&SourceFile::new("x", example::example().unwrap())).unwrap();
+        c.offload.core = Some(5);
+        let line = kernel_cmdline(&c);
+        assert!(
+            line.contains("isolcpus=managed_irq,domain,1-3,5 nohz_full=1-3,5 rcu_nocbs=1-3,5"),
+            "{line}"
+        );
+        c.offload.core = Some(0);
+        let line = kernel_cmdline(&c);
+        assert!(
+            line.contains("isolcpus=managed_irq,domain,1-3 nohz_full=1-3 rcu_nocbs=1-3"),
+            "{line}"
+        );
     }
 }

@@ -355,9 +355,21 @@ pub struct Offload {
     #[serde(default = "Offload::default_max_delay_us")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_delay_us: u32,
+    /// The core for the thread that gathers the workers' GPU batches and drives the GPU: a
+    /// core of its own (isolated like the data-plane cores) or a housekeeping core, never a
+    /// data-plane core (a worker polls each of those). Leave out: the first housekeeping core.
+    /// Used only while a GPU engine runs.
+    #[serde(default)]
+    #[schemars(range(max = 4095))]
+    pub core: Option<u16>,
 }
 
 impl Offload {
+    /// The gathering thread's core: `core`, else the first housekeeping core.
+    pub fn gather_core(&self, cores: &Cores) -> Option<u16> {
+        self.core.or_else(|| cores.housekeeping.first().copied())
+    }
+
     fn default_max_batch() -> u32 {
         1024
     }
@@ -373,6 +385,7 @@ impl Default for Offload {
             device: 0,
             max_batch: Self::default_max_batch(),
             max_delay_us: Self::default_max_delay_us(),
+            core: None,
         }
     }
 }

@@ -115,11 +115,13 @@ pub fn summary(c: &NodeConfig) -> String {
     let f = &c.offload;
     let _ = writeln!(
         o,
-        "offload     gpu {} device {} batch {} max delay {}us",
+        "offload     gpu {} device {} batch {} max delay {}us gathering core {}",
         word(&f.gpu),
         f.device,
         f.max_batch,
-        f.max_delay_us
+        f.max_delay_us,
+        f.gather_core(&c.cores)
+            .map_or_else(|| "-".to_owned(), |n| n.to_string())
     );
     let _ = writeln!(o, "metrics     http://{}/metrics", c.metrics.listen);
     o

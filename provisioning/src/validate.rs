@@ -154,7 +154,20 @@ impl Rules<'_> {
         self.hugepages(c);
         self.ports(c);
         self.tunnel(c);
+        self.offload(c);
         self.metrics(c);
+    }
+
+    fn offload(&mut self, c: &NodeConfig) {
+        let Some(core) = c.offload.core else { return };
+        if let Some(i) = c.cores.dataplane.iter().position(|&d| d == core) {
+            self.error(
+                path!("offload", "core"),
+                format!(
+                    "core {core} is a data-plane core (cores.dataplane[{i}]): the GPU gathering thread would take turns with that core's worker; give a core of its own or a housekeeping core"
+                ),
+            );
+        }
     }
 
     fn management(&mut self, c: &NodeConfig) {

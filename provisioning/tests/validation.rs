@@ -210,6 +210,29 @@ fn core_listed_twice() {
 }
 
 #[test]
+fn gathering_core_on_a_worker_core() {
+    assert_errors(
+        &[("[metrics]", "[offload]\ncore = 2\n\n[metrics]")],
+        &[
+            "52:8: offload.core: core 2 is a data-plane core (cores.dataplane[1]): the GPU gathering thread would take turns with that core's worker; give a core of its own or a housekeeping core",
+        ],
+    );
+}
+
+#[test]
+fn gathering_core_may_be_a_housekeeping_core_or_its_own() {
+    for core in ["0", "3"] {
+        assert_errors(
+            &[(
+                "[metrics]",
+                &format!("[offload]\ncore = {core}\n\n[metrics]"),
+            )],
+            &[],
+        );
+    }
+}
+
+#[test]
 fn core_in_both_lists() {
     assert_errors(
         &[("housekeeping = [0]", "housekeeping = [0, 2]")],
