@@ -16,6 +16,8 @@ pub mod cuda;
 pub mod dispatch;
 #[allow(unsafe_code)]
 pub mod gather;
+#[allow(unsafe_code)]
+pub mod lz4;
 pub mod monitor;
 pub mod suite;
 
