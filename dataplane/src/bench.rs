@@ -325,10 +325,8 @@ fn encap_bursts(
                 let before = d.len;
                 let n = lens.next().flatten();
                 let saved = d.apply_compressed(buf, n.map(|n| &out[..n]));
-                if saved > 0 {
-                    t.count_compressed(before, d.len);
-                    *len -= saved;
-                }
+                t.record_deferred_compression(d, before, saved);
+                *len -= saved;
             }
         }
         let mut jobs: Vec<_> = deferred

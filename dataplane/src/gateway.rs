@@ -822,9 +822,8 @@ impl Gateway {
                 }];
                 self.engine.compress(&mut job);
                 let out = job[0].out_len.map(|n| &self.scratch[..n]);
-                if d.apply_compressed(msg, out) > 0 {
-                    self.tunnel.count_compressed(before, d.len);
-                }
+                let saved = d.apply_compressed(msg, out);
+                self.tunnel.record_deferred_compression(&d, before, saved);
             }
             let mut job = [d.job(msg)];
             self.engine.seal(&mut job);
@@ -1180,10 +1179,10 @@ impl Gateway {
                 continue;
             };
             let saved = d.apply_compressed(&mut frame[OUTER_HEADERS..], out_len.map(|n| &out[..n]));
+            self.tunnel.record_deferred_compression(d, before, saved);
             if saved == 0 {
                 continue;
             }
-            self.tunnel.count_compressed(before, d.len);
             shrink_udp(&mut frame[ETH_LEN..], DATA_HEADER_LEN + d.len + TAG_LEN);
             if let Some(l) = tx.lens.get_mut(*slot) {
                 l.1 -= saved;
@@ -1712,6 +1711,56 @@ mod tests {
                 .all(|f| !f.windows(needle.len()).any(|w| w == needle)),
             "a parked message went out unsealed"
         );
+    }
+
+    /// Bursts of incompressible payloads make the gateway stop compressing them for a while
+    /// (counted), every packet still arrives, and a compressible burst after the back-off is
+    /// compressed again.
+    #[test]
+    fn incompressible_bursts_back_compression_off_and_compressible_ones_bring_it_back() {
+        let mut n = Net::new();
+        let first = ipv4(HOST_A, HOST_B, IpProtocol::Udp, b"warm-up", true);
+        n.inject(true, Side::Lan, eth(GW_A_LAN, HOST_A_MAC, 0x0800, &first));
+        assert_eq!(n.to_host_b.len(), 1, "session up, host B's MAC known");
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut burst = |n: &mut Net, random: bool| {
+            let mut tx = TxBatch::new(32);
+            for i in 0..16u8 {
+                let body: Vec<u8> = (0..1000)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        if random { x.to_le_bytes()[2] } else { i }
+                    })
+                    .collect();
+                let pkt = ipv4(HOST_A, HOST_B, IpProtocol::Udp, &body, true);
+                n.a.from_lan(&eth(GW_A_LAN, HOST_A_MAC, 0x0800, &pkt), &mut tx, n.now);
+            }
+            assert_eq!(n.a.finish_burst(&mut tx, n.now), 0);
+            let wire: Vec<Vec<u8>> = tx.frames().map(|(_, f)| f.to_vec()).collect();
+            tx.clear();
+            for f in wire {
+                n.inject(false, Side::Wan, f);
+            }
+        };
+        let c0 = n.a.tunnel.counters;
+        burst(&mut n, true);
+        let c = n.a.tunnel.counters;
+        assert_eq!(
+            c.compress_no_gain - c0.compress_no_gain,
+            16,
+            "all tried in vain"
+        );
+        burst(&mut n, true);
+        let c = n.a.tunnel.counters;
+        assert_eq!(c.compress_skipped - c0.compress_skipped, 16, "none tried");
+        assert_eq!(c.compress_no_gain - c0.compress_no_gain, 16);
+        // Compressible again: the first burst after the back-off is tried, and shrinks.
+        burst(&mut n, false);
+        let c = n.a.tunnel.counters;
+        assert_eq!(c.compressed - c0.compressed, 16);
+        assert_eq!(n.to_host_b.len(), 1 + 3 * 16, "every packet delivered");
     }
 
     /// A WAN burst is opened in one batch: each inner packet keeps its place, a replay within

@@ -304,6 +304,18 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         &[(String::new(), g("compress_out_bytes"))],
     );
     family(
+        "dwcp_compress_no_gain_packets_total",
+        "counter",
+        "Payloads compressed in vain (not smaller), sent as they were.",
+        &[(String::new(), g("compress_no_gain_packets"))],
+    );
+    family(
+        "dwcp_compress_skipped_packets_total",
+        "counter",
+        "Payloads sent without trying LZ4: their peer's recent payloads did not shrink.",
+        &[(String::new(), g("compress_skipped_packets"))],
+    );
+    family(
         "dwcp_icmp_errors_sent_total",
         "counter",
         "ICMP fragmentation-needed messages sent.",

@@ -156,6 +156,11 @@ pub struct Counters {
     pub compress_in: u64,
     /// Bytes after compression, of the payloads sent compressed.
     pub compress_out: u64,
+    /// Payloads compressed in vain (not smaller), sent as they were.
+    pub compress_no_gain: u64,
+    /// Payloads sent without trying to compress them: their peer's recent payloads did not
+    /// shrink ([`CompressGate`]).
+    pub compress_skipped: u64,
     /// Longest initiation-to-response time seen, nanoseconds.
     pub handshake_rtt_ns_max: u64,
 }
@@ -187,6 +192,68 @@ impl Session {
 /// Retired sessions kept per peer (the oldest goes first when full).
 const RETIRED_MAX: usize = 4;
 
+/// Payloads in a row that must fail to shrink before compression backs off.
+const GATE_MISSES: u32 = 16;
+/// The longest back-off, payloads.
+const GATE_GAP_MAX: u32 = 1024;
+/// ... and in time: a slow peer is tried again at least this often.
+const GATE_PAUSE_MAX: Duration = Duration::from_millis(100);
+
+/// Backs compression off for a peer whose payloads stop shrinking (encrypted or already
+/// compressed data, where LZ4 costs as much as the seal and gains nothing): after
+/// [`GATE_MISSES`] payloads in a row did not shrink, the next ones are sent without trying,
+/// then compression is tried again; each miss after a back-off doubles it (up to
+/// [`GATE_GAP_MAX`] payloads, and never longer than [`GATE_PAUSE_MAX`]) and any payload that
+/// shrinks ends it. Results that come back while backing off (the rest of a burst decided
+/// before) change nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct CompressGate {
+    misses: u32,
+    gap: u32,
+    skip: u32,
+    /// When the pause began (when the payload that started it was sent).
+    since: Duration,
+    /// When the last payload was sent.
+    last: Duration,
+}
+
+impl CompressGate {
+    /// Whether to try compressing the next payload, sent at `now`.
+    fn admit(&mut self, now: Duration) -> bool {
+        self.last = now;
+        if self.skip == 0 {
+            return true;
+        }
+        if now.saturating_sub(self.since) >= GATE_PAUSE_MAX {
+            // Paused long enough: try this one.
+            self.skip = 0;
+            return true;
+        }
+        self.skip -= 1;
+        false
+    }
+
+    /// A tried payload shrank or did not.
+    fn record(&mut self, shrunk: bool) {
+        if shrunk {
+            *self = Self {
+                last: self.last,
+                ..Self::default()
+            };
+            return;
+        }
+        if self.skip > 0 {
+            return;
+        }
+        self.misses = self.misses.saturating_add(1);
+        if self.misses >= GATE_MISSES {
+            self.gap = self.gap.saturating_mul(2).clamp(GATE_MISSES, GATE_GAP_MAX);
+            self.skip = self.gap;
+            self.since = self.last;
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Current,
@@ -207,6 +274,7 @@ struct Peer {
     last_sent: Duration,
     staged: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
+    gate: CompressGate,
 }
 
 impl Peer {
@@ -225,6 +293,7 @@ impl Peer {
             spare: (0..STAGED_MAX)
                 .map(|_| Vec::with_capacity(MAX_INNER))
                 .collect(),
+            gate: CompressGate::default(),
         }
     }
 
@@ -261,6 +330,8 @@ impl Peer {
 /// [`DATA_HEADER_LEN`] bytes are the AAD; the payload follows, with room for the tag after it.
 #[derive(Clone, Debug)]
 pub struct DeferredSeal {
+    /// The peer it goes to.
+    pub peer: usize,
     /// The session's send key.
     pub key: std::sync::Arc<AeadKey>,
     /// The nonce (from the message counter).
@@ -557,7 +628,11 @@ impl Tunnel {
                 }
             });
         };
-        let compress = p.spec.compress && !inner.is_empty();
+        let compress = p.spec.compress && !inner.is_empty() && {
+            let admitted = p.gate.admit(now);
+            self.counters.compress_skipped += u64::from(!admitted);
+            admitted
+        };
         // A deferred message is compressed later, in the burst's batch.
         let (payload_len, flags) = if let Some(engine) = engine.as_mut().filter(|_| compress) {
             let mut job = [CompressJob {
@@ -566,11 +641,10 @@ impl Tunnel {
                 out_len: None,
             }];
             engine.compress(&mut job);
-            match job[0].out_len {
+            let n = job[0].out_len.filter(|&n| n < inner.len());
+            self.record_compression(peer, inner.len(), n.map_or(0, |n| inner.len() - n));
+            match n {
                 Some(n) => {
-                    self.counters.compressed += 1;
-                    self.counters.compress_in += inner.len() as u64;
-                    self.counters.compress_out += n as u64;
                     out[DATA_HEADER_LEN..DATA_HEADER_LEN + n].copy_from_slice(&self.scratch[..n]);
                     (n, FLAG_LZ4)
                 }
@@ -601,6 +675,7 @@ impl Tunnel {
         header.emit(hdr);
         let deferred = match engine {
             None => Some(DeferredSeal {
+                peer,
                 key: std::sync::Arc::clone(&s.send),
                 nonce: dwcp_kernels::nonce(counter),
                 len: payload_len,
@@ -631,14 +706,29 @@ impl Tunnel {
         (Action::Send { peer, len }, deferred)
     }
 
-    /// Counts a deferred message whose payload was compressed later from `before` to `after`
-    /// bytes (see [`DeferredSeal::apply_compressed`]).
-    pub fn count_compressed(&mut self, before: usize, after: usize) {
+    /// Records how compressing a payload for `peer` went: `before` bytes, `saved` fewer after
+    /// (0: not smaller, sent as it was). Counts it, and tells the peer's [`CompressGate`].
+    /// For a deferred message, `saved` is what [`DeferredSeal::apply_compressed`] returned.
+    pub fn record_compression(&mut self, peer: usize, before: usize, saved: usize) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.gate.record(saved > 0);
+        }
         let c = &mut self.counters;
+        if saved == 0 {
+            c.compress_no_gain += 1;
+            return;
+        }
         c.compressed += 1;
         c.compress_in += before as u64;
-        c.compress_out += after as u64;
-        c.tx_wire_bytes = c.tx_wire_bytes.saturating_sub((before - after) as u64);
+        c.compress_out += (before - saved) as u64;
+    }
+
+    /// As [`Tunnel::record_compression`], for a deferred message whose wire length was
+    /// counted uncompressed when it was encapsulated.
+    pub fn record_deferred_compression(&mut self, d: &DeferredSeal, before: usize, saved: usize) {
+        self.record_compression(d.peer, before, saved);
+        let c = &mut self.counters;
+        c.tx_wire_bytes = c.tx_wire_bytes.saturating_sub(saved as u64);
     }
 
     /// Sends the next packet staged for `peer`, if any and if a session exists.
@@ -1265,6 +1355,94 @@ mod tests {
             );
         }
         assert!(l.a.counters.compressed > 0);
+    }
+
+    #[test]
+    fn the_compression_gate_backs_off_doubles_and_ends_on_a_hit() {
+        let mut g = CompressGate::default();
+        let tried = |g: &mut CompressGate, n: usize, shrink: bool| -> usize {
+            (0..n)
+                .filter(|_| {
+                    let admitted = g.admit(Duration::ZERO);
+                    if admitted {
+                        g.record(shrink);
+                    }
+                    admitted
+                })
+                .count()
+        };
+        // 15 misses in a row: still trying; a hit forgets them.
+        assert_eq!(tried(&mut g, 15, false), 15);
+        assert_eq!(tried(&mut g, 1, true), 1);
+        assert_eq!(g, CompressGate::default());
+        // 16 misses: the next 16 are not tried, then one is; missing, 32 are skipped, …
+        assert_eq!(tried(&mut g, 16, false), 16);
+        assert_eq!(tried(&mut g, 16, false), 0);
+        assert_eq!(tried(&mut g, 1 + 32, false), 1);
+        assert_eq!(tried(&mut g, 1 + 64, false), 1);
+        // … 128, 256, 512 (3 probes in the first 1 + 128 + 1 + 256 + 1 + 512 = 899), then
+        // 1024 at most: one probe per 1,025 over the remaining 9,101.
+        assert_eq!(tried(&mut g, 10_000, false), 3 + 9101_usize.div_ceil(1025));
+        assert_eq!(g.gap, GATE_GAP_MAX);
+        // Results decided before the back-off (a burst's) do not stretch it.
+        let skip = g.skip;
+        g.record(false);
+        assert_eq!(g.skip, skip);
+        // Slow traffic is tried again 100 ms after the payload that began the pause, however
+        // many payloads are left to skip.
+        assert!(g.skip > 2);
+        assert!(!g.admit(Duration::from_millis(99)));
+        assert!(g.admit(Duration::from_millis(100)));
+        g.record(false);
+        assert_eq!((g.gap, g.skip), (GATE_GAP_MAX, GATE_GAP_MAX));
+        assert!(!g.admit(Duration::from_millis(150)));
+        assert!(g.admit(Duration::from_millis(200)));
+        // A probe that shrinks ends it.
+        g.record(true);
+        assert_eq!(
+            g,
+            CompressGate {
+                last: Duration::from_millis(200),
+                ..CompressGate::default()
+            }
+        );
+        let t = Duration::from_millis(200);
+        assert_eq!((0..10).filter(|_| g.admit(t)).count(), 10);
+    }
+
+    #[test]
+    fn incompressible_payloads_stop_being_compressed_and_compressible_ones_resume() {
+        let mut l = Link::new(Params::default(), true);
+        l.send(true, &packet(0, 100));
+        l.pump();
+        let c0 = l.a.counters;
+        let mut x = 7u64;
+        let mut random = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()[3]
+                })
+                .collect()
+        };
+        for _ in 0..16 + 16 {
+            l.send(true, &random(1400));
+        }
+        let c = l.a.counters;
+        assert_eq!(c.compress_no_gain - c0.compress_no_gain, 16);
+        assert_eq!(c.compress_skipped - c0.compress_skipped, 16);
+        // The next is tried again: compressible, it shrinks, and compression is back.
+        for i in 0..4 {
+            l.send(true, &packet(i, 1400));
+        }
+        let c = l.a.counters;
+        assert_eq!(c.compressed - c0.compressed, 4);
+        assert_eq!(c.compress_skipped - c0.compress_skipped, 16);
+        l.pump();
+        // Everything arrived, skipped or not.
+        assert_eq!(l.got_b.len(), 1 + 32 + 4);
     }
 
     fn established() -> (Link, Vec<u8>) {
