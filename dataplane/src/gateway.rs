@@ -1722,18 +1722,14 @@ mod tests {
         let first = ipv4(HOST_A, HOST_B, IpProtocol::Udp, b"warm-up", true);
         n.inject(true, Side::Lan, eth(GW_A_LAN, HOST_A_MAC, 0x0800, &first));
         assert_eq!(n.to_host_b.len(), 1, "session up, host B's MAC known");
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rng = dwcp_kernels::suite::Rng(11);
         let mut burst = |n: &mut Net, random: bool| {
             let mut tx = TxBatch::new(32);
             for i in 0..16u8 {
-                let body: Vec<u8> = (0..1000)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        if random { x.to_le_bytes()[2] } else { i }
-                    })
-                    .collect();
+                let mut body = vec![i; 1000];
+                if random {
+                    rng.fill(&mut body);
+                }
                 let pkt = ipv4(HOST_A, HOST_B, IpProtocol::Udp, &body, true);
                 n.a.from_lan(&eth(GW_A_LAN, HOST_A_MAC, 0x0800, &pkt), &mut tx, n.now);
             }

@@ -1416,19 +1416,11 @@ mod tests {
         l.send(true, &packet(0, 100));
         l.pump();
         let c0 = l.a.counters;
-        let mut x = 7u64;
-        let mut random = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()[3]
-                })
-                .collect()
-        };
+        let mut rng = dwcp_kernels::suite::Rng(7);
         for _ in 0..16 + 16 {
-            l.send(true, &random(1400));
+            let mut random = vec![0u8; 1400];
+            rng.fill(&mut random);
+            l.send(true, &random);
         }
         let c = l.a.counters;
         assert_eq!(c.compress_no_gain - c0.compress_no_gain, 16);

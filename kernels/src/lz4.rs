@@ -1,10 +1,15 @@
 //! LZ4 block compression through liblz4 (`lz4-sys` builds and links it) with a reused state:
 //! `LZ4_compress_fast_extState_fastReset` keeps its hash table between packets and clears it
 //! only when it must, where `lz4_flex` allocates and zeroes a fresh 8 KiB table per packet.
-//! The output is a standard LZ4 block (`lz4_flex` and the GPU decompress it).
+//! liblz4 clears its 16 KiB table for every input of 4 KiB or more, and there `lz4_flex` is
+//! faster (jumbo frames), so those go to `lz4_flex`. The output is a standard LZ4 block
+//! (`lz4_flex` and the GPU decompress it).
 
 use std::cell::RefCell;
 use std::os::raw::{c_char, c_int, c_void};
+
+/// Inputs from this size on go to `lz4_flex` (liblz4 clears its table for each of them).
+pub const LIBLZ4_BELOW: usize = 4096;
 
 // liblz4's own API (lz4.h), in the static library `lz4-sys` builds; `lz4-sys` binds only the
 // older entry points.
@@ -47,6 +52,11 @@ impl Compressor {
     /// Compresses `src` into `dst` when the block comes out shorter than `src`: its length,
     /// else `None` (nothing to gain, or `src` too large for LZ4).
     pub fn compress(&mut self, src: &[u8], dst: &mut [u8]) -> Option<usize> {
+        if src.len() >= LIBLZ4_BELOW {
+            return lz4_flex::block::compress_into(src, dst)
+                .ok()
+                .filter(|&n| n < src.len());
+        }
         // Only a shorter block is of use: let liblz4 give up past `src.len() - 1` bytes.
         let cap = dst.len().min(src.len().checked_sub(1)?);
         let src_size = c_int::try_from(src.len()).ok()?;
