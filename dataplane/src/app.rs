@@ -327,7 +327,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         let core = cores.get(w).copied();
         let spawned = std::thread::Builder::new().name(format!("dwcp-worker-{w}")).spawn(move || {
             if let Some(c) = core {
-                let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: usize::from(c) });
+                let pinned = dwcp_kernels::gather::pin_current_thread(usize::from(c));
                 if !pinned {
                     eprintln!("dwcp-dataplane: worker {w}: could not pin to core {c}; running unpinned");
                 }

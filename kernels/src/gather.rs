@@ -352,16 +352,17 @@ struct Spare {
 /// Cores `core_affinity` can name: its set is glibc's `cpu_set_t` (it panics past it).
 const CPU_SET_CORES: usize = 1024;
 
+/// Pins the calling thread to `core`; false when the kernel refuses or the core is past what
+/// a CPU set can name (the thread then stays where it was).
+pub fn pin_current_thread(core: usize) -> bool {
+    core < CPU_SET_CORES && core_affinity::set_for_current(core_affinity::CoreId { id: core })
+}
+
 /// Pins the calling thread to `core`, when one is asked for.
 fn place(core: Option<usize>) -> Placement {
     match core {
         None => Placement::Unpinned,
-        Some(c)
-            if c < CPU_SET_CORES
-                && core_affinity::set_for_current(core_affinity::CoreId { id: c }) =>
-        {
-            Placement::Pinned(c)
-        }
+        Some(c) if pin_current_thread(c) => Placement::Pinned(c),
         Some(c) => Placement::Refused(c),
     }
 }
