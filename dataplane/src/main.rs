@@ -220,7 +220,18 @@ fn bench_offload(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("dwcp-dataplane bench offload: no GPU engine: {e}");
+            // No GPU rows, but the CPU engine's own figures are still worth having; the exit
+            // status says the GPU part is missing.
+            eprintln!(
+                "dwcp-dataplane bench offload: no GPU engine: {e}; measuring the CPU engine alone"
+            );
+            let budget = std::time::Duration::from_millis(if quick { 50 } else { 300 });
+            let report = dwcp_kernels::bench::cpu_only(e.to_string(), sizes, budget);
+            if json {
+                print!("{}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
             ExitCode::FAILURE
         }
     }

@@ -494,6 +494,80 @@ pub fn offload(
     })
 }
 
+/// The CPU engine alone, for a machine without a GPU: per operation and packet size, payload
+/// GB/s on one thread and on every host core.
+#[derive(Clone, Debug)]
+pub struct CpuReport {
+    /// Why there are no GPU rows.
+    pub why_no_gpu: String,
+    /// Host threads of the all-cores column.
+    pub threads: usize,
+    /// (operation, packet size, one thread GB/s, all threads GB/s).
+    pub rows: Vec<(Op, usize, f64, f64)>,
+}
+
+/// Measures the CPU engine alone at `sizes`, about `budget` per cell.
+pub fn cpu_only(why_no_gpu: String, sizes: &[usize], budget: Duration) -> CpuReport {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rng = Rng(0x00ff_10ad);
+    let mut rows = Vec::new();
+    for &size in sizes {
+        let inp = Inputs::new(size, 1024, &mut rng);
+        for op in Op::ALL {
+            let one = cpu_cell(op, size, &inp, 1, budget);
+            let all = cpu_cell(op, size, &inp, threads, budget);
+            rows.push((op, size, one, all));
+        }
+    }
+    CpuReport {
+        why_no_gpu,
+        threads,
+        rows,
+    }
+}
+
+impl CpuReport {
+    /// A table for people.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "no GPU engine ({}): the CPU engine alone, on 1 and on {} threads\n{:<10} {:>5} {:>11} {:>11}\n",
+            self.why_no_gpu, self.threads, "op", "bytes", "cpu-1", "cpu-all"
+        );
+        for &(op, size, one, all) in &self.rows {
+            let _ = writeln!(
+                s,
+                "{:<10} {:>5} {:>6.2} GB/s {:>6.2} GB/s",
+                op.name(),
+                size,
+                one,
+                all
+            );
+        }
+        s
+    }
+
+    /// The same as JSON (`device` null).
+    pub fn json(&self) -> String {
+        let mut s = format!(
+            "{{\"device\":null,\"why_no_gpu\":{:?},\"cpu_threads\":{},\"cpu_rows\":[",
+            self.why_no_gpu, self.threads
+        );
+        for (i, &(op, size, one, all)) in self.rows.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}{{\"op\":\"{}\",\"size\":{},\"cpu1_gbps\":{:.3},\"cpu_gbps\":{:.3}}}",
+                if i == 0 { "" } else { "," },
+                op.name(),
+                size,
+                one,
+                all
+            );
+        }
+        s.push_str("]}\n");
+        s
+    }
+}
+
 impl Report {
     /// The copy ceiling for a transform whose bytes go both ways: the slower direction.
     pub fn copy_ceiling_gbps(&self) -> f64 {
@@ -634,5 +708,22 @@ mod tests {
         let t = gather_table(&rows);
         assert!(t.contains("workers"), "{t}");
         assert_eq!(t.lines().count(), 4, "{t}");
+    }
+
+    /// Without a GPU the CPU engine's rows are still measured: every operation at every size,
+    /// on one thread and on all, in the table and the JSON.
+    #[test]
+    fn the_cpu_report_measures_every_operation_and_size() {
+        let r = cpu_only("no driver".into(), &[64, 1408], Duration::from_millis(20));
+        assert_eq!(r.rows.len(), 8);
+        for &(op, size, one, all) in &r.rows {
+            assert!(one > 0.0 && all > 0.0, "{} {size}: {one} {all}", op.name());
+        }
+        let t = r.table();
+        assert!(t.starts_with("no GPU engine (no driver)"), "{t}");
+        assert_eq!(t.lines().count(), 2 + 8, "{t}");
+        let j = r.json();
+        assert!(j.starts_with("{\"device\":null,"), "{j}");
+        assert_eq!(j.matches("\"op\":").count(), 8, "{j}");
     }
 }
