@@ -74,6 +74,12 @@ fn demo_carries_traffic_reports_and_leaves_nothing_behind() {
     assert_eq!(report.step_load.len(), 3);
     assert!(report.step_load.iter().all(|(_, mbps)| *mbps > 0.0));
     assert_eq!(report.engine, "cpu");
+    // The transfer is random: site A tried LZ4 on it in vain, then stopped trying.
+    let [shrunk, in_vain, not_tried] = report.compression_packets[0];
+    assert!(
+        in_vain >= 16 && not_tried > in_vain && not_tried > shrunk,
+        "site A LZ4 payloads: {shrunk} shrunk, {in_vain} in vain, {not_tried} not tried"
+    );
     // Kernel bypass: both appliances drove their e1000e NICs with DPDK through vfio-pci.
     assert_eq!(
         report.data_path,

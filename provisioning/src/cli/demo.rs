@@ -79,6 +79,9 @@ pub struct Report {
     pub drops: Vec<(String, String, u64)>,
     /// Compression ratio at site A and site B (bytes before / after).
     pub compression_ratio: [f64; 2],
+    /// Payloads at site A and site B: sent compressed, compressed in vain, sent without
+    /// trying (compression backed off because the peer's payloads did not shrink).
+    pub compression_packets: [[u64; 3]; 2],
     /// Offload engine.
     pub engine: String,
     /// How the NICs were driven, from the READY lines (`dpdk, vfio-pci 0000:00:03.0,…`).
@@ -777,6 +780,14 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             get(&ma, "dwcp_compression_ratio"),
             get(&mb, "dwcp_compression_ratio"),
         ],
+        compression_packets: [&ma, &mb].map(|m| {
+            [
+                "dwcp_compressed_packets_total",
+                "dwcp_compress_no_gain_packets_total",
+                "dwcp_compress_skipped_packets_total",
+            ]
+            .map(|series| metric_u64(m, series))
+        }),
         engine,
         data_path,
     };
@@ -858,6 +869,11 @@ pub fn table(r: &Report) -> String {
     o.push_str(&format!(
         "  compression ratio      A {:.2}, B {:.2}\n",
         r.compression_ratio[0], r.compression_ratio[1]
+    ));
+    let [a, b] = r.compression_packets;
+    o.push_str(&format!(
+        "  LZ4 payloads           A {} shrunk, {} in vain, {} not tried; B {} shrunk, {} in vain, {} not tried\n",
+        a[0], a[1], a[2], b[0], b[1], b[2]
     ));
     o.push_str(&format!("  engine                 {}\n", r.engine));
     o.push_str(&format!("  data path              {}\n", r.data_path));
