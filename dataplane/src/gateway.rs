@@ -1730,6 +1730,8 @@ mod tests {
                 if random {
                     rng.fill(&mut body);
                 }
+                // One flow: UDP 5000 → 9 (the gates go by flow).
+                body[..8].copy_from_slice(&[0x13, 0x88, 0, 9, 0x03, 0xe8, 0, 0]);
                 let pkt = ipv4(HOST_A, HOST_B, IpProtocol::Udp, &body, true);
                 n.a.from_lan(&eth(GW_A_LAN, HOST_A_MAC, 0x0800, &pkt), &mut tx, n.now);
             }

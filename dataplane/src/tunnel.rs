@@ -158,7 +158,7 @@ pub struct Counters {
     pub compress_out: u64,
     /// Payloads compressed in vain (not smaller), sent as they were.
     pub compress_no_gain: u64,
-    /// Payloads sent without trying to compress them: their peer's recent payloads did not
+    /// Payloads sent without trying to compress them: their flow's recent payloads did not
     /// shrink ([`CompressGate`]).
     pub compress_skipped: u64,
     /// Longest initiation-to-response time seen, nanoseconds.
@@ -199,7 +199,41 @@ const GATE_GAP_MAX: u32 = 1024;
 /// ... and in time: a slow peer is tried again at least this often.
 const GATE_PAUSE_MAX: Duration = Duration::from_millis(100);
 
-/// Backs compression off for a peer whose payloads stop shrinking (encrypted or already
+/// Compression gates per peer: a flow's gate is picked by a hash of its addresses, protocol
+/// and ports ([`flow_gate`]), so one encrypted stream backs off without taking a compressible
+/// stream to the same peer with it (flows sharing a bucket share a gate).
+const FLOW_GATES: usize = 128;
+
+/// The compression gate of an inner packet: a hash of its IPv4 addresses and protocol, and of
+/// its ports when it is TCP, UDP or SCTP and not a fragment (every fragment of a datagram
+/// shares one gate); gate 0 for anything that is not IPv4.
+fn flow_gate(inner: &[u8]) -> usize {
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    let Some(addrs) = inner.get(12..20) else {
+        return 0;
+    };
+    if inner[0] >> 4 != 4 {
+        return 0;
+    }
+    let proto = inner[9];
+    let fragment = u16::from_be_bytes([inner[6], inner[7]]) & 0x3fff != 0;
+    let ihl = usize::from(inner[0] & 0x0f) * 4;
+    let ports = match inner.get(ihl..ihl + 4) {
+        Some(p) if !fragment && ihl >= 20 && matches!(proto, 6 | 17 | 132) => {
+            u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+        }
+        _ => 0,
+    };
+    let mut addr = [0u8; 8];
+    addr.copy_from_slice(addrs);
+    let x = u64::from_be_bytes(addr) ^ (u64::from(proto) << 32 | u64::from(ports)).rotate_left(29);
+    let h = (x ^ (x >> 32)).wrapping_mul(GOLDEN);
+    // The top byte is the best mixed.
+    const { assert!(FLOW_GATES.is_power_of_two() && FLOW_GATES <= 256) };
+    usize::from(h.to_be_bytes()[0]) % FLOW_GATES
+}
+
+/// Backs compression off for a flow whose payloads stop shrinking (encrypted or already
 /// compressed data, where LZ4 costs as much as the seal and gains nothing): after
 /// [`GATE_MISSES`] payloads in a row did not shrink, the next ones are sent without trying,
 /// then compression is tried again; each miss after a back-off doubles it (up to
@@ -274,7 +308,8 @@ struct Peer {
     last_sent: Duration,
     staged: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
-    gate: CompressGate,
+    /// Compression gates, by [`flow_gate`].
+    gates: [CompressGate; FLOW_GATES],
 }
 
 impl Peer {
@@ -293,7 +328,7 @@ impl Peer {
             spare: (0..STAGED_MAX)
                 .map(|_| Vec::with_capacity(MAX_INNER))
                 .collect(),
-            gate: CompressGate::default(),
+            gates: [CompressGate::default(); FLOW_GATES],
         }
     }
 
@@ -332,6 +367,8 @@ impl Peer {
 pub struct DeferredSeal {
     /// The peer it goes to.
     pub peer: usize,
+    /// Its flow's compression gate at that peer.
+    gate: usize,
     /// The session's send key.
     pub key: std::sync::Arc<AeadKey>,
     /// The nonce (from the message counter).
@@ -628,8 +665,9 @@ impl Tunnel {
                 }
             });
         };
+        let gate = flow_gate(inner);
         let compress = p.spec.compress && !inner.is_empty() && {
-            let admitted = p.gate.admit(now);
+            let admitted = p.gates[gate].admit(now);
             self.counters.compress_skipped += u64::from(!admitted);
             admitted
         };
@@ -642,7 +680,7 @@ impl Tunnel {
             }];
             engine.compress(&mut job);
             let n = job[0].out_len.filter(|&n| n < inner.len());
-            self.record_compression(peer, inner.len(), n.map_or(0, |n| inner.len() - n));
+            self.record_compression(peer, gate, inner.len(), n.map_or(0, |n| inner.len() - n));
             match n {
                 Some(n) => {
                     out[DATA_HEADER_LEN..DATA_HEADER_LEN + n].copy_from_slice(&self.scratch[..n]);
@@ -676,6 +714,7 @@ impl Tunnel {
         let deferred = match engine {
             None => Some(DeferredSeal {
                 peer,
+                gate,
                 key: std::sync::Arc::clone(&s.send),
                 nonce: dwcp_kernels::nonce(counter),
                 len: payload_len,
@@ -706,12 +745,12 @@ impl Tunnel {
         (Action::Send { peer, len }, deferred)
     }
 
-    /// Records how compressing a payload for `peer` went: `before` bytes, `saved` fewer after
-    /// (0: not smaller, sent as it was). Counts it, and tells the peer's [`CompressGate`].
-    /// For a deferred message, `saved` is what [`DeferredSeal::apply_compressed`] returned.
-    pub fn record_compression(&mut self, peer: usize, before: usize, saved: usize) {
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.gate.record(saved > 0);
+    /// Records how compressing a payload for `peer` in the flow of `gate` went: `before`
+    /// bytes, `saved` fewer after (0: not smaller, sent as it was). Counts it, and tells the
+    /// flow's [`CompressGate`].
+    fn record_compression(&mut self, peer: usize, gate: usize, before: usize, saved: usize) {
+        if let Some(g) = self.peers.get_mut(peer).and_then(|p| p.gates.get_mut(gate)) {
+            g.record(saved > 0);
         }
         let c = &mut self.counters;
         if saved == 0 {
@@ -723,10 +762,12 @@ impl Tunnel {
         c.compress_out += (before - saved) as u64;
     }
 
-    /// As [`Tunnel::record_compression`], for a deferred message whose wire length was
-    /// counted uncompressed when it was encapsulated.
+    /// Records how compressing a deferred message's payload went (`before` bytes, `saved`
+    /// fewer after: what [`DeferredSeal::apply_compressed`] returned): counts it, tells its
+    /// flow's [`CompressGate`], and takes the saving off the wire bytes counted uncompressed
+    /// when it was encapsulated.
     pub fn record_deferred_compression(&mut self, d: &DeferredSeal, before: usize, saved: usize) {
-        self.record_compression(d.peer, before, saved);
+        self.record_compression(d.peer, d.gate, before, saved);
         let c = &mut self.counters;
         c.tx_wire_bytes = c.tx_wire_bytes.saturating_sub(saved as u64);
     }
@@ -1420,14 +1461,14 @@ mod tests {
         for _ in 0..16 + 16 {
             let mut random = vec![0u8; 1400];
             rng.fill(&mut random);
-            l.send(true, &random);
+            l.send(true, &udp(5000, &random));
         }
         let c = l.a.counters;
         assert_eq!(c.compress_no_gain - c0.compress_no_gain, 16);
         assert_eq!(c.compress_skipped - c0.compress_skipped, 16);
         // The next is tried again: compressible, it shrinks, and compression is back.
         for i in 0..4 {
-            l.send(true, &packet(i, 1400));
+            l.send(true, &udp(5000, &packet(i, 1400)));
         }
         let c = l.a.counters;
         assert_eq!(c.compressed - c0.compressed, 4);
@@ -1435,6 +1476,77 @@ mod tests {
         l.pump();
         // Everything arrived, skipped or not.
         assert_eq!(l.got_b.len(), 1 + 32 + 4);
+    }
+
+    /// An IPv4/UDP packet 10.1.0.2:`port` → 10.2.0.2:9 carrying `body`.
+    fn udp(port: u16, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 1, 0, 2, 10, 2, 0, 2,
+        ];
+        p.extend_from_slice(&port.to_be_bytes());
+        p.extend_from_slice(&[0, 9, 0, 0, 0, 0]);
+        p.extend_from_slice(body);
+        let len = u16::try_from(p.len()).unwrap();
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn flows_pick_their_gate_by_addresses_protocol_and_ports() {
+        let a = udp(5000, b"one");
+        assert_eq!(
+            flow_gate(&a),
+            flow_gate(&udp(5000, b"other body, same flow"))
+        );
+        // Ports spread flows over the gates.
+        let gates: std::collections::BTreeSet<usize> =
+            (0..64).map(|p| flow_gate(&udp(5000 + p, b""))).collect();
+        assert!(gates.len() > 32, "64 flows fell on {} gates", gates.len());
+        assert!(gates.iter().all(|&g| g < FLOW_GATES));
+        // A fragment goes by addresses and protocol only, whatever its first bytes.
+        let mut frag = a.clone();
+        frag[6] = 0x20;
+        let mut later = udp(6000, b"one");
+        later[7] = 0x10;
+        assert_eq!(flow_gate(&frag), flow_gate(&later));
+        // Not IPv4, or too short for its addresses: gate 0; nothing read past the end.
+        assert_eq!(flow_gate(&packet(3, 100)), 0);
+        assert_eq!(flow_gate(&a[..19]), 0);
+        assert_eq!(flow_gate(&[]), 0);
+        let mut short = a[..22].to_vec();
+        short[0] = 0x4f;
+        assert!(flow_gate(&short) < FLOW_GATES);
+    }
+
+    /// One flow's incompressible payloads back off without a compressible flow beside it,
+    /// interleaved one for one: the compressible one is compressed every time, the other
+    /// stops being tried.
+    #[test]
+    fn an_incompressible_flow_backs_off_alone() {
+        let (text, random) = (5001, 5002);
+        assert_ne!(flow_gate(&udp(text, b"")), flow_gate(&udp(random, b"")));
+        let mut l = Link::new(Params::default(), true);
+        l.send(true, &packet(0, 100));
+        l.pump();
+        let c0 = l.a.counters;
+        let mut rng = dwcp_kernels::suite::Rng(9);
+        for i in 0..200 {
+            let mut body = vec![0u8; 1000];
+            rng.fill(&mut body);
+            l.send(true, &udp(random, &body));
+            l.send(true, &udp(text, &packet(i, 1000)));
+        }
+        let c = l.a.counters;
+        assert_eq!(
+            c.compressed - c0.compressed,
+            200,
+            "every text payload compressed"
+        );
+        let skipped = c.compress_skipped - c0.compress_skipped;
+        assert!(skipped > 150, "only {skipped} random payloads not tried");
+        assert_eq!(c.compress_no_gain - c0.compress_no_gain + skipped, 200);
+        l.pump();
+        assert_eq!(l.got_b.len(), 1 + 400);
     }
 
     fn established() -> (Link, Vec<u8>) {
