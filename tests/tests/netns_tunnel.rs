@@ -346,8 +346,9 @@ fn tunnel(dpdk: bool) {
         compressed("192.0.2.10", "gw-a"),
         compressed("192.0.3.10", "gw-b"),
     );
-    // The random transfer made both gateways stop trying LZ4 for this peer; they try again
-    // within 100 ms whatever the packet count (the compression gate's longest pause).
+    // The random transfer made both gateways stop trying LZ4 for its flow; the ping is
+    // another flow, but one of the 128 gates per peer may be shared, so wait out the gate's
+    // longest pause (within 100 ms it tries again, whatever the packet count).
     std::thread::sleep(Duration::from_millis(150));
     let ping = lab
         .command(&ha, "ping")
