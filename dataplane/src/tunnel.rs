@@ -1518,6 +1518,20 @@ mod tests {
         assert!(flow_gate(&short) < FLOW_GATES);
     }
 
+    /// The demo's mixed load (`dwcp_provisioning::cli::demo::MIXED_STREAMS`: TCP from
+    /// 10.1.0.2 ports 40001 and 40002 to 10.2.0.2 ports 5201 and 5202) is two flows with gates
+    /// of their own, so its report shows one backing off and the other compressed.
+    #[test]
+    fn the_demo_mixed_streams_have_gates_of_their_own() {
+        let tcp = |sport: u16, dport: u16| {
+            let mut p = udp(sport, b"");
+            p[9] = 6;
+            p[22..24].copy_from_slice(&dport.to_be_bytes());
+            p
+        };
+        assert_ne!(flow_gate(&tcp(40001, 5201)), flow_gate(&tcp(40002, 5202)));
+    }
+
     /// One flow's incompressible payloads back off without a compressible flow beside it,
     /// interleaved one for one: the compressible one is compressed every time, the other
     /// stops being tried.

@@ -80,6 +80,21 @@ fn demo_carries_traffic_reports_and_leaves_nothing_behind() {
         in_vain >= 16 && not_tried > in_vain && not_tried > shrunk,
         "site A LZ4 payloads: {shrunk} shrunk, {in_vain} in vain, {not_tried} not tried"
     );
+    // The mixed load: a random and a text stream at once, two flows with LZ4 gates of their
+    // own (checked in dataplane's `the_demo_mixed_streams_have_gates_of_their_own`): the text
+    // is compressed all along while the random stream stops being tried.
+    let m = &report.mixed;
+    assert_eq!(m.bytes, 1 << 20);
+    assert!(m.sha256_match, "{m:?}");
+    assert!(m.random_mbps > 0.0 && m.text_mbps > 0.0, "{m:?}");
+    let [shrunk, in_vain, not_tried] = m.packets;
+    // 1 MiB of text is about 740 full segments; the handshake's and the last few are small.
+    assert!(shrunk >= 600, "text payloads compressed: {m:?}");
+    assert!(m.ratio > 1.5, "text compression ratio: {m:?}");
+    assert!(
+        not_tried >= 500 && not_tried > 4 * in_vain,
+        "the random stream backed off: {m:?}"
+    );
     // Kernel bypass: both appliances drove their e1000e NICs with DPDK through vfio-pci.
     assert_eq!(
         report.data_path,

@@ -26,6 +26,11 @@ pub const SENDER: &str = include_str!("sitehost/sender.py");
 /// The marker the sender writes every 4 KiB.
 pub const MARKER: &str = "DWCP-PLAINTEXT-MARKER-7f3a";
 
+/// The mixed load's two streams, sent at once from site A's host (10.1.0.2) to site B's
+/// host (10.2.0.2) ports 5201 and 5202: kind and source port (fixed, so each is one known
+/// flow).
+pub const MIXED_STREAMS: [(&str, u16); 2] = [("random", 40001), ("text", 40002)];
+
 /// Demo settings.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -82,6 +87,8 @@ pub struct Report {
     /// Payloads at site A and site B: sent compressed, compressed in vain, sent without
     /// trying (compression backed off because the peer's payloads did not shrink).
     pub compression_packets: [[u64; 3]; 2],
+    /// A random stream and a compressible (log-like text) stream at once.
+    pub mixed: Mixed,
     /// Offload engine.
     pub engine: String,
     /// How the NICs were driven, from the READY lines (`dpdk, vfio-pci 0000:00:03.0,…`).
@@ -101,6 +108,23 @@ pub struct Transfer {
     pub sha256_sent: String,
     /// SHA-256 at the receiver.
     pub sha256_received: String,
+}
+
+/// The mixed load: [`MIXED_STREAMS`] at once, and what site A's LZ4 did meanwhile.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Mixed {
+    /// Bytes per stream.
+    pub bytes: u64,
+    /// The random stream's Mbit/s.
+    pub random_mbps: f64,
+    /// The text stream's Mbit/s.
+    pub text_mbps: f64,
+    /// Both streams arrived intact (SHA-256 at each end).
+    pub sha256_match: bool,
+    /// Bytes before / after LZ4 over the payloads site A sent compressed meanwhile.
+    pub ratio: f64,
+    /// Site A's payloads meanwhile: sent compressed, compressed in vain, sent without trying.
+    pub packets: [u64; 3],
 }
 
 /// Round-trip percentiles.
@@ -607,10 +631,12 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         rx.to_string_lossy().into_owned(),
         tx.to_string_lossy().into_owned(),
     );
+    // One TCP stream per entry, all at once: each sends `mib` MiB of its kind ("random" or
+    // "text"), from its source port (0: any).
     let transfer_once =
-        |streams: u32, mib: u64| -> anyhow::Result<Vec<(u64, String, f64, String)>> {
+        |streams: &[(&str, u16)], mib: u64| -> anyhow::Result<Vec<(u64, String, f64, String)>> {
             let mut receivers = Vec::new();
-            for s in 0..streams {
+            for s in 0..streams.len() {
                 let port = (5201 + s).to_string();
                 let child = Command::new("ip")
                     .args(["netns", "exec", NS_B, "python3", &rx, "10.2.0.2", &port])
@@ -620,8 +646,10 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
                 receivers.push(child);
             }
             std::thread::sleep(Duration::from_millis(500));
-            let senders: Vec<_> = (0..streams)
-                .map(|s| {
+            let senders: Vec<_> = streams
+                .iter()
+                .enumerate()
+                .map(|(s, (kind, sport))| {
                     Command::new("ip")
                         .args([
                             "netns",
@@ -633,6 +661,8 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
                             &(5201 + s).to_string(),
                             &mib.to_string(),
                             MARKER,
+                            kind,
+                            &sport.to_string(),
                         ])
                         .stdout(std::process::Stdio::piped())
                         .spawn()
@@ -689,7 +719,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         opts,
         &format!("TCP transfer of {} MiB, checked by SHA-256...", opts.mib),
     );
-    let t = transfer_once(1, opts.mib)?.remove(0);
+    let t = transfer_once(&[("random", 0)], opts.mib)?.remove(0);
     let transfer = Transfer {
         bytes: t.0,
         seconds: t.2,
@@ -713,12 +743,46 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     for streams in [1u32, 2, 4] {
         say(opts, &format!("step load: {streams} stream(s)..."));
         let t0 = Instant::now();
-        let results = transfer_once(streams, opts.step_mib)?;
+        let kinds = vec![("random", 0); streams as usize];
+        let results = transfer_once(&kinds, opts.step_mib)?;
         let bytes: u64 = results.iter().map(|r| r.0).sum();
         let secs = results.iter().map(|r| r.2).fold(0.0, f64::max).max(1e-6);
         let _ = t0;
         step_load.push((streams, bytes as f64 * 8.0 / secs / 1e6));
     }
+
+    let lz4_series = [
+        "dwcp_compressed_packets_total",
+        "dwcp_compress_no_gain_packets_total",
+        "dwcp_compress_skipped_packets_total",
+        "dwcp_compress_in_bytes_total",
+        "dwcp_compress_out_bytes_total",
+    ];
+    let lz4_of = |m: &str| lz4_series.map(|series| metric_u64(m, series));
+    say(
+        opts,
+        &format!(
+            "mixed load: a random and a text stream at once, {} MiB each...",
+            opts.step_mib
+        ),
+    );
+    let before = lz4_of(&metrics(metric_ports[0])?);
+    let results = transfer_once(&MIXED_STREAMS, opts.step_mib)?;
+    let after = lz4_of(&metrics(metric_ports[0])?);
+    let delta: Vec<u64> = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(b))
+        .collect();
+    let mbps = |r: &(u64, String, f64, String)| r.0 as f64 * 8.0 / r.2.max(1e-6) / 1e6;
+    let mixed = Mixed {
+        bytes: results[0].0,
+        random_mbps: mbps(&results[0]),
+        text_mbps: mbps(&results[1]),
+        sha256_match: results.iter().all(|r| r.1 == r.3),
+        ratio: delta[3] as f64 / delta[4].max(1) as f64,
+        packets: [delta[0], delta[1], delta[2]],
+    };
 
     say(
         opts,
@@ -788,6 +852,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             ]
             .map(|series| metric_u64(m, series))
         }),
+        mixed,
         engine,
         data_path,
     };
@@ -874,6 +939,17 @@ pub fn table(r: &Report) -> String {
     o.push_str(&format!(
         "  LZ4 payloads           A {} shrunk, {} in vain, {} not tried; B {} shrunk, {} in vain, {} not tried\n",
         a[0], a[1], a[2], b[0], b[1], b[2]
+    ));
+    let m = &r.mixed;
+    o.push_str(&format!(
+        "  mixed load             random {:.1} Mbit/s + text {:.1} Mbit/s, SHA-256 {}; A's LZ4 ratio {:.2}, {} shrunk, {} in vain, {} not tried\n",
+        m.random_mbps,
+        m.text_mbps,
+        if m.sha256_match { "match" } else { "DIFFER" },
+        m.ratio,
+        m.packets[0],
+        m.packets[1],
+        m.packets[2]
     ));
     o.push_str(&format!("  engine                 {}\n", r.engine));
     o.push_str(&format!("  data path              {}\n", r.data_path));
