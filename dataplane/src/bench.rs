@@ -23,6 +23,9 @@ pub enum Payload {
     Compressible,
     /// Compression on, random payload (sent uncompressed after the attempt).
     Random,
+    /// Compression on, two flows interleaved packet by packet: one text-like, one random
+    /// (gateway rows only).
+    Mixed,
 }
 
 impl Payload {
@@ -31,6 +34,7 @@ impl Payload {
             Payload::Plain => "off",
             Payload::Compressible => "lz4-compressible",
             Payload::Random => "lz4-random",
+            Payload::Mixed => "lz4-mixed-flows",
         }
     }
 }
@@ -79,7 +83,8 @@ fn payload(size: usize, kind: Payload, seed: u64) -> Vec<u8> {
             .cycle()
             .take(size)
             .collect(),
-        Payload::Plain | Payload::Random => {
+        // The random half of a mixed load.
+        Payload::Plain | Payload::Random | Payload::Mixed => {
             let mut x = seed | 1;
             (0..size)
                 .map(|_| {
@@ -912,8 +917,23 @@ pub fn gateway_row(size: usize, kind: Payload, budget: Duration) -> Result<Gatew
     tx_a.clear();
     tx_b.clear();
     let inner = payload(size.max(28), kind, 7);
+    // A mixed load alternates a text flow (UDP 40002 → 5202) with a random one (40001 →
+    // 5201); flows with compression gates of their own.
+    let text = payload(size.max(28), Payload::Compressible, 7);
     let frames: Vec<Vec<u8>> = (0..burst)
-        .map(|_| bench_frame(A_LAN, HOST_A, [10, 1, 0, 2], [10, 2, 0, 2], &inner))
+        .map(|i| {
+            let mut ip = if kind == Payload::Mixed && i % 2 == 1 {
+                text.clone()
+            } else {
+                inner.clone()
+            };
+            if kind == Payload::Mixed {
+                let port = u16::try_from(i % 2).unwrap_or(0);
+                ip[20..22].copy_from_slice(&(40001 + port).to_be_bytes());
+                ip[22..24].copy_from_slice(&(5201 + port).to_be_bytes());
+            }
+            bench_frame(A_LAN, HOST_A, [10, 1, 0, 2], [10, 2, 0, 2], &ip)
+        })
         .collect();
     let (mut n, mut t_a, mut t_b) = (0u64, Duration::ZERO, Duration::ZERO);
     let t0 = Instant::now();
@@ -955,11 +975,12 @@ pub fn gateway_row(size: usize, kind: Payload, budget: Duration) -> Result<Gatew
     })
 }
 
-/// The gateway rows at 64, 512 and 1408 bytes, compression off and on (compressible data).
+/// The gateway rows at 64, 512 and 1408 bytes: compression off, on with compressible data,
+/// and on with a compressible and a random flow interleaved.
 pub fn gateway_rows(budget: Duration) -> Result<Vec<GatewayRow>, String> {
     let mut rows = Vec::new();
     for size in [64, 512, 1408] {
-        for kind in [Payload::Plain, Payload::Compressible] {
+        for kind in [Payload::Plain, Payload::Compressible, Payload::Mixed] {
             rows.push(gateway_row(size, kind, budget)?);
         }
     }
@@ -1007,7 +1028,7 @@ mod gateway_bench_tests {
 
     #[test]
     fn every_packet_crosses_the_gateway_pair_both_with_and_without_compression() {
-        for kind in [Payload::Plain, Payload::Compressible] {
+        for kind in [Payload::Plain, Payload::Compressible, Payload::Mixed] {
             let r = gateway_row(512, kind, Duration::from_millis(30)).unwrap();
             assert!(r.lan_to_wan_ns > 0.0 && r.wan_to_lan_ns > 0.0, "{r:?}");
         }
