@@ -30,6 +30,52 @@ const TX_FRAMES: usize = crate::worker::BURST * 3;
 /// Frames another worker can hand over before they are processed locally instead.
 const INBOX_FRAMES: usize = 1024;
 
+/// A GPU gather running this long is stuck in a driver call (a batch's deadline is at most a
+/// few hundred milliseconds, at least 50 ms): the data plane exits with [`EXIT_GPU_HUNG`].
+pub const GPU_HANG: Duration = Duration::from_secs(5);
+/// The exit code that tells init the GPU hung: restart on the CPU engine
+/// ([`crate::offload::GPU_DISABLED_ENV`]).
+pub const EXIT_GPU_HUNG: i32 = 7;
+
+/// Watches the GPU gathering thread from a thread of its own (not the control thread, which
+/// reads the GPU's state for the metrics and could block on a hung driver too): a gather
+/// running for [`GPU_HANG`] makes the process tell init why and leave at once with
+/// [`EXIT_GPU_HUNG`]. The workers in that gather wait for it and cannot give up (their jobs
+/// are the gathering thread's until it is done), and destructors would join the stuck
+/// threads, so none run; init restarts the data plane on the CPU engine.
+#[expect(
+    clippy::exit,
+    reason = "leaving without destructors is the point: they would join the stuck threads"
+)]
+fn watch_gpu(watch: dwcp_kernels::gather::GatherWatch) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("dwcp-gpu-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                if let Some(why) = gpu_hang(watch.running_for()) {
+                    eprintln!(
+                        "dwcp-dataplane: {why}; exiting (code {EXIT_GPU_HUNG}) so init restarts it without the GPU"
+                    );
+                    let _ = crate::readiness::notify_error(&why);
+                    std::process::exit(EXIT_GPU_HUNG);
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// Why the data plane must leave, when the GPU gathering thread has been in one gather
+/// `running` long.
+pub fn gpu_hang(running: Option<Duration>) -> Option<String> {
+    running.filter(|d| *d >= GPU_HANG).map(|d| {
+        format!(
+            "the GPU hung: one batch has been in the driver for {:.1} s",
+            d.as_secs_f64()
+        )
+    })
+}
+
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -267,8 +313,13 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         inboxes.push(Mailbox::with_buffers(inbox));
     }
     let mut tx_batches = tx_batches.into_iter();
-    let offload =
-        crate::offload::engines(&cfg.offload, cfg.offload.gather_core(&cfg.cores), workers);
+    let gpu_disabled = std::env::var(crate::offload::GPU_DISABLED_ENV).ok();
+    let offload = crate::offload::engines(
+        &cfg.offload,
+        cfg.offload.gather_core(&cfg.cores),
+        workers,
+        gpu_disabled.as_deref(),
+    );
     println!(
         "dwcp-dataplane: offload engine {}: {}",
         offload.kind, offload.why
@@ -277,6 +328,11 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     let offload_why = offload.why.clone();
     let gpu_monitor = offload.monitor;
     let gatherer = offload.gatherer;
+    if let Some(g) = &gatherer
+        && let Err(e) = watch_gpu(g.watch())
+    {
+        eprintln!("dwcp-dataplane: WARNING: no thread watches the GPU for hangs: {e}");
+    }
     let mut engines = offload.engines.into_iter();
     let all_stats: Vec<Arc<WorkerStats>> = (0..workers)
         .map(|_| Arc::new(WorkerStats::default()))
@@ -586,6 +642,7 @@ impl Running {
                 };
                 (r(0), r(1))
             };
+
             if conn_ready {
                 while let Ok((stream, _)) = self.listener.accept() {
                     let _ = stream.set_nonblocking(false);
@@ -608,5 +665,75 @@ impl Running {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_gather_running_past_the_hang_limit_makes_the_data_plane_leave() {
+        assert_eq!(gpu_hang(None), None);
+        assert_eq!(gpu_hang(Some(Duration::from_millis(4999))), None);
+        assert_eq!(
+            gpu_hang(Some(Duration::from_millis(5250))).as_deref(),
+            Some("the GPU hung: one batch has been in the driver for 5.2 s")
+        );
+    }
+
+    /// The watchdog for real: a child process (this test binary again) whose gathering
+    /// thread is stuck in a 60-second accelerator call, with a worker waiting on it, leaves
+    /// with exit code 7 after [`GPU_HANG`] and says why.
+    #[test]
+    fn a_stuck_gather_makes_the_process_leave_with_code_7() {
+        use dwcp_kernels::dispatch::Accelerator as _;
+        use dwcp_kernels::dispatch::testing::{Fault, TestAccelerator};
+        use dwcp_kernels::gather::{GatherSettings, Gatherer};
+        use dwcp_kernels::{AeadKey, SealJob, TAG_LEN};
+
+        const CHILD: &str = "DWCP_TEST_STUCK_GATHER";
+        if std::env::var_os(CHILD).is_some() {
+            let acc = TestAccelerator::new(Fault::None, Duration::from_secs(60));
+            let (g, mut clients) =
+                Gatherer::start(Box::new(acc), 1, GatherSettings::default()).unwrap();
+            watch_gpu(g.watch()).unwrap();
+            let key = AeadKey::new(&[1; 32]);
+            let mut buf = vec![0u8; 64 + TAG_LEN];
+            let mut jobs = [SealJob {
+                key: &key,
+                nonce: dwcp_kernels::nonce(1),
+                aad: &[],
+                buf: &mut buf,
+                len: 64,
+                ok: false,
+            }];
+            let deadline = Instant::now() + Duration::from_millis(50);
+            let _ = clients[0].try_seal(&mut jobs, deadline);
+            panic!("the worker came back: the watchdog should have ended the process first");
+        }
+        let t = Instant::now();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "app::tests::a_stuck_gather_makes_the_process_leave_with_code_7",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env_remove(crate::readiness::NOTIFY_ENV)
+            .output()
+            .unwrap();
+        let took = t.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_GPU_HUNG), "{err}");
+        assert!(
+            err.contains("the GPU hung: one batch has been in the driver for 5.")
+                && err.contains("exiting (code 7) so init restarts it without the GPU"),
+            "{err}"
+        );
+        assert!(
+            took >= GPU_HANG && took < GPU_HANG + Duration::from_secs(5),
+            "{took:?}"
+        );
     }
 }

@@ -438,7 +438,7 @@ pub fn offload_check(mode: dwcp_provisioning::schema::GpuMode, packets: usize) -
         gpu: mode,
         ..Default::default()
     };
-    let built = crate::offload::engines(&cfg, None, 1);
+    let built = crate::offload::engines(&cfg, None, 1, None);
     let (kind, why) = (built.kind, built.why);
     // The GPU path ends with the gathering thread: keep it until the end.
     let _gatherer = built.gatherer;

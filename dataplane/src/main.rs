@@ -8,7 +8,8 @@
 //! Exit codes: 0 stopped on request, 2 bad arguments, 3 invalid config, 4 readiness failed,
 //! 5 could not start (the error names the port or address), 6 this node cannot run the
 //! config (no hugepages, a NIC not bound to vfio-pci, a PCI address that does not exist; told
-//! to init as `ERROR=`).
+//! to init as `ERROR=`), 7 the GPU hung in a driver call (told to init as `ERROR=`; init
+//! restarts the data plane with `DWCP_GPU_DISABLED`, on the CPU engine).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

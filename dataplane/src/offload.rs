@@ -16,6 +16,11 @@ use dwcp_provisioning::schema::{GpuMode, Offload};
 /// The largest inner packet the engines are sized for.
 const MAX_PACKET: usize = 9216;
 
+/// Set by init when it restarts the data plane after the GPU hung (exit code
+/// [`crate::app::EXIT_GPU_HUNG`]): why, in words. The data plane then runs on the CPU engine
+/// until the next boot.
+pub const GPU_DISABLED_ENV: &str = "DWCP_GPU_DISABLED";
+
 /// The engines for every worker and what was chosen.
 pub struct Engines {
     /// One per worker.
@@ -46,8 +51,14 @@ fn settings(cfg: &Offload) -> Settings {
 }
 
 /// Builds the engines for `workers` workers; the gathering thread (with a GPU) runs on
-/// `gather_core` when given.
-pub fn engines(cfg: &Offload, gather_core: Option<u16>, workers: usize) -> Engines {
+/// `gather_core` when given. `gpu_disabled` (init's [`GPU_DISABLED_ENV`]) keeps the GPU out,
+/// and says why.
+pub fn engines(
+    cfg: &Offload,
+    gather_core: Option<u16>,
+    workers: usize,
+    gpu_disabled: Option<&str>,
+) -> Engines {
     let set = settings(cfg);
     let cpu_only = |why: String| Engines {
         engines: (0..workers)
@@ -62,6 +73,11 @@ pub fn engines(cfg: &Offload, gather_core: Option<u16>, workers: usize) -> Engin
         return cpu_only("offload.gpu = off".into());
     }
     let mode = if cfg.gpu == GpuMode::On { "on" } else { "auto" };
+    if let Some(why) = gpu_disabled {
+        return cpu_only(format!(
+            "offload.gpu = {mode}, but the GPU is disabled until the next boot: {why}"
+        ));
+    }
     let max_batch = usize::try_from(cfg.max_batch).unwrap_or(1024);
     // Staging for `max_batch` packets; a larger gather runs in more chunks.
     let cap = Capacity::for_batch(max_batch, MAX_PACKET);
@@ -115,7 +131,7 @@ mod tests {
             gpu: GpuMode::Off,
             ..Offload::default()
         };
-        let e = engines(&cfg, Some(0), 3);
+        let e = engines(&cfg, Some(0), 3, None);
         assert_eq!((e.engines.len(), e.kind), (3, "cpu"));
         assert_eq!(e.why, "offload.gpu = off");
         assert!(e.engines.iter().all(|e| e.offload_stats().is_some()));
@@ -123,7 +139,7 @@ mod tests {
 
     #[test]
     fn auto_without_a_gpu_falls_back_to_the_cpu_with_the_reason() {
-        let e = engines(&Offload::default(), None, 2);
+        let e = engines(&Offload::default(), None, 2, None);
         if e.kind == "cpu" {
             assert!(
                 e.why.starts_with("offload.gpu = auto, but no GPU engine: "),
@@ -132,5 +148,25 @@ mod tests {
             );
         }
         assert_eq!(e.engines.len(), 2);
+    }
+
+    #[test]
+    fn a_gpu_disabled_by_init_stays_out_and_the_reason_is_said() {
+        for gpu in [GpuMode::On, GpuMode::Auto] {
+            let cfg = Offload {
+                gpu,
+                ..Offload::default()
+            };
+            let e = engines(&cfg, None, 2, Some("it hung a driver call for 5.0 s"));
+            assert_eq!((e.engines.len(), e.kind), (2, "cpu"));
+            assert!(e.gatherer.is_none() && e.monitor.is_none());
+            assert!(
+                e.why.ends_with(
+                    "but the GPU is disabled until the next boot: it hung a driver call for 5.0 s"
+                ),
+                "{}",
+                e.why
+            );
+        }
     }
 }

@@ -356,8 +356,41 @@ struct Init {
     save_last_good: bool,
     /// The data plane's latest `STATUS=` line (offload engine and GPU state).
     plane_status: Option<String>,
-    /// The data plane's `ERROR=` line, sent before it exits with code 6.
+    /// The data plane's `ERROR=` line, sent before it exits with code 6 or 7.
     plane_error: Option<String>,
+    /// The GPU hung (the data plane exited with code 7, saying why): every later start runs
+    /// without it, until the next boot.
+    gpu_disabled: Option<String>,
+}
+
+/// The data plane's exit code when it cannot run the config on this node.
+const EXIT_CANNOT_START: i32 = 6;
+/// ... when the GPU hung in a driver call (`dwcp_dataplane::app::EXIT_GPU_HUNG`).
+const EXIT_GPU_HUNG: i32 = 7;
+/// Tells a restarted data plane to leave the GPU out, and why
+/// (`dwcp_dataplane::offload::GPU_DISABLED_ENV`).
+const GPU_DISABLED_ENV: &str = "DWCP_GPU_DISABLED";
+
+/// What a data plane exit (its status text) means for the next start.
+#[derive(Debug, PartialEq, Eq)]
+enum ExitMeaning {
+    /// It cannot run this config here: safe mode.
+    CannotStart,
+    /// The GPU hung: restart without it.
+    GpuHung,
+    /// Anything else: a crash, restarted with back-off.
+    Crash,
+}
+
+fn exit_meaning(status: Option<&str>) -> ExitMeaning {
+    let code = status
+        .and_then(|s| s.strip_prefix("exit code "))
+        .and_then(|c| c.parse::<i32>().ok());
+    match code {
+        Some(EXIT_CANNOT_START) => ExitMeaning::CannotStart,
+        Some(EXIT_GPU_HUNG) => ExitMeaning::GpuHung,
+        _ => ExitMeaning::Crash,
+    }
 }
 
 impl Init {
@@ -407,6 +440,11 @@ impl Init {
             .arg(RUN_CONFIG)
             .env("DWCP_NOTIFY_SOCKET", NOTIFY_SOCKET)
             .env("DWCP_VFIO_DEVICES", self.facts.vfio_bound.join(","))
+            .envs(
+                self.gpu_disabled
+                    .as_ref()
+                    .map(|why| (GPU_DISABLED_ENV, why)),
+            )
             .spawn();
         if let Some(own) = own {
             let _ = sched_setaffinity(Pid::from_raw(0), &own);
@@ -452,7 +490,8 @@ impl Init {
         // Exit code 6: the node cannot run this config (no hugepages, a NIC not bound to
         // vfio-pci, a PCI address that is not there); restarting will not help. Its reason
         // came as `ERROR=` on the notify socket just before.
-        if status.as_deref() == Some("exit code 6") {
+        let meaning = exit_meaning(status.as_deref());
+        if meaning == ExitMeaning::CannotStart {
             self.on_notify();
             let why = self
                 .plane_error
@@ -460,6 +499,18 @@ impl Init {
                 .unwrap_or_else(|| "no reason given (see the lines above)".to_owned());
             self.enter_safe_mode(SafeReason::CannotStart(why));
             return;
+        }
+        // Exit code 7: a GPU batch never came back from the driver, and the workers waiting
+        // on it could not give up. Restart without the GPU (counted as a crash, so a data
+        // plane that keeps dying still ends in safe mode).
+        if meaning == ExitMeaning::GpuHung {
+            self.on_notify();
+            let why = self
+                .plane_error
+                .take()
+                .unwrap_or_else(|| "the GPU hung (no details given)".to_owned());
+            say!("dataplane: {why}; it runs on the CPU engine from now until the next boot");
+            self.gpu_disabled = Some(why);
         }
         match self.supervisor.crashed(uptime()) {
             Decision::RestartAfter(d) => {
@@ -779,6 +830,7 @@ pub fn run() -> ! {
         save_last_good: false,
         plane_status: None,
         plane_error: None,
+        gpu_disabled: None,
     };
 
     let partition = mount_config_partition(&fs);
@@ -950,6 +1002,20 @@ mod tests {
 
     fn config() -> NodeConfig {
         check(&SourceFile::new("node.toml", example::example().unwrap())).unwrap()
+    }
+
+    #[test]
+    fn exit_codes_6_and_7_are_not_crashes_like_the_others() {
+        assert_eq!(exit_meaning(Some("exit code 6")), ExitMeaning::CannotStart);
+        assert_eq!(exit_meaning(Some("exit code 7")), ExitMeaning::GpuHung);
+        for other in [
+            Some("exit code 1"),
+            Some("exit code 70"),
+            Some("killed by SIGSEGV"),
+            None,
+        ] {
+            assert_eq!(exit_meaning(other), ExitMeaning::Crash, "{other:?}");
+        }
     }
 
     #[test]

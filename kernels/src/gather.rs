@@ -118,6 +118,16 @@ struct Shared {
     packets: AtomicU64,
     largest: AtomicU64,
     most_workers: AtomicU64,
+    /// What `running` counts from.
+    epoch: Instant,
+    /// When the gather now running began, nanoseconds after `epoch` plus one; 0 between
+    /// gathers.
+    running: AtomicU64,
+}
+
+/// Nanoseconds from `epoch` to now.
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What the gathering thread did so far.
@@ -139,6 +149,25 @@ pub struct Gatherer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     placement: Placement,
+}
+
+/// Watches how long the gathering thread's current gather has been running.
+#[derive(Clone)]
+pub struct GatherWatch {
+    shared: Arc<Shared>,
+}
+
+impl GatherWatch {
+    /// As [`Gatherer::running_for`].
+    pub fn running_for(&self) -> Option<Duration> {
+        let s = &self.shared;
+        match s.running.load(Ordering::Relaxed) {
+            0 => None,
+            began => Some(Duration::from_nanos(
+                nanos_since(s.epoch).saturating_sub(began - 1),
+            )),
+        }
+    }
 }
 
 /// A worker's way to the gathering thread: an [`Accelerator`] for its dispatcher.
@@ -179,6 +208,8 @@ impl Gatherer {
             packets: AtomicU64::new(0),
             largest: AtomicU64::new(0),
             most_workers: AtomicU64::new(0),
+            epoch: now,
+            running: AtomicU64::new(0),
         });
         let s = Arc::clone(&shared);
         let (placed, placement) = std::sync::mpsc::sync_channel(1);
@@ -211,6 +242,21 @@ impl Gatherer {
     /// Where the thread runs.
     pub fn placement(&self) -> Placement {
         self.placement
+    }
+
+    /// How long the gather now running has been running; `None` between gathers. Far past
+    /// every batch deadline, it means a driver call that does not return: the workers in that
+    /// gather wait for it and cannot give up on their own (their jobs are the thread's until
+    /// it is done).
+    pub fn running_for(&self) -> Option<Duration> {
+        self.watch().running_for()
+    }
+
+    /// A handle another thread can watch [`Gatherer::running_for`] with.
+    pub fn watch(&self) -> GatherWatch {
+        GatherWatch {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// What it did so far.
@@ -418,6 +464,8 @@ fn run(s: &Shared, mut acc: Box<dyn Accelerator>, set: GatherSettings) {
             std::hint::spin_loop();
         }
         // Run: recovery first, then one batch per operation.
+        s.running
+            .store(nanos_since(s.epoch).saturating_add(1), Ordering::Relaxed);
         s.gathers.fetch_add(1, Ordering::Relaxed);
         s.packets.fetch_add(packets as u64, Ordering::Relaxed);
         s.largest.fetch_max(packets as u64, Ordering::Relaxed);
@@ -438,6 +486,7 @@ fn run(s: &Shared, mut acc: Box<dyn Accelerator>, set: GatherSettings) {
         run_open(&mut *acc, s, &mut spare);
         run_compress(&mut *acc, s, &mut spare);
         run_decompress(&mut *acc, s, &mut spare);
+        s.running.store(0, Ordering::Relaxed);
         for &w in &spare.taken {
             s.slots[w].state.store(DONE, Ordering::Release);
         }
@@ -694,6 +743,37 @@ mod tests {
         assert_eq!(got, seal_with(&mut CpuEngine, &key, 8, 0));
         assert!(waited >= Duration::from_millis(30), "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    /// A gather stuck in the accelerator (here a 400 ms call) shows as running for as long;
+    /// between gathers nothing is running.
+    #[test]
+    fn a_long_gather_shows_how_long_it_has_been_running() {
+        let acc = TestAccelerator::new(Fault::None, Duration::from_millis(400));
+        let (g, mut clients) =
+            Gatherer::start(Box::new(acc), 1, settings(Duration::from_millis(1))).unwrap();
+        assert_eq!(g.running_for(), None);
+        let watch = g.watch();
+        let mut d = Dispatcher::new(Some(Box::new(clients.remove(0))), on());
+        let key = AeadKey::new(&[4; 32]);
+        let longest = std::thread::scope(|scope| {
+            let worker = scope.spawn(|| seal_with(&mut d, &key, 4, 0));
+            let mut longest = Duration::ZERO;
+            while !worker.is_finished() {
+                longest = longest.max(watch.running_for().unwrap_or_default());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(
+                worker.join().unwrap(),
+                seal_with(&mut CpuEngine, &key, 4, 0)
+            );
+            longest
+        });
+        assert!(
+            longest >= Duration::from_millis(300) && longest < Duration::from_secs(5),
+            "{longest:?}"
+        );
+        assert_eq!(g.running_for(), None);
     }
 
     #[test]
