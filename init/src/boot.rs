@@ -476,6 +476,14 @@ impl Init {
         }
     }
 
+    /// The `ERROR=` line the data plane sent before it exited, or `otherwise`.
+    fn last_error_or(&mut self, otherwise: &str) -> String {
+        self.on_notify();
+        self.plane_error
+            .take()
+            .unwrap_or_else(|| otherwise.to_owned())
+    }
+
     /// The data plane exited (status text when known).
     fn on_exit(&mut self, status: Option<String>) {
         say!(
@@ -492,11 +500,7 @@ impl Init {
         // came as `ERROR=` on the notify socket just before.
         let meaning = exit_meaning(status.as_deref());
         if meaning == ExitMeaning::CannotStart {
-            self.on_notify();
-            let why = self
-                .plane_error
-                .take()
-                .unwrap_or_else(|| "no reason given (see the lines above)".to_owned());
+            let why = self.last_error_or("no reason given (see the lines above)");
             self.enter_safe_mode(SafeReason::CannotStart(why));
             return;
         }
@@ -504,11 +508,7 @@ impl Init {
         // on it could not give up. Restart without the GPU (counted as a crash, so a data
         // plane that keeps dying still ends in safe mode).
         if meaning == ExitMeaning::GpuHung {
-            self.on_notify();
-            let why = self
-                .plane_error
-                .take()
-                .unwrap_or_else(|| "the GPU hung (no details given)".to_owned());
+            let why = self.last_error_or("the GPU hung (no details given)");
             say!("dataplane: {why}; it runs on the CPU engine from now until the next boot");
             self.gpu_disabled = Some(why);
         }
