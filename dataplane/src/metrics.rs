@@ -200,6 +200,13 @@ pub fn render_gather(g: &dwcp_kernels::gather::GatherStats, node: &str) -> Strin
         let _ = writeln!(o, "# TYPE {metric} {kind}");
         let _ = writeln!(o, "{metric}{{node=\"{node}\"}} {v}");
     }
+    let metric = "dwcp_offload_gather_running_seconds";
+    let _ = writeln!(
+        o,
+        "# HELP {metric} How long the GPU gather now running has been running (0 between gathers; the data plane leaves at {}).\n# TYPE {metric} gauge\n{metric}{{node=\"{node}\"}} {:.6}",
+        crate::app::GPU_HANG.as_secs(),
+        g.running.as_secs_f64()
+    );
     o
 }
 
@@ -457,6 +464,7 @@ mod tests {
             packets: 300,
             largest: 128,
             most_workers: 4,
+            running: std::time::Duration::from_millis(1500),
         };
         let t = render_gather(&g, "gw1");
         assert!(t.contains("# TYPE dwcp_offload_gathers_total counter\n"));
@@ -464,6 +472,8 @@ mod tests {
         assert!(t.contains("dwcp_offload_gathered_packets_total{node=\"gw1\"} 300\n"));
         assert!(t.contains("dwcp_offload_gather_largest_packets{node=\"gw1\"} 128\n"));
         assert!(t.contains("dwcp_offload_gather_most_workers{node=\"gw1\"} 4\n"));
+        assert!(t.contains("# TYPE dwcp_offload_gather_running_seconds gauge\n"));
+        assert!(t.contains("dwcp_offload_gather_running_seconds{node=\"gw1\"} 1.500000\n"));
     }
 
     #[test]

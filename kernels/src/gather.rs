@@ -141,6 +141,8 @@ pub struct GatherStats {
     pub largest: u64,
     /// Most workers in one gather.
     pub most_workers: u64,
+    /// How long the gather now running has been running (zero between gathers).
+    pub running: Duration,
 }
 
 /// The gathering thread; stops (failing what it has not taken, so no worker waits forever)
@@ -267,6 +269,7 @@ impl Gatherer {
             packets: s.packets.load(Ordering::Relaxed),
             largest: s.largest.load(Ordering::Relaxed),
             most_workers: s.most_workers.load(Ordering::Relaxed),
+            running: self.running_for().unwrap_or_default(),
         }
     }
 }
