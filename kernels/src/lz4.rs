@@ -1,14 +1,14 @@
-//! LZ4 block compression through liblz4 (`lz4-sys` builds and links it) with a reused state:
+//! LZ4 block compression with state reused from packet to packet, so none is allocated per
+//! packet: below 4 KiB through liblz4 (`lz4-sys` builds and links it), whose
 //! `LZ4_compress_fast_extState_fastReset` keeps its hash table between packets and clears it
-//! only when it must, where `lz4_flex` allocates and zeroes a fresh 8 KiB table per packet.
-//! liblz4 clears its 16 KiB table for every input of 4 KiB or more, and there `lz4_flex` is
-//! faster (jumbo frames), so those go to `lz4_flex`. The output is a standard LZ4 block
-//! (`lz4_flex` and the GPU decompress it).
+//! only when it must; from 4 KiB (jumbo frames), where liblz4 clears its 16 KiB table for
+//! every input, through `lz4_flex` with a kept 8 KiB table it clears per packet. The output
+//! is a standard LZ4 block (`lz4_flex` and the GPU decompress it).
 
 use std::cell::RefCell;
 use std::os::raw::{c_char, c_int, c_void};
 
-/// Inputs from this size on go to `lz4_flex` (liblz4 clears its table for each of them).
+/// Inputs from this size on go to `lz4_flex` (liblz4 clears its larger table for each of them).
 pub const LIBLZ4_BELOW: usize = 4096;
 
 // liblz4's own API (lz4.h), in the static library `lz4-sys` builds; `lz4-sys` binds only the
@@ -26,10 +26,12 @@ unsafe extern "C" {
     ) -> c_int;
 }
 
-/// An LZ4 compression state: liblz4's `LZ4_stream_t` (16 KiB), initialised once.
+/// An LZ4 compression state: liblz4's `LZ4_stream_t` (16 KiB), initialised once, and
+/// `lz4_flex`'s table for large inputs (8 KiB).
 pub struct Compressor {
     /// `u64`s for the state's 8-byte alignment.
     state: Box<[u64]>,
+    table: lz4_flex::block::CompressTable,
 }
 
 impl Compressor {
@@ -46,14 +48,19 @@ impl Compressor {
             !init.is_null(),
             "LZ4_initStream refused a {bytes}-byte state"
         );
-        Self { state }
+        Self {
+            state,
+            table: lz4_flex::block::CompressTable::small(),
+        }
     }
 
     /// Compresses `src` into `dst` when the block comes out shorter than `src`: its length,
     /// else `None` (nothing to gain, or `src` too large for LZ4).
     pub fn compress(&mut self, src: &[u8], dst: &mut [u8]) -> Option<usize> {
         if src.len() >= LIBLZ4_BELOW {
-            return lz4_flex::block::compress_into(src, dst)
+            // Jumbo inputs are under 64 KiB, so the small table is never swapped for a larger
+            // one (which would allocate).
+            return lz4_flex::block::compress_into_with_table(src, dst, &mut self.table)
                 .ok()
                 .filter(|&n| n < src.len());
         }
