@@ -857,113 +857,161 @@ fn bench_arp(mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     f
 }
 
-/// Measures one size and payload through a gateway pair for about `budget`.
-pub fn gateway_row(size: usize, kind: Payload, budget: Duration) -> Result<GatewayRow, String> {
-    use crate::gateway::{Gateway, GatewayConfig, PortAddr, Side, TxBatch};
-    const A_LAN: [u8; 6] = [2, 0, 0, 0, 0xa, 1];
-    const A_WAN: [u8; 6] = [2, 0, 0, 0, 0xa, 0xf];
-    const B_LAN: [u8; 6] = [2, 0, 0, 0, 0xb, 1];
-    const B_WAN: [u8; 6] = [2, 0, 0, 0, 0xb, 0xf];
-    const HOST_A: [u8; 6] = [2, 0, 0, 0, 0xa, 2];
-    const HOST_B: [u8; 6] = [2, 0, 0, 0, 0xb, 2];
-    let burst = crate::worker::BURST;
-    let (ta, tb) = pair(kind != Payload::Plain);
-    let port = |mac, net: &str| PortAddr {
-        mac,
-        net: net.parse().expect("network"),
-        gateway: None,
-        mtu: 9000,
-    };
-    // The tunnel pair sends to 192.0.2.1:51900: gateway B's WAN address and port.
-    let mk = |t, lan, wan, allowed: &str| {
-        Gateway::new(
-            GatewayConfig {
-                lan,
-                wan,
-                udp_port: 51900,
-                udp_ports: 51900..51901,
-                allowed: vec![vec![allowed.parse().expect("prefix")]],
-            },
-            t,
-            Box::new(CpuEngine),
-        )
-    };
-    let mut a = mk(
-        ta,
-        port(A_LAN, "10.1.0.1/24"),
-        port(A_WAN, "192.0.2.2/24"),
-        "10.2.0.0/16",
-    );
-    let mut b = mk(
-        tb,
-        port(B_LAN, "10.2.0.1/24"),
-        port(B_WAN, "192.0.2.1/24"),
-        "10.1.0.0/16",
-    );
-    let now = Duration::from_secs(1);
-    let mut tx_a = TxBatch::new(burst * 3);
-    let mut tx_b = TxBatch::new(burst * 3);
-    // Neighbours: B's WAN address for A, host B for B (each learns from an ARP request).
-    a.from_wan(
-        &bench_arp(B_WAN, [192, 0, 2, 1], [192, 0, 2, 2]),
-        &mut tx_a,
-        now,
-    );
-    b.from_lan(
-        &bench_arp(HOST_B, [10, 2, 0, 2], [10, 2, 0, 1]),
-        &mut tx_b,
-        now,
-    );
-    tx_a.clear();
-    tx_b.clear();
-    let inner = payload(size.max(28), kind, 7);
-    // A mixed load alternates a text flow (UDP 40002 → 5202) with a random one (40001 →
-    // 5201); flows with compression gates of their own.
-    let text = payload(size.max(28), Payload::Compressible, 7);
-    let frames: Vec<Vec<u8>> = (0..burst)
-        .map(|i| {
-            let mut ip = if kind == Payload::Mixed && i % 2 == 1 {
-                text.clone()
-            } else {
-                inner.clone()
-            };
-            if kind == Payload::Mixed {
-                let port = u16::try_from(i % 2).unwrap_or(0);
-                ip[20..22].copy_from_slice(&(40001 + port).to_be_bytes());
-                ip[22..24].copy_from_slice(&(5201 + port).to_be_bytes());
-            }
-            bench_frame(A_LAN, HOST_A, [10, 1, 0, 2], [10, 2, 0, 2], &ip)
-        })
-        .collect();
-    let (mut n, mut t_a, mut t_b) = (0u64, Duration::ZERO, Duration::ZERO);
-    let t0 = Instant::now();
-    while t0.elapsed() < budget {
-        let t = Instant::now();
-        for f in &frames {
-            a.from_lan(f, &mut tx_a, now);
+/// Two gateways with a session up and a burst of LAN frames for gateway A: a worker's whole
+/// path, one burst at a time ([`GatewayPair::burst`]).
+pub struct GatewayPair {
+    a: crate::gateway::Gateway,
+    b: crate::gateway::Gateway,
+    tx_a: crate::gateway::TxBatch,
+    tx_b: crate::gateway::TxBatch,
+    frames: Vec<Vec<u8>>,
+    now: Duration,
+    size: usize,
+    kind: Payload,
+}
+
+impl GatewayPair {
+    /// A pair carrying `size`-byte inner packets of `kind`.
+    pub fn new(size: usize, kind: Payload) -> Self {
+        use crate::gateway::{Gateway, GatewayConfig, PortAddr, TxBatch};
+        const A_LAN: [u8; 6] = [2, 0, 0, 0, 0xa, 1];
+        const A_WAN: [u8; 6] = [2, 0, 0, 0, 0xa, 0xf];
+        const B_LAN: [u8; 6] = [2, 0, 0, 0, 0xb, 1];
+        const B_WAN: [u8; 6] = [2, 0, 0, 0, 0xb, 0xf];
+        const HOST_A: [u8; 6] = [2, 0, 0, 0, 0xa, 2];
+        const HOST_B: [u8; 6] = [2, 0, 0, 0, 0xb, 2];
+        let burst = crate::worker::BURST;
+        let (ta, tb) = pair(kind != Payload::Plain);
+        let port = |mac, net: &str| PortAddr {
+            mac,
+            net: net.parse().expect("network"),
+            gateway: None,
+            mtu: 9000,
+        };
+        // The tunnel pair sends to 192.0.2.1:51900: gateway B's WAN address and port.
+        let mk = |t, lan, wan, allowed: &str| {
+            Gateway::new(
+                GatewayConfig {
+                    lan,
+                    wan,
+                    udp_port: 51900,
+                    udp_ports: 51900..51901,
+                    allowed: vec![vec![allowed.parse().expect("prefix")]],
+                },
+                t,
+                Box::new(CpuEngine),
+            )
+        };
+        let mut a = mk(
+            ta,
+            port(A_LAN, "10.1.0.1/24"),
+            port(A_WAN, "192.0.2.2/24"),
+            "10.2.0.0/16",
+        );
+        let mut b = mk(
+            tb,
+            port(B_LAN, "10.2.0.1/24"),
+            port(B_WAN, "192.0.2.1/24"),
+            "10.1.0.0/16",
+        );
+        let now = Duration::from_secs(1);
+        let mut tx_a = TxBatch::new(burst * 3);
+        let mut tx_b = TxBatch::new(burst * 3);
+        // Neighbours: B's WAN address for A, host B for B (each learns from an ARP request).
+        a.from_wan(
+            &bench_arp(B_WAN, [192, 0, 2, 1], [192, 0, 2, 2]),
+            &mut tx_a,
+            now,
+        );
+        b.from_lan(
+            &bench_arp(HOST_B, [10, 2, 0, 2], [10, 2, 0, 1]),
+            &mut tx_b,
+            now,
+        );
+        tx_a.clear();
+        tx_b.clear();
+        let inner = payload(size.max(28), kind, 7);
+        // A mixed load alternates a text flow (UDP 40002 → 5202) with a random one (40001 →
+        // 5201); flows with compression gates of their own.
+        let text = payload(size.max(28), Payload::Compressible, 7);
+        let frames: Vec<Vec<u8>> = (0..burst)
+            .map(|i| {
+                let mut ip = if kind == Payload::Mixed && i % 2 == 1 {
+                    text.clone()
+                } else {
+                    inner.clone()
+                };
+                if kind == Payload::Mixed {
+                    let port = u16::try_from(i % 2).unwrap_or(0);
+                    ip[20..22].copy_from_slice(&(40001 + port).to_be_bytes());
+                    ip[22..24].copy_from_slice(&(5201 + port).to_be_bytes());
+                }
+                bench_frame(A_LAN, HOST_A, [10, 1, 0, 2], [10, 2, 0, 2], &ip)
+            })
+            .collect();
+        Self {
+            a,
+            b,
+            tx_a,
+            tx_b,
+            frames,
+            now,
+            size,
+            kind,
         }
-        a.finish_burst(&mut tx_a, now);
-        t_a += t.elapsed();
+    }
+
+    /// Packets in one burst.
+    pub fn burst_len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// One burst through A (LAN → WAN) then B (WAN → LAN): the time each gateway took, or
+    /// what went wrong when not every packet came out of B.
+    pub fn burst(&mut self) -> Result<(Duration, Duration), String> {
+        use crate::gateway::Side;
+        let (a, b, now) = (&mut self.a, &mut self.b, self.now);
         let t = Instant::now();
-        for (side, f) in tx_a.frames() {
+        for f in &self.frames {
+            a.from_lan(f, &mut self.tx_a, now);
+        }
+        a.finish_burst(&mut self.tx_a, now);
+        let t_a = t.elapsed();
+        let t = Instant::now();
+        for (side, f) in self.tx_a.frames() {
             if side == Side::Wan {
-                b.from_wan(f, &mut tx_b, now);
+                b.from_wan(f, &mut self.tx_b, now);
             }
         }
-        b.finish_burst(&mut tx_b, now);
-        t_b += t.elapsed();
-        let delivered = tx_b.frames().filter(|(s, _)| *s == Side::Lan).count();
-        if delivered != burst {
+        b.finish_burst(&mut self.tx_b, now);
+        let t_b = t.elapsed();
+        let delivered = self.tx_b.frames().filter(|(s, _)| *s == Side::Lan).count();
+        self.tx_a.clear();
+        self.tx_b.clear();
+        if delivered != self.frames.len() {
             return Err(format!(
-                "{size} B {}: {delivered} of {burst} packets came out of gateway B ({:?} / {:?})",
-                kind.name(),
+                "{} B {}: {delivered} of {} packets came out of gateway B ({:?} / {:?})",
+                self.size,
+                self.kind.name(),
+                self.frames.len(),
                 a.counters,
                 b.tunnel.counters
             ));
         }
-        tx_a.clear();
-        tx_b.clear();
-        n += burst as u64;
+        Ok((t_a, t_b))
+    }
+}
+
+/// Measures one size and payload through a gateway pair for about `budget`.
+pub fn gateway_row(size: usize, kind: Payload, budget: Duration) -> Result<GatewayRow, String> {
+    let mut pair = GatewayPair::new(size, kind);
+    let (mut n, mut t_a, mut t_b) = (0u64, Duration::ZERO, Duration::ZERO);
+    let t0 = Instant::now();
+    while t0.elapsed() < budget {
+        let (a, b) = pair.burst()?;
+        t_a += a;
+        t_b += b;
+        n += pair.burst_len() as u64;
     }
     let per = |t: Duration| t.as_nanos() as f64 / n.max(1) as f64;
     Ok(GatewayRow {

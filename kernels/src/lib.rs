@@ -9,6 +9,8 @@
 
 #![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
+pub mod alloc_count;
 pub mod bench;
 pub mod cpu;
 #[allow(unsafe_code)]
