@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::{CUdeviceptr, CUevent_flags};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg,
-    result,
+    CudaContext, CudaEvent, CudaFunction, CudaStream, DriverError, LaunchConfig, result,
 };
 
 use crate::cpu::CpuEngine;
@@ -945,30 +944,30 @@ fn run_kernels(
                 block_dim: (64, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut b = stream.launch_builder(&f.key_setup);
-            b.arg(&d.keys_raw.ptr).arg(&d.keys.ptr).arg(&keys);
+            let mut params = [param(&d.keys_raw.ptr), param(&d.keys.ptr), param(&keys)];
             // SAFETY: gcm_key_setup(const u8*, GcmKey*, u32): `keys` raw keys were copied in
             // and the key table holds `cap.packets` ≥ keys records.
-            unsafe { b.launch(cfg) }?;
+            unsafe { launch_kernel(stream, &f.key_setup, cfg, &mut params) }?;
             let cfg = LaunchConfig {
                 grid_dim: (grid(info, chunk.n, 8, 8), 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
             let func = if op == Op::Seal { &f.seal } else { &f.open };
-            let mut b = stream.launch_builder(func);
-            b.arg(&d.data.ptr)
-                .arg(&d.a.ptr)
-                .arg(&d.b.ptr)
-                .arg(&d.c.ptr)
-                .arg(&d.d.ptr)
-                .arg(&d.nonces.ptr)
-                .arg(&d.keys.ptr)
-                .arg(&d.ok.ptr)
-                .arg(&n);
+            let mut params = [
+                param(&d.data.ptr),
+                param(&d.a.ptr),
+                param(&d.b.ptr),
+                param(&d.c.ptr),
+                param(&d.d.ptr),
+                param(&d.nonces.ptr),
+                param(&d.keys.ptr),
+                param(&d.ok.ptr),
+                param(&n),
+            ];
             // SAFETY: matches gcm_seal/gcm_open's parameters; every offset, length and key
             // index was written by stage_aead within the staged bytes and keys.
-            unsafe { b.launch(cfg) }?;
+            unsafe { launch_kernel(stream, func, cfg, &mut params) }?;
         }
         Op::Compress | Op::Decompress => {
             let cfg = LaunchConfig {
@@ -981,21 +980,54 @@ fn run_kernels(
             } else {
                 &f.decompress
             };
-            let mut b = stream.launch_builder(func);
-            b.arg(&d.data.ptr)
-                .arg(&d.a.ptr)
-                .arg(&d.b.ptr)
-                .arg(&d.dst.ptr)
-                .arg(&d.c.ptr)
-                .arg(&d.d.ptr)
-                .arg(&d.out.ptr)
-                .arg(&n);
+            let mut params = [
+                param(&d.data.ptr),
+                param(&d.a.ptr),
+                param(&d.b.ptr),
+                param(&d.dst.ptr),
+                param(&d.c.ptr),
+                param(&d.d.ptr),
+                param(&d.out.ptr),
+                param(&n),
+            ];
             // SAFETY: matches lz4_compress/lz4_decompress's parameters; source and destination
             // ranges were laid out by stage_compress/stage_decompress inside the buffers.
-            unsafe { b.launch(cfg) }?;
+            unsafe { launch_kernel(stream, func, cfg, &mut params) }?;
         }
     }
     Ok(())
+}
+
+/// One kernel parameter as `cuLaunchKernel` takes it: a pointer to its value.
+fn param<T>(value: &T) -> *mut std::ffi::c_void {
+    std::ptr::from_ref(value).cast_mut().cast()
+}
+
+/// Launches `func` on `stream` with `params` (each from [`param`]) — what cudarc's
+/// `launch_builder` does, without the `Vec`s it allocates for every launch.
+///
+/// # Safety
+/// `params` match the kernel's parameters in number, order and type, and every buffer they
+/// name is large enough for what the kernel does with it.
+unsafe fn launch_kernel(
+    stream: &CudaStream,
+    func: &CudaFunction,
+    cfg: LaunchConfig,
+    params: &mut [*mut std::ffi::c_void],
+) -> Result<(), DriverError> {
+    stream.context().bind_to_thread()?;
+    // SAFETY: per the contract; the values `params` point at outlive the call (the driver
+    // copies them at launch), and `func` and `stream` belong to the context just bound.
+    unsafe {
+        result::launch_kernel(
+            func.cu_function(),
+            cfg.grid_dim,
+            cfg.block_dim,
+            cfg.shared_mem_bytes,
+            stream.cu_stream(),
+            params,
+        )
+    }
 }
 
 fn copy_out(lane: &mut Lane, op: Op, chunk: &Chunk) -> Result<(), DriverError> {

@@ -1,8 +1,8 @@
 //! The correctness suite every engine must pass, CPU and GPU alike: NIST/McGrew–Viega GCM
 //! vectors, output byte-identical to the CPU engine (and to an independent AES-GCM) for many
 //! random packets of mixed sizes, keys and nonces, tampering rejected, LZ4 that round-trips
-//! through `lz4_flex` both ways, and malformed LZ4 refused. Each check panics with what
-//! differed.
+//! through `lz4_flex` both ways, and malformed LZ4 refused; and no allocation per packet once
+//! warm. Each check panics with what differed.
 
 use crate::cpu::CpuEngine;
 use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
@@ -459,6 +459,132 @@ pub fn lz4_round_trips(engine: &mut dyn Engine, count: usize, batch: usize, seed
             engine.name()
         );
     }
+}
+
+/// Holds `engine` to no allocation per packet once warm: a warm-up round of seal, open,
+/// compress and decompress over packets of 0 to 9216 bytes (text and random), then three
+/// rounds in which no thread may allocate. Counts only with
+/// [`crate::alloc_count::Counting`] as the test binary's global allocator (else it checks
+/// nothing, and says so by panicking); keep the test alone in its binary, since other
+/// threads' allocations count too.
+pub fn no_allocation_per_packet(what: &str, engine: &mut dyn Engine) {
+    let (_, seen) = crate::alloc_count::allocations_anywhere(|| std::hint::black_box(vec![0u8; 1]));
+    assert_eq!(
+        seen, 1,
+        "install dwcp_kernels::alloc_count::Counting as the global allocator"
+    );
+    const SIZES: [usize; 8] = [0, 1, 64, 512, 1408, 4095, 4096, 9216];
+    let key = AeadKey::new(&[7; 32]);
+    let mut rng = Rng(3);
+    let text: Vec<u8> = b"2026-11-23T18:00:00Z site-a-gw ckpt shard=00017 status=200 OK\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(9216)
+        .collect();
+    // Inputs and outputs, allocated before the watch: half text, half random.
+    let inputs: Vec<Vec<u8>> = SIZES
+        .iter()
+        .flat_map(|&n| {
+            let mut random = vec![0u8; n];
+            rng.fill(&mut random);
+            [text[..n].to_vec(), random]
+        })
+        .collect();
+    let mut sealed: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|p| {
+            let mut b = p.clone();
+            b.resize(p.len() + TAG_LEN, 0);
+            b
+        })
+        .collect();
+    let mut packed = vec![vec![0u8; crate::compress_bound(9216)]; inputs.len()];
+    let mut unpacked = vec![vec![0u8; 9216]; inputs.len()];
+    let mut lens = vec![None; inputs.len()];
+    // Allocations per operation in one round of every packet.
+    let mut round = |engine: &mut dyn Engine| -> [u64; 4] {
+        let mut seal: Vec<SealJob<'_>> = Vec::with_capacity(inputs.len());
+        let mut open: Vec<OpenJob<'_>> = Vec::with_capacity(inputs.len());
+        let mut compress: Vec<CompressJob<'_>> = Vec::with_capacity(inputs.len());
+        let mut decompress: Vec<DecompressJob<'_>> = Vec::with_capacity(inputs.len());
+        let sealing = counted(|| {
+            for (i, (buf, p)) in sealed.iter_mut().zip(&inputs).enumerate() {
+                buf[..p.len()].copy_from_slice(p);
+                seal.push(SealJob {
+                    key: &key,
+                    nonce: crate::nonce(i as u64),
+                    aad: &[1; 16],
+                    buf,
+                    len: p.len(),
+                    ok: false,
+                });
+            }
+            engine.seal(&mut seal);
+            assert!(seal.iter().all(|j| j.ok));
+            seal.clear();
+        });
+        let opening = counted(|| {
+            for (i, (buf, p)) in sealed.iter_mut().zip(&inputs).enumerate() {
+                open.push(OpenJob {
+                    key: &key,
+                    nonce: crate::nonce(i as u64),
+                    aad: &[1; 16],
+                    buf,
+                    len: p.len() + TAG_LEN,
+                    ok: false,
+                });
+            }
+            engine.open(&mut open);
+            assert!(open.iter().all(|j| j.ok));
+            open.clear();
+        });
+        let compressing = counted(|| {
+            for (src, dst) in inputs.iter().zip(packed.iter_mut()) {
+                compress.push(CompressJob {
+                    src,
+                    dst,
+                    out_len: None,
+                });
+            }
+            engine.compress(&mut compress);
+            for (l, j) in lens.iter_mut().zip(&compress) {
+                *l = j.out_len;
+            }
+            compress.clear();
+        });
+        assert!(lens.iter().filter(|l| l.is_some()).count() >= 5, "{lens:?}");
+        let decompressing = counted(|| {
+            for ((src, dst), l) in packed.iter().zip(unpacked.iter_mut()).zip(&lens) {
+                if let Some(l) = *l {
+                    decompress.push(DecompressJob {
+                        src: &src[..l],
+                        dst,
+                        out_len: None,
+                    });
+                }
+            }
+            engine.decompress(&mut decompress);
+            assert!(decompress.iter().all(|j| j.out_len.is_some()));
+            decompress.clear();
+        });
+        [sealing, opening, compressing, decompressing]
+    };
+    // The first round may set up per-thread state (liblz4's, lz4_flex's table); the next
+    // ones must not allocate at all.
+    round(engine);
+    for _ in 0..3 {
+        assert_eq!(
+            round(engine),
+            [0; 4],
+            "{what}: allocations per round (seal, open, compress, decompress)"
+        );
+    }
+}
+
+/// Allocations `f` and any other thread make while it runs.
+fn counted(f: impl FnOnce()) -> u64 {
+    crate::alloc_count::allocations_anywhere(f).1
 }
 
 #[cfg(test)]

@@ -4,8 +4,14 @@
 //! machine run `scripts/gpu-test.sh`, which runs them with `--ignored`.
 #![allow(clippy::tests_outside_test_module)]
 
+use dwcp_kernels::alloc_count::Counting;
 use dwcp_kernels::cuda::{Capacity, CudaEngine};
 use dwcp_kernels::suite;
+
+// Counts allocations for `gpu_engine_allocates_nothing_per_batch` (run these one at a time:
+// `scripts/gpu-test.sh` passes `--test-threads 1`).
+#[global_allocator]
+static COUNTING: Counting = Counting;
 
 fn engine() -> CudaEngine {
     let e = CudaEngine::new(0, Capacity::for_batch(8192, 9216))
@@ -98,4 +104,12 @@ fn gpu_batches_gathered_from_four_workers_are_right() {
     let st = g.stats();
     eprintln!("gathered: {st:?}");
     assert!(st.most_workers >= 2, "{st:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_engine_allocates_nothing_per_batch() {
+    let mut e = engine();
+    suite::no_allocation_per_packet("the CUDA engine", &mut e);
+    no_failures(&e);
 }
