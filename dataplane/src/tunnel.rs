@@ -665,7 +665,7 @@ impl Tunnel {
                 }
             });
         };
-        let gate = flow_gate(inner);
+        let gate = if p.spec.compress { flow_gate(inner) } else { 0 };
         let compress = p.spec.compress && !inner.is_empty() && {
             let admitted = p.gates[gate].admit(now);
             self.counters.compress_skipped += u64::from(!admitted);
