@@ -642,7 +642,6 @@ impl Running {
                 };
                 (r(0), r(1))
             };
-
             if conn_ready {
                 while let Ok((stream, _)) = self.listener.accept() {
                     let _ = stream.set_nonblocking(false);
