@@ -899,7 +899,11 @@ impl GatewayPair {
                     allowed: vec![vec![allowed.parse().expect("prefix")]],
                 },
                 t,
-                Box::new(CpuEngine),
+                // What a worker runs without a GPU.
+                Box::new(dwcp_kernels::dispatch::Dispatcher::new(
+                    None,
+                    dwcp_kernels::dispatch::Settings::default(),
+                )),
             )
         };
         let mut a = mk(
@@ -1038,7 +1042,7 @@ pub fn gateway_rows(budget: Duration) -> Result<Vec<GatewayRow>, String> {
 /// The gateway rows as a table.
 pub fn gateway_table(rows: &[GatewayRow]) -> String {
     let mut s = format!(
-        "gateway pair, one worker's path (CPU engine, bursts of {})\n{:<5} {:<17} {:>14} {:>14} {:>11} {:>11} {:>13} {:>13}\n",
+        "gateway pair, one worker's path (its dispatcher without a GPU: the CPU engine; bursts of {})\n{:<5} {:<17} {:>14} {:>14} {:>11} {:>11} {:>13} {:>13}\n",
         crate::worker::BURST,
         "size",
         "compression",
