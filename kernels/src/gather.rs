@@ -130,6 +130,18 @@ fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+impl Shared {
+    /// How long the gather now running has been running; `None` between gathers.
+    fn running_for(&self) -> Option<Duration> {
+        match self.running.load(Ordering::Relaxed) {
+            0 => None,
+            began => Some(Duration::from_nanos(
+                nanos_since(self.epoch).saturating_sub(began - 1),
+            )),
+        }
+    }
+}
+
 /// What the gathering thread did so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatherStats {
@@ -162,13 +174,7 @@ pub struct GatherWatch {
 impl GatherWatch {
     /// As [`Gatherer::running_for`].
     pub fn running_for(&self) -> Option<Duration> {
-        let s = &self.shared;
-        match s.running.load(Ordering::Relaxed) {
-            0 => None,
-            began => Some(Duration::from_nanos(
-                nanos_since(s.epoch).saturating_sub(began - 1),
-            )),
-        }
+        self.shared.running_for()
     }
 }
 
@@ -251,7 +257,7 @@ impl Gatherer {
     /// gather wait for it and cannot give up on their own (their jobs are the thread's until
     /// it is done).
     pub fn running_for(&self) -> Option<Duration> {
-        self.watch().running_for()
+        self.shared.running_for()
     }
 
     /// A handle another thread can watch [`Gatherer::running_for`] with.
