@@ -833,53 +833,50 @@ mod tests {
         found
     }
 
-    #[test]
-    fn the_thread_runs_on_the_core_asked_for() {
-        let last = core_affinity::get_core_ids().unwrap().last().unwrap().id;
+    /// A gatherer for one worker, asked to run on `core`, and that worker's dispatcher.
+    fn on_core(core: usize) -> (Gatherer, Dispatcher) {
         let acc = TestAccelerator::new(Fault::None, Duration::ZERO);
         let (g, mut clients) = Gatherer::start(
             Box::new(acc),
             1,
             GatherSettings {
-                core: Some(last),
+                core: Some(core),
                 ..settings(Duration::from_millis(1))
             },
         )
         .unwrap();
+        let d = Dispatcher::new(Some(Box::new(clients.remove(0))), on());
+        (g, d)
+    }
+
+    /// Four packets sealed through `d` come out as the CPU seals them.
+    fn seals_right(d: &mut Dispatcher) {
+        let key = AeadKey::new(&[2; 32]);
+        assert_eq!(
+            seal_with(d, &key, 4, 0),
+            seal_with(&mut CpuEngine, &key, 4, 0)
+        );
+    }
+
+    #[test]
+    fn the_thread_runs_on_the_core_asked_for() {
+        let last = core_affinity::get_core_ids().unwrap().last().unwrap().id;
+        let (g, mut d) = on_core(last);
         assert_eq!(g.placement(), Placement::Pinned(last));
         assert_eq!(g.placement().to_string(), format!("on core {last}"));
         let cores = gather_threads_cores();
         assert!(cores.contains(&last.to_string()), "{cores:?}");
-        let mut d = Dispatcher::new(Some(Box::new(clients.remove(0))), on());
-        let key = AeadKey::new(&[2; 32]);
-        assert_eq!(
-            seal_with(&mut d, &key, 4, 0),
-            seal_with(&mut CpuEngine, &key, 4, 0)
-        );
+        seals_right(&mut d);
         assert_eq!(g.stats().packets, 4);
     }
 
     #[test]
     fn a_core_the_kernel_refuses_leaves_the_thread_unpinned_and_working() {
         for core in [4000, usize::MAX] {
-            let acc = TestAccelerator::new(Fault::None, Duration::ZERO);
-            let (g, mut clients) = Gatherer::start(
-                Box::new(acc),
-                1,
-                GatherSettings {
-                    core: Some(core),
-                    ..settings(Duration::from_millis(1))
-                },
-            )
-            .unwrap();
+            let (g, mut d) = on_core(core);
             assert_eq!(g.placement(), Placement::Refused(core));
             assert!(g.placement().to_string().starts_with("NOT on core"));
-            let mut d = Dispatcher::new(Some(Box::new(clients.remove(0))), on());
-            let key = AeadKey::new(&[3; 32]);
-            assert_eq!(
-                seal_with(&mut d, &key, 4, 0),
-                seal_with(&mut CpuEngine, &key, 4, 0)
-            );
+            seals_right(&mut d);
             assert_eq!(g.stats().gathers, 1);
         }
     }
