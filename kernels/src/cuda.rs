@@ -40,6 +40,9 @@ pub enum CudaError {
     /// No `libcuda.so`: no NVIDIA driver.
     #[error("no NVIDIA driver library (libcuda.so) on this machine")]
     NoDriver,
+    /// The driver library `DWCP_LIBCUDA` names did not load.
+    #[error("{0}")]
+    DriverLibrary(String),
     /// No `libnvrtc.so`.
     #[error("no NVRTC library (libnvrtc.so.13 or .12) on this machine or in LD_LIBRARY_PATH")]
     NoNvrtc,
@@ -128,8 +131,41 @@ pub fn ensure_nvrtc() -> Option<String> {
     None
 }
 
+/// Makes the CUDA driver library at `path` the one the engine uses (a driver installed off the
+/// library path, or the CPU stand-in `kernels/cuda/sim_driver.cpp` that the tests build): it
+/// is loaded globally, and cudarc's later load of `libcuda.so` by name finds it by its soname.
+/// Once loaded it stays for the life of the process.
+pub fn use_driver(path: &std::path::Path) -> Result<(), String> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    if !path.is_file() {
+        return Err(format!("no CUDA driver library at {}", path.display()));
+    }
+    // SAFETY: loads a CUDA driver library, whose initialisers are sound to run; the handle is
+    // leaked so the library stays loaded for the process's lifetime.
+    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }
+        .map_err(|e| format!("cannot load the CUDA driver {}: {e}", path.display()))?;
+    std::mem::forget(lib);
+    Ok(())
+}
+
+/// Loads the driver `DWCP_LIBCUDA` names, once per process; the error says why it failed.
+fn driver_from_env() -> Result<(), String> {
+    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| match std::env::var_os("DWCP_LIBCUDA") {
+            Some(p) => {
+                use_driver(std::path::Path::new(&p)).map_err(|e| format!("DWCP_LIBCUDA: {e}"))
+            }
+            None => Ok(()),
+        })
+        .clone()
+}
+
 /// Whether the CUDA driver library can be loaded here.
 pub fn driver_present() -> bool {
+    if driver_from_env().is_err() {
+        return false;
+    }
     // SAFETY: only tries to dlopen the candidate library names; no symbol is called.
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
@@ -463,6 +499,7 @@ fn u32_of(n: usize) -> u32 {
 impl CudaEngine {
     /// Opens device `index`, compiles the kernels and allocates every buffer.
     pub fn new(index: u32, cap: Capacity) -> Result<Self, CudaError> {
+        driver_from_env().map_err(CudaError::DriverLibrary)?;
         if !driver_present() {
             return Err(CudaError::NoDriver);
         }

@@ -1,0 +1,53 @@
+//! The CPU stand-in for the CUDA driver (`kernels/cuda/sim_driver.cpp`): builds it with the
+//! system C++ compiler, so that the CUDA engine's whole host side, with the real kernels run
+//! by a SIMT emulator, can be exercised on machines without a GPU — the tests do, and an
+//! operator can point `DWCP_LIBCUDA` at the built library to try `offload.gpu = on` anywhere.
+//! It says what it is in the device name; it is for checking, not for speed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The stand-in's source, and the kernel sources it includes.
+const FILES: [(&str, &str); 4] = [
+    ("sim_driver.cpp", include_str!("../cuda/sim_driver.cpp")),
+    ("common.cuh", crate::cuda::COMMON_SOURCE),
+    ("gcm.cu", crate::cuda::GCM_SOURCE),
+    ("lz4.cu", crate::cuda::LZ4_SOURCE),
+];
+
+/// What the device calls itself (`cuDeviceGetName`).
+pub const DEVICE_NAME: &str = "DWCP simulated GPU (host CPU, libcuda stand-in)";
+
+/// Writes the sources into `dir` and builds `dir/libcuda.so` (soname `libcuda.so`) with `c++`;
+/// returns the library's path, or why it could not be built.
+pub fn build(dir: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (name, text) in FILES {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let lib = dir.join("libcuda.so");
+    let out = Command::new("c++")
+        .args([
+            "-O2",
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+        ])
+        .arg("-Wl,-soname,libcuda.so")
+        .arg("-o")
+        .arg(&lib)
+        .arg(dir.join("sim_driver.cpp"))
+        .output()
+        .map_err(|e| format!("cannot run c++ (scripts/setup.sh installs g++): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "sim_driver.cpp does not compile:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(lib)
+}

@@ -1,0 +1,294 @@
+//! The CUDA engine end to end on a machine with no GPU: its host side (NVRTC compilation,
+//! module loading, pinned staging, structure-of-arrays descriptors, the two streams, chunking,
+//! kernel parameters, error and deadline handling) against `kernels/cuda/sim_driver.cpp`, a
+//! stand-in for `libcuda.so` that runs the real kernels of `gcm.cu` and `lz4.cu` on the CPU
+//! under a SIMT emulator and is strict about waits, bounds and barriers (its header says how).
+//! The same suite runs on a real GPU in `tests/gpu.rs`; what only a GPU shows is listed there.
+#![allow(clippy::tests_outside_test_module)]
+
+mod sim_driver;
+
+use std::time::{Duration, Instant};
+
+use dwcp_kernels::cpu::CpuEngine;
+use dwcp_kernels::cuda::{Capacity, CudaEngine, CudaError};
+use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
+use dwcp_kernels::gather::{GatherSettings, Gatherer};
+use dwcp_kernels::suite::{self, Rng};
+use dwcp_kernels::{AeadKey, Engine, SealJob, TAG_LEN};
+use sim_driver::{Fault, engine, sim};
+
+#[test]
+fn sim_gcm_vectors_and_random_packets_match_the_cpu() {
+    let _one = sim().serial();
+    let before = sim().stats();
+    let mut e = engine(Capacity::for_batch(1024, 9216));
+    suite::gcm_vectors(&mut e);
+    // 700 per batch: two chunks, one per lane; 1500 packets: a short third batch too.
+    suite::gcm_random(&mut e, 1500, 700, 0x5eed);
+    assert_eq!(e.failures(), (0, None));
+    let after = sim().stats();
+    assert!(after.launches > before.launches, "{after:?}");
+    assert_eq!(
+        after.unpinned_copies, 0,
+        "every copy goes through pinned staging"
+    );
+    assert!(
+        after.deepest_queue >= 4,
+        "work is queued, not run call by call: {after:?}"
+    );
+    assert!(
+        after.kernel_streams == 2,
+        "both lanes' streams ran kernels: {after:?}"
+    );
+}
+
+#[test]
+fn sim_gcm_small_batches_and_single_packets() {
+    let _one = sim().serial();
+    let mut e = engine(Capacity::for_batch(256, 9216));
+    suite::gcm_random(&mut e, 40, 1, 11);
+    suite::gcm_random(&mut e, 300, 37, 12);
+    assert_eq!(e.failures(), (0, None));
+}
+
+#[test]
+fn sim_lz4_round_trips_with_lz4_flex_both_ways() {
+    let _one = sim().serial();
+    let mut e = engine(Capacity::for_batch(1024, 9216));
+    suite::lz4_round_trips(&mut e, 1200, 600, 0x1234);
+    assert_eq!(e.failures(), (0, None));
+}
+
+/// One packet to seal: its buffer holds the plaintext and room for the tag.
+struct Pkt {
+    nonce: [u8; 12],
+    aad: Vec<u8>,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+/// Packets to seal, under four keys in turn.
+struct Batch {
+    keys: Vec<AeadKey>,
+    pkts: Vec<Pkt>,
+}
+
+impl Batch {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let keys = (0..4u8).map(|i| AeadKey::new(&[i + 1; 32])).collect();
+        let pkts = (0..n)
+            .map(|_| {
+                let len = rng.below(1500);
+                let mut nonce = [0; 12];
+                rng.fill(&mut nonce);
+                let mut aad = vec![0; 16];
+                rng.fill(&mut aad);
+                let mut buf = vec![0; len + TAG_LEN];
+                rng.fill(&mut buf[..len]);
+                Pkt {
+                    nonce,
+                    aad,
+                    buf,
+                    len,
+                }
+            })
+            .collect();
+        Self { keys, pkts }
+    }
+    fn jobs(&mut self) -> Vec<SealJob<'_>> {
+        let keys = &self.keys;
+        self.pkts
+            .iter_mut()
+            .enumerate()
+            .map(|(i, p)| SealJob {
+                key: &keys[i % keys.len()],
+                nonce: p.nonce,
+                aad: &p.aad,
+                buf: &mut p.buf,
+                len: p.len,
+                ok: false,
+            })
+            .collect()
+    }
+    fn bufs(&self) -> Vec<Vec<u8>> {
+        self.pkts.iter().map(|p| p.buf.clone()).collect()
+    }
+}
+
+/// Seals a 1200-packet batch on an engine whose lanes hold 200 packets (six chunks, two
+/// launches each) with `fault` injected into launch `at`; returns the error and checks that
+/// exactly the first `done` packets are sealed (as the CPU seals them) and the rest untouched.
+/// Also returns how long the failed call took.
+fn seal_with_fault(fault: Fault, at: u32, deadline: Duration) -> (CudaEngine, CudaError, Duration) {
+    let mut e = engine(Capacity::for_batch(400, 1600));
+    let mut batch = Batch::new(1200, 77);
+    let plain = batch.bufs();
+    let mut want = Batch::new(1200, 77);
+    CpuEngine.seal(&mut want.jobs());
+    sim().inject(fault, at, 300);
+    let t0 = Instant::now();
+    let err = {
+        let mut jobs = batch.jobs();
+        e.try_seal(&mut jobs, t0 + deadline)
+            .expect_err("the injected fault must surface")
+    };
+    let took = t0.elapsed();
+    sim().inject(Fault::None, 0, 0);
+    assert!(err.done < 1200, "{err:?}");
+    assert_eq!(err.done % 200, 0, "whole chunks only: {err:?}");
+    for (i, p) in batch.pkts.iter().enumerate() {
+        if i < err.done {
+            assert_eq!(
+                p.buf, want.pkts[i].buf,
+                "packet {i} of the completed prefix"
+            );
+        } else {
+            assert_eq!(
+                p.buf, plain[i],
+                "packet {i} after the prefix must be untouched"
+            );
+        }
+    }
+    assert!(e.is_dirty(), "abandoned work needs recovery");
+    (e, err.error, took)
+}
+
+/// After a failure the engine refuses work until `recover`, then seals correctly again.
+fn recovers(mut e: CudaEngine) {
+    let mut b = Batch::new(300, 5);
+    let refused = e
+        .try_seal(&mut b.jobs(), Instant::now() + Duration::from_secs(30))
+        .expect_err("dirty engine");
+    assert!(
+        matches!(refused.error, CudaError::NeedsRecovery),
+        "{refused:?}"
+    );
+    assert_eq!(refused.done, 0);
+    e.recover().expect("recover");
+    let mut want = Batch::new(300, 5);
+    CpuEngine.seal(&mut want.jobs());
+    e.try_seal(&mut b.jobs(), Instant::now() + Duration::from_secs(30))
+        .expect("sealed after recovery");
+    for (got, want) in b.pkts.iter().zip(&want.pkts) {
+        assert_eq!(got.buf, want.buf);
+    }
+}
+
+#[test]
+fn sim_launch_refused_mid_batch_leaves_a_clean_prefix() {
+    let _one = sim().serial();
+    // Launch 5 is the third chunk's key set-up: chunk one is done by then.
+    let (e, err, _) = seal_with_fault(Fault::Refuse, 5, Duration::from_secs(30));
+    assert!(
+        err.to_string()
+            .contains("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"),
+        "{err}"
+    );
+    recovers(e);
+}
+
+#[test]
+fn sim_device_fault_mid_batch_leaves_a_clean_prefix() {
+    let _one = sim().serial();
+    let (e, err, _) = seal_with_fault(Fault::Device, 4, Duration::from_secs(30));
+    assert!(
+        err.to_string().contains("CUDA_ERROR_ILLEGAL_ADDRESS"),
+        "{err}"
+    );
+    recovers(e);
+}
+
+#[test]
+fn sim_hung_batch_times_out_then_recovers() {
+    let _one = sim().serial();
+    // The second launch (the first chunk's seal) runs 300 ms; the batch's deadline is 50 ms.
+    let (e, err, took) = seal_with_fault(Fault::Hang, 2, Duration::from_millis(50));
+    assert!(matches!(err, CudaError::Timeout(_)), "{err}");
+    assert!(
+        took < Duration::from_millis(250),
+        "gave up at the deadline, not when the launch ended: {took:?}"
+    );
+    recovers(e);
+}
+
+#[test]
+fn sim_dispatcher_finishes_a_failed_batch_on_the_cpu() {
+    let _one = sim().serial();
+    let mut d = Dispatcher::new(
+        Some(Box::new(engine(Capacity::for_batch(400, 1600)))),
+        Settings {
+            mode: Mode::On,
+            ..Settings::default()
+        },
+    );
+    let mut b = Batch::new(1200, 9);
+    let mut want = Batch::new(1200, 9);
+    CpuEngine.seal(&mut want.jobs());
+    sim().inject(Fault::Device, 6, 0);
+    let mut jobs = b.jobs();
+    d.seal(&mut jobs);
+    assert!(jobs.iter().all(|j| j.ok));
+    drop(jobs);
+    sim().inject(Fault::None, 0, 0);
+    for (i, (got, want)) in b.pkts.iter().zip(&want.pkts).enumerate() {
+        assert_eq!(got.buf, want.buf, "packet {i}");
+    }
+    let st = d.offload_stats().expect("stats");
+    assert_eq!(st.gpu_errors, 1, "{st:?}");
+    assert!(!st.gpu_healthy);
+    assert!(
+        st.fallback_jobs > 0 && st.fallback_jobs < 1200,
+        "only the unfinished part ran on the CPU: {st:?}"
+    );
+}
+
+#[test]
+fn sim_batches_gathered_from_four_workers_are_right() {
+    let _one = sim().serial();
+    let (g, clients) = Gatherer::start(
+        Box::new(engine(Capacity::for_batch(1024, 9216))),
+        4,
+        GatherSettings {
+            max_batch: 1024,
+            max_delay: Duration::from_millis(2),
+            ..GatherSettings::default()
+        },
+    )
+    .expect("gathering thread");
+    std::thread::scope(|scope| {
+        for (w, c) in clients.into_iter().enumerate() {
+            scope.spawn(move || {
+                let mut d = Dispatcher::new(
+                    Some(Box::new(c)),
+                    Settings {
+                        mode: Mode::On,
+                        deadline: Duration::from_secs(30),
+                        ..Settings::default()
+                    },
+                );
+                let seed = 100 + w as u64;
+                suite::gcm_random(&mut d, 200, 40, seed);
+                suite::lz4_round_trips(&mut d, 80, 40, seed);
+                let st = d.offload_stats().expect("a dispatcher");
+                assert_eq!(st.gpu_errors + st.gpu_timeouts, 0, "{:?}", st.last_error);
+                assert_eq!(st.fallback_jobs, 0);
+            });
+        }
+    });
+    let st = g.stats();
+    assert!(st.most_workers >= 2, "{st:?}");
+}
+
+#[test]
+fn sim_kernel_timing_and_copy_bandwidth_give_figures() {
+    let _one = sim().serial();
+    let mut e = engine(Capacity::for_batch(256, 1408));
+    let (up, down) = e.copy_bandwidth(64 << 10, 3).expect("copy bandwidth");
+    assert!(up.is_finite() && up > 0.0 && down.is_finite() && down > 0.0);
+    let mut b = Batch::new(64, 3);
+    let jobs = b.jobs();
+    let t = e.kernel_time_seal(&jobs, 3).expect("kernel time");
+    assert!(t > Duration::ZERO);
+}
