@@ -14,7 +14,8 @@
 //     reported as a launch failure;
 //   - the PTX a module is loaded from must come from NVRTC and hold the kernel asked for.
 // What it cannot show: timing, the GPU memory model, register or shared-memory limits, and
-// the driver's PTX JIT. `dwcp_sim_*` below let a test inject failures and read counters.
+// the driver's PTX JIT. `dwcp_sim_*` below let a test inject failures and read counters;
+// DWCP_SIM_INJECT does the same for a whole process (see inject_from_env).
 //
 // Build: c++ -O2 -std=c++17 -shared -fPIC -Wl,-soname,libcuda.so -o libcuda.so sim_driver.cpp
 
@@ -24,6 +25,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -433,9 +435,32 @@ void dwcp_sim_stats(u64 out[6]) {
     out[5] = deepest_queue;
 }
 
+// Reads an injection from the environment, for a whole process under test:
+// DWCP_SIM_INJECT=refuse|fault|hang:AT[:MS] (as dwcp_sim_inject, counted from start-up).
+static void inject_from_env() {
+    const char* v = getenv("DWCP_SIM_INJECT");
+    if (!v) return;
+    char kind[16] = {0};
+    unsigned at = 0, ms = 0;
+    if (sscanf(v, "%15[a-z]:%u:%u", kind, &at, &ms) < 2) {
+        fprintf(stderr, "dwcp-sim-cuda: DWCP_SIM_INJECT=%s: want refuse|fault|hang:AT[:MS]\n", v);
+        return;
+    }
+    int k = !strcmp(kind, "refuse") ? 1 : !strcmp(kind, "fault") ? 2 : !strcmp(kind, "hang") ? 3 : 0;
+    if (k == 0) {
+        fprintf(stderr, "dwcp-sim-cuda: DWCP_SIM_INJECT: unknown kind %s\n", kind);
+        return;
+    }
+    inject_kind = k;
+    inject_at = launches + at;
+    inject_ms = ms;
+    fprintf(stderr, "dwcp-sim-cuda: will %s launch %u\n", kind, at);
+}
+
 CUresult cuInit(unsigned flags) {
     if (flags != 0) return INVALID_VALUE;
     std::lock_guard<std::mutex> g(sim::lock);
+    if (!initialised) inject_from_env();
     initialised = true;
     return SUCCESS;
 }

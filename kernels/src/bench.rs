@@ -70,6 +70,38 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Sealing gathered from several workers.
     pub gathered: Vec<GatherRow>,
+    /// The kernels as ptxas built them for the device's architecture, or why that is unknown.
+    pub kernels: Result<Vec<KernelLine>, String>,
+}
+
+/// One kernel's resources (ptxas's report) and what they allow on one multiprocessor.
+#[derive(Clone, Debug)]
+pub struct KernelLine {
+    /// Architecture (`sm_90`).
+    pub sm: String,
+    /// Registers, shared memory, stack and spills.
+    pub resources: crate::cuda::KernelResources,
+    /// Threads per block the engine launches it with.
+    pub block: u32,
+    /// Warps resident per multiprocessor, where the architecture's limits are known.
+    pub warps_per_sm: Option<u32>,
+}
+
+/// Every kernel's resources built for `sm` (`sm_90`), through NVRTC.
+pub fn kernel_lines(sm: &str) -> Result<Vec<KernelLine>, String> {
+    let mut out = Vec::new();
+    for (file, src) in crate::cuda::sources() {
+        for r in crate::cuda::resources(file, &src, sm).map_err(|e| e.to_string())? {
+            let block = crate::cuda::launch_block(&r.kernel).unwrap_or(32);
+            out.push(KernelLine {
+                sm: sm.to_owned(),
+                warps_per_sm: crate::cuda::SmLimits::of(sm).map(|l| r.resident_warps(block, l)),
+                resources: r,
+                block,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Seals `burst`-packet batches of `size` bytes on `threads` threads for `budget`, each
@@ -445,6 +477,7 @@ pub fn offload(
     };
     let mut gpu = CudaEngine::new(device, cap)?;
     let device_name = gpu.info().name.clone();
+    let kernels = kernel_lines(&gpu.info().arch.replace("compute_", "sm_"));
     let (h2d, d2h) = gpu.copy_bandwidth(256 << 20, 10)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rng = Rng(0x00ff_10ad);
@@ -491,6 +524,7 @@ pub fn offload(
         cpu_threads: threads,
         rows,
         gathered,
+        kernels,
     })
 }
 
@@ -583,6 +617,27 @@ impl Report {
             "device {}: pinned copies host→device {:.1} GB/s, device→host {:.1} GB/s; CPU engine on {} threads",
             self.device, self.h2d_gbps, self.d2h_gbps, self.cpu_threads
         );
+        match &self.kernels {
+            Ok(lines) => {
+                for k in lines {
+                    let r = &k.resources;
+                    let _ = writeln!(
+                        s,
+                        "kernel {:<15} {} block {:>3}: {:>3} registers, {:>5} B shared, {} B spilled, {} warps/SM",
+                        r.kernel,
+                        k.sm,
+                        k.block,
+                        r.registers,
+                        r.shared_bytes,
+                        r.spill_bytes + r.stack_bytes,
+                        k.warps_per_sm.map_or("?".to_owned(), |w| w.to_string())
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "kernel resources unknown: {e}");
+            }
+        }
         let _ = writeln!(
             s,
             "{:<10} {:>5} {:>6} {:>10} {:>9} {:>9} {:>9} {:>8}",
@@ -626,6 +681,23 @@ impl Report {
                 r.e2e_gbps,
                 r.e2e_gbps / self.copy_ceiling_gbps(),
                 r.cpu_gbps
+            );
+        }
+        s.push_str("],\"kernels\":[");
+        for (i, k) in self.kernels.iter().flatten().enumerate() {
+            let r = &k.resources;
+            let _ = write!(
+                s,
+                "{}{{\"kernel\":{:?},\"sm\":{:?},\"block\":{},\"registers\":{},\"shared_bytes\":{},\"spill_bytes\":{},\"stack_bytes\":{},\"warps_per_sm\":{}}}",
+                if i == 0 { "" } else { "," },
+                r.kernel,
+                k.sm,
+                k.block,
+                r.registers,
+                r.shared_bytes,
+                r.spill_bytes,
+                r.stack_bytes,
+                k.warps_per_sm.map_or("null".to_owned(), |w| w.to_string())
             );
         }
         s.push_str("],\"gathered\":[");

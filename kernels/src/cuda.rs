@@ -178,6 +178,154 @@ pub fn sources() -> [(&'static str, String); 2] {
     ]
 }
 
+/// Threads per block of `gcm_key_setup` (one thread per key).
+pub const KEY_SETUP_BLOCK: u32 = 64;
+/// Threads per block of `gcm_seal` and `gcm_open` (one warp per packet).
+pub const GCM_BLOCK: u32 = 256;
+/// Threads per block of `lz4_compress` and `lz4_decompress` (one thread per packet; the
+/// compressor's shared hash tables are sized for `LZ4_THREADS` in `lz4.cu`, which must match).
+pub const LZ4_BLOCK: u32 = 32;
+
+/// The block size the engine launches `kernel` with.
+pub fn launch_block(kernel: &str) -> Option<u32> {
+    match kernel {
+        "gcm_key_setup" => Some(KEY_SETUP_BLOCK),
+        "gcm_seal" | "gcm_open" => Some(GCM_BLOCK),
+        "lz4_compress" | "lz4_decompress" => Some(LZ4_BLOCK),
+        _ => None,
+    }
+}
+
+/// What ptxas reports for one kernel built for a real architecture: what decides how many of
+/// its threads a multiprocessor holds, and whether it spills to (slow) local memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelResources {
+    /// The kernel.
+    pub kernel: String,
+    /// Registers per thread.
+    pub registers: u32,
+    /// Static shared memory per block, bytes.
+    pub shared_bytes: u32,
+    /// Stack frame per thread, bytes (local memory).
+    pub stack_bytes: u32,
+    /// Spill stores plus spill loads, bytes (local memory).
+    pub spill_bytes: u32,
+}
+
+/// A multiprocessor's limits that occupancy depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct SmLimits {
+    /// Threads resident at once.
+    pub threads: u32,
+    /// Blocks resident at once.
+    pub blocks: u32,
+    /// 32-bit registers.
+    pub registers: u32,
+    /// Shared memory, bytes (what blocks may use together).
+    pub shared_bytes: u32,
+}
+
+impl SmLimits {
+    /// NVIDIA's published limits for `sm_80` (A100) and `sm_90` (H100, H200).
+    pub fn of(sm: &str) -> Option<Self> {
+        match sm {
+            "sm_80" => Some(Self {
+                threads: 2048,
+                blocks: 32,
+                registers: 65_536,
+                shared_bytes: 164 * 1024,
+            }),
+            "sm_90" => Some(Self {
+                threads: 2048,
+                blocks: 32,
+                registers: 65_536,
+                shared_bytes: 228 * 1024,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl KernelResources {
+    /// Warps of this kernel one multiprocessor holds at once when launched in blocks of
+    /// `block` threads (registers are allocated per warp in units of 256; the driver keeps
+    /// 1 KiB of shared memory per block).
+    pub fn resident_warps(&self, block: u32, sm: SmLimits) -> u32 {
+        let warps_per_block = block.div_ceil(32).max(1);
+        let regs_per_warp = (self.registers * 32).next_multiple_of(256).max(256);
+        let by_threads = sm.threads / (warps_per_block * 32);
+        let by_regs = sm.registers / (regs_per_warp * warps_per_block);
+        let by_shared = sm.shared_bytes / (self.shared_bytes + 1024);
+        let blocks = by_threads.min(by_regs).min(by_shared).min(sm.blocks);
+        blocks * warps_per_block
+    }
+}
+
+/// Builds `src` for the real architecture `sm` (`sm_90`) with ptxas's verbose report and
+/// returns each kernel's resources: the compiler's view of the kernels, which needs NVRTC
+/// only (no GPU, no driver).
+pub fn resources(
+    file: &'static str,
+    src: &str,
+    sm: &str,
+) -> Result<Vec<KernelResources>, CudaError> {
+    use cudarc::nvrtc::result as nvrtc;
+    if !nvrtc_present() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let fail = |log: String| CudaError::Compile { file, log };
+    let c_src = std::ffi::CString::new(src).map_err(|e| fail(e.to_string()))?;
+    let c_name = std::ffi::CString::new(file).map_err(|e| fail(e.to_string()))?;
+    let prog = nvrtc::create_program(&c_src, Some(&c_name)).map_err(|e| fail(e.to_string()))?;
+    let opts = [format!("-arch={sm}"), "--ptxas-options=-v".to_owned()];
+    // SAFETY: `prog` was created above and is destroyed exactly once, after its last use.
+    let (compiled, log) = unsafe {
+        let compiled = nvrtc::compile_program(prog, &opts);
+        let log = nvrtc::get_program_log(prog);
+        let _ = nvrtc::destroy_program(prog);
+        (compiled, log)
+    };
+    let log: Vec<u8> = log
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.to_ne_bytes()[0])
+        .take_while(|&b| b != 0)
+        .collect();
+    let log = String::from_utf8_lossy(&log).into_owned();
+    compiled.map_err(|_| fail(log.clone()))?;
+    Ok(parse_ptxas(&log))
+}
+
+/// Reads ptxas's `-v` report: per kernel, registers, shared memory, stack and spills.
+fn parse_ptxas(log: &str) -> Vec<KernelResources> {
+    let mut out: Vec<KernelResources> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            out.push(KernelResources {
+                kernel: rest.split('\'').next().unwrap_or_default().to_owned(),
+                ..KernelResources::default()
+            });
+            continue;
+        }
+        let Some(k) = out.last_mut() else { continue };
+        // The number in the comma-separated part that names `what`.
+        let figure = |what: &str| -> u32 {
+            line.split(',')
+                .find(|part| part.contains(what))
+                .and_then(|part| part.split_whitespace().find_map(|t| t.parse().ok()))
+                .unwrap_or(0)
+        };
+        if line.contains("stack frame") {
+            k.stack_bytes = figure("stack frame");
+            k.spill_bytes = figure("spill stores") + figure("spill loads");
+        } else if line.contains("registers") {
+            k.registers = figure("registers");
+            k.shared_bytes = figure("smem");
+        }
+    }
+    out
+}
+
 /// Compiles one source to PTX for a virtual architecture such as `compute_90`.
 pub fn compile(file: &'static str, src: &str, arch: &'static str) -> Result<String, CudaError> {
     if !nvrtc_present() {
@@ -977,8 +1125,8 @@ fn run_kernels(
         Op::Seal | Op::Open => {
             let keys = u32_of(chunk.keys);
             let cfg = LaunchConfig {
-                grid_dim: (grid(info, chunk.keys, 64, 4), 1, 1),
-                block_dim: (64, 1, 1),
+                grid_dim: (grid(info, chunk.keys, KEY_SETUP_BLOCK as usize, 4), 1, 1),
+                block_dim: (KEY_SETUP_BLOCK, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut params = [param(&d.keys_raw.ptr), param(&d.keys.ptr), param(&keys)];
@@ -986,8 +1134,8 @@ fn run_kernels(
             // and the key table holds `cap.packets` ≥ keys records.
             unsafe { launch_kernel(stream, &f.key_setup, cfg, &mut params) }?;
             let cfg = LaunchConfig {
-                grid_dim: (grid(info, chunk.n, 8, 8), 1, 1),
-                block_dim: (256, 1, 1),
+                grid_dim: (grid(info, chunk.n, GCM_BLOCK as usize / 32, 8), 1, 1),
+                block_dim: (GCM_BLOCK, 1, 1),
                 shared_mem_bytes: 0,
             };
             let func = if op == Op::Seal { &f.seal } else { &f.open };
@@ -1008,8 +1156,8 @@ fn run_kernels(
         }
         Op::Compress | Op::Decompress => {
             let cfg = LaunchConfig {
-                grid_dim: (grid(info, chunk.n, 32, 16), 1, 1),
-                block_dim: (32, 1, 1),
+                grid_dim: (grid(info, chunk.n, LZ4_BLOCK as usize, 16), 1, 1),
+                block_dim: (LZ4_BLOCK, 1, 1),
                 shared_mem_bytes: 0,
             };
             let func = if op == Op::Compress {
@@ -1332,6 +1480,52 @@ fn unstage_decompress(h: &HostStage, _c: &Chunk, jobs: &mut [DecompressJob<'_>])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ptxas_reports_are_read_per_kernel() {
+        let log = "ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'gcm_open' for 'sm_90'
+ptxas info    : Function properties for gcm_open
+ptxas         .     8 bytes stack frame, 12 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 48 registers, used 1 barriers, 4352 bytes smem
+ptxas info    : Compiling entry function 'lz4_decompress' for 'sm_90'
+ptxas info    : Function properties for lz4_decompress
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 26 registers, used 0 barriers
+";
+        let r = parse_ptxas(log);
+        assert_eq!(
+            r,
+            [
+                KernelResources {
+                    kernel: "gcm_open".into(),
+                    registers: 48,
+                    shared_bytes: 4352,
+                    stack_bytes: 8,
+                    spill_bytes: 16,
+                },
+                KernelResources {
+                    kernel: "lz4_decompress".into(),
+                    registers: 26,
+                    shared_bytes: 0,
+                    stack_bytes: 0,
+                    spill_bytes: 0,
+                },
+            ]
+        );
+        let h100 = SmLimits::of("sm_90").expect("sm_90");
+        // 48 registers × 256 threads: 5 blocks by registers (8 by threads) = 40 warps.
+        assert_eq!(r[0].resident_warps(256, h100), 40);
+        // 26 → 32 registers per thread, blocks of one warp: 32 blocks (the block limit).
+        assert_eq!(r[1].resident_warps(32, h100), 32);
+        let lz4c = KernelResources {
+            shared_bytes: 32_768,
+            registers: 40,
+            ..KernelResources::default()
+        };
+        // 32 KiB + 1 KiB per block in 228 KiB: 6 blocks of one warp.
+        assert_eq!(lz4c.resident_warps(32, h100), 6);
+    }
 
     #[test]
     fn key_map_dedupes_within_a_batch_and_forgets_between() {

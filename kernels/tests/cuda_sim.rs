@@ -292,3 +292,37 @@ fn sim_kernel_timing_and_copy_bandwidth_give_figures() {
     let t = e.kernel_time_seal(&jobs, 3).expect("kernel time");
     assert!(t > Duration::ZERO);
 }
+
+#[test]
+fn sim_bench_offload_reports_every_cell_and_the_kernels() {
+    let _one = sim().serial();
+    sim();
+    let r = dwcp_kernels::bench::offload(0, &[64], &[256], 1).expect("bench offload");
+    assert_eq!(r.device, dwcp_kernels::sim::DEVICE_NAME);
+    assert!(r.h2d_gbps > 0.0 && r.d2h_gbps > 0.0, "{r:?}");
+    assert_eq!(r.rows.len(), 4, "every operation once");
+    for row in &r.rows {
+        assert!(
+            row.kernel_gbps > 0.0 && row.e2e_gbps > 0.0 && row.cpu_gbps > 0.0,
+            "{row:?}"
+        );
+    }
+    assert!(!r.gathered.is_empty());
+    assert!(
+        r.gathered.iter().all(|g| g.fallbacks == 0),
+        "{:?}",
+        r.gathered
+    );
+    let kernels = r.kernels.as_ref().expect("ptxas report");
+    assert_eq!(kernels.len(), 5, "{kernels:?}");
+    assert!(
+        kernels
+            .iter()
+            .all(|k| k.sm == "sm_90" && k.warps_per_sm.is_some())
+    );
+    let t = r.table();
+    assert_eq!(t.matches("\nkernel ").count(), 5, "{t}");
+    let j = r.json();
+    assert_eq!(j.matches("\"registers\":").count(), 5, "{j}");
+    assert_eq!(j.matches("\"e2e_over_copy\":").count(), 4, "{j}");
+}

@@ -54,3 +54,71 @@ fn a_broken_source_is_reported_with_nvrtc_log() {
         "{msg}"
     );
 }
+
+/// The compiler's view of every kernel for A100 (`sm_80`) and H100/H200 (`sm_90`), from
+/// ptxas's report through NVRTC (no GPU): no kernel spills registers or keeps a stack frame
+/// (local memory, slow), each fits the block size it is launched with, and the table of
+/// registers, shared memory and resident warps per multiprocessor is printed.
+#[test]
+fn every_kernel_fits_its_launch_without_spilling() {
+    if cuda::ensure_nvrtc().is_none() {
+        panic!("NVRTC not found: run scripts/setup.sh");
+    }
+    let lz4_threads: u32 = cuda::LZ4_SOURCE
+        .lines()
+        .find_map(|l| l.strip_prefix("#define LZ4_THREADS "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("LZ4_THREADS in lz4.cu");
+    assert_eq!(
+        lz4_threads,
+        cuda::LZ4_BLOCK,
+        "lz4.cu's shared tables are per thread of a block: LZ4_THREADS must be the launch block"
+    );
+    eprintln!("arch    kernel          block  regs  smem B  warps/SM");
+    for sm in ["sm_80", "sm_90"] {
+        let limits = cuda::SmLimits::of(sm).expect("known architecture");
+        let mut seen = Vec::new();
+        for (file, src) in cuda::sources() {
+            let report = cuda::resources(file, &src, sm).unwrap_or_else(|e| panic!("{e}"));
+            for k in report {
+                let block = cuda::launch_block(&k.kernel)
+                    .unwrap_or_else(|| panic!("{file}: kernel {} is never launched", k.kernel));
+                let warps = k.resident_warps(block, limits);
+                eprintln!(
+                    "{sm}   {:<15} {block:>5} {:>5} {:>7} {warps:>9}",
+                    k.kernel, k.registers, k.shared_bytes
+                );
+                assert!(k.registers > 0, "{sm} {}: no register count read", k.kernel);
+                assert_eq!(
+                    (k.spill_bytes, k.stack_bytes),
+                    (0, 0),
+                    "{sm} {}: spills or stack frame (local memory)",
+                    k.kernel
+                );
+                assert!(
+                    k.shared_bytes <= 48 * 1024,
+                    "{sm} {}: static shared memory over 48 KiB",
+                    k.kernel
+                );
+                assert!(
+                    warps >= block / 32,
+                    "{sm} {}: not even one block of {block} fits a multiprocessor",
+                    k.kernel
+                );
+                seen.push(k.kernel);
+            }
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "gcm_key_setup",
+                "gcm_open",
+                "gcm_seal",
+                "lz4_compress",
+                "lz4_decompress"
+            ],
+            "{sm}: the kernels reported"
+        );
+    }
+}
