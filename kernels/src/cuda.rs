@@ -40,6 +40,12 @@ pub enum CudaError {
     /// No `libcuda.so`: no NVIDIA driver.
     #[error("no NVIDIA driver library (libcuda.so) on this machine")]
     NoDriver,
+    /// This binary is statically linked: glibc's `dlopen` from a static binary cannot run
+    /// NVRTC or the driver library (NVRTC crashed in such a build; decision 0014).
+    #[error(
+        "this binary is statically linked and cannot load the CUDA libraries (build it against glibc, as `dwcp image build` does)"
+    )]
+    StaticBuild,
     /// The driver library `DWCP_LIBCUDA` names did not load.
     #[error("{0}")]
     DriverLibrary(String),
@@ -161,9 +167,12 @@ fn driver_from_env() -> Result<(), String> {
         .clone()
 }
 
+/// Whether this binary is statically linked (then it must not load NVRTC or the driver).
+pub const STATIC_BUILD: bool = cfg!(target_feature = "crt-static");
+
 /// Whether the CUDA driver library can be loaded here.
 pub fn driver_present() -> bool {
-    if driver_from_env().is_err() {
+    if STATIC_BUILD || driver_from_env().is_err() {
         return false;
     }
     // SAFETY: only tries to dlopen the candidate library names; no symbol is called.
@@ -647,6 +656,9 @@ fn u32_of(n: usize) -> u32 {
 impl CudaEngine {
     /// Opens device `index`, compiles the kernels and allocates every buffer.
     pub fn new(index: u32, cap: Capacity) -> Result<Self, CudaError> {
+        if STATIC_BUILD {
+            return Err(CudaError::StaticBuild);
+        }
         driver_from_env().map_err(CudaError::DriverLibrary)?;
         if !driver_present() {
             return Err(CudaError::NoDriver);

@@ -43,6 +43,9 @@ pub struct GpuMonitor {
 impl GpuMonitor {
     /// Opens NVML for device `index`; `None` when NVML or the device is not there.
     pub fn new(index: u32) -> Option<Self> {
+        if crate::cuda::STATIC_BUILD {
+            return None;
+        }
         let nvml = ["libnvidia-ml.so.1", "libnvidia-ml.so"]
             .iter()
             .find_map(|lib| {

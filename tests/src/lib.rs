@@ -40,10 +40,10 @@ pub fn require_qemu(test: &str) -> bool {
     );
 }
 
-/// The statically linked init and data plane, built once per test process.
+/// The image's init and data plane, built once per test process.
 pub fn binaries() -> (PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    BINS.get_or_init(|| image_build::build_static_binaries(true).expect("build static binaries"))
+    BINS.get_or_init(|| image_build::build_binaries(true).expect("build the binaries"))
         .clone()
 }
 

@@ -59,15 +59,71 @@ fn initramfs_holds_init_modules_and_no_shell() {
             "{shell} must not be in the image"
         );
     }
+    // The binaries are linked against glibc (decision 0014): the image carries the loader and
+    // every library they name, and they resolve to those alone.
+    let root = tempfile::tempdir().unwrap();
+    for (path, (mode, data)) in &files {
+        let regular = mode & 0o170_000 == 0o100_000;
+        if regular && (path.starts_with("lib") || path.starts_with("usr/bin") || path == "init") {
+            let p = root.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data).unwrap();
+            std::fs::set_permissions(
+                &p,
+                std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+            )
+            .unwrap();
+        }
+    }
+    let loader = root.path().join("lib64/ld-linux-x86-64.so.2");
+    let libdir = root.path().join("lib/x86_64-linux-gnu");
+    for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {
+        assert!(
+            files.contains_key(&format!("lib/x86_64-linux-gnu/{lib}")),
+            "{lib} missing from the image"
+        );
+    }
     for bin in ["init", "usr/bin/dwcp-dataplane"] {
         let (mode, data) = &files[bin];
         assert_eq!(mode & 0o777, 0o755);
-        // Static: no ELF interpreter (dynamic loader) named anywhere in the binary.
         let text = String::from_utf8_lossy(data);
         assert!(
-            !text.contains("/lib64/ld-linux-x86-64.so"),
-            "{bin} is dynamically linked"
+            text.contains("/lib64/ld-linux-x86-64.so.2"),
+            "{bin}: no loader named"
         );
         assert!(!text.contains("/root/"), "{bin} carries a host path");
+        // The image's own loader, told to look only in the image's library folder, lists
+        // where each library comes from: all of them from the image.
+        let out = std::process::Command::new(&loader)
+            .arg("--library-path")
+            .arg(&libdir)
+            .arg("--list")
+            .arg(root.path().join(bin))
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bin}: {list}");
+        for line in list.lines().filter(|l| l.contains("=>")) {
+            assert!(
+                line.split("=>")
+                    .nth(1)
+                    .is_some_and(|to| to.contains(root.path().to_str().unwrap())),
+                "{bin}: a library from outside the image: {line}"
+            );
+        }
     }
+    // And the data plane runs on the image's glibc.
+    let out = std::process::Command::new(&loader)
+        .arg("--library-path")
+        .arg(&libdir)
+        .arg(root.path().join("usr/bin/dwcp-dataplane"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("usage: dwcp-dataplane"), "{said}");
 }

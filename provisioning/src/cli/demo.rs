@@ -413,7 +413,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
                 opts.artifacts.display()
             ),
         );
-        let bins = image_build::build_static_binaries(false)?;
+        let bins = image_build::build_binaries(false)?;
         image_build::build(None, &opts.artifacts, bins)?;
     } else {
         say(

@@ -1,5 +1,6 @@
-//! `dwcp image build`: the appliance's static binaries, the pinned kernel and its modules,
-//! and optionally a node config, into `vmlinuz`, `initrd.img` and `manifest.json`.
+//! `dwcp image build`: the appliance's binaries with the glibc they are linked against, the
+//! pinned kernel and its modules, and optionally a node config, into `vmlinuz`, `initrd.img`
+//! and `manifest.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,9 +40,10 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Builds `dwcp-init` and `dwcp-dataplane` statically linked, with host paths remapped so the
-/// binaries do not depend on where the repository or cargo's registry lie.
-pub fn build_static_binaries(quiet: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Builds `dwcp-init` and `dwcp-dataplane`, linked against glibc (the image carries the
+/// loader and the libraries they need: [`runtime_libraries`]; decision 0014), with host paths
+/// remapped so the binaries do not depend on where the repository or cargo's registry lie.
+pub fn build_binaries(quiet: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
     let root = workspace_root();
     let target_dir = root.join("target").join("image");
     let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
@@ -51,7 +53,7 @@ pub fn build_static_binaries(quiet: bool) -> anyhow::Result<(PathBuf, PathBuf)> 
         )
     });
     let rustflags = format!(
-        "-C target-feature=+crt-static --remap-path-prefix={home}=/cargo --remap-path-prefix={}=/dwcp",
+        "--remap-path-prefix={home}=/cargo --remap-path-prefix={}=/dwcp",
         root.display()
     );
     let target = "x86_64-unknown-linux-gnu";
@@ -82,6 +84,41 @@ pub fn build_static_binaries(quiet: bool) -> anyhow::Result<(PathBuf, PathBuf)> 
     }
     let bin = target_dir.join(target).join("release");
     Ok((bin.join("dwcp-init"), bin.join("dwcp-dataplane")))
+}
+
+/// The dynamic loader and shared libraries `binary` needs, as the build machine's loader
+/// resolves them (`ldd`): (absolute path, contents). Empty for a statically linked binary. A
+/// library the loader cannot find is an error that names it.
+pub fn runtime_libraries(binary: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("cannot run ldd (Debian's libc-bin)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        if text.contains("not a dynamic executable") || text.contains("statically linked") {
+            return Ok(Vec::new());
+        }
+        bail!(
+            "ldd {} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        if line.contains("not found") {
+            bail!("{}: shared library {}", binary.display(), line.trim());
+        }
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`;
+        // the kernel's vDSO has no file.
+        let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else {
+            continue;
+        };
+        let data = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+        libs.push((path.to_owned(), data));
+    }
+    Ok(libs)
 }
 
 /// Reads and validates a config for the image; prints every problem on failure.
@@ -131,6 +168,19 @@ pub fn build(
             .map(|d| (*d).to_owned())
             .collect(),
     };
+    // The loader and libraries both binaries need, once each, at the paths they were found.
+    let mut libs: Vec<(String, Vec<u8>)> = Vec::new();
+    for binary in [&init, &dataplane] {
+        for (path, data) in runtime_libraries(binary)? {
+            if !libs.iter().any(|(p, _)| *p == path) {
+                libs.push((path, data));
+            }
+        }
+    }
+    for (path, data) in libs {
+        spec.files
+            .push((path.trim_start_matches('/').to_owned(), data, 0o755));
+    }
     if let Some(text) = &config_text {
         spec.files.push((
             "etc/dwcp/dwcp.toml".into(),

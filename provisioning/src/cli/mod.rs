@@ -196,10 +196,10 @@ enum ImageCommand {
         /// Output directory.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// Use this init binary (statically linked) instead of building one.
+        /// Use this init binary instead of building one (its shared libraries are added).
         #[arg(long, value_name = "FILE", requires = "dataplane")]
         init: Option<PathBuf>,
-        /// Use this data-plane binary (statically linked) instead of building one.
+        /// Use this data-plane binary instead of building one (its shared libraries are added).
         #[arg(long, value_name = "FILE", requires = "init")]
         dataplane: Option<PathBuf>,
     },
@@ -313,7 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         }) => {
             let binaries = match (init, dataplane) {
                 (Some(i), Some(d)) => (i, d),
-                _ => image_build::build_static_binaries(false)?,
+                _ => image_build::build_binaries(false)?,
             };
             let m = image_build::build(config.as_deref(), &out, binaries)?;
             for (file, sha) in &m.files {
