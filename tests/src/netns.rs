@@ -149,3 +149,69 @@ impl Drop for Lab {
         }
     }
 }
+
+/// One gateway's config for the netns tests: LAN and WAN ports on veths (our `af_packet`
+/// backend, or DPDK's `net_af_packet` on the same veths), one peer, metrics on the management
+/// address, and `extra` appended (say an `[offload]` table).
+pub struct GatewayConfig<'a> {
+    /// Node name.
+    pub name: &'a str,
+    /// Management interface and address (metrics on port 9100).
+    pub mgmt: (&'a str, &'a str),
+    /// LAN interface and address with prefix.
+    pub lan: (&'a str, &'a str),
+    /// WAN interface and address with prefix.
+    pub wan: (&'a str, &'a str),
+    /// This gateway's private key, base64.
+    pub private_key: String,
+    /// The peer's public key, base64.
+    pub peer_public_key: String,
+    /// The peer's WAN endpoint.
+    pub endpoint: &'a str,
+    /// The prefix behind the peer.
+    pub allowed: &'a str,
+    /// Housekeeping and data-plane cores.
+    pub cores: (u16, u16),
+    /// DPDK's `net_af_packet` instead of our `af_packet` backend.
+    pub dpdk: bool,
+    /// Appended as is.
+    pub extra: &'a str,
+}
+
+impl GatewayConfig<'_> {
+    /// The config file's text.
+    pub fn text(&self) -> String {
+        let port_backend = |ifname: &str, n: u8| {
+            if self.dpdk {
+                format!("backend = \"dpdk\"\nvdev = \"net_af_packet{n},iface={ifname}\"")
+            } else {
+                format!("backend = \"af_packet\"\ninterface = \"{ifname}\"")
+            }
+        };
+        let psk = "xGuz/w55aVHb8h0O4fuTN0Xru1Klr2WND/zg0JnI3lw=";
+        format!(
+            "name = \"{}\"\n[management]\ninterface = \"{}\"\naddress = \"{}/24\"\n\
+             [cores]\nhousekeeping = [{}]\ndataplane = [{}]\n[hugepages]\ncount = 0\n\
+             [[ports]]\nname = \"lan0\"\nrole = \"lan\"\n{}\naddress = \"{}\"\n\
+             [[ports]]\nname = \"wan0\"\nrole = \"wan\"\n{}\naddress = \"{}\"\n\
+             [tunnel]\nlisten_port = 51900\nprivate_key = \"{}\"\n\
+             [[tunnel.peers]]\nname = \"peer\"\npublic_key = \"{}\"\npreshared_key = \"{psk}\"\nendpoint = \"{}\"\n\
+             allowed_prefixes = [\"{}\"]\n[metrics]\nlisten = \"{}:9100\"\n{}",
+            self.name,
+            self.mgmt.0,
+            self.mgmt.1,
+            self.cores.0,
+            self.cores.1,
+            port_backend(self.lan.0, 0),
+            self.lan.1,
+            port_backend(self.wan.0, 1),
+            self.wan.1,
+            self.private_key,
+            self.peer_public_key,
+            self.endpoint,
+            self.allowed,
+            self.mgmt.1,
+            self.extra
+        )
+    }
+}

@@ -11,7 +11,7 @@ use std::io::Read as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dwcp_tests::netns::{Lab, is_root};
+use dwcp_tests::netns::{GatewayConfig, Lab, is_root};
 
 use dwcp_provisioning::cli::demo::{RECEIVER, SENDER};
 
@@ -148,40 +148,29 @@ fn tunnel(dpdk: bool) {
 
     let key_a = dwcp_provisioning::types::PrivateKey::generate().unwrap();
     let key_b = dwcp_provisioning::types::PrivateKey::generate().unwrap();
-    let psk = "xGuz/w55aVHb8h0O4fuTN0Xru1Klr2WND/zg0JnI3lw=";
-    // af_packet: our own TPACKET_V3 backend; dpdk: DPDK's af_packet PMD on the same veths.
-    let port_backend = |ifname: &str, n: u8| {
-        if dpdk {
-            format!("backend = \"dpdk\"\nvdev = \"net_af_packet{n},iface={ifname}\"")
-        } else {
-            format!("backend = \"af_packet\"\ninterface = \"{ifname}\"")
-        }
-    };
     let config = |name: &str,
-                  mgmt_if: &str,
-                  mgmt: &str,
-                  (lan_if, lan): (&str, &str),
-                  (wan_if, wan): (&str, &str),
+                  mgmt: (&str, &str),
+                  lan: (&str, &str),
+                  wan: (&str, &str),
                   key: &dwcp_provisioning::types::PrivateKey,
                   peer: &dwcp_provisioning::types::PrivateKey,
                   endpoint: &str,
                   allowed: &str,
                   cores: (u16, u16)| {
-        format!(
-            "name = \"{name}\"\n[management]\ninterface = \"{mgmt_if}\"\naddress = \"{mgmt}/24\"\n\
-             [cores]\nhousekeeping = [{}]\ndataplane = [{}]\n[hugepages]\ncount = 0\n\
-             [[ports]]\nname = \"lan0\"\nrole = \"lan\"\n{}\naddress = \"{lan}\"\n\
-             [[ports]]\nname = \"wan0\"\nrole = \"wan\"\n{}\naddress = \"{wan}\"\n\
-             [tunnel]\nlisten_port = 51900\nprivate_key = \"{}\"\n\
-             [[tunnel.peers]]\nname = \"peer\"\npublic_key = \"{}\"\npreshared_key = \"{psk}\"\nendpoint = \"{endpoint}\"\n\
-             allowed_prefixes = [\"{allowed}\"]\n[metrics]\nlisten = \"{mgmt}:9100\"\n",
-            cores.0,
-            cores.1,
-            port_backend(lan_if, 0),
-            port_backend(wan_if, 1),
-            key.expose_base64(),
-            peer.public_key()
-        )
+        GatewayConfig {
+            name,
+            mgmt,
+            lan,
+            wan,
+            private_key: key.expose_base64(),
+            peer_public_key: peer.public_key().to_string(),
+            endpoint,
+            allowed,
+            cores,
+            dpdk,
+            extra: "",
+        }
+        .text()
     };
     let cfg_a = dir.path().join("a.toml");
     let cfg_b = dir.path().join("b.toml");
@@ -189,8 +178,7 @@ fn tunnel(dpdk: bool) {
         &cfg_a,
         config(
             "gw-a",
-            &ga_mgmt,
-            "192.0.2.10",
+            (&ga_mgmt, "192.0.2.10"),
             (&ga_lan, "10.1.0.1/24"),
             (&ga_wan, "198.51.100.1/30"),
             &key_a,
@@ -205,8 +193,7 @@ fn tunnel(dpdk: bool) {
         &cfg_b,
         config(
             "gw-b",
-            &gb_mgmt,
-            "192.0.3.10",
+            (&gb_mgmt, "192.0.3.10"),
             (&gb_lan, "10.2.0.1/24"),
             (&gb_wan, "198.51.100.2/30"),
             &key_b,

@@ -1,0 +1,272 @@
+//! The image's data-plane binary on the GPU path with real traffic, on machines without a GPU:
+//! two gateways with `offload.gpu = "on"` load the simulated CUDA driver (`DWCP_LIBCUDA`,
+//! `dwcp_kernels::sim`, decision 0013), so NVRTC compiles the kernels in the data plane and
+//! every seal, open, compress and decompress batch goes through the gathering thread and the
+//! CUDA engine to the real kernels run on the CPU; ping and a TCP transfer cross the tunnel
+//! intact. Then the simulated GPU hangs in a kernel: the watchdog stops the data plane with
+//! exit code 7 and says why, and started again as init does (`DWCP_GPU_DISABLED`), it carries
+//! the traffic on the CPU engine.
+
+// Integration tests are their own crate: the lint is for tests inside library code.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::io::Read as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use dwcp_provisioning::cli::demo::{MARKER, RECEIVER, SENDER};
+use dwcp_tests::netns::{GatewayConfig, Lab, is_root};
+
+fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+            return l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` not in {} within {timeout:?}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of the first metric line that starts with `name`.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in metrics:\n{text}"))
+}
+
+/// Pings host B from host A `count` times: whether none was lost, and ping's report.
+fn ping(lab: &Lab, ha: &str, count: &str) -> (bool, String) {
+    let out = lab
+        .command(ha, "ping")
+        .args(["-c", count, "-i", "0.2", "-W", "3", "10.2.0.2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.success() && text.contains(" 0% packet loss"),
+        text,
+    )
+}
+
+#[test]
+fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_cpu() {
+    assert!(
+        is_root(),
+        "the netns tier needs root (network namespaces, veth, AF_PACKET): run scripts/test.sh as root"
+    );
+    let dataplane = dwcp_tests::binaries().1;
+    let dp = dataplane.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dwcp_kernels::sim::build(&dir.path().join("sim")).unwrap_or_else(|e| panic!("{e}"));
+    let libcuda = format!("DWCP_LIBCUDA={}", sim.display());
+    let mut lab = Lab::new("g");
+    let (ha, ga, gb, hb) = (
+        lab.netns("hA"),
+        lab.netns("gA"),
+        lab.netns("gB"),
+        lab.netns("hB"),
+    );
+    let n = |s: &str| lab.name(s);
+    let (ha_eth, ga_lan, ga_wan, gb_wan, gb_lan, hb_eth) =
+        (n("ha0"), n("gal"), n("gaw"), n("gbw"), n("gbl"), n("hb0"));
+    let (ga_mgmt, ga_mgmt2, gb_mgmt, gb_mgmt2) = (n("gam"), n("gam2"), n("gbm"), n("gbm2"));
+    lab.veth(&ha, &ha_eth, &ga, &ga_lan);
+    lab.veth(&ga, &ga_wan, &gb, &gb_wan);
+    lab.veth(&gb, &gb_lan, &hb, &hb_eth);
+    // Each gateway's management port is a veth looped within its namespace: the test scrapes
+    // the metrics from there.
+    lab.veth(&ga, &ga_mgmt, &ga, &ga_mgmt2);
+    lab.veth(&gb, &gb_mgmt, &gb, &gb_mgmt2);
+    lab.exec(
+        &ga,
+        "ip",
+        &["addr", "add", "192.0.2.10/24", "dev", &ga_mgmt],
+    );
+    lab.exec(
+        &gb,
+        "ip",
+        &["addr", "add", "192.0.3.10/24", "dev", &gb_mgmt],
+    );
+    lab.exec(&ha, "ip", &["addr", "add", "10.1.0.2/24", "dev", &ha_eth]);
+    lab.exec(&ha, "ip", &["route", "add", "default", "via", "10.1.0.1"]);
+    lab.exec(&hb, "ip", &["addr", "add", "10.2.0.2/24", "dev", &hb_eth]);
+    lab.exec(&hb, "ip", &["route", "add", "default", "via", "10.2.0.1"]);
+
+    let key_a = dwcp_provisioning::types::PrivateKey::generate().unwrap();
+    let key_b = dwcp_provisioning::types::PrivateKey::generate().unwrap();
+    let gpu_on = "[offload]\ngpu = \"on\"\n";
+    let cfg_a = dir.path().join("a.toml");
+    let cfg_b = dir.path().join("b.toml");
+    let config = GatewayConfig {
+        name: "gw-a",
+        mgmt: (&ga_mgmt, "192.0.2.10"),
+        lan: (&ga_lan, "10.1.0.1/24"),
+        wan: (&ga_wan, "198.51.100.1/30"),
+        private_key: key_a.expose_base64(),
+        peer_public_key: key_b.public_key().to_string(),
+        endpoint: "198.51.100.2:51900",
+        allowed: "10.2.0.0/16",
+        cores: (0, 1),
+        dpdk: false,
+        extra: gpu_on,
+    };
+    std::fs::write(&cfg_a, config.text()).unwrap();
+    let config = GatewayConfig {
+        name: "gw-b",
+        mgmt: (&gb_mgmt, "192.0.3.10"),
+        lan: (&gb_lan, "10.2.0.1/24"),
+        wan: (&gb_wan, "198.51.100.2/30"),
+        private_key: key_b.expose_base64(),
+        peer_public_key: key_a.public_key().to_string(),
+        endpoint: "198.51.100.1:51900",
+        allowed: "10.1.0.0/16",
+        cores: (1, 0),
+        ..config
+    };
+    std::fs::write(&cfg_b, config.text()).unwrap();
+    let (cfg_a, cfg_b) = (cfg_a.to_str().unwrap(), cfg_b.to_str().unwrap());
+    let log_a = dir.path().join("gw-a.log");
+    let log_b = dir.path().join("gw-b.log");
+    let gw_a = lab.spawn(&ga, "env", &[&libcuda, dp, "--config", cfg_a], &log_a);
+    lab.spawn(&gb, "env", &[&libcuda, dp, "--config", cfg_b], &log_b);
+    for log in [&log_a, &log_b] {
+        let line = wait_for_line(log, "offload engine", Duration::from_secs(60));
+        assert!(
+            line.contains("offload engine gpu") && line.contains(dwcp_kernels::sim::DEVICE_NAME),
+            "the GPU engine on the simulated device: {line}"
+        );
+        wait_for_line(log, "dwcp-dataplane: ready", Duration::from_secs(60));
+    }
+
+    let (ok, text) = ping(&lab, &ha, "5");
+    assert!(
+        ok,
+        "ping over the simulated GPU failed:\n{text}\n{}",
+        std::fs::read_to_string(&log_a).unwrap_or_default()
+    );
+
+    // 2 MiB of log-like text (compressible: LZ4 runs on the GPU path too), checked by SHA-256.
+    let py = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (receiver, sender) = (py("rx.py", RECEIVER), py("tx.py", SENDER));
+    let rx_log = dir.path().join("rx.log");
+    let rx = lab.spawn(&hb, "python3", &[&receiver, "10.2.0.2", "5001"], &rx_log);
+    wait_for_line(&rx_log, "listening", Duration::from_secs(10));
+    let sent = lab
+        .command(&ha, "python3")
+        .args([&sender, "10.2.0.2", "5001", "2", MARKER, "text"])
+        .output()
+        .unwrap();
+    let sent_out = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
+    assert!(
+        sent.status.success(),
+        "sender failed: {sent_out}\n{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let _ = lab.child(rx).wait();
+    let mut received = String::new();
+    std::fs::File::open(&rx_log)
+        .unwrap()
+        .read_to_string(&mut received)
+        .unwrap();
+    let received = received.lines().last().unwrap_or_default().to_owned();
+    let s: Vec<&str> = sent_out.split(' ').collect();
+    let r: Vec<&str> = received.split(' ').collect();
+    assert_eq!(
+        (s[0], s[1]),
+        (r[0], r[1]),
+        "bytes and SHA-256: sent {sent_out}, received {received}"
+    );
+    eprintln!("TCP over the simulated GPU: {sent_out}");
+
+    // Every batch went to the GPU path, none fell back, and LZ4 ran there.
+    let m = {
+        let out = lab
+            .command(&ga, "curl")
+            .args(["-s", "-m", "3", "http://192.0.2.10:9100/metrics"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gateway A's metrics did not answer");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let batches = |op: &str, engine: &str| {
+        metric(
+            &m,
+            &format!("dwcp_offload_batches_total{{node=\"gw-a\",op=\"{op}\",engine=\"{engine}\"}}"),
+        )
+    };
+    for op in ["seal", "open", "compress"] {
+        assert!(batches(op, "gpu") > 0, "{op} on the GPU path:\n{m}");
+        assert_eq!(batches(op, "cpu"), 0, "{op} on the CPU:\n{m}");
+    }
+    assert_eq!(
+        metric(&m, "dwcp_offload_fallback_packets_total{node=\"gw-a\"}"),
+        0
+    );
+    assert!(metric(&m, "dwcp_compressed_packets_total{node=\"gw-a\"}") > 100);
+
+    // Gateway A again, its simulated GPU hanging for a minute in its fourth launch.
+    lab.child(gw_a).kill().unwrap();
+    let _ = lab.child(gw_a).wait();
+    let log_hang = dir.path().join("gw-a-hang.log");
+    let hung = lab.spawn(
+        &ga,
+        "env",
+        &[
+            &libcuda,
+            "DWCP_SIM_INJECT=hang:4:60000",
+            dp,
+            "--config",
+            cfg_a,
+        ],
+        &log_hang,
+    );
+    wait_for_line(&log_hang, "dwcp-dataplane: ready", Duration::from_secs(60));
+    let t0 = Instant::now();
+    // Traffic until the watchdog acts (the pings themselves may be lost).
+    while lab.child(hung).try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the data plane did not leave a hung GPU:\n{}",
+            std::fs::read_to_string(&log_hang).unwrap_or_default()
+        );
+        let _ = ping(&lab, &ha, "1");
+    }
+    let status = lab.child(hung).wait().unwrap();
+    let said = std::fs::read_to_string(&log_hang).unwrap_or_default();
+    assert_eq!(status.code(), Some(7), "exit code for a hung GPU:\n{said}");
+    assert!(
+        said.contains("the GPU hung: one batch has been in the driver for"),
+        "{said}"
+    );
+    eprintln!("hung GPU left after {:.1} s", t0.elapsed().as_secs_f64());
+
+    // Started again as init does after code 7: the CPU engine, saying why, and traffic flows.
+    let log_cpu = dir.path().join("gw-a-cpu.log");
+    let why = "DWCP_GPU_DISABLED=the GPU hung: one batch has been in the driver for 5.0 s";
+    lab.spawn(
+        &ga,
+        "env",
+        &[&libcuda, why, dp, "--config", cfg_a],
+        &log_cpu,
+    );
+    let line = wait_for_line(&log_cpu, "offload engine", Duration::from_secs(60));
+    assert!(
+        line.contains("offload engine cpu") && line.contains("disabled until the next boot"),
+        "{line}"
+    );
+    wait_for_line(&log_cpu, "dwcp-dataplane: ready", Duration::from_secs(60));
+    let (ok, text) = ping(&lab, &ha, "5");
+    assert!(ok, "ping on the CPU engine after the hang failed:\n{text}");
+}
