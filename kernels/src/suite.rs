@@ -587,6 +587,45 @@ fn counted(f: impl FnOnce()) -> u64 {
     crate::alloc_count::allocations_anywhere(f).1
 }
 
+/// The suite through the gathering thread: `workers` threads, each with its own dispatcher
+/// (`offload.gpu = on`, batch deadline `deadline`) over one gathering thread in front of `gpu`,
+/// each sealing and opening `packets` random packets and round-tripping `packets / 5` through
+/// LZ4, `batch` at a time, with no accelerator error, time-out or CPU fallback. Returns the
+/// gathering thread's counters.
+pub fn gathered_workers(
+    gpu: Box<dyn crate::dispatch::Accelerator>,
+    workers: usize,
+    gather: crate::gather::GatherSettings,
+    deadline: std::time::Duration,
+    packets: usize,
+    batch: usize,
+) -> crate::gather::GatherStats {
+    use crate::dispatch::{Dispatcher, Mode, Settings};
+    let (g, clients) =
+        crate::gather::Gatherer::start(gpu, workers, gather).expect("gathering thread");
+    std::thread::scope(|scope| {
+        for (w, c) in clients.into_iter().enumerate() {
+            scope.spawn(move || {
+                let mut d = Dispatcher::new(
+                    Some(Box::new(c)),
+                    Settings {
+                        mode: Mode::On,
+                        deadline,
+                        ..Settings::default()
+                    },
+                );
+                let seed = 100 + w as u64;
+                gcm_random(&mut d, packets, batch, seed);
+                lz4_round_trips(&mut d, packets / 5, batch, seed);
+                let st = d.offload_stats().expect("a dispatcher");
+                assert_eq!(st.gpu_errors + st.gpu_timeouts, 0, "{:?}", st.last_error);
+                assert_eq!(st.fallback_jobs, 0, "worker {w}: jobs fell back to the CPU");
+            });
+        }
+    });
+    g.stats()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

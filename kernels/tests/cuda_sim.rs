@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dwcp_kernels::cpu::CpuEngine;
 use dwcp_kernels::cuda::{Capacity, CudaEngine, CudaError};
 use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
-use dwcp_kernels::gather::{GatherSettings, Gatherer};
+use dwcp_kernels::gather::GatherSettings;
 use dwcp_kernels::suite::{self, Rng};
 use dwcp_kernels::{AeadKey, Engine, SealJob, TAG_LEN};
 use sim_driver::{Fault, engine, sim};
@@ -247,7 +247,7 @@ fn sim_dispatcher_finishes_a_failed_batch_on_the_cpu() {
 #[test]
 fn sim_batches_gathered_from_four_workers_are_right() {
     let _one = sim().serial();
-    let (g, clients) = Gatherer::start(
+    let st = suite::gathered_workers(
         Box::new(engine(Capacity::for_batch(1024, 9216))),
         4,
         GatherSettings {
@@ -255,29 +255,10 @@ fn sim_batches_gathered_from_four_workers_are_right() {
             max_delay: Duration::from_millis(2),
             ..GatherSettings::default()
         },
-    )
-    .expect("gathering thread");
-    std::thread::scope(|scope| {
-        for (w, c) in clients.into_iter().enumerate() {
-            scope.spawn(move || {
-                let mut d = Dispatcher::new(
-                    Some(Box::new(c)),
-                    Settings {
-                        mode: Mode::On,
-                        deadline: Duration::from_secs(30),
-                        ..Settings::default()
-                    },
-                );
-                let seed = 100 + w as u64;
-                suite::gcm_random(&mut d, 200, 40, seed);
-                suite::lz4_round_trips(&mut d, 80, 40, seed);
-                let st = d.offload_stats().expect("a dispatcher");
-                assert_eq!(st.gpu_errors + st.gpu_timeouts, 0, "{:?}", st.last_error);
-                assert_eq!(st.fallback_jobs, 0);
-            });
-        }
-    });
-    let st = g.stats();
+        Duration::from_secs(30),
+        200,
+        40,
+    );
     assert!(st.most_workers >= 2, "{st:?}");
 }
 

@@ -70,38 +70,18 @@ fn gpu_lz4_round_trips_with_lz4_flex_both_ways() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
 fn gpu_batches_gathered_from_four_workers_are_right() {
-    use dwcp_kernels::Engine;
-    use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
-    use dwcp_kernels::gather::{GatherSettings, Gatherer};
-    let (g, clients) = Gatherer::start(
+    let st = suite::gathered_workers(
         Box::new(engine()),
         4,
-        GatherSettings {
+        dwcp_kernels::gather::GatherSettings {
             max_batch: 1024,
             max_delay: std::time::Duration::from_micros(200),
-            ..GatherSettings::default()
+            ..dwcp_kernels::gather::GatherSettings::default()
         },
-    )
-    .expect("gathering thread");
-    std::thread::scope(|scope| {
-        for (w, c) in clients.into_iter().enumerate() {
-            scope.spawn(move || {
-                let mut d = Dispatcher::new(
-                    Some(Box::new(c)),
-                    Settings {
-                        mode: Mode::On,
-                        ..Settings::default()
-                    },
-                );
-                let seed = 100 + w as u64;
-                suite::gcm_random(&mut d, 5_000, 64, seed);
-                suite::lz4_round_trips(&mut d, 1_000, 64, seed);
-                let st = d.offload_stats().expect("a dispatcher");
-                assert_eq!(st.gpu_errors + st.gpu_timeouts, 0, "{:?}", st.last_error);
-            });
-        }
-    });
-    let st = g.stats();
+        dwcp_kernels::dispatch::Settings::default().deadline,
+        5_000,
+        64,
+    );
     eprintln!("gathered: {st:?}");
     assert!(st.most_workers >= 2, "{st:?}");
 }

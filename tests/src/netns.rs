@@ -1,8 +1,10 @@
 //! Network namespaces for traffic tests: created with `ip netns` and veth pairs, removed
 //! (with every process started in them) when the [`Lab`] is dropped, also on panic.
 
+use std::io::Read as _;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs a command, failing loudly with its output when it fails.
 pub fn run(program: &str, args: &[&str]) -> Output {
@@ -214,4 +216,81 @@ impl GatewayConfig<'_> {
             self.extra
         )
     }
+}
+
+/// Waits until a line of `log` contains `needle` and returns it; fails with the log's text
+/// after `timeout`.
+pub fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+            return l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` not in {} within {timeout:?}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of the first sample in Prometheus `text` whose line starts with `name`.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in metrics:\n{text}"))
+}
+
+/// Sends `mib` MiB of `kind` (`random` or `text`, with the demo's plaintext marker every
+/// 4 KiB) over TCP from namespace `from` to 10.2.0.2:5001 in namespace `to`, with the demo's
+/// sender and receiver (scripts written into `dir`), and requires the same byte count and
+/// SHA-256 at both ends. Returns the sender's report: bytes, SHA-256, seconds.
+pub fn checked_transfer(
+    lab: &mut Lab,
+    dir: &Path,
+    (from, to): (&str, &str),
+    mib: u32,
+    kind: &str,
+) -> Vec<String> {
+    use dwcp_provisioning::cli::demo::{MARKER, RECEIVER, SENDER};
+    let (receiver, sender) = (dir.join("rx.py"), dir.join("tx.py"));
+    std::fs::write(&receiver, RECEIVER).expect("receiver script");
+    std::fs::write(&sender, SENDER).expect("sender script");
+    let rx_log = dir.join("rx.log");
+    let rx = lab.spawn(
+        to,
+        "python3",
+        &[receiver.to_str().unwrap_or_default(), "10.2.0.2", "5001"],
+        &rx_log,
+    );
+    wait_for_line(&rx_log, "listening", Duration::from_secs(10));
+    let sent = lab
+        .command(from, "python3")
+        .arg(&sender)
+        .args(["10.2.0.2", "5001", &mib.to_string(), MARKER, kind])
+        .output()
+        .expect("run the sender");
+    let sent_out = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
+    assert!(
+        sent.status.success(),
+        "sender failed: {sent_out}\n{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let _ = lab.child(rx).wait();
+    let mut received = String::new();
+    std::fs::File::open(&rx_log)
+        .and_then(|mut f| f.read_to_string(&mut received))
+        .expect("receiver log");
+    let received = received.lines().last().unwrap_or_default().to_owned();
+    let s: Vec<String> = sent_out.split(' ').map(str::to_owned).collect();
+    let r: Vec<&str> = received.split(' ').collect();
+    assert!(
+        s.len() == 3 && r.len() >= 2 && s[0] == r[0] && s[1] == r[1],
+        "bytes and SHA-256 differ: sent {sent_out}, received {received}"
+    );
+    s
 }

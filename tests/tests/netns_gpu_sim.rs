@@ -10,37 +10,9 @@
 // Integration tests are their own crate: the lint is for tests inside library code.
 #![allow(clippy::tests_outside_test_module)]
 
-use std::io::Read as _;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dwcp_provisioning::cli::demo::{MARKER, RECEIVER, SENDER};
-use dwcp_tests::netns::{GatewayConfig, Lab, is_root};
-
-fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
-            return l.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{needle}` not in {} within {timeout:?}:\n{text}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The value of the first metric line that starts with `name`.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in metrics:\n{text}"))
-}
+use dwcp_tests::netns::{GatewayConfig, Lab, checked_transfer, is_root, metric, wait_for_line};
 
 /// Pings host B from host A `count` times: whether none was lost, and ping's report.
 fn ping(lab: &Lab, ha: &str, count: &str) -> (bool, String) {
@@ -154,41 +126,8 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     );
 
     // 2 MiB of log-like text (compressible: LZ4 runs on the GPU path too), checked by SHA-256.
-    let py = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_owned()
-    };
-    let (receiver, sender) = (py("rx.py", RECEIVER), py("tx.py", SENDER));
-    let rx_log = dir.path().join("rx.log");
-    let rx = lab.spawn(&hb, "python3", &[&receiver, "10.2.0.2", "5001"], &rx_log);
-    wait_for_line(&rx_log, "listening", Duration::from_secs(10));
-    let sent = lab
-        .command(&ha, "python3")
-        .args([&sender, "10.2.0.2", "5001", "2", MARKER, "text"])
-        .output()
-        .unwrap();
-    let sent_out = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
-    assert!(
-        sent.status.success(),
-        "sender failed: {sent_out}\n{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let _ = lab.child(rx).wait();
-    let mut received = String::new();
-    std::fs::File::open(&rx_log)
-        .unwrap()
-        .read_to_string(&mut received)
-        .unwrap();
-    let received = received.lines().last().unwrap_or_default().to_owned();
-    let s: Vec<&str> = sent_out.split(' ').collect();
-    let r: Vec<&str> = received.split(' ').collect();
-    assert_eq!(
-        (s[0], s[1]),
-        (r[0], r[1]),
-        "bytes and SHA-256: sent {sent_out}, received {received}"
-    );
-    eprintln!("TCP over the simulated GPU: {sent_out}");
+    let sent = checked_transfer(&mut lab, dir.path(), (&ha, &hb), 2, "text");
+    eprintln!("TCP over the simulated GPU: {}", sent.join(" "));
 
     // Every batch went to the GPU path, none fell back, and LZ4 ran there.
     let m = {

@@ -7,13 +7,11 @@
 // Integration tests are their own crate: the lint is for tests inside library code.
 #![allow(clippy::tests_outside_test_module)]
 
-use std::io::Read as _;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dwcp_tests::netns::{GatewayConfig, Lab, is_root};
+use dwcp_tests::netns::{GatewayConfig, Lab, checked_transfer, is_root, metric, wait_for_line};
 
-use dwcp_provisioning::cli::demo::{RECEIVER, SENDER};
+use dwcp_provisioning::cli::demo::MARKER;
 
 /// Captures frames on an interface until a stop file appears; reports whether the marker
 /// was seen and saves A→B DWCP data frames (hex, one per line) for injection.
@@ -61,30 +59,6 @@ for f in frames[:10]:
     n += 1
 print(n, flush=True)
 "#;
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in metrics:\n{text}"))
-}
-
-fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
-            return l.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{needle}` not in {} within {timeout:?}:\n{text}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The two transfers take both cores of a CI machine: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -214,18 +188,13 @@ fn tunnel(dpdk: bool) {
 
     // Capture the WAN link from the start, where gateway B receives it (gateway A's own
     // packet socket bypasses the qdisc and, with it, the capture taps on A's side).
-    let marker = "DWCP-PLAINTEXT-MARKER-7f3a";
+    let marker = MARKER;
     let py = |name: &str, text: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         p.to_str().unwrap().to_owned()
     };
-    let (receiver, sender, capture, inject) = (
-        py("rx.py", RECEIVER),
-        py("tx.py", SENDER),
-        py("cap.py", CAPTURE),
-        py("inj.py", INJECT),
-    );
+    let (capture, inject) = (py("cap.py", CAPTURE), py("inj.py", INJECT));
     let stop = dir.path().join("stop-capture");
     let frames = dir.path().join("frames.hex");
     let cap_log = dir.path().join("capture.log");
@@ -257,35 +226,8 @@ fn tunnel(dpdk: bool) {
     );
 
     // 100 MB over TCP, checked end to end by SHA-256.
-    let rx_log = dir.path().join("rx.log");
-    let rx = lab.spawn(&hb, "python3", &[&receiver, "10.2.0.2", "5001"], &rx_log);
-    wait_for_line(&rx_log, "listening", Duration::from_secs(10));
     let started = Instant::now();
-    let sent = lab
-        .command(&ha, "python3")
-        .args([&sender, "10.2.0.2", "5001", "100", marker])
-        .output()
-        .unwrap();
-    let sent_out = String::from_utf8_lossy(&sent.stdout).trim().to_owned();
-    assert!(
-        sent.status.success(),
-        "sender failed: {sent_out}\n{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let _ = lab.child(rx).wait();
-    let mut received = String::new();
-    std::fs::File::open(&rx_log)
-        .unwrap()
-        .read_to_string(&mut received)
-        .unwrap();
-    let received = received.lines().last().unwrap_or_default().to_owned();
-    let (s, r): (Vec<&str>, Vec<&str>) =
-        (sent_out.split(' ').collect(), received.split(' ').collect());
-    assert_eq!(s[0], r[0], "bytes sent vs received");
-    assert_eq!(
-        s[1], r[1],
-        "SHA-256 differs: sent {sent_out}, received {received}"
-    );
+    let s = checked_transfer(&mut lab, dir.path(), (&ha, &hb), 100, "random");
     let secs: f64 = s[2].parse().unwrap();
     eprintln!(
         "TCP: {} bytes in {secs:.2}s = {:.1} MB/s through the tunnel (wall {:.1}s), sha256 {}",
