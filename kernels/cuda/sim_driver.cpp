@@ -9,7 +9,8 @@
 //     events), so a host that reads results before waiting, or rewrites staging memory that a
 //     queued copy still has to read, gets wrong bytes;
 //   - copies and kernel pointer arguments must lie inside memory from cuMemAlloc, and every
-//     device allocation ends at a guard page, so a kernel running past a buffer faults;
+//     device allocation ends at a guard page, so a kernel running past a buffer faults; work
+//     goes on streams the engine created (not the legacy default stream);
 //   - a barrier or shuffle that not every thread of its warp or block reaches is a deadlock,
 //     reported as a launch failure;
 //   - the PTX a module is loaded from must come from NVRTC and hold the kernel asked for.
@@ -568,6 +569,7 @@ CUresult cuStreamDestroy_v2(CUstream s) {
 CUresult cuStreamQuery(CUstream s) {
     if (!current_ctx) return INVALID_CONTEXT;
     std::lock_guard<std::mutex> g(sim::lock);
+    if (!streams.count((Stream*)s)) return INVALID_HANDLE;
     return advance((Stream*)s);
 }
 
@@ -577,6 +579,7 @@ CUresult cuStreamSynchronize(CUstream s) {
         Clock::time_point until;
         {
             std::lock_guard<std::mutex> g(sim::lock);
+            if (!streams.count((Stream*)s)) return INVALID_HANDLE;
             int r = advance((Stream*)s);
             if (r != NOT_READY) return r;
             until = ((Stream*)s)->busy_until;
@@ -647,6 +650,10 @@ CUresult cuMemFreeHost(void* p) {
 static CUresult copy(Op::Kind kind, void* host, CUdeviceptr dev, size_t n, CUstream s) {
     if (!current_ctx) return INVALID_CONTEXT;
     std::lock_guard<std::mutex> g(sim::lock);
+    if (!streams.count((Stream*)s)) {
+        complain("copy on the default stream or an unknown one: the engine uses its own streams");
+        return INVALID_HANDLE;
+    }
     if (!in_device(dev, n)) {
         fprintf(stderr, "dwcp-sim-cuda: copy of %zu bytes at device %#llx: outside every device "
                 "allocation\n", n, dev);
@@ -684,6 +691,7 @@ CUresult cuEventDestroy_v2(CUevent e) {
 
 CUresult cuEventRecord(CUevent e, CUstream s) {
     std::lock_guard<std::mutex> g(sim::lock);
+    if (!streams.count((Stream*)s)) return INVALID_HANDLE;
     auto* ev = (Event*)e;
     ev->recorded = false;
     ev->stream = s;
@@ -765,6 +773,10 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
         return INVALID_VALUE;
     }
     std::lock_guard<std::mutex> g(sim::lock);
+    if (!streams.count((Stream*)s)) {
+        complain("launch on the default stream or an unknown one: the engine uses its own streams");
+        return INVALID_HANDLE;
+    }
     Op op;
     op.kind = Op::LAUNCH;
     op.k = k;

@@ -307,3 +307,39 @@ fn sim_bench_offload_reports_every_cell_and_the_kernels() {
     assert_eq!(j.matches("\"registers\":").count(), 5, "{j}");
     assert_eq!(j.matches("\"e2e_over_copy\":").count(), 4, "{j}");
 }
+
+/// The stand-in's own strictness, which the other tests rely on: a copy that runs past a
+/// device allocation or onto the default stream is refused, and one from ordinary (unpinned)
+/// host memory is counted.
+#[test]
+fn sim_refuses_copies_past_device_memory_and_counts_unpinned_ones() {
+    use cudarc::driver::result;
+    use cudarc::driver::sys::CUresult;
+    let _one = sim().serial();
+    let _bound = engine(Capacity::for_batch(16, 64));
+    let before = sim().stats();
+    let host = vec![7u8; 512];
+    // SAFETY: raw driver calls on the stand-in with the context the engine bound to this
+    // thread; the device buffer and stream are freed below, after the stream is synchronised.
+    unsafe {
+        let dev = result::malloc_sync(256).expect("device memory");
+        let stream =
+            result::stream::create(result::stream::StreamKind::NonBlocking).expect("a stream");
+        let past = result::memcpy_htod_async(dev, &host[..], stream).expect_err("512 into 256");
+        assert_eq!(past.0, CUresult::CUDA_ERROR_INVALID_VALUE);
+        let default = result::memcpy_htod_async(dev, &host[..256], result::stream::null())
+            .expect_err("the default stream");
+        assert_eq!(default.0, CUresult::CUDA_ERROR_INVALID_HANDLE);
+        result::memcpy_htod_async(dev, &host[..256], stream).expect("a copy that fits");
+        result::stream::synchronize(stream).expect("synchronise");
+        result::stream::destroy(stream).expect("destroy the stream");
+        result::free_sync(dev).expect("free");
+    }
+    let after = sim().stats();
+    assert_eq!(
+        after.copies,
+        before.copies + 1,
+        "only the copy that fits ran"
+    );
+    assert_eq!(after.unpinned_copies, before.unpinned_copies + 1);
+}

@@ -140,6 +140,54 @@ impl Lab {
     }
 }
 
+/// Two sites in a [`Lab`]: host A (10.1.0.2/24) — gateway A — WAN — gateway B — host B
+/// (10.2.0.2/24), the hosts routing through 10.1.0.1 and 10.2.0.1 (the gateways' LAN
+/// addresses, which their data planes own).
+pub struct Sites {
+    /// Host A's namespace.
+    pub ha: String,
+    /// Gateway A's namespace.
+    pub ga: String,
+    /// Gateway B's namespace.
+    pub gb: String,
+    /// Host B's namespace.
+    pub hb: String,
+    /// Gateway A's LAN and WAN interfaces.
+    pub ga_ports: (String, String),
+    /// Gateway B's LAN and WAN interfaces.
+    pub gb_ports: (String, String),
+}
+
+impl Lab {
+    /// Creates the namespaces, links and host addresses of [`Sites`].
+    pub fn two_sites(&mut self) -> Sites {
+        let (ha, ga, gb, hb) = (
+            self.netns("hA"),
+            self.netns("gA"),
+            self.netns("gB"),
+            self.netns("hB"),
+        );
+        let n = |s: &str| self.name(s);
+        let (ha_eth, ga_lan, ga_wan, gb_wan, gb_lan, hb_eth) =
+            (n("ha0"), n("gal"), n("gaw"), n("gbw"), n("gbl"), n("hb0"));
+        self.veth(&ha, &ha_eth, &ga, &ga_lan);
+        self.veth(&ga, &ga_wan, &gb, &gb_wan);
+        self.veth(&gb, &gb_lan, &hb, &hb_eth);
+        self.exec(&ha, "ip", &["addr", "add", "10.1.0.2/24", "dev", &ha_eth]);
+        self.exec(&ha, "ip", &["route", "add", "default", "via", "10.1.0.1"]);
+        self.exec(&hb, "ip", &["addr", "add", "10.2.0.2/24", "dev", &hb_eth]);
+        self.exec(&hb, "ip", &["route", "add", "default", "via", "10.2.0.1"]);
+        Sites {
+            ha,
+            ga,
+            gb,
+            hb,
+            ga_ports: (ga_lan, ga_wan),
+            gb_ports: (gb_lan, gb_wan),
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for c in &mut self.children {

@@ -12,7 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use dwcp_tests::netns::{GatewayConfig, Lab, checked_transfer, is_root, metric, wait_for_line};
+use dwcp_tests::netns::{
+    GatewayConfig, Lab, Sites, checked_transfer, is_root, metric, wait_for_line,
+};
 
 /// Pings host B from host A `count` times: whether none was lost, and ping's report.
 fn ping(lab: &Lab, ha: &str, count: &str) -> (bool, String) {
@@ -40,19 +42,16 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     let sim = dwcp_kernels::sim::build(&dir.path().join("sim")).unwrap_or_else(|e| panic!("{e}"));
     let libcuda = format!("DWCP_LIBCUDA={}", sim.display());
     let mut lab = Lab::new("g");
-    let (ha, ga, gb, hb) = (
-        lab.netns("hA"),
-        lab.netns("gA"),
-        lab.netns("gB"),
-        lab.netns("hB"),
-    );
+    let Sites {
+        ha,
+        ga,
+        gb,
+        hb,
+        ga_ports: (ga_lan, ga_wan),
+        gb_ports: (gb_lan, gb_wan),
+    } = lab.two_sites();
     let n = |s: &str| lab.name(s);
-    let (ha_eth, ga_lan, ga_wan, gb_wan, gb_lan, hb_eth) =
-        (n("ha0"), n("gal"), n("gaw"), n("gbw"), n("gbl"), n("hb0"));
     let (ga_mgmt, ga_mgmt2, gb_mgmt, gb_mgmt2) = (n("gam"), n("gam2"), n("gbm"), n("gbm2"));
-    lab.veth(&ha, &ha_eth, &ga, &ga_lan);
-    lab.veth(&ga, &ga_wan, &gb, &gb_wan);
-    lab.veth(&gb, &gb_lan, &hb, &hb_eth);
     // Each gateway's management port is a veth looped within its namespace: the test scrapes
     // the metrics from there.
     lab.veth(&ga, &ga_mgmt, &ga, &ga_mgmt2);
@@ -67,10 +66,6 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         "ip",
         &["addr", "add", "192.0.3.10/24", "dev", &gb_mgmt],
     );
-    lab.exec(&ha, "ip", &["addr", "add", "10.1.0.2/24", "dev", &ha_eth]);
-    lab.exec(&ha, "ip", &["route", "add", "default", "via", "10.1.0.1"]);
-    lab.exec(&hb, "ip", &["addr", "add", "10.2.0.2/24", "dev", &hb_eth]);
-    lab.exec(&hb, "ip", &["route", "add", "default", "via", "10.2.0.1"]);
 
     let key_a = dwcp_provisioning::types::PrivateKey::generate().unwrap();
     let key_b = dwcp_provisioning::types::PrivateKey::generate().unwrap();

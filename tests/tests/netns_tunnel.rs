@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use dwcp_tests::netns::{GatewayConfig, Lab, checked_transfer, is_root, metric, wait_for_line};
+use dwcp_tests::netns::{
+    GatewayConfig, Lab, Sites, checked_transfer, is_root, metric, wait_for_line,
+};
 
 use dwcp_provisioning::cli::demo::MARKER;
 
@@ -87,26 +89,19 @@ fn tunnel(dpdk: bool) {
     let dataplane = dwcp_tests::binaries().1;
     let dir = tempfile::tempdir().unwrap();
     let mut lab = Lab::new(if dpdk { "d" } else { "t" });
-    let (ha, ga, gb, hb, mg) = (
-        lab.netns("hA"),
-        lab.netns("gA"),
-        lab.netns("gB"),
-        lab.netns("hB"),
-        lab.netns("mg"),
-    );
+    let Sites {
+        ha,
+        ga,
+        gb,
+        hb,
+        ga_ports: (ga_lan, ga_wan),
+        gb_ports: (gb_lan, gb_wan),
+    } = lab.two_sites();
+    let mg = lab.netns("mg");
     let n = |s: &str| lab.name(s);
-    let (ha_eth, ga_lan, ga_wan, gb_wan, gb_lan, hb_eth) =
-        (n("ha0"), n("gal"), n("gaw"), n("gbw"), n("gbl"), n("hb0"));
     let (ga_mgmt, mg_a, gb_mgmt, mg_b) = (n("gam"), n("mga"), n("gbm"), n("mgb"));
-    lab.veth(&ha, &ha_eth, &ga, &ga_lan);
-    lab.veth(&ga, &ga_wan, &gb, &gb_wan);
-    lab.veth(&gb, &gb_lan, &hb, &hb_eth);
     lab.veth(&ga, &ga_mgmt, &mg, &mg_a);
     lab.veth(&gb, &gb_mgmt, &mg, &mg_b);
-    lab.exec(&ha, "ip", &["addr", "add", "10.1.0.2/24", "dev", &ha_eth]);
-    lab.exec(&ha, "ip", &["route", "add", "default", "via", "10.1.0.1"]);
-    lab.exec(&hb, "ip", &["addr", "add", "10.2.0.2/24", "dev", &hb_eth]);
-    lab.exec(&hb, "ip", &["route", "add", "default", "via", "10.2.0.1"]);
     lab.exec(
         &ga,
         "ip",
