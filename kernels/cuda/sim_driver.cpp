@@ -9,7 +9,8 @@
 //     events), so a host that reads results before waiting, or rewrites staging memory that a
 //     queued copy still has to read, gets wrong bytes;
 //   - copies and kernel pointer arguments must lie inside memory from cuMemAlloc, and every
-//     device allocation ends at a guard page, so a kernel running past a buffer faults; work
+//     device allocation ends at a guard page, so a kernel running past a buffer faults (and a
+//     SIGSEGV handler says so before the process dies); work
 //     goes on streams the engine created (not the legacy default stream);
 //   - a barrier or shuffle that not every thread of its warp or block reaches is a deadlock,
 //     reported as a launch failure;
@@ -20,6 +21,7 @@
 //
 // Build: c++ -O2 -std=c++17 -shared -fPIC -Wl,-soname,libcuda.so -o libcuda.so sim_driver.cpp
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -330,6 +332,38 @@ static unsigned inject_ms = 0;
 
 static void complain(const char* what) { fprintf(stderr, "dwcp-sim-cuda: %s\n", what); }
 
+// Guard pages, one behind each device allocation: [start, start + page). Read by the SIGSEGV
+// handler, so a fixed table of plain words.
+static const size_t MAX_GUARDS = 4096;
+static volatile uintptr_t guards[MAX_GUARDS];
+static size_t guard_page_size = 4096;
+
+// Says when a fault hit a guard page (a kernel ran past a device allocation), then lets the
+// fault take its course.
+static void on_segv(int sig, siginfo_t* info, void*) {
+    auto a = (uintptr_t)info->si_addr;
+    for (size_t i = 0; i < MAX_GUARDS; i++) {
+        uintptr_t g = guards[i];
+        if (g != 0 && a >= g && a < g + guard_page_size) {
+            static const char msg[] =
+                "dwcp-sim-cuda: a kernel ran past the end of a device allocation\n";
+            ssize_t ignored = write(2, msg, sizeof msg - 1);
+            (void)ignored;
+            break;
+        }
+    }
+    signal(sig, SIG_DFL);
+}
+
+static void watch_guard_pages() {
+    guard_page_size = (size_t)sysconf(_SC_PAGESIZE);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigaction(SIGSEGV, &sa, nullptr);
+}
+
 static bool in_device(CUdeviceptr p, size_t n) {
     auto it = device.upper_bound(p);
     if (it == device.begin()) return false;
@@ -461,7 +495,10 @@ static void inject_from_env() {
 CUresult cuInit(unsigned flags) {
     if (flags != 0) return INVALID_VALUE;
     std::lock_guard<std::mutex> g(sim::lock);
-    if (!initialised) inject_from_env();
+    if (!initialised) {
+        inject_from_env();
+        watch_guard_pages();
+    }
     initialised = true;
     return SUCCESS;
 }
@@ -601,6 +638,12 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     // A guard page right after the allocation (rounded up to 256 bytes, the alignment
     // cuMemAlloc gives): a kernel that runs past the end faults.
     mprotect((char*)base + body, page, PROT_NONE);
+    for (size_t i = 0; i < MAX_GUARDS; i++) {
+        if (guards[i] == 0) {
+            guards[i] = (uintptr_t)base + body;
+            break;
+        }
+    }
     size_t used = (bytes + 255) / 256 * 256;
     auto start = (CUdeviceptr)((char*)base + body - used);
     device[start] = bytes;
@@ -618,6 +661,10 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
     device_bytes -= it->second;
     device.erase(it);
     auto m = mappings.find(p);
+    uintptr_t guard = (uintptr_t)m->second.first + m->second.second - (size_t)sysconf(_SC_PAGESIZE);
+    for (size_t i = 0; i < MAX_GUARDS; i++) {
+        if (guards[i] == guard) guards[i] = 0;
+    }
     munmap(m->second.first, m->second.second);
     mappings.erase(m);
     return SUCCESS;

@@ -343,3 +343,82 @@ fn sim_refuses_copies_past_device_memory_and_counts_unpinned_ones() {
     );
     assert_eq!(after.unpinned_copies, before.unpinned_copies + 1);
 }
+
+/// Run in a child process by `sim_a_kernel_running_past_device_memory_faults`: the real
+/// `lz4_decompress`, told it may write 1 KiB into a 256-byte allocation, expands a block of
+/// 1 KiB of zeros there, which must fault on the guard page right behind the allocation (a
+/// write that near would otherwise land in memory that is mapped).
+#[test]
+#[ignore = "crashes on purpose: sim_a_kernel_running_past_device_memory_faults runs it in a child process"]
+fn sim_child_kernel_writes_past_its_buffer() {
+    use cudarc::driver::{CudaContext, result};
+    sim();
+    dwcp_kernels::cuda::ensure_nvrtc().expect("NVRTC (scripts/setup.sh)");
+    let ctx = CudaContext::new(0).expect("context");
+    let [_, (file, src)] = dwcp_kernels::cuda::sources();
+    let ptx = dwcp_kernels::cuda::compile(file, &src, "compute_90").expect("NVRTC");
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+        .expect("module");
+    let f = module.load_function("lz4_decompress").expect("kernel");
+    let block = lz4_flex::block::compress(&[0u8; 1024]);
+    let len = u32::try_from(block.len()).expect("small");
+    // SAFETY: raw driver calls on the stand-in in the context bound above; every copy fits its
+    // allocation and the parameters match lz4_decompress's — except the destination capacity,
+    // which is the point.
+    unsafe {
+        let stream =
+            result::stream::create(result::stream::StreamKind::NonBlocking).expect("stream");
+        let put = |data: &[u8]| {
+            let p = result::malloc_sync(data.len()).expect("device memory");
+            result::memcpy_htod_async(p, data, stream).expect("copy");
+            // `data` may be a temporary: the copy must run before it goes.
+            result::stream::synchronize(stream).expect("copy done");
+            p
+        };
+        let words = |v: u32| put(&v.to_le_bytes());
+        let (src, src_off, src_len) = (put(&block), words(0), words(len));
+        let (dst, dst_off, dst_cap, out) = (put(&[0; 256]), words(0), words(1024), words(0));
+        let n = 1u32;
+        let pointers = [src, src_off, src_len, dst, dst_off, dst_cap, out];
+        let mut params: Vec<*mut std::ffi::c_void> = pointers
+            .iter()
+            .map(|p| std::ptr::from_ref(p).cast_mut().cast())
+            .collect();
+        params.push(std::ptr::from_ref(&n).cast_mut().cast());
+        result::launch_kernel(
+            f.cu_function(),
+            (1, 1, 1),
+            (32, 1, 1),
+            0,
+            stream,
+            &mut params,
+        )
+        .expect("launch");
+        let _ = result::stream::synchronize(stream);
+    }
+    panic!("a kernel wrote 1 KiB into a 256-byte allocation and nothing faulted");
+}
+
+#[test]
+fn sim_a_kernel_running_past_device_memory_faults() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            "sim_child_kernel_writes_past_its_buffer",
+            "--test-threads",
+            "1",
+        ])
+        .output()
+        .expect("run the child");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.signal() == Some(11)
+            && said.contains("a kernel ran past the end of a device allocation"),
+        "the child must die of SIGSEGV on the guard page: {:?}\n{said}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
