@@ -277,7 +277,6 @@ fn sim_kernel_timing_and_copy_bandwidth_give_figures() {
 #[test]
 fn sim_bench_offload_reports_every_cell_and_the_kernels() {
     let _one = sim().serial();
-    sim();
     let r = dwcp_kernels::bench::offload(0, &[64], &[256], 1).expect("bench offload");
     assert_eq!(r.device, dwcp_kernels::sim::DEVICE_NAME);
     assert!(r.h2d_gbps > 0.0 && r.d2h_gbps > 0.0, "{r:?}");
