@@ -224,8 +224,25 @@ fn ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     run("ip", &full)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A loopback TCP port that is free now, not in `taken`, and below the kernel's ephemeral
+/// range (32768 and up by default): a port the kernel hands out for `:0` or for an outgoing
+/// connection could be taken again before QEMU binds it (seen once in CI: `Address already in
+/// use`), while ports below the range are only ever taken by an explicit bind.
+fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    // Start somewhere different in each run (two demos on one machine try different ports).
+    let start = u16::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            % u32::from(SPAN),
+    )
+    .unwrap_or(0);
+    (0..SPAN)
+        .map(|i| FIRST + (start + i) % SPAN)
+        .find(|p| !taken.contains(p) && TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .ok_or_else(|| anyhow::anyhow!("no free loopback port in {FIRST}..{}", FIRST + SPAN))
 }
 
 /// Checks the machine can run the demo: root, QEMU, python3.
@@ -437,8 +454,9 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         cfgs.push(cfg);
     }
     let base_initrd = std::fs::read(opts.artifacts.join("initrd.img"))?;
-    let wan_port = free_port()?;
-    let metric_ports = [free_port()?, free_port()?];
+    let wan_port = free_port(&[])?;
+    let metric_a = free_port(&[wan_port])?;
+    let metric_ports = [metric_a, free_port(&[wan_port, metric_a])?];
     let mut vms: Vec<Vm> = Vec::new();
     for (i, site) in ['a', 'b'].into_iter().enumerate() {
         for n in [NS_A, NS_B].iter().skip(i).take(1) {
@@ -959,6 +977,21 @@ pub fn table(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_distinct_and_bindable() {
+        let a = free_port(&[]).unwrap();
+        // Held: the next pick must step over it.
+        let held = TcpListener::bind(("127.0.0.1", a)).unwrap();
+        let b = free_port(&[]).unwrap();
+        let c = free_port(&[b]).unwrap();
+        for p in [a, b, c] {
+            assert!((20_000..32_000).contains(&p), "{p}");
+        }
+        assert!(a != b && b != c, "{a} {b} {c}");
+        drop(held);
+        assert!(TcpListener::bind(("127.0.0.1", c)).is_ok());
+    }
 
     #[test]
     fn percentiles_and_ping_parsing() {
