@@ -649,6 +649,49 @@ pub struct CudaEngine {
     last_error: Option<String>,
 }
 
+/// Driver entry points the engine calls under one name where the driver has it and under
+/// another where it does not (same signature): (preferred, fallback). The GPU image's driver
+/// (535, CUDA 12.2) predates `cuEventElapsedTime_v2` (CUDA 12.8).
+pub const DRIVER_FALLBACKS: &[(&str, &str)] = &[("cuEventElapsedTime_v2", "cuEventElapsedTime")];
+
+type ElapsedFn = unsafe extern "C" fn(
+    *mut f32,
+    cudarc::driver::sys::CUevent,
+    cudarc::driver::sys::CUevent,
+) -> cudarc::driver::sys::CUresult;
+
+/// Milliseconds between two recorded, completed events: `cuEventElapsedTime_v2` where the
+/// driver exports it, else `cuEventElapsedTime` (cudarc's `elapsed_ms` calls `_v2` alone and
+/// panics on an older driver).
+fn event_elapsed_ms(start: &CudaEvent, stop: &CudaEvent) -> Result<f32, CudaError> {
+    static ELAPSED: std::sync::OnceLock<Option<ElapsedFn>> = std::sync::OnceLock::new();
+    let f = ELAPSED.get_or_init(|| {
+        let (preferred, fallback) = DRIVER_FALLBACKS[0];
+        [preferred, fallback].into_iter().find_map(|name| {
+            // SAFETY: the driver library is loaded (an event exists); both names have
+            // `ElapsedFn`'s signature in cuda.h, and the symbol lives as long as the
+            // library, which cudarc never unloads.
+            unsafe {
+                cudarc::driver::sys::culib()
+                    .get::<ElapsedFn>(name.as_bytes())
+                    .ok()
+                    .map(|s| *s)
+            }
+        })
+    });
+    let f = f.ok_or_else(|| {
+        CudaError::Driver(DriverError(
+            cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_FOUND,
+        ))
+    })?;
+    let mut ms = 0f32;
+    // SAFETY: both events belong to the engine's context and were recorded on a stream the
+    // caller synchronised; `ms` is a valid out-pointer for the call.
+    let r = unsafe { f(&raw mut ms, start.cu_event(), stop.cu_event()) };
+    r.result().map_err(CudaError::Driver)?;
+    Ok(ms)
+}
+
 fn u32_of(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -956,7 +999,7 @@ impl CudaEngine {
             run_kernels(&self.f, &self.info, lane, op, &chunk)?;
             lane.stop.record(&lane.stream)?;
             lane.stream.synchronize()?;
-            let ms = lane.start.elapsed_ms(&lane.stop)?;
+            let ms = event_elapsed_ms(&lane.start, &lane.stop)?;
             times.push(Duration::from_secs_f64(f64::from(ms) / 1e3));
         }
         times.sort();
@@ -983,7 +1026,7 @@ impl CudaEngine {
             }?;
             lane.stop.record(&lane.stream)?;
             lane.stream.synchronize()?;
-            up.push(f64::from(lane.start.elapsed_ms(&lane.stop)?));
+            up.push(f64::from(event_elapsed_ms(&lane.start, &lane.stop)?));
             lane.start.record(&lane.stream)?;
             // SAFETY: as above, device to host.
             unsafe {
@@ -995,7 +1038,7 @@ impl CudaEngine {
             }?;
             lane.stop.record(&lane.stream)?;
             lane.stream.synchronize()?;
-            down.push(f64::from(lane.start.elapsed_ms(&lane.stop)?));
+            down.push(f64::from(event_elapsed_ms(&lane.start, &lane.stop)?));
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
