@@ -116,7 +116,7 @@ fn bench(args: Vec<String>) -> ExitCode {
     }
     if args.first().map(String::as_str) != Some("pipeline") {
         eprintln!(
-            "usage: dwcp-dataplane bench pipeline [--json] [--seconds S] [--offload on|off|auto] [--backend memory|dpdk]\n       \
+            "usage: dwcp-dataplane bench pipeline [--json] [--seconds S] [--offload on|off|auto [--packets N]] [--backend memory|dpdk]\n       \
              dwcp-dataplane bench offload [--json] [--device N] [--quick]"
         );
         return ExitCode::from(2);
@@ -144,7 +144,16 @@ fn bench(args: Vec<String>) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let check = dwcp_dataplane::bench::offload_check(mode, 20_000);
+        let packets = args
+            .iter()
+            .position(|a| a == "--packets")
+            .and_then(|i| args.get(i + 1))
+            .map_or(Ok(20_000), |s| s.parse::<usize>());
+        let Ok(packets @ 1..) = packets else {
+            eprintln!("dwcp-dataplane: --packets: expected a whole number of packets above 0");
+            return ExitCode::from(2);
+        };
+        let check = dwcp_dataplane::bench::offload_check(mode, packets);
         print!("{}", check.text());
         if check.mismatches != 0 {
             return ExitCode::FAILURE;

@@ -18,6 +18,8 @@ pub struct ImageSpec {
     pub files: Vec<(String, Vec<u8>, u32)>,
     /// Empty directories to create (mount points).
     pub dirs: Vec<String>,
+    /// Symbolic links: path in the image, target.
+    pub links: Vec<(String, String)>,
 }
 
 /// What a build produced, written as `manifest.json`.
@@ -39,6 +41,9 @@ pub struct Manifest {
     pub files: Vec<(String, String)>,
     /// Files inside the initramfs with their size and SHA-256.
     pub initramfs: Vec<(String, u64, String)>,
+    /// The NVIDIA driver a GPU image carries (version), absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvidia_driver: Option<String>,
 }
 
 /// Why a build failed.
@@ -99,6 +104,9 @@ pub fn build(kernel: &Kernel, spec: &ImageSpec, out: &Path) -> Result<Manifest, 
     for (path, data, perm) in &spec.files {
         initrd.file(path, data.clone(), *perm);
     }
+    for (path, target) in &spec.links {
+        initrd.add(path, EntryKind::Symlink(target.clone()), 0o777);
+    }
 
     let initrd_path = out.join("initrd.img");
     let gz = initrd.to_gzip().map_err(io(&initrd_path))?;
@@ -135,6 +143,7 @@ pub fn build(kernel: &Kernel, spec: &ImageSpec, out: &Path) -> Result<Manifest, 
         builtin_modules: closure.builtin.clone(),
         files,
         initramfs,
+        nvidia_driver: None,
     };
     let mpath = out.join("manifest.json");
     let json = serde_json::to_string_pretty(&manifest)

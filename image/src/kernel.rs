@@ -1,5 +1,5 @@
-//! The pinned Debian kernel package: download once with `apt-get download`, check its
-//! SHA-256, cache it, and unpack it with `dpkg-deb`.
+//! Pinned Debian packages, the kernel's first: download once (`apt-get download`, or `curl`
+//! from the archive address a pin gives), check the SHA-256, cache, unpack with `dpkg-deb`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +20,10 @@ pub struct KernelPin {
     pub version: String,
     /// SHA-256 of the `.deb`, hex.
     pub sha256: String,
+    /// The archive address to fetch it from, for packages outside the machine's apt sources
+    /// (non-free, or dropped from the index but still in the pool); `apt-get download` without.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 impl KernelPin {
@@ -41,10 +45,10 @@ pub enum KernelError {
     /// The cache directory could not be used.
     #[error("cannot use cache directory {0}")]
     Cache(PathBuf, #[source] std::io::Error),
-    /// `apt-get download` failed: the pinned version is gone, or apt is not set up.
+    /// The download failed: the pinned version is gone, or apt is not set up.
     #[error(
-        "cannot download {package}={version} with apt-get ({detail}); if the Debian archive no \
-         longer has it, re-pin with scripts/repin-kernel.sh"
+        "cannot download {package}={version} ({detail}); if the Debian archive no longer has \
+         it, re-pin with scripts/repin-kernel.sh"
     )]
     Download {
         /// Package.
@@ -112,13 +116,22 @@ pub fn boot_pin() -> KernelPin {
 /// Downloads (once, checked by SHA-256) and unpacks a pinned Debian package; returns the
 /// root of the unpacked tree.
 pub fn fetch_deb(pin: &KernelPin, cache: &Path) -> Result<PathBuf, KernelError> {
+    let deb = cached_deb(pin, cache)?;
+    let root = cache.join("debs").join(format!("{}-unpacked", pin.sha256));
+    let done = root.join(".complete");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&root);
+        unpack_deb(&deb, &root)?;
+        std::fs::write(&done, b"").map_err(|e| KernelError::Cache(done.clone(), e))?;
+    }
+    Ok(root)
+}
+
+/// The pinned `.deb` in the cache, downloaded and checked by SHA-256 first if needed.
+pub fn cached_deb(pin: &KernelPin, cache: &Path) -> Result<PathBuf, KernelError> {
     let dir = cache.join("debs");
     std::fs::create_dir_all(&dir).map_err(|e| KernelError::Cache(dir.clone(), e))?;
-    let deb = dir.join(format!(
-        "{}_{}_amd64.deb",
-        pin.package,
-        pin.version.replace(':', "%3a")
-    ));
+    let deb = dir.join(deb_file_name(pin));
     let verified = |p: &Path| sha256_file(p).is_ok_and(|s| s == pin.sha256);
     if !verified(&deb) {
         download(pin, &dir)?;
@@ -132,25 +145,24 @@ pub fn fetch_deb(pin: &KernelPin, cache: &Path) -> Result<PathBuf, KernelError> 
             });
         }
     }
-    let root = dir.join(format!("{}-unpacked", pin.sha256));
-    let done = root.join(".complete");
-    if !done.exists() {
-        let _ = std::fs::remove_dir_all(&root);
-        let out = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(&root)
-            .output()
-            .map_err(|e| KernelError::Unpack(deb.clone(), e.to_string()))?;
-        if !out.status.success() {
-            return Err(KernelError::Unpack(
-                deb,
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ));
-        }
-        std::fs::write(&done, b"").map_err(|e| KernelError::Cache(done.clone(), e))?;
+    Ok(deb)
+}
+
+/// Unpacks a `.deb`'s files into `root` (which may already hold other packages' files).
+pub fn unpack_deb(deb: &Path, root: &Path) -> Result<(), KernelError> {
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(root)
+        .output()
+        .map_err(|e| KernelError::Unpack(deb.to_owned(), e.to_string()))?;
+    if !out.status.success() {
+        return Err(KernelError::Unpack(
+            deb.to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
-    Ok(root)
+    Ok(())
 }
 
 /// Returns the unpacked pinned kernel, downloading and unpacking it into `cache` if needed.
@@ -171,7 +183,26 @@ pub fn fetch(pin: &KernelPin, cache: &Path) -> Result<Kernel, KernelError> {
     })
 }
 
+/// The `.deb`'s file name: the last part of its address, else what `apt-get download` writes.
+fn deb_file_name(pin: &KernelPin) -> String {
+    match pin.url.as_deref().and_then(|u| u.rsplit('/').next()) {
+        Some(name) if name.ends_with(".deb") => name.to_owned(),
+        _ => format!(
+            "{}_{}_amd64.deb",
+            pin.package,
+            pin.version.replace(':', "%3a")
+        ),
+    }
+}
+
 fn download(pin: &KernelPin, dir: &Path) -> Result<(), KernelError> {
+    if let Some(url) = &pin.url {
+        return curl(url, &dir.join(deb_file_name(pin))).map_err(|detail| KernelError::Download {
+            package: pin.package.clone(),
+            version: pin.version.clone(),
+            detail,
+        });
+    }
     let spec = format!("{}={}", pin.package, pin.version);
     let attempt = || {
         Command::new("apt-get")
@@ -202,6 +233,34 @@ fn download(pin: &KernelPin, dir: &Path) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Fetches `url` into `to` with `curl` (through a temporary name, so a cut download never
+/// looks whole); the error says what curl said.
+pub fn curl(url: &str, to: &Path) -> Result<(), String> {
+    let part = to.with_extension("part");
+    let out = Command::new("curl")
+        .args([
+            "--fail",
+            "--silent",
+            "--show-error",
+            "--location",
+            "--retry",
+            "3",
+        ])
+        .args(["--max-time", "900", "--output"])
+        .arg(&part)
+        .arg(url)
+        .output()
+        .map_err(|e| format!("cannot run curl: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&part);
+        return Err(format!(
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    std::fs::rename(&part, to).map_err(|e| format!("{}: {e}", to.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +268,17 @@ mod tests {
     #[test]
     fn boot_pin_parses() {
         assert_eq!(boot_pin().package, "systemd-boot-efi");
+    }
+
+    #[test]
+    fn a_pinned_address_names_the_file() {
+        let mut pin = boot_pin();
+        assert_eq!(
+            deb_file_name(&pin),
+            "systemd-boot-efi_252.39-1~deb12u2_amd64.deb"
+        );
+        pin.url = Some("http://deb.debian.org/debian/pool/main/l/linux/x_1_all.deb".into());
+        assert_eq!(deb_file_name(&pin), "x_1_all.deb");
     }
 
     #[test]

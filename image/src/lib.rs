@@ -2,8 +2,8 @@
 //! its module closure, the initramfs (newc cpio, gzip) and a manifest of what went in.
 //!
 //! Generic mechanism only: this crate knows files, modules and archives, not DWCP config
-//! fields; the caller says which files go where. Disk images and PXE trees come with the
-//! provisioning issue.
+//! fields; the caller says which files go where. A GPU image adds the NVIDIA driver stack
+//! (`nvidia`).
 
 #![deny(unsafe_code)]
 
@@ -12,6 +12,7 @@ pub mod disk;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod nvidia;
 
 pub use build::{ImageSpec, Manifest, build};
 pub use kernel::{KernelPin, cache_dir, fetch};

@@ -109,12 +109,18 @@ fn load_modules() {
     for rel in &order {
         match modules::load(&dir.join(rel)) {
             modules::Loaded::Loaded | modules::Loaded::AlreadyLoaded => loaded += 1,
+            modules::Loaded::NoDevice => failed.push(format!("{rel}: no such device")),
             modules::Loaded::Failed(e) => failed.push(format!("{rel}: {e}")),
         }
     }
     say!("modules: {loaded} of {} loaded", order.len());
     for f in failed {
         say!("modules: FAILED {f}");
+    }
+    // A GPU image's NVIDIA driver, after the modules it needs (drm).
+    let outcome = crate::gpu::bring_up(&RootedFs::new("/"), &dir);
+    if outcome != crate::gpu::Outcome::NotInImage {
+        say!("{}", outcome.line());
     }
 }
 

@@ -1,6 +1,6 @@
 //! The appliance's PID 1 (DESIGN §3): mounts, console, modules, config discovery and
-//! validation, hugepages, cores and IRQs, vfio binding, data-plane supervision and clean
-//! shutdown.
+//! validation, hugepages, cores and IRQs, vfio binding, the NVIDIA driver of a GPU image,
+//! data-plane supervision and clean shutdown.
 //!
 //! Links the config schema only (`dwcp-provisioning` without its CLI). Everything that reads
 //! or writes sysfs/procfs goes through [`sys::SysFs`], so the logic is unit-tested on a fake
@@ -14,6 +14,7 @@ pub mod config_source;
 pub mod console;
 pub mod cpus;
 pub mod ethtool;
+pub mod gpu;
 pub mod hugepages;
 pub mod irq;
 pub mod management;

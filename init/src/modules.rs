@@ -62,6 +62,8 @@ pub enum Loaded {
     Loaded,
     /// Already in the kernel.
     AlreadyLoaded,
+    /// The module found no device to drive and refused to load (`ENODEV`).
+    NoDevice,
     /// Failed; the error.
     Failed(String),
 }
@@ -76,6 +78,7 @@ pub fn load(path: &std::path::Path) -> Loaded {
     match nix::kmod::finit_module(&file, &no_params, nix::kmod::ModuleInitFlags::empty()) {
         Ok(()) => Loaded::Loaded,
         Err(nix::errno::Errno::EEXIST) => Loaded::AlreadyLoaded,
+        Err(nix::errno::Errno::ENODEV) => Loaded::NoDevice,
         Err(e) => Loaded::Failed(e.desc().to_owned()),
     }
 }

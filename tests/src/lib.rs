@@ -57,6 +57,50 @@ pub fn artifacts() -> &'static Path {
     })
 }
 
+/// GPU image artifacts (`dwcp image build --gpu`) without an embedded config, built once per
+/// test process (the first build on a machine compiles the NVIDIA kernel modules: minutes).
+pub fn gpu_artifacts() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = workspace_root().join("target").join("test-artifacts-gpu");
+        image_build::build_variant(None, &dir, binaries(), image_build::Variant::Gpu)
+            .unwrap_or_else(|e| panic!("GPU image build: {e:#}"));
+        dir
+    })
+}
+
+/// The initramfs of `artifacts` unpacked into a temporary root (regular files and symbolic
+/// links, with their modes), and the archive's entries: path → (mode, data).
+pub fn unpack_initramfs(
+    artifacts: &Path,
+) -> (
+    tempfile::TempDir,
+    std::collections::BTreeMap<String, (u32, Vec<u8>)>,
+) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let files =
+        dwcp_image::initramfs::read_gzip(&std::fs::read(artifacts.join("initrd.img")).unwrap())
+            .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    for (path, (mode, data)) in &files {
+        let p = root.path().join(path);
+        match mode & 0o170_000 {
+            0o100_000 => {
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, data).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777))
+                    .unwrap();
+            }
+            0o120_000 => {
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::os::unix::fs::symlink(String::from_utf8_lossy(data).as_ref(), &p).unwrap();
+            }
+            _ => {}
+        }
+    }
+    (root, files)
+}
+
 /// One QEMU boot at a time: two TCG guests on a two-core machine slow each other past the
 /// time-outs and make boot times meaningless.
 pub fn qemu_lock() -> MutexGuard<'static, ()> {
@@ -72,8 +116,18 @@ pub fn boot(
     config_text: &str,
     adjust: impl FnOnce(&mut dwcp_qemu::VmSpec),
 ) -> anyhow::Result<(Vm, tempfile::TempDir)> {
+    boot_from(artifacts(), name, config_text, adjust)
+}
+
+/// [`boot`] with the kernel and initramfs from `artifacts`.
+pub fn boot_from(
+    artifacts: &Path,
+    name: &str,
+    config_text: &str,
+    adjust: impl FnOnce(&mut dwcp_qemu::VmSpec),
+) -> anyhow::Result<(Vm, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
-    let mut initrd = std::fs::read(artifacts().join("initrd.img"))?;
+    let mut initrd = std::fs::read(artifacts.join("initrd.img"))?;
     initrd.extend(image_build::config_initrd(config_text)?);
     let initrd_path = dir.path().join("initrd.img");
     std::fs::write(&initrd_path, initrd)?;
@@ -82,7 +136,7 @@ pub fn boot(
     let cfg = dwcp_provisioning::check(&dwcp_provisioning::SourceFile::new("c", config_text))
         .or_else(|_| dwcp_provisioning::check(&dwcp_provisioning::SourceFile::new("c", shape_text)))
         .map_err(|d| anyhow::anyhow!("{}", d[0]))?;
-    let mut spec = qemu_boot::vm_spec(name, &cfg, artifacts(), initrd_path);
+    let mut spec = qemu_boot::vm_spec(name, &cfg, artifacts, initrd_path);
     spec.console_log = Some(
         workspace_root()
             .join("target")

@@ -42,9 +42,7 @@ fn initramfs_holds_init_modules_and_no_shell() {
             m.modules
         );
     }
-    let files =
-        dwcp_image::initramfs::read_gzip(&std::fs::read(dir.path().join("initrd.img")).unwrap())
-            .unwrap();
+    let (root, files) = dwcp_tests::unpack_initramfs(dir.path());
     let release = &m.kernel_release;
     let dep = String::from_utf8(
         files[&format!("lib/modules/{release}/modules.dep")]
@@ -61,20 +59,6 @@ fn initramfs_holds_init_modules_and_no_shell() {
     }
     // The binaries are linked against glibc (decision 0014): the image carries the loader and
     // every library they name, and they resolve to those alone.
-    let root = tempfile::tempdir().unwrap();
-    for (path, (mode, data)) in &files {
-        let regular = mode & 0o170_000 == 0o100_000;
-        if regular && (path.starts_with("lib") || path.starts_with("usr/bin") || path == "init") {
-            let p = root.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, data).unwrap();
-            std::fs::set_permissions(
-                &p,
-                std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
-            )
-            .unwrap();
-        }
-    }
     let loader = root.path().join("lib64/ld-linux-x86-64.so.2");
     let libdir = root.path().join("lib/x86_64-linux-gnu");
     for lib in ["libc.so.6", "libm.so.6", "libgcc_s.so.1"] {

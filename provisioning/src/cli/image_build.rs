@@ -1,6 +1,6 @@
 //! `dwcp image build`: the appliance's binaries with the glibc they are linked against, the
-//! pinned kernel and its modules, and optionally a node config, into `vmlinuz`, `initrd.img`
-//! and `manifest.json`.
+//! pinned kernel and its modules, optionally the NVIDIA driver stack (`--gpu`) and a node
+//! config, into `vmlinuz`, `initrd.img`, `disk.img` and `manifest.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,11 +140,35 @@ pub fn checked_config(path: &Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// Builds the image into `out`.
+/// Where a GPU image keeps the NVIDIA kernel modules, under `lib/modules/RELEASE/` (init's
+/// `gpu::MODULE_DIR`): apart from `modules.dep`, so init loads them in a step of its own.
+pub const GPU_MODULE_DIR: &str = "nvidia";
+
+/// Which image to build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Variant {
+    /// The CPU engine only: no NVIDIA driver.
+    #[default]
+    Standard,
+    /// With the NVIDIA driver stack (`image/nvidia-pin.toml`; decision 0015).
+    Gpu,
+}
+
+/// Builds the standard image into `out`.
 pub fn build(
     config: Option<&Path>,
     out: &Path,
     binaries: (PathBuf, PathBuf),
+) -> anyhow::Result<Manifest> {
+    build_variant(config, out, binaries, Variant::Standard)
+}
+
+/// Builds the image `variant` into `out`.
+pub fn build_variant(
+    config: Option<&Path>,
+    out: &Path,
+    binaries: (PathBuf, PathBuf),
+    variant: Variant,
 ) -> anyhow::Result<Manifest> {
     let config_text = config.map(checked_config).transpose()?;
     let pin = KernelPin::committed();
@@ -167,11 +191,25 @@ pub fn build(
             .iter()
             .map(|d| (*d).to_owned())
             .collect(),
+        links: Vec::new(),
     };
     // The loader and libraries both binaries need, once each, at the paths they were found.
+    let mut needing: Vec<PathBuf> = vec![init.clone(), dataplane.clone()];
+    let driver = match variant {
+        Variant::Standard => None,
+        Variant::Gpu => Some(add_nvidia(&kernel, &mut spec, &mut needing)?),
+    };
     let mut libs: Vec<(String, Vec<u8>)> = Vec::new();
-    for binary in [&init, &dataplane] {
+    for binary in &needing {
         for (path, data) in runtime_libraries(binary)? {
+            // The NVIDIA libraries name each other; they are in the image already.
+            if spec
+                .files
+                .iter()
+                .any(|(p, ..)| Path::new(p).file_name() == Path::new(&path).file_name())
+            {
+                continue;
+            }
             if !libs.iter().any(|(p, _)| *p == path) {
                 libs.push((path, data));
             }
@@ -195,6 +233,7 @@ pub fn build(
         None => DEFAULT_CMDLINE.to_owned(),
     };
     let mut manifest = dwcp_image::build(&kernel, &spec, out).context("image build failed")?;
+    manifest.nvidia_driver = driver;
     write_disk(out, config_text.as_deref(), &cmdline)?;
     let disk = out.join("disk.img");
     manifest
@@ -205,6 +244,53 @@ pub fn build(
         serde_json::to_string_pretty(&manifest)? + "\n",
     )?;
     Ok(manifest)
+}
+
+/// Adds the NVIDIA driver stack to `spec`: the kernel modules (built for `kernel`, in
+/// [`GPU_MODULE_DIR`]) and the kernel modules they need, the GSP firmware, libcuda, NVML and
+/// NVRTC. Pushes the libraries onto `needing`, whose own libraries the image must carry too.
+/// Returns the driver version.
+fn add_nvidia(
+    kernel: &dwcp_image::kernel::Kernel,
+    spec: &mut ImageSpec,
+    needing: &mut Vec<PathBuf>,
+) -> anyhow::Result<String> {
+    let pin = dwcp_image::nvidia::NvidiaPin::committed();
+    eprintln!(
+        "image: NVIDIA driver {} and NVRTC {} (the first build compiles the kernel modules: minutes)",
+        pin.driver, pin.nvrtc.version
+    );
+    let cache = dwcp_image::cache_dir();
+    let driver = dwcp_image::nvidia::fetch(&pin, kernel, &cache).context("NVIDIA driver stack")?;
+    let release = kernel.pin.release();
+    for (name, data) in &driver.modules {
+        spec.files.push((
+            format!(
+                "{}/{GPU_MODULE_DIR}/{name}",
+                dwcp_image::build::modules_path(release)
+            ),
+            data.clone(),
+            0o644,
+        ));
+    }
+    for d in &driver.module_depends {
+        if !spec.modules.contains(d) {
+            spec.modules.push(d.clone());
+        }
+    }
+    // ldd reads the libraries from a folder of their own, where their links resolve.
+    let staging = cache.join("nvidia-libraries").join(&driver.version);
+    std::fs::create_dir_all(&staging)?;
+    for (path, data, mode) in &driver.files {
+        if path.contains(".so") {
+            let p = staging.join(Path::new(path).file_name().unwrap_or_default());
+            std::fs::write(&p, data)?;
+            needing.push(p);
+        }
+        spec.files.push((path.clone(), data.clone(), *mode));
+    }
+    spec.links.extend(driver.links.iter().cloned());
+    Ok(driver.version)
 }
 
 /// Kernel command line for an image without a node config.
@@ -248,11 +334,25 @@ pub fn write_disk(out: &Path, config: Option<&str>, cmdline: &str) -> anyhow::Re
         config_files: config
             .map(|c| vec![("dwcp.toml".to_owned(), c.as_bytes().to_vec())])
             .unwrap_or_default(),
-        esp_mib: 96,
+        esp_mib: esp_mib(out)?,
         config_mib: 16,
     };
     dwcp_image::disk::write_disk(&spec, &out.join("disk.img")).context("disk image")?;
     Ok(())
+}
+
+/// The ESP's size: room for two slots (A/B updates) of this image's kernel and initramfs, and
+/// some to spare; at least 96 MiB (a standard image's ESP).
+pub fn esp_mib(out: &Path) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    for f in ["vmlinuz", "initrd.img"] {
+        let p = out.join(f);
+        bytes += std::fs::metadata(&p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .len();
+    }
+    let slots_mib = (2 * bytes).div_ceil(1 << 20) + 32;
+    Ok(slots_mib.div_ceil(32).saturating_mul(32).max(96))
 }
 
 /// A gzip'd cpio holding only `/etc/dwcp/dwcp.toml`: appended to an initrd, the kernel merges

@@ -202,6 +202,10 @@ enum ImageCommand {
         /// Use this data-plane binary instead of building one (its shared libraries are added).
         #[arg(long, value_name = "FILE", requires = "init")]
         dataplane: Option<PathBuf>,
+        /// Carry the NVIDIA driver stack (image/nvidia-pin.toml: kernel modules built for the
+        /// pinned kernel, GSP firmware, libcuda, NVML, NVRTC) for nodes with a GPU.
+        #[arg(long)]
+        gpu: bool,
     },
 }
 
@@ -310,21 +314,31 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             out,
             init,
             dataplane,
+            gpu,
         }) => {
             let binaries = match (init, dataplane) {
                 (Some(i), Some(d)) => (i, d),
                 _ => image_build::build_binaries(false)?,
             };
-            let m = image_build::build(config.as_deref(), &out, binaries)?;
+            let variant = if gpu {
+                image_build::Variant::Gpu
+            } else {
+                image_build::Variant::Standard
+            };
+            let m = image_build::build_variant(config.as_deref(), &out, binaries, variant)?;
             for (file, sha) in &m.files {
                 println!("{}  {}", sha, out.join(file).display());
             }
             println!(
-                "kernel {} {}, {} modules, {} files in the initramfs; manifest: {}",
+                "kernel {} {}, {} modules, {} files in the initramfs{}; manifest: {}",
                 m.kernel_package,
                 m.kernel_version,
                 m.modules.len(),
                 m.initramfs.len(),
+                m.nvidia_driver
+                    .as_ref()
+                    .map(|v| format!(", NVIDIA driver {v}"))
+                    .unwrap_or_default(),
                 out.join("manifest.json").display()
             );
             Ok(Exit::Ok)
