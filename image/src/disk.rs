@@ -42,6 +42,20 @@ pub enum DiskError {
     /// No config partition on the target.
     #[error("no partition named {CONFIG_LABEL} on {0}")]
     NoConfigPartition(String),
+    /// The ESP cannot hold the new slot beside the other one.
+    #[error(
+        "the ESP has {free_mib} MiB for slot {slot}, which needs {need_mib} MiB (kernel and \
+         initramfs); nothing was written. A larger image (a GPU image) needs a disk made for \
+         it: flash that image's disk.img"
+    )]
+    EspFull {
+        /// The slot to install.
+        slot: char,
+        /// What the slot's files need, MiB (rounded up).
+        need_mib: u64,
+        /// Free space plus what the slot's old files take, MiB.
+        free_mib: u64,
+    },
 }
 
 /// A GUID in GPT's on-disk byte order from its text form.
@@ -471,6 +485,27 @@ pub fn install_slot(
             Ok(d) => d,
             Err(_) => dwcp.create_dir(&dir_name)?,
         };
+        // Check the room first: a write that runs out of space would leave the slot's old
+        // files cut short while its loader entry still points at them.
+        let stats = fs.stats()?;
+        let cluster = u64::from(stats.cluster_size());
+        let clusters = |bytes: u64| bytes.div_ceil(cluster);
+        let old_files: u64 = dir
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.is_file())
+            .map(|e| clusters(e.len()))
+            .sum();
+        let need = clusters(vmlinuz.len() as u64) + clusters(initrd.len() as u64);
+        let room = u64::from(stats.free_clusters()) + old_files;
+        if need > room {
+            let mib = |c: u64| (c * cluster).div_ceil(1 << 20);
+            return Err(DiskError::EspFull {
+                slot: slot.to_ascii_uppercase(),
+                need_mib: mib(need),
+                free_mib: mib(room),
+            });
+        }
         for (name, data) in [("vmlinuz", vmlinuz), ("initrd.img", initrd)] {
             let mut f = dir.create_file(name)?;
             f.truncate()?;
@@ -618,6 +653,41 @@ mod tests {
         );
         assert_eq!(default_slot(&a).unwrap(), Some('b'));
         assert_eq!(entry_options(&a, "slot-b+3.conf").unwrap(), "console=ttyS0");
+    }
+
+    #[test]
+    fn a_slot_the_esp_cannot_hold_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.img");
+        let mut sp = spec();
+        sp.esp_files.push((
+            "loader/entries/slot-a.conf".into(),
+            b"title A\noptions console=ttyS0 dwcp.slot=a\n".to_vec(),
+        ));
+        write_disk(&sp, &a).unwrap();
+        install_slot(&a, 'b', b"kernel-b", b"initrd-b", "console=ttyS0", 3).unwrap();
+        let before = std::fs::read(&a).unwrap();
+        // 64 MiB of ESP cannot take a 70 MiB initramfs.
+        let big = vec![7u8; 70 << 20];
+        let e = install_slot(&a, 'b', b"kernel-b2", &big, "console=ttyS0", 3).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(
+                e,
+                DiskError::EspFull {
+                    slot: 'B',
+                    need_mib: 71,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.contains("nothing was written"), "{text}");
+        assert!(std::fs::read(&a).unwrap() == before, "the disk changed");
+        // Replacing a slot's files counts the room they free: a slot that fits still goes in.
+        let fits = vec![7u8; 40 << 20];
+        install_slot(&a, 'b', b"kernel-b3", &fits, "console=ttyS0", 3).unwrap();
+        install_slot(&a, 'b', b"kernel-b4", &fits, "console=ttyS0", 3).unwrap();
     }
 
     #[test]
