@@ -6,7 +6,8 @@ set -euo pipefail
 
 # Debian packages the build and the tests need. Later tiers (QEMU, DPDK, kernel package)
 # add theirs here, so a fresh machine gets everything from this one script.
-PACKAGES=(build-essential pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3 python3-pip libdpdk-dev dpdk dpdk-dev)
+# libelf1 and libssl3: the kernel's prebuilt kbuild tools, for the GPU image's NVIDIA modules.
+PACKAGES=(build-essential libelf1 libssl3 pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3 python3-pip libdpdk-dev dpdk dpdk-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -97,12 +97,13 @@ fn mount_all() {
     }
 }
 
-fn load_modules() {
+/// Loads the image's modules, then a GPU image's NVIDIA driver; returns how the driver went.
+fn load_modules() -> crate::gpu::Outcome {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let dir = PathBuf::from("/lib/modules").join(release.trim());
     let Ok(dep) = std::fs::read_to_string(dir.join("modules.dep")) else {
         say!("modules: no {}/modules.dep, none loaded", dir.display());
-        return;
+        return crate::gpu::Outcome::NotInImage;
     };
     let order = modules::load_order(&modules::parse_dep(&dep));
     let (mut loaded, mut failed) = (0, Vec::new());
@@ -122,6 +123,7 @@ fn load_modules() {
     if outcome != crate::gpu::Outcome::NotInImage {
         say!("{}", outcome.line());
     }
+    outcome
 }
 
 /// Writes the running config as the last-known-good copy on the (read-only mounted) config
@@ -367,6 +369,8 @@ struct Init {
     /// The GPU hung (the data plane exited with code 7, saying why): every later start runs
     /// without it, until the next boot.
     gpu_disabled: Option<String>,
+    /// How init's bring-up of a GPU image's NVIDIA driver went.
+    gpu_driver: crate::gpu::Outcome,
 }
 
 /// The data plane's exit code when it cannot run the config on this node.
@@ -634,6 +638,9 @@ impl Init {
             self.source,
             uptime().as_secs()
         );
+        if self.gpu_driver != crate::gpu::Outcome::NotInImage {
+            say!("status: {}", self.gpu_driver.line());
+        }
         if let (Some(line), Plane::Running { .. }) = (&self.plane_status, &self.plane) {
             say!("status: {line}");
         }
@@ -809,7 +816,7 @@ pub fn run() -> ! {
     let _ = signals.thread_block();
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok();
 
-    load_modules();
+    let gpu_driver = load_modules();
     // Open the power button before anything can print READY or SAFE MODE, so a press that
     // follows either is never missed.
     let mut button = power_button();
@@ -837,6 +844,7 @@ pub fn run() -> ! {
         plane_status: None,
         plane_error: None,
         gpu_disabled: None,
+        gpu_driver,
     };
 
     let partition = mount_config_partition(&fs);

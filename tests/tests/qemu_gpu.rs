@@ -43,4 +43,10 @@ fn gpu_image_without_a_gpu_boots_ready_on_the_cpu_engine_and_says_why() {
         "{engine}"
     );
     assert!(!engine.contains("no NVIDIA driver library"), "{engine}");
+    // The console's `status` says it too.
+    vm.send_line("status").unwrap();
+    let status = vm
+        .wait_for("status: gpu:", std::time::Duration::from_secs(30))
+        .unwrap();
+    assert!(status.contains("no NVIDIA GPU on this node"), "{status}");
 }
