@@ -384,6 +384,34 @@ pub struct DeviceInfo {
     pub memory_total: u64,
     /// The architecture the kernels were compiled for.
     pub arch: &'static str,
+    /// The CUDA version the driver supports (`cuDriverGetVersion`), e.g. (12, 2).
+    pub driver_cuda: (i32, i32),
+    /// The NVRTC that compiled the kernels (`nvrtcVersion`), e.g. (13, 0).
+    pub nvrtc: (i32, i32),
+}
+
+/// The CUDA version the loaded driver supports, (major, minor); (0, 0) if it does not say.
+fn driver_cuda_version() -> (i32, i32) {
+    let mut v = 0;
+    // SAFETY: the driver library is loaded and initialised (`cuInit` succeeded); `v` is a
+    // valid out-pointer.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&raw mut v) };
+    if r.result().is_err() {
+        return (0, 0);
+    }
+    (v / 1000, v % 1000 / 10)
+}
+
+/// The loaded NVRTC's version, (major, minor); (0, 0) if it does not say.
+fn nvrtc_version() -> (i32, i32) {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (`ensure_nvrtc` found it); both are valid out-pointers.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&raw mut major, &raw mut minor) };
+    if r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        (major, minor)
+    } else {
+        (0, 0)
+    }
 }
 
 /// Device memory, freed on drop.
@@ -651,7 +679,7 @@ pub struct CudaEngine {
 
 /// Driver entry points the engine calls under one name where the driver has it and under
 /// another where it does not (same signature): (preferred, fallback). The GPU image's driver
-/// (535, CUDA 12.2) predates `cuEventElapsedTime_v2` (CUDA 12.8).
+/// (550, CUDA 12.4) predates `cuEventElapsedTime_v2` (CUDA 12.8).
 pub const DRIVER_FALLBACKS: &[(&str, &str)] = &[("cuEventElapsedTime_v2", "cuEventElapsedTime")];
 
 type ElapsedFn = unsafe extern "C" fn(
@@ -729,6 +757,8 @@ impl CudaEngine {
             .unwrap_or(1),
             memory_total: u64::try_from(ctx.total_mem()?).unwrap_or(0),
             arch,
+            driver_cuda: driver_cuda_version(),
+            nvrtc: nvrtc_version(),
         };
         let [(gcm_name, gcm_src), (lz4_name, lz4_src)] = sources();
         let gcm = ctx.load_module(cudarc::nvrtc::Ptx::from_src(compile(

@@ -103,8 +103,16 @@ impl Accelerator for CudaEngine {
             Err(e) => format!("memory unknown ({e})"),
         };
         format!(
-            "{} (compute {}.{}, {} SMs), {mem}",
-            i.name, i.compute_capability.0, i.compute_capability.1, i.multiprocessors
+            "{} (compute {}.{}, {} SMs), {mem}, driver for CUDA {}.{}, kernels compiled by NVRTC {}.{} for {}",
+            i.name,
+            i.compute_capability.0,
+            i.compute_capability.1,
+            i.multiprocessors,
+            i.driver_cuda.0,
+            i.driver_cuda.1,
+            i.nvrtc.0,
+            i.nvrtc.1,
+            i.arch
         )
     }
 }
