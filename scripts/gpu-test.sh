@@ -2,8 +2,8 @@
 # The GPU test command (README): on a machine with an NVIDIA GPU and driver, runs the GPU half
 # of the kernels' correctness suite (GPU AES-256-GCM byte-identical to the CPU engine on
 # 100,000 random packets, NIST vectors, tampering, LZ4 both ways with lz4_flex), the pipeline
-# through the offload engine with offload.gpu = on against the CPU engine, then
-# `bench offload`.
+# through the offload engine with offload.gpu = on against the CPU engine (with the kernels
+# compiled by NVRTC 13, then by the GPU image's NVRTC 12.x), then `bench offload`.
 #
 #   scripts/gpu-test.sh                 build and run here (needs cargo)
 #   scripts/gpu-test.sh --bundle DIR    build here, put the binaries and a run.sh in DIR
@@ -23,6 +23,18 @@ for l in sys.stdin:
     cargo build --release --locked -p dwcp-dataplane --bin dwcp-dataplane
     cp "$test_bin" "$dir/gpu-tests"
     cp target/release/dwcp-dataplane "$dir/"
+    # The GPU image's NVRTC (12.x, image/nvidia-pin.toml), xz'd to fit the device's 64 MiB:
+    # run.sh compiles and runs the kernels with it too, as the GPU image's data plane would.
+    ver=$(sed -n '/^\[nvrtc\]/,/^\[/s/^version = "\(.*\)"/\1/p' image/nvidia-pin.toml)
+    nvrtc12="$HOME/.cache/dwcp/nvrtc/$ver/nvidia/cuda_nvrtc/lib"
+    [[ -d $nvrtc12 ]] || nvrtc12=
+    if [[ -z $nvrtc12 ]]; then
+        echo "gpu-test: no NVRTC $ver in ~/.cache/dwcp/nvrtc: build a GPU image first (dwcp image build --gpu)" >&2
+        exit 1
+    fi
+    mkdir -p "$dir/nvrtc12"
+    for f in "$nvrtc12"/libnvrtc*.so*; do xz -T0 -6 -c "$f" >"$dir/nvrtc12/$(basename "$f").xz"; done
+    echo "${ver%.*}" >"$dir/nvrtc12/version"
     cat >"$dir/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs the bundled GPU tests and benchmarks. NVRTC: the CUDA toolkit's, found below, or $DWCP_NVRTC.
@@ -37,6 +49,22 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 status=0
 "$here/gpu-tests" --ignored --test-threads 1 --nocapture || status=1
 "$here/dwcp-dataplane" bench pipeline --offload on --seconds 0.3 || status=1
+# The GPU image's compile path: the same pipeline check with the kernels compiled by NVRTC
+# 12.x (first on the library path, under the unversioned name cudarc tries first).
+n12=$(mktemp -d)
+python3 - "$here/nvrtc12" "$n12" <<'PY' || status=1
+import lzma, pathlib, sys
+src, dst = map(pathlib.Path, sys.argv[1:])
+for f in src.glob("*.xz"):
+    (dst / f.stem).write_bytes(lzma.decompress(f.read_bytes()))
+PY
+ln -s libnvrtc.so.12 "$n12/libnvrtc.so"
+out=$(LD_LIBRARY_PATH="$n12" DWCP_NVRTC= "$here/dwcp-dataplane" bench pipeline --offload on \
+    --packets 20000 --seconds 0.05 2>&1) || status=1
+echo "$out" | head -3
+v12=$(cat "$here/nvrtc12/version")
+echo "$out" | grep -q "kernels compiled by NVRTC $v12" || { echo "NVRTC $v12 was not the one used"; status=1; }
+rm -rf "$n12"
 "$here/dwcp-dataplane" bench offload "$@" || status=1
 exit $status
 RUN

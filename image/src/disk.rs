@@ -629,10 +629,9 @@ mod tests {
         assert!(entry_state("slot-a-x.conf").is_none());
     }
 
-    #[test]
-    fn install_slot_adds_an_entry_and_makes_it_default() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.img");
+    /// A 64 MiB-ESP disk at `dir/a.img` with slot A's loader entry, the default.
+    fn disk_with_slot_a(dir: &Path) -> std::path::PathBuf {
+        let a = dir.join("a.img");
         let mut sp = spec();
         sp.esp_files.push((
             "loader/entries/slot-a.conf".into(),
@@ -644,6 +643,13 @@ mod tests {
             b"timeout 0\ndefault slot-a*\n".to_vec(),
         ));
         write_disk(&sp, &a).unwrap();
+        a
+    }
+
+    #[test]
+    fn install_slot_adds_an_entry_and_makes_it_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = disk_with_slot_a(dir.path());
         assert_eq!(default_slot(&a).unwrap(), Some('a'));
         assert_eq!(entry_options(&a, "slot-a.conf").unwrap(), "console=ttyS0");
         install_slot(&a, 'b', b"kernel-b", b"initrd-b", "console=ttyS0", 3).unwrap();
@@ -658,13 +664,7 @@ mod tests {
     #[test]
     fn a_slot_the_esp_cannot_hold_is_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.img");
-        let mut sp = spec();
-        sp.esp_files.push((
-            "loader/entries/slot-a.conf".into(),
-            b"title A\noptions console=ttyS0 dwcp.slot=a\n".to_vec(),
-        ));
-        write_disk(&sp, &a).unwrap();
+        let a = disk_with_slot_a(dir.path());
         install_slot(&a, 'b', b"kernel-b", b"initrd-b", "console=ttyS0", 3).unwrap();
         let before = std::fs::read(&a).unwrap();
         // 64 MiB of ESP cannot take a 70 MiB initramfs.

@@ -23,7 +23,7 @@ const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu/nvidia/current";
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NvidiaPin {
-    /// The driver version every part must carry, e.g. `535.261.03`.
+    /// The driver version every part must carry, e.g. `550.163.01`.
     pub driver: String,
     /// GSP firmware files to carry, from `lib/firmware/nvidia/DRIVER/`.
     pub firmware: Vec<String>,
@@ -162,9 +162,13 @@ pub fn fetch(pin: &NvidiaPin, kernel: &Kernel, cache: &Path) -> Result<Driver, N
 
     let fw_root = kernel::fetch_deb(&pin.firmware_package, cache)?;
     for name in &pin.firmware {
+        // Where the kernel looks; the package has it there or, merged-/usr, under usr/.
         let rel = format!("lib/firmware/nvidia/{}/{name}", pin.driver);
-        let src = fw_root.join(&rel);
-        let data = std::fs::read(&src).map_err(|_| NvidiaError::Missing(src.clone()))?;
+        let src = [fw_root.join(&rel), fw_root.join("usr").join(&rel)]
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| NvidiaError::Missing(fw_root.join(&rel)))?;
+        let data = std::fs::read(&src).map_err(io(&src))?;
         files.push((rel, data, 0o644));
     }
 

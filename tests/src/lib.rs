@@ -101,6 +101,15 @@ pub fn unpack_initramfs(
     (root, files)
 }
 
+/// A finished command's standard output, then its standard error, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// One QEMU boot at a time: two TCG guests on a two-core machine slow each other past the
 /// time-outs and make boot times meaningless.
 pub fn qemu_lock() -> MutexGuard<'static, ()> {

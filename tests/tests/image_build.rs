@@ -104,10 +104,6 @@ fn initramfs_holds_init_modules_and_no_shell() {
         .arg("--help")
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = dwcp_tests::output_text(&out);
     assert!(said.contains("usage: dwcp-dataplane"), "{said}");
 }

@@ -16,6 +16,16 @@ use dwcp_image::nvidia::{self, NvidiaPin};
 use dwcp_provisioning::cli::image_build;
 use object::{Object as _, ObjectSymbol as _};
 
+/// The pinned NVRTC's `major.minor` (`12.4` of `12.4.127`).
+fn nvrtc_major_minor(pin: &NvidiaPin) -> String {
+    pin.nvrtc
+        .version
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
 }
@@ -91,14 +101,16 @@ fn gpu_image_carries_the_driver_built_for_its_kernel() {
         "{0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu",
         root.path().display()
     );
+    let nvrtc = nvrtc_major_minor(&pin);
     for lib in [
-        "libcuda.so.1",
-        "libcuda.so",
-        "libnvidia-ml.so.1",
-        "libnvidia-ptxjitcompiler.so.1",
-        "libnvrtc.so.12",
-        "libnvrtc-builtins.so.12.2",
+        "libcuda.so.1".to_owned(),
+        "libcuda.so".to_owned(),
+        "libnvidia-ml.so.1".to_owned(),
+        "libnvidia-ptxjitcompiler.so.1".to_owned(),
+        format!("libnvrtc.so.{}", nvrtc.split('.').next().unwrap()),
+        format!("libnvrtc-builtins.so.{nvrtc}"),
     ] {
+        let lib = lib.as_str();
         let path = root.path().join("usr/lib/x86_64-linux-gnu").join(lib);
         assert!(
             path.exists(),
@@ -150,7 +162,8 @@ fn driver_exports(path: &Path) -> BTreeSet<String> {
 fn the_cuda_engine_calls_nothing_the_image_s_libcuda_lacks() {
     // The simulated driver implements exactly the driver calls the engine and cudarc make
     // (it is built to refuse anything else, decision 0013), so its exports are the engine's
-    // needs; the image's libcuda (driver 535, CUDA 12.2) must export every one.
+    // needs; the image's libcuda (an older driver than the engine's CUDA 13 bindings) must
+    // export every one.
     let dir = dwcp_tests::gpu_artifacts();
     let (root, _) = dwcp_tests::unpack_initramfs(dir);
     let sim_dir = tempfile::tempdir().unwrap();
@@ -186,7 +199,7 @@ fn the_image_s_data_plane_runs_the_gpu_path_with_the_image_s_nvrtc() {
     let sim_dir = tempfile::tempdir().unwrap();
     let sim = dwcp_kernels::sim::build(sim_dir.path()).unwrap_or_else(|e| panic!("{e}"));
     // An empty home: the NVRTC 13 that scripts/setup.sh caches there is out of reach, so only
-    // the image's NVRTC 12.2 can compile the kernels.
+    // the image's NVRTC (12.x) can compile the kernels.
     let home = tempfile::tempdir().unwrap();
     let out = Command::new(root.path().join("lib64/ld-linux-x86-64.so.2"))
         .arg("--library-path")
@@ -211,11 +224,7 @@ fn the_image_s_data_plane_runs_the_gpu_path_with_the_image_s_nvrtc() {
         .env("DWCP_LIBCUDA", &sim)
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = dwcp_tests::output_text(&out);
     assert!(out.status.success(), "{said}");
     let check = said
         .lines()
@@ -226,6 +235,13 @@ fn the_image_s_data_plane_runs_the_gpu_path_with_the_image_s_nvrtc() {
     assert!(
         check.starts_with("offload engine gpu") && check.contains(dwcp_kernels::sim::DEVICE_NAME),
         "the CUDA engine on the simulated device: {said}"
+    );
+    assert!(
+        check.contains(&format!(
+            "kernels compiled by NVRTC {} for",
+            nvrtc_major_minor(&NvidiaPin::committed())
+        )),
+        "the image's NVRTC compiled the kernels: {check}"
     );
     assert!(
         check.contains("300 packets each way, 0 mismatches"),
