@@ -51,7 +51,7 @@ impl Outcome {
     pub fn line(&self) -> String {
         match self {
             Self::NotInImage => "gpu: no NVIDIA driver in this image; the data plane uses the CPU engine".into(),
-            Self::NoGpu => "gpu: NVIDIA driver present, but no NVIDIA GPU on this node (nvidia.ko: no such device); the data plane uses the CPU engine".into(),
+            Self::NoGpu => "gpu: NVIDIA driver present, but no NVIDIA GPU on this node (nvidia.ko: no such device)".into(),
             Self::Ready { version, gpus } => {
                 let list: Vec<String> = gpus
                     .iter()
@@ -63,7 +63,7 @@ impl Outcome {
                     list.join(", ")
                 )
             }
-            Self::Failed(why) => format!("gpu: FAILED {why}; the data plane uses the CPU engine"),
+            Self::Failed(why) => format!("gpu: FAILED {why}"),
         }
     }
 }

@@ -125,19 +125,25 @@ pub fn boot(
     config_text: &str,
     adjust: impl FnOnce(&mut dwcp_qemu::VmSpec),
 ) -> anyhow::Result<(Vm, tempfile::TempDir)> {
-    boot_from(artifacts(), name, config_text, adjust)
+    boot_from(artifacts(), name, config_text, &[], adjust)
 }
 
-/// [`boot`] with the kernel and initramfs from `artifacts`.
+/// [`boot`] with the kernel and initramfs from `artifacts`, and `layers` (gzip'd cpio
+/// archives) appended after the config's: the kernel unpacks them in order, so a layer's file
+/// replaces the image's at the same path.
 pub fn boot_from(
     artifacts: &Path,
     name: &str,
     config_text: &str,
+    layers: &[Vec<u8>],
     adjust: impl FnOnce(&mut dwcp_qemu::VmSpec),
 ) -> anyhow::Result<(Vm, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let mut initrd = std::fs::read(artifacts.join("initrd.img"))?;
     initrd.extend(image_build::config_initrd(config_text)?);
+    for layer in layers {
+        initrd.extend(layer);
+    }
     let initrd_path = dir.path().join("initrd.img");
     std::fs::write(&initrd_path, initrd)?;
     // Invalid configs still need a VM shape: take it from the QEMU example then.

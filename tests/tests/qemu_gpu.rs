@@ -1,7 +1,9 @@
 //! The GPU image (`dwcp image build --gpu`) under QEMU, which has no NVIDIA GPU: init loads
 //! the kernel modules the driver needs, tries the driver, and says in one line that this node
 //! has no GPU; the data plane loads the image's libcuda, hears from the driver that there is
-//! no device, and comes up READY on the CPU engine, saying why.
+//! no device, and comes up READY on the CPU engine, saying why. Then the same image with the
+//! simulated driver (decision 0013) in libcuda's place: the appliance's data plane compiles
+//! the kernels with the image's NVRTC inside the VM and comes up READY on the GPU engine.
 
 // Integration tests are their own crate: the lint is for tests inside library code.
 #![allow(clippy::tests_outside_test_module)]
@@ -16,7 +18,7 @@ fn gpu_image_without_a_gpu_boots_ready_on_the_cpu_engine_and_says_why() {
     let artifacts = gpu_artifacts();
     let _one = qemu_lock();
     let config = dwcp_provisioning::example::qemu_example().unwrap();
-    let (mut vm, _dir) = boot_from(artifacts, "gpu-image", &config, |_| {}).unwrap();
+    let (mut vm, _dir) = boot_from(artifacts, "gpu-image", &config, &[], |_| {}).unwrap();
     let ready = vm.wait_for("DWCP READY", BOOT_TIMEOUT).unwrap();
     eprintln!("boot: {ready}");
     let console = vm.console();
@@ -49,4 +51,52 @@ fn gpu_image_without_a_gpu_boots_ready_on_the_cpu_engine_and_says_why() {
         .wait_for("status: gpu:", std::time::Duration::from_secs(30))
         .unwrap();
     assert!(status.contains("no NVIDIA GPU on this node"), "{status}");
+}
+
+#[test]
+fn gpu_image_on_the_simulated_driver_boots_ready_on_the_gpu_engine() {
+    if !require_qemu("gpu_image_on_the_simulated_driver_boots_ready_on_the_gpu_engine") {
+        return;
+    }
+    let artifacts = gpu_artifacts();
+    let sim_dir = tempfile::tempdir().unwrap();
+    let sim = dwcp_kernels::sim::build(sim_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    // The stand-in takes the place of the image's libcuda (the file its links name).
+    let driver = dwcp_image::nvidia::NvidiaPin::committed().driver;
+    let mut layer = dwcp_image::initramfs::Initramfs::new();
+    layer.file(
+        &format!("usr/lib/x86_64-linux-gnu/libcuda.so.{driver}"),
+        std::fs::read(&sim).unwrap(),
+        0o755,
+    );
+    let layer = layer.to_gzip().unwrap();
+    let _one = qemu_lock();
+    let config =
+        dwcp_provisioning::example::qemu_example().unwrap() + "\n[offload]\ngpu = \"on\"\n";
+    let (mut vm, _dir) = boot_from(artifacts, "gpu-image-sim", &config, &[layer], |_| {}).unwrap();
+    // NVRTC compiles both sources under TCG first: give it longer than a plain boot.
+    let ready = vm.wait_for("DWCP READY", BOOT_TIMEOUT * 2).unwrap();
+    eprintln!("boot: {ready}");
+    let console = vm.console();
+    let engine = console
+        .lines()
+        .find(|l| l.contains("dwcp-dataplane: offload engine"))
+        .unwrap_or_else(|| panic!("no engine line:\n{console}"));
+    let nvrtc = dwcp_image::nvidia::NvidiaPin::committed().nvrtc.version;
+    let nvrtc = nvrtc.rsplit_once('.').unwrap().0;
+    assert!(
+        engine.contains(&format!(
+            "offload engine gpu: GPU {}",
+            dwcp_kernels::sim::DEVICE_NAME
+        )) && engine.contains(&format!("kernels compiled by NVRTC {nvrtc} for")),
+        "{engine}"
+    );
+    // The gathering thread runs on the housekeeping core, and `status` reports the GPU path.
+    assert!(engine.contains("by a thread on core 0"), "{engine}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    vm.send_line("status").unwrap();
+    let offload = vm
+        .wait_for("status: offload", std::time::Duration::from_secs(30))
+        .unwrap();
+    assert!(offload.contains("status: offload gpu"), "{offload}");
 }
