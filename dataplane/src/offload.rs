@@ -1,8 +1,9 @@
 //! The data plane's offload engines, from `[offload]`: one adaptive dispatcher per worker over
 //! the worker's own CPU engine and, when `offload.gpu` allows it and a GPU is usable, the one
 //! CUDA engine behind a gathering thread that runs the GPU batches of all workers together
-//! (up to `max_batch` packets or `max_delay_us`). Says at start-up which engine runs and why,
-//! and reports GPU state for metrics and the console.
+//! (up to `max_batch` packets or `max_delay_us`), once the GPU has passed its start-up check
+//! against the CPU engine. Says at start-up which engine runs and why, and reports GPU state
+//! for metrics and the console.
 
 use std::time::Duration;
 
@@ -11,10 +12,15 @@ use dwcp_kernels::cuda::{Capacity, CudaEngine};
 use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
 use dwcp_kernels::gather::{GatherSettings, Gatherer};
 use dwcp_kernels::monitor::GpuMonitor;
+use dwcp_kernels::selftest;
 use dwcp_provisioning::schema::{GpuMode, Offload};
 
 /// The largest inner packet the engines are sized for.
-const MAX_PACKET: usize = 9216;
+const MAX_PACKET: usize = selftest::MAX_PACKET;
+
+/// How long each batch of the GPU's start-up check may take (milliseconds on a GPU, about a
+/// tenth of a second on the simulated one; a GPU that needs longer is not fit for traffic).
+const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Set by init when it restarts the data plane after the GPU hung (exit code
 /// [`crate::app::EXIT_GPU_HUNG`]): why, in words. The data plane then runs on the CPU engine
@@ -81,11 +87,20 @@ pub fn engines(
     let max_batch = usize::try_from(cfg.max_batch).unwrap_or(1024);
     // Staging for `max_batch` packets; a larger gather runs in more chunks.
     let cap = Capacity::for_batch(max_batch, MAX_PACKET);
-    let gpu = match CudaEngine::new(cfg.device, cap) {
+    let mut gpu = match CudaEngine::new(cfg.device, cap) {
         Ok(e) => e,
         Err(e) => return cpu_only(format!("offload.gpu = {mode}, but no GPU engine: {e}")),
     };
     let described = dwcp_kernels::dispatch::Accelerator::describe(&gpu);
+    // A GPU that gives wrong answers would seal packets every peer drops: it gets no traffic.
+    let checked = match selftest::check(&mut gpu, MAX_PACKET, SELF_TEST_TIMEOUT) {
+        Ok(passed) => passed,
+        Err(why) => {
+            return cpu_only(format!(
+                "offload.gpu = {mode}, but GPU {described} failed its start-up check against the CPU engine: {why}"
+            ));
+        }
+    };
     let gather = GatherSettings {
         max_batch,
         max_delay: Duration::from_micros(u64::from(cfg.max_delay_us)),
@@ -112,7 +127,7 @@ pub fn engines(
             .collect(),
         kind,
         why: format!(
-            "GPU {described}; {how}; workers' GPU batches gathered up to {max_batch} packets or {} us by a thread {}",
+            "GPU {described}, {checked}; {how}; workers' GPU batches gathered up to {max_batch} packets or {} us by a thread {}",
             cfg.max_delay_us,
             gatherer.placement()
         ),

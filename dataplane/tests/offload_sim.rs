@@ -22,3 +22,37 @@ fn the_pipeline_with_offload_on_through_the_cuda_engine_matches_the_cpu() {
     assert_eq!(c.mismatches, 0, "{text}");
     assert_eq!(c.batches, [0, 64], "every batch on the GPU path: {text}");
 }
+
+#[test]
+fn a_gpu_giving_wrong_answers_is_kept_out_at_start_up_and_the_cpu_carries_the_traffic() {
+    let dir = std::env::temp_dir().join(format!("dwcp-sim-cuda-wrong-{}", std::process::id()));
+    let lib = dwcp_kernels::sim::build(&dir).unwrap_or_else(|e| panic!("{e}"));
+    // From its first launch on, every copy back from the simulated GPU has a bit flipped and
+    // no error is reported: only comparing answers shows it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dwcp-dataplane"))
+        .args(["bench", "pipeline", "--offload", "auto", "--packets", "300"])
+        .args(["--seconds", "0.01"])
+        .env("DWCP_LIBCUDA", &lib)
+        .env("DWCP_SIM_INJECT", "corrupt:1")
+        .output()
+        .expect("run dwcp-dataplane");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        first.starts_with("offload engine cpu (offload.gpu = auto, but GPU "),
+        "{first}"
+    );
+    assert!(first.contains(dwcp_kernels::sim::DEVICE_NAME), "{first}");
+    assert!(
+        first.contains(" failed its start-up check against the CPU engine: seal "),
+        "{first}"
+    );
+    assert!(text.contains(" 0 mismatches; "), "{text}");
+    assert!(text.contains("engine batches cpu 40 gpu 0 "), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -328,6 +328,9 @@ static const size_t DEVICE_MEMORY = 1ull << 30;
 static u64 launches = 0, copies = 0, device_allocs = 0, unpinned_copies = 0, deepest_queue = 0;
 static int inject_kind = 0;
 static u64 inject_at = 0;
+// Set by a kind-4 injection: from then on every device-to-host copy comes back with one bit
+// wrong (a GPU that computes wrong answers without reporting an error).
+static bool corrupting = false;
 static unsigned inject_ms = 0;
 
 static void complain(const char* what) { fprintf(stderr, "dwcp-sim-cuda: %s\n", what); }
@@ -416,6 +419,7 @@ static int advance(Stream* s) {
                 break;
             case Op::DTOH:
                 memcpy(op.host, (const void*)op.dev, op.n);
+                if (corrupting && op.n > 0) ((unsigned char*)op.host)[op.n / 2] ^= 1;
                 break;
             case Op::RECORD:
                 op.ev->at = Clock::now();
@@ -448,10 +452,11 @@ extern "C" {
 
 // Test controls. Injects a failure into the `at`-th launch from now (1 = the next): kind 1 =
 // cuLaunchKernel refuses it, 2 = it fails on the device (the stream reports
-// CUDA_ERROR_ILLEGAL_ADDRESS), 3 = it runs `ms` milliseconds (the stream is busy). Kind 0
-// clears.
+// CUDA_ERROR_ILLEGAL_ADDRESS), 3 = it runs `ms` milliseconds (the stream is busy), 4 = from it
+// on, every copy back to the host has one bit flipped, silently. Kind 0 clears, corruption too.
 void dwcp_sim_inject(int kind, unsigned at, unsigned ms) {
     std::lock_guard<std::mutex> g(sim::lock);
+    if (kind == 0) corrupting = false;
     inject_kind = kind;
     inject_at = launches + at;
     inject_ms = ms;
@@ -471,17 +476,18 @@ void dwcp_sim_stats(u64 out[6]) {
 }
 
 // Reads an injection from the environment, for a whole process under test:
-// DWCP_SIM_INJECT=refuse|fault|hang:AT[:MS] (as dwcp_sim_inject, counted from start-up).
+// DWCP_SIM_INJECT=refuse|fault|hang|corrupt:AT[:MS] (as dwcp_sim_inject, counted from start-up).
 static void inject_from_env() {
     const char* v = getenv("DWCP_SIM_INJECT");
     if (!v) return;
     char kind[16] = {0};
     unsigned at = 0, ms = 0;
     if (sscanf(v, "%15[a-z]:%u:%u", kind, &at, &ms) < 2) {
-        fprintf(stderr, "dwcp-sim-cuda: DWCP_SIM_INJECT=%s: want refuse|fault|hang:AT[:MS]\n", v);
+        fprintf(stderr, "dwcp-sim-cuda: DWCP_SIM_INJECT=%s: want refuse|fault|hang|corrupt:AT[:MS]\n", v);
         return;
     }
-    int k = !strcmp(kind, "refuse") ? 1 : !strcmp(kind, "fault") ? 2 : !strcmp(kind, "hang") ? 3 : 0;
+    int k = !strcmp(kind, "refuse") ? 1 : !strcmp(kind, "fault") ? 2 : !strcmp(kind, "hang") ? 3
+            : !strcmp(kind, "corrupt") ? 4 : 0;
     if (k == 0) {
         fprintf(stderr, "dwcp-sim-cuda: DWCP_SIM_INJECT: unknown kind %s\n", kind);
         return;
@@ -845,7 +851,8 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
         int kind = inject_kind;
         inject_kind = 0;
         if (kind == 1) return LAUNCH_OUT_OF_RESOURCES;
-        op.inject = kind;
+        if (kind == 4) corrupting = true;
+        else op.inject = kind;
     }
     ((Stream*)s)->used_for_kernels = true;
     enqueue((Stream*)s, op);

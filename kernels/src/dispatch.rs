@@ -61,6 +61,10 @@ pub trait Accelerator: Send {
     fn describe(&self) -> String;
 }
 
+/// How long each batch of the check a recovering GPU repeats may take: well inside the data
+/// plane's watchdog (5 s), so a slow GPU stays unhealthy instead of stopping the data plane.
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn failure(p: crate::cuda::Partial) -> Failure {
     Failure {
         done: p.done,
@@ -94,7 +98,12 @@ impl Accelerator for CudaEngine {
         CudaEngine::try_decompress(self, jobs, deadline).map_err(failure)
     }
     fn recover(&mut self) -> Result<(), String> {
-        CudaEngine::recover(self).map_err(|e| e.to_string())
+        CudaEngine::recover(self).map_err(|e| e.to_string())?;
+        // Back only once its answers are right again (a fault can leave a GPU that runs but
+        // computes wrong).
+        crate::selftest::check(self, crate::selftest::MAX_PACKET, RECHECK_TIMEOUT)
+            .map(|_| ())
+            .map_err(|why| format!("recovered, but failed the start-up check again: {why}"))
     }
     fn describe(&self) -> String {
         let i = self.info();

@@ -21,6 +21,7 @@ pub mod gather;
 #[allow(unsafe_code)]
 pub mod lz4;
 pub mod monitor;
+pub mod selftest;
 pub mod sim;
 pub mod suite;
 

@@ -14,6 +14,7 @@ use dwcp_kernels::cpu::CpuEngine;
 use dwcp_kernels::cuda::{Capacity, CudaEngine, CudaError};
 use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
 use dwcp_kernels::gather::GatherSettings;
+use dwcp_kernels::selftest;
 use dwcp_kernels::suite::{self, Rng};
 use dwcp_kernels::{AeadKey, Engine, SealJob, TAG_LEN};
 use sim_driver::{Fault, engine, sim};
@@ -242,6 +243,89 @@ fn sim_dispatcher_finishes_a_failed_batch_on_the_cpu() {
         st.fallback_jobs > 0 && st.fallback_jobs < 1200,
         "only the unfinished part ran on the CPU: {st:?}"
     );
+}
+
+#[test]
+fn sim_the_start_up_check_passes_on_the_real_kernels_and_catches_a_gpu_giving_wrong_answers() {
+    let _one = sim().serial();
+    let mut e = engine(Capacity::for_batch(1024, 9216));
+    let before = sim().stats();
+    let passed = selftest::check(&mut e, 9216, Duration::from_secs(30))
+        .unwrap_or_else(|why| panic!("the real kernels fail the start-up check: {why}"));
+    let launches = sim().stats().launches - before.launches;
+    eprintln!("start-up check on the simulated GPU: {passed}, {launches} launches");
+    assert!(
+        launches >= 4,
+        "every operation ran on the device: {launches}"
+    );
+    // The data plane's process-wide injection tests count launches from start-up: the
+    // check's launches come first (tests/tests/netns_gpu_sim.rs).
+    assert_eq!(
+        launches,
+        u64::from(selftest::LAUNCHES),
+        "selftest::LAUNCHES is out of date"
+    );
+
+    sim().inject(Fault::Corrupt, 1, 0);
+    let wrong = selftest::check(&mut e, 9216, Duration::from_secs(30));
+    sim().inject(Fault::None, 0, 0);
+    let why = wrong.expect_err("a GPU whose results come back with a bit flipped passed");
+    assert!(why.starts_with("seal "), "{why}");
+    assert_eq!(
+        e.failures(),
+        (0, None),
+        "a wrong answer is not a CUDA error"
+    );
+    selftest::check(&mut e, 9216, Duration::from_secs(30)).expect("right again once cleared");
+}
+
+#[test]
+fn sim_a_gpu_probed_after_a_fault_returns_only_once_its_answers_are_right() {
+    let _one = sim().serial();
+    let retry = Duration::from_millis(5);
+    let mut d = Dispatcher::new(
+        Some(Box::new(engine(Capacity::for_batch(256, 9216)))),
+        Settings {
+            mode: Mode::On,
+            retry,
+            retry_max: retry,
+            ..Settings::default()
+        },
+    );
+    let seal = |d: &mut Dispatcher| {
+        let mut b = Batch::new(50, 3);
+        let mut want = Batch::new(50, 3);
+        CpuEngine.seal(&mut want.jobs());
+        d.seal(&mut b.jobs());
+        for (i, (got, want)) in b.pkts.iter().zip(&want.pkts).enumerate() {
+            assert_eq!(got.buf, want.buf, "packet {i}");
+        }
+    };
+    sim().inject(Fault::Device, 1, 0);
+    seal(&mut d);
+    assert!(!d.stats().gpu_healthy);
+    // The fault is gone but every answer comes back with a bit flipped: the probe's check
+    // keeps the GPU out, and the batch is the CPU's.
+    sim().inject(Fault::Corrupt, 1, 0);
+    std::thread::sleep(retry * 2);
+    seal(&mut d);
+    let st = d.stats().clone();
+    sim().inject(Fault::None, 0, 0);
+    assert_eq!(st.probes, 1, "{st:?}");
+    assert!(!st.gpu_healthy, "{st:?}");
+    let why = st.last_error.unwrap_or_default();
+    assert!(
+        why.starts_with("recovered, but failed the start-up check again: seal "),
+        "{why}"
+    );
+    // Right again: the next probe brings it back and the batch runs on it.
+    std::thread::sleep(retry * 2);
+    let gpu_before = d.stats().batches[0][1];
+    seal(&mut d);
+    let st = d.stats();
+    assert_eq!(st.probes, 2, "{st:?}");
+    assert!(st.gpu_healthy, "{st:?}");
+    assert_eq!(st.batches[0][1], gpu_before + 1, "{st:?}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use dwcp_kernels::alloc_count::Counting;
 use dwcp_kernels::cuda::{Capacity, CudaEngine};
-use dwcp_kernels::suite;
+use dwcp_kernels::{selftest, suite};
 
 // Counts allocations for `gpu_engine_allocates_nothing_per_batch` (run these one at a time:
 // `scripts/gpu-test.sh` passes `--test-threads 1`).
@@ -39,6 +39,19 @@ fn no_failures(e: &CudaEngine) {
 fn gpu_gcm_test_vectors() {
     let mut e = engine();
     suite::gcm_vectors(&mut e);
+    no_failures(&e);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_passes_the_data_planes_start_up_check() {
+    let mut e = engine();
+    // Twice: the first pays the kernels' first launches.
+    for _ in 0..2 {
+        let passed = selftest::check(&mut e, 9216, std::time::Duration::from_secs(10))
+            .unwrap_or_else(|why| panic!("{why}"));
+        eprintln!("start-up check: {passed}");
+    }
     no_failures(&e);
 }
 

@@ -236,6 +236,11 @@ fn the_image_s_data_plane_runs_the_gpu_path_with_the_image_s_nvrtc() {
         check.starts_with("offload engine gpu") && check.contains(dwcp_kernels::sim::DEVICE_NAME),
         "the CUDA engine on the simulated device: {said}"
     );
+    // The kernels the image's NVRTC compiled agree with the CPU engine.
+    assert!(
+        check.contains("passed its start-up check against the CPU engine"),
+        "{said}"
+    );
     assert!(
         check.contains(&format!(
             "kernels compiled by NVRTC {} for",

@@ -107,8 +107,10 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     for log in [&log_a, &log_b] {
         let line = wait_for_line(log, "offload engine", Duration::from_secs(60));
         assert!(
-            line.contains("offload engine gpu") && line.contains(dwcp_kernels::sim::DEVICE_NAME),
-            "the GPU engine on the simulated device: {line}"
+            line.contains("offload engine gpu")
+                && line.contains(dwcp_kernels::sim::DEVICE_NAME)
+                && line.contains("passed its start-up check against the CPU engine"),
+            "the GPU engine on the simulated device, checked: {line}"
         );
         wait_for_line(log, "dwcp-dataplane: ready", Duration::from_secs(60));
     }
@@ -150,20 +152,19 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     );
     assert!(metric(&m, "dwcp_compressed_packets_total{node=\"gw-a\"}") > 100);
 
-    // Gateway A again, its simulated GPU hanging for a minute in its fourth launch.
+    // Gateway A again, its simulated GPU hanging for a minute in its fourth launch after the
+    // start-up check's.
     lab.child(gw_a).kill().unwrap();
     let _ = lab.child(gw_a).wait();
     let log_hang = dir.path().join("gw-a-hang.log");
+    let hang = format!(
+        "DWCP_SIM_INJECT=hang:{}:60000",
+        dwcp_kernels::selftest::LAUNCHES + 4
+    );
     let hung = lab.spawn(
         &ga,
         "env",
-        &[
-            &libcuda,
-            "DWCP_SIM_INJECT=hang:4:60000",
-            dp,
-            "--config",
-            cfg_a,
-        ],
+        &[&libcuda, &hang, dp, "--config", cfg_a],
         &log_hang,
     );
     wait_for_line(&log_hang, "dwcp-dataplane: ready", Duration::from_secs(60));

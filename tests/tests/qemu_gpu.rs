@@ -91,6 +91,11 @@ fn gpu_image_on_the_simulated_driver_boots_ready_on_the_gpu_engine() {
         )) && engine.contains(&format!("kernels compiled by NVRTC {nvrtc} for")),
         "{engine}"
     );
+    // The kernels NVRTC compiled in the VM agree with the CPU engine before any traffic.
+    assert!(
+        engine.contains("passed its start-up check against the CPU engine (160 jobs, "),
+        "{engine}"
+    );
     // The gathering thread runs on the housekeeping core, and `status` reports the GPU path.
     assert!(engine.contains("by a thread on core 0"), "{engine}");
     std::thread::sleep(std::time::Duration::from_secs(3));

@@ -17,6 +17,9 @@ pub enum Fault {
     Device = 2,
     /// The launch runs for the given milliseconds.
     Hang = 3,
+    /// From this launch on, every copy back to the host has one bit flipped (cleared by
+    /// `None`).
+    Corrupt = 4,
 }
 
 /// The stand-in's counters (`dwcp_sim_stats`).
