@@ -48,7 +48,10 @@ echo "NVRTC: ${DWCP_NVRTC:-on the library path}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 status=0
 "$here/gpu-tests" --ignored --test-threads 1 --nocapture || status=1
-"$here/dwcp-dataplane" bench pipeline --offload on --seconds 0.3 || status=1
+out=$("$here/dwcp-dataplane" bench pipeline --offload on --seconds 0.3 2>&1) || status=1
+echo "$out"
+echo "$out" | grep -q "passed its start-up check against the CPU engine" ||
+    { echo "the GPU did not pass the data plane's start-up check"; status=1; }
 # The GPU image's compile path: the same pipeline check with the kernels compiled by NVRTC
 # 12.x (first on the library path, under the unversioned name cudarc tries first).
 n12=$(mktemp -d)
