@@ -549,7 +549,7 @@ impl Running {
             _ => String::new(),
         };
         format!(
-            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {}",
+            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} wrong {} corrected packets {}",
             self.offload.0,
             self.offload.1,
             g("offload_gpu_healthy"),
@@ -559,6 +559,9 @@ impl Running {
             g("offload_gpu_errors"),
             g("offload_gpu_timeouts"),
             g("offload_fallback_packets"),
+            g("offload_gpu_checked_batches"),
+            g("offload_gpu_wrong_batches"),
+            g("offload_corrected_packets"),
         )
     }
 

@@ -280,6 +280,11 @@ pub struct OffloadCheck {
     pub crypto_batches: u64,
     /// Compress and decompress batches (both paths).
     pub compress_batches: u64,
+    /// GPU batches checked against the CPU engine, those with a wrong packet, and the wrong
+    /// packets (given the CPU's results).
+    pub checked: [u64; 3],
+    /// The GPU's last failure, if any.
+    pub last_gpu_error: Option<String>,
 }
 
 /// Encapsulates `inputs` for peer 0 in bursts of `burst`, as a worker does: each burst's
@@ -512,14 +517,22 @@ pub fn offload_check(mode: dwcp_provisioning::schema::GpuMode, packets: usize) -
         batches,
         crypto_batches,
         compress_batches,
+        checked: stats.map_or([0; 3], |s| {
+            [s.verified_batches, s.gpu_wrong_batches, s.corrected_jobs]
+        }),
+        last_gpu_error: stats.and_then(|s| s.last_error.clone()),
     }
 }
 
 impl OffloadCheck {
     /// One paragraph for people.
     pub fn text(&self) -> String {
+        let failed = self
+            .last_gpu_error
+            .as_ref()
+            .map_or_else(String::new, |e| format!("  last GPU failure: {e}\n"));
         format!(
-            "offload engine {} ({})\n  {} packets each way, {} mismatches; encap {:.2} Gb/s, decap {:.2} Gb/s on the offload engine; engine batches cpu {} gpu {} (seal and open: {}, compress and decompress: {}, in bursts of up to {})\n",
+            "offload engine {} ({})\n  {} packets each way, {} mismatches; encap {:.2} Gb/s, decap {:.2} Gb/s on the offload engine; engine batches cpu {} gpu {} (seal and open: {}, compress and decompress: {}, in bursts of up to {}); GPU batches checked against the CPU engine {}, wrong {}, packets corrected {}\n{failed}",
             self.engine.0,
             self.engine.1,
             self.packets,
@@ -530,7 +543,10 @@ impl OffloadCheck {
             self.batches[1],
             self.crypto_batches,
             self.compress_batches,
-            crate::worker::BURST
+            crate::worker::BURST,
+            self.checked[0],
+            self.checked[1],
+            self.checked[2],
         )
     }
 }

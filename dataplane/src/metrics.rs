@@ -393,6 +393,24 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         &[(String::new(), g("offload_fallback_packets"))],
     );
     family(
+        "dwcp_offload_gpu_checked_batches_total",
+        "counter",
+        "GPU batches checked packet by packet against the CPU engine (offload.verify_every).",
+        &[(String::new(), g("offload_gpu_checked_batches"))],
+    );
+    family(
+        "dwcp_offload_gpu_wrong_batches_total",
+        "counter",
+        "Checked GPU batches with a packet the GPU got wrong without an error.",
+        &[(String::new(), g("offload_gpu_wrong_batches"))],
+    );
+    family(
+        "dwcp_offload_corrected_packets_total",
+        "counter",
+        "Packets the GPU got wrong, given the CPU engine's result before they left.",
+        &[(String::new(), g("offload_corrected_packets"))],
+    );
+    family(
         "dwcp_offload_gpu_probes_total",
         "counter",
         "Health probes sent to an unhealthy GPU.",

@@ -52,6 +52,7 @@ fn settings(cfg: &Offload) -> Settings {
         // A batch may take its gathering delay many times over before it is abandoned.
         deadline: Duration::from_micros(u64::from(cfg.max_delay_us) * 20)
             .max(Duration::from_millis(50)),
+        verify_every: u64::from(cfg.verify_every),
         ..Settings::default()
     }
 }

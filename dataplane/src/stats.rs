@@ -66,6 +66,9 @@ pub const NAMES: &[&str] = &[
     "offload_fallback_packets",
     "offload_gpu_probes",
     "offload_gpu_healthy",
+    "offload_gpu_checked_batches",
+    "offload_gpu_wrong_batches",
+    "offload_corrected_packets",
 ];
 
 /// Number of counters.
@@ -155,6 +158,9 @@ pub fn flatten(
         d.fallback_jobs,
         d.probes,
         u64::from(d.gpu_healthy),
+        d.verified_batches,
+        d.gpu_wrong_batches,
+        d.corrected_jobs,
     ]
 }
 

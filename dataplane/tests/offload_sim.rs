@@ -56,3 +56,40 @@ fn a_gpu_giving_wrong_answers_is_kept_out_at_start_up_and_the_cpu_carries_the_tr
     assert!(text.contains("engine batches cpu 40 gpu 0 "), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_gpu_turning_wrong_after_its_start_up_check_is_caught_in_traffic_and_no_wrong_packet_leaves() {
+    let dir = std::env::temp_dir().join(format!("dwcp-sim-cuda-late-{}", std::process::id()));
+    let lib = dwcp_kernels::sim::build(&dir).unwrap_or_else(|e| panic!("{e}"));
+    // Right through the start-up check's launches, then every copy back has a bit flipped.
+    let inject = format!("corrupt:{}", dwcp_kernels::selftest::LAUNCHES + 1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dwcp-dataplane"))
+        .args(["bench", "pipeline", "--offload", "on", "--packets", "300"])
+        .args(["--seconds", "0.01"])
+        .env("DWCP_LIBCUDA", &lib)
+        .env("DWCP_SIM_INJECT", &inject)
+        .output()
+        .expect("run dwcp-dataplane");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("offload engine gpu (") && first.contains("passed its start-up check"),
+        "{first}"
+    );
+    // The first GPU batch of each operation is checked: the first wrong one is caught, its
+    // packets leave with the CPU's results, and the GPU gets no more traffic (a bit flipped
+    // where no packet's result lies, as in a batch of incompressible packets, is harmless).
+    assert!(text.contains(" 0 mismatches; "), "{text}");
+    assert!(text.contains(", wrong 1, packets corrected "), "{text}");
+    assert!(
+        text.contains("  last GPU failure: ")
+            && text.contains(" packets in a checked batch were wrong, the first: "),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

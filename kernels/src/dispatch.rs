@@ -3,12 +3,15 @@
 //! exploration so both stay measured; `offload.gpu = on|off|auto` overrides. An accelerator
 //! error or a batch past its deadline is finished on the CPU from the first job the
 //! accelerator did not complete — nothing is lost or run twice — the accelerator is marked
-//! unhealthy and probed again after a back-off. Counters say all of it.
+//! unhealthy and probed again after a back-off. A sample of the accelerator's batches is
+//! checked against the CPU engine ([`crate::verify`]): a wrong packet gets the CPU's result
+//! and the accelerator is marked unhealthy the same way. Counters say all of it.
 
 use std::time::{Duration, Instant};
 
 use crate::cpu::CpuEngine;
 use crate::cuda::{CudaEngine, Op};
+use crate::verify::{Checked, Scratch};
 use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob};
 
 /// Which engine a batch may use (`offload.gpu`).
@@ -174,6 +177,12 @@ pub struct Stats {
     pub gpu_timeouts: u64,
     /// Jobs the CPU finished after an accelerator failure.
     pub fallback_jobs: u64,
+    /// Accelerator batches checked against the CPU engine.
+    pub verified_batches: u64,
+    /// Checked batches with a packet the accelerator got wrong.
+    pub gpu_wrong_batches: u64,
+    /// Packets the accelerator got wrong, given the CPU's result instead.
+    pub corrected_jobs: u64,
     /// Health probes sent to an unhealthy accelerator.
     pub probes: u64,
     /// The accelerator is healthy (false also when there is none).
@@ -197,6 +206,9 @@ pub struct Settings {
     pub retry_max: Duration,
     /// In `auto`, one batch in this many goes to the path that currently looks slower.
     pub explore_every: u64,
+    /// One accelerator batch in this many, per operation, is checked against the CPU engine
+    /// (and the first after start-up and after each recovery); 0: none.
+    pub verify_every: u64,
 }
 
 impl Default for Settings {
@@ -207,6 +219,7 @@ impl Default for Settings {
             retry: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
             explore_every: 32,
+            verify_every: 64,
         }
     }
 }
@@ -221,7 +234,18 @@ pub struct Dispatcher {
     seen: [u64; 4],
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Accelerator batches per operation since the last checked one.
+    since_check: [u64; 4],
+    scratch: Scratch,
     stats: Stats,
+}
+
+/// How an accelerator batch went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trouble {
+    Error,
+    Timeout,
+    Wrong,
 }
 
 impl Dispatcher {
@@ -236,6 +260,8 @@ impl Dispatcher {
             seen: [0; 4],
             retry_at: None,
             backoff: set.retry,
+            since_check: [0; 4],
+            scratch: Scratch::default(),
             stats: Stats {
                 gpu_healthy: healthy,
                 ..Stats::default()
@@ -266,10 +292,12 @@ impl Dispatcher {
             self.stats.probes += 1;
             let recovered = self.gpu.as_mut().map(|g| g.recover());
             if let Some(Err(e)) = recovered {
-                self.unhealthy(e, false);
+                self.unhealthy(e, Trouble::Error);
                 return Path::Cpu;
             }
             self.retry_at = None;
+            // The first batches after a recovery are checked.
+            self.since_check = [0; 4];
             return Path::Gpu;
         }
         if self.set.mode == Mode::On {
@@ -306,11 +334,11 @@ impl Dispatcher {
         }
     }
 
-    fn unhealthy(&mut self, reason: String, timeout: bool) {
-        if timeout {
-            self.stats.gpu_timeouts += 1;
-        } else {
-            self.stats.gpu_errors += 1;
+    fn unhealthy(&mut self, reason: String, trouble: Trouble) {
+        match trouble {
+            Trouble::Error => self.stats.gpu_errors += 1,
+            Trouble::Timeout => self.stats.gpu_timeouts += 1,
+            Trouble::Wrong => self.stats.gpu_wrong_batches += 1,
         }
         self.stats.last_error = Some(reason);
         self.stats.gpu_healthy = false;
@@ -330,8 +358,9 @@ impl Dispatcher {
         }
     }
 
-    /// Runs one batch: routes it, runs it, falls back on failure, records the cost.
-    fn run<J>(
+    /// Runs one batch: routes it, runs it, falls back on failure, checks a sample against the
+    /// CPU, records the cost.
+    fn run<J: Checked>(
         &mut self,
         op: Op,
         jobs: &mut [J],
@@ -354,15 +383,41 @@ impl Dispatcher {
         if self.route(op, bytes) == Path::Gpu
             && let Some(gpu) = self.gpu.as_mut()
         {
-            match gpu_call(gpu.as_mut(), jobs, t0 + self.set.deadline) {
+            let check = check_due(&mut self.since_check, self.set.verify_every, op);
+            if check {
+                J::keep_inputs(jobs, &mut self.scratch);
+            }
+            let t1 = Instant::now();
+            match gpu_call(gpu.as_mut(), jobs, t1 + self.set.deadline) {
                 Ok(()) => {
+                    // The accelerator's cost, without the check's.
+                    self.record(op, Path::Gpu, bytes, t1.elapsed());
+                    if check {
+                        self.stats.verified_batches += 1;
+                        let v = J::check(jobs, &mut self.scratch);
+                        if v.wrong > 0 {
+                            self.stats.corrected_jobs += v.wrong as u64;
+                            let reason = format!(
+                                "{} of {} packets in a checked batch were wrong, the first: {}; they were given the CPU engine's results",
+                                v.wrong,
+                                jobs.len(),
+                                v.first.unwrap_or_default()
+                            );
+                            self.unhealthy(reason, Trouble::Wrong);
+                            return;
+                        }
+                    }
                     self.stats.gpu_healthy = true;
                     self.backoff = self.set.retry;
-                    self.record(op, Path::Gpu, bytes, t0.elapsed());
                 }
                 Err(f) => {
                     let done = f.done.min(jobs.len());
-                    self.unhealthy(f.reason, f.timeout);
+                    let trouble = if f.timeout {
+                        Trouble::Timeout
+                    } else {
+                        Trouble::Error
+                    };
+                    self.unhealthy(f.reason, trouble);
                     self.stats.fallback_jobs += (jobs.len() - done) as u64;
                     cpu_call(&mut self.cpu, &mut jobs[done..]);
                     let (o, p) = (op.index(), Path::Cpu as usize);
@@ -374,6 +429,18 @@ impl Dispatcher {
         cpu_call(&mut self.cpu, jobs);
         self.record(op, Path::Cpu, bytes, t0.elapsed());
     }
+}
+
+/// Whether the next accelerator batch of `op` is checked against the CPU engine, one in
+/// `every` (counted in `since`).
+fn check_due(since: &mut [u64; 4], every: u64, op: Op) -> bool {
+    if every == 0 {
+        return false;
+    }
+    let s = &mut since[op.index()];
+    let due = *s == 0;
+    *s = (*s + 1) % every;
+    due
 }
 
 impl Engine for Dispatcher {
@@ -447,6 +514,9 @@ pub mod testing {
         ErrorAfter(usize),
         /// Completes this many jobs, then runs past the deadline.
         HangAfter(usize),
+        /// Completes the batch and reports success, but one bit of the middle job's result is
+        /// wrong (a GPU giving a wrong answer without an error).
+        Corrupt,
     }
 
     /// The CPU engine behind the [`Accelerator`] face, with a fault and a per-batch delay.
@@ -481,6 +551,7 @@ pub mod testing {
             jobs: &mut [J],
             deadline: Instant,
             f: fn(&mut CpuEngine, &mut [J]),
+            corrupt: fn(&mut J),
         ) -> Result<(), Failure> {
             self.calls += 1;
             std::thread::sleep(self.delay);
@@ -492,6 +563,14 @@ pub mod testing {
             match fault {
                 Fault::None => {
                     f(&mut CpuEngine, jobs);
+                    Ok(())
+                }
+                Fault::Corrupt => {
+                    f(&mut CpuEngine, jobs);
+                    let mid = jobs.len() / 2;
+                    if let Some(j) = jobs.get_mut(mid) {
+                        corrupt(j);
+                    }
                     Ok(())
                 }
                 Fault::ErrorAfter(k) => {
@@ -524,24 +603,50 @@ pub mod testing {
             "test"
         }
         fn try_seal(&mut self, jobs: &mut [SealJob<'_>], d: Instant) -> Result<(), Failure> {
-            self.go(jobs, d, |c, j| c.seal(j))
+            // Ciphertext, or the tag of an empty packet.
+            self.go(jobs, d, |c, j| c.seal(j), |j| j.buf[j.len / 2] ^= 1)
         }
         fn try_open(&mut self, jobs: &mut [OpenJob<'_>], d: Instant) -> Result<(), Failure> {
-            self.go(jobs, d, |c, j| c.open(j))
+            self.go(
+                jobs,
+                d,
+                |c, j| c.open(j),
+                |j| match j.len.checked_sub(crate::TAG_LEN) {
+                    Some(n) if j.ok && n > 0 => j.buf[n / 2] ^= 1,
+                    _ => j.ok = !j.ok,
+                },
+            )
         }
         fn try_compress(
             &mut self,
             jobs: &mut [CompressJob<'_>],
             d: Instant,
         ) -> Result<(), Failure> {
-            self.go(jobs, d, |c, j| c.compress(j))
+            self.go(
+                jobs,
+                d,
+                |c, j| c.compress(j),
+                |j| {
+                    if let Some(n) = j.out_len {
+                        j.dst[n / 2] ^= 1;
+                    }
+                },
+            )
         }
         fn try_decompress(
             &mut self,
             jobs: &mut [DecompressJob<'_>],
             d: Instant,
         ) -> Result<(), Failure> {
-            self.go(jobs, d, |c, j| c.decompress(j))
+            self.go(
+                jobs,
+                d,
+                |c, j| c.decompress(j),
+                |j| match j.out_len {
+                    Some(n) if n > 0 => j.dst[n / 2] ^= 1,
+                    _ => {}
+                },
+            )
         }
         fn recover(&mut self) -> Result<(), String> {
             self.recovers += 1;
@@ -568,7 +673,7 @@ mod tests {
                 deadline: Duration::from_millis(30),
                 retry,
                 retry_max: retry * 4,
-                explore_every: 32,
+                ..Settings::default()
             },
         )
     }
@@ -671,6 +776,83 @@ mod tests {
         );
         let [c, g] = d.stats().ns_per_byte[0];
         assert!(g.unwrap() > c.unwrap(), "costs {c:?} {g:?}");
+    }
+
+    #[test]
+    fn a_wrong_answer_in_a_checked_batch_is_corrected_and_keeps_the_gpu_out() {
+        let mut acc = TestAccelerator::new(Fault::Corrupt, Duration::ZERO);
+        acc.fail_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_millis(20));
+        d.set.verify_every = 4;
+        // The first GPU batch is checked: the wrong packet leaves with the CPU's result.
+        let (got, want) = seal_both(&mut d, 100, 11);
+        assert!(got == want, "a wrong packet left the dispatcher");
+        let s = d.stats().clone();
+        assert_eq!(
+            (s.verified_batches, s.gpu_wrong_batches, s.corrected_jobs),
+            (1, 1, 1)
+        );
+        assert_eq!((s.gpu_errors, s.gpu_timeouts, s.fallback_jobs), (0, 0, 0));
+        assert!(!s.gpu_healthy);
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some(
+                "1 of 100 packets in a checked batch were wrong, the first: seal of a 1408-byte packet (packet 50 of 100) differs from the CPU engine's at byte 704; they were given the CPU engine's results"
+            )
+        );
+        // Kept out until the probe; the first batch after it is checked again.
+        seal_both(&mut d, 10, 12);
+        assert_eq!(d.stats().batches[0], [1, 1]);
+        std::thread::sleep(Duration::from_millis(30));
+        for i in 0..5 {
+            let (got, want) = seal_both(&mut d, 10, 13 + i);
+            assert!(got == want);
+        }
+        let s = d.stats();
+        assert_eq!((s.probes, s.batches[0]), (1, [1, 6]));
+        // Checked: the first batch, the first after the probe, and one in 4 after that.
+        assert_eq!((s.verified_batches, s.gpu_wrong_batches), (3, 1));
+        assert!(s.gpu_healthy);
+    }
+
+    #[test]
+    fn every_operation_checked_passes_the_suite_on_an_accelerator_that_is_always_wrong() {
+        let acc = TestAccelerator::new(Fault::Corrupt, Duration::ZERO);
+        // Probed at once after each wrong batch: every batch runs on it and is checked.
+        let mut d = dispatcher(Mode::On, acc, Duration::ZERO);
+        d.set.verify_every = 1;
+        suite::gcm_vectors(&mut d);
+        suite::gcm_random(&mut d, 2000, 300, 14);
+        suite::lz4_round_trips(&mut d, 600, 100, 15);
+        let s = d.stats();
+        assert_eq!(
+            s.verified_batches,
+            s.batches.iter().map(|b| b[1]).sum::<u64>()
+        );
+        assert!(s.gpu_wrong_batches > 10 && s.corrected_jobs >= s.gpu_wrong_batches);
+        for op in Op::ALL {
+            assert!(s.batches[op.index()][1] > 0, "{op:?} never ran on the GPU");
+        }
+    }
+
+    #[test]
+    fn unchecked_batches_are_not_checked() {
+        let acc = TestAccelerator::new(Fault::Corrupt, Duration::ZERO);
+        let mut d = dispatcher(Mode::On, acc, Duration::ZERO);
+        d.set.verify_every = 0;
+        let (got, want) = seal_both(&mut d, 10, 16);
+        assert!(got != want, "the test accelerator did not corrupt");
+        assert_eq!(d.stats().verified_batches, 0);
+        let acc = TestAccelerator::new(Fault::None, Duration::ZERO);
+        let mut d = dispatcher(Mode::On, acc, Duration::ZERO);
+        d.set.verify_every = 4;
+        for i in 0..12 {
+            seal_both(&mut d, 3, 17 + i);
+        }
+        assert_eq!(
+            (d.stats().verified_batches, d.stats().gpu_wrong_batches),
+            (3, 0)
+        );
     }
 
     #[test]

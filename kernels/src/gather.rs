@@ -634,7 +634,7 @@ mod tests {
             deadline: Duration::from_secs(5),
             retry: Duration::from_secs(60),
             retry_max: Duration::from_secs(60),
-            explore_every: 32,
+            ..Settings::default()
         }
     }
 

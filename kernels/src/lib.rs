@@ -24,6 +24,7 @@ pub mod monitor;
 pub mod selftest;
 pub mod sim;
 pub mod suite;
+pub mod verify;
 
 /// AES-256-GCM tag length.
 pub const TAG_LEN: usize = 16;

@@ -68,7 +68,7 @@ fn failed(op: &str, e: crate::dispatch::Failure) -> String {
 }
 
 /// The first differing byte of `a` and `b`, or where the shorter ends.
-fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+pub(crate) fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter()
         .zip(b)
         .position(|(x, y)| x != y)

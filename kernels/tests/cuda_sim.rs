@@ -329,6 +329,58 @@ fn sim_a_gpu_probed_after_a_fault_returns_only_once_its_answers_are_right() {
 }
 
 #[test]
+fn sim_a_gpu_turning_wrong_in_live_traffic_is_caught_by_a_checked_batch() {
+    let _one = sim().serial();
+    let mut d = Dispatcher::new(
+        Some(Box::new(engine(Capacity::for_batch(256, 9216)))),
+        Settings {
+            mode: Mode::On,
+            verify_every: 1,
+            ..Settings::default()
+        },
+    );
+    let seal = |d: &mut Dispatcher, seed: u64| {
+        let mut b = Batch::new(60, seed);
+        let mut want = Batch::new(60, seed);
+        CpuEngine.seal(&mut want.jobs());
+        d.seal(&mut b.jobs());
+        for (i, (got, want)) in b.pkts.iter().zip(&want.pkts).enumerate() {
+            assert_eq!(
+                got.buf, want.buf,
+                "packet {i}: a wrong packet left the dispatcher"
+            );
+        }
+    };
+    seal(&mut d, 21);
+    assert_eq!(
+        (d.stats().verified_batches, d.stats().gpu_wrong_batches),
+        (1, 0)
+    );
+    assert!(d.stats().gpu_healthy);
+    // Past its start-up check, every copy back comes with a bit flipped and no error.
+    sim().inject(Fault::Corrupt, 1, 0);
+    seal(&mut d, 22);
+    let st = d.stats().clone();
+    sim().inject(Fault::None, 0, 0);
+    assert_eq!(
+        (st.verified_batches, st.gpu_wrong_batches),
+        (2, 1),
+        "{st:?}"
+    );
+    assert!(st.corrected_jobs >= 1, "{st:?}");
+    assert_eq!(
+        (st.gpu_errors, st.gpu_timeouts, st.fallback_jobs),
+        (0, 0, 0)
+    );
+    assert!(!st.gpu_healthy);
+    let why = st.last_error.unwrap_or_default();
+    assert!(
+        why.contains(" packets in a checked batch were wrong, the first: seal of a "),
+        "{why}"
+    );
+}
+
+#[test]
 fn sim_batches_gathered_from_four_workers_are_right() {
     let _one = sim().serial();
     let st = suite::gathered_workers(

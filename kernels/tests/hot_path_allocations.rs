@@ -1,8 +1,8 @@
 //! The engines a worker runs allocate nothing per packet once warm: seal, open, compress and
 //! decompress of packets of every size up to 9216 bytes, jumbo included, through the CPU
 //! engine, the dispatcher a worker has without a GPU, and the dispatcher's GPU path through
-//! the gathering thread (a stand-in accelerator doing the CPU's work) — with a counting
-//! allocator watching every thread.
+//! the gathering thread (a stand-in accelerator doing the CPU's work), every batch of it also
+//! checked against the CPU engine — with a counting allocator watching every thread.
 //!
 //! Without libtest's harness (`harness = false`): the harness's own main thread allocates when
 //! it first waits on its result channel, and on a loaded machine that came inside a measured
@@ -67,6 +67,23 @@ fn the_engines_allocate_nothing_per_packet() {
     // Every operation went the GPU path (index 1), and none failed.
     assert!(
         stats.batches.iter().all(|per_path| per_path[1] > 0) && stats.gpu_errors == 0,
+        "{stats:?}"
+    );
+    let every = Settings {
+        verify_every: 1,
+        ..on
+    };
+    let gpu = TestAccelerator::new(Fault::None, Duration::ZERO);
+    let mut checked = Dispatcher::new(Some(Box::new(gpu)), every);
+    rounds(
+        "the dispatcher's GPU path, every batch checked",
+        &mut checked,
+    );
+    let stats = checked.offload_stats().unwrap();
+    // 4 rounds of 4 operations, each checked, none wrong.
+    assert_eq!(
+        (stats.verified_batches, stats.gpu_wrong_batches),
+        (16, 0),
         "{stats:?}"
     );
 }

@@ -355,6 +355,14 @@ pub struct Offload {
     #[serde(default = "Offload::default_max_delay_us")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_delay_us: u32,
+    /// One GPU batch in this many, per operation and worker, is checked packet by packet
+    /// against the CPU engine, as is the first after start-up and after each recovery. A packet
+    /// the GPU got wrong leaves with the CPU's result, and the GPU gets no traffic until it
+    /// passes its start-up check again. 0: never check; 1: check every batch (the CPU then
+    /// repeats all the GPU's work). 0 to 1000000.
+    #[serde(default = "Offload::default_verify_every")]
+    #[schemars(range(max = 1_000_000))]
+    pub verify_every: u32,
     /// The core for the thread that gathers the workers' GPU batches and drives the GPU: a
     /// core of its own (isolated like the data-plane cores) or a housekeeping core, never a
     /// data-plane core (a worker polls each of those). Leave out: the first housekeeping core.
@@ -376,6 +384,9 @@ impl Offload {
     fn default_max_delay_us() -> u32 {
         50
     }
+    fn default_verify_every() -> u32 {
+        64
+    }
 }
 
 impl Default for Offload {
@@ -385,6 +396,7 @@ impl Default for Offload {
             device: 0,
             max_batch: Self::default_max_batch(),
             max_delay_us: Self::default_max_delay_us(),
+            verify_every: Self::default_verify_every(),
             core: None,
         }
     }

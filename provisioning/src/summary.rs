@@ -115,11 +115,15 @@ pub fn summary(c: &NodeConfig) -> String {
     let f = &c.offload;
     let _ = writeln!(
         o,
-        "offload     gpu {} device {} batch {} max delay {}us gathering core {}",
+        "offload     gpu {} device {} batch {} max delay {}us {} gathering core {}",
         word(&f.gpu),
         f.device,
         f.max_batch,
         f.max_delay_us,
+        match f.verify_every {
+            0 => "unchecked".to_owned(),
+            n => format!("checked 1 in {n}"),
+        },
         f.gather_core(&c.cores)
             .map_or_else(|| "-".to_owned(), |n| n.to_string())
     );

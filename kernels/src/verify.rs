@@ -1,0 +1,390 @@
+//! Spot checks of live accelerator batches: the dispatcher checks a sample of the batches the
+//! GPU ran against the CPU engine, packet by packet, and gives every packet the GPU got wrong
+//! the CPU's result before it leaves — so a GPU that turns wrong after its start-up check (a
+//! fault, a bit flip, a kernel bug only some inputs reach) is caught and kept away from traffic
+//! instead of sealing packets every peer drops or delivering corrupted plaintext.
+//!
+//! Seal and open work in place, so a checked batch's inputs are copied before the GPU runs it;
+//! the copies live in scratch buffers that grow to the largest checked batch and are reused:
+//! a checked batch allocates nothing once warm (only a wrong one does, for its message).
+
+use crate::cpu::CpuEngine;
+use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
+
+/// Reused buffers: the inputs of a checked batch, and one packet's CPU result.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    inputs: Vec<u8>,
+    one: Vec<u8>,
+}
+
+/// What a check found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Packets whose GPU result differed from the CPU's (now given the CPU's).
+    pub wrong: usize,
+    /// The first of them, in words.
+    pub first: Option<String>,
+}
+
+impl Verdict {
+    fn wrong(&mut self, what: impl FnOnce() -> String) {
+        if self.first.is_none() {
+            self.first = Some(what());
+        }
+        self.wrong += 1;
+    }
+}
+
+/// A kind of job whose accelerator result can be checked against the CPU engine.
+pub trait Checked: Sized {
+    /// Copies what the accelerator overwrites (before it runs the batch).
+    fn keep_inputs(jobs: &[Self], s: &mut Scratch);
+    /// Recomputes each job on the CPU from the kept inputs and compares; a job the
+    /// accelerator got wrong is given the CPU's result.
+    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict;
+}
+
+/// Copies `bufs`' leading bytes, back to back, into `s.inputs`.
+fn keep<'a>(s: &mut Scratch, bufs: impl Iterator<Item = &'a [u8]>) {
+    s.inputs.clear();
+    for b in bufs {
+        s.inputs.extend_from_slice(b);
+    }
+}
+
+/// How many of `buf`'s leading bytes an in-place job of `len` bytes reads.
+fn read_len(buf: &[u8], len: usize) -> usize {
+    len.min(buf.len())
+}
+
+/// Puts `input` into `one`, sized `room` (a copy of the job's buffer as the CPU needs it).
+fn stage(one: &mut Vec<u8>, input: &[u8], room: usize) {
+    one.clear();
+    one.extend_from_slice(input);
+    one.resize(room.max(input.len()), 0);
+}
+
+fn at(a: &[u8], b: &[u8]) -> String {
+    crate::selftest::first_difference(a, b).map_or_else(|| "?".into(), |i| i.to_string())
+}
+
+impl Checked for SealJob<'_> {
+    fn keep_inputs(jobs: &[Self], s: &mut Scratch) {
+        keep(s, jobs.iter().map(|j| &j.buf[..read_len(j.buf, j.len)]));
+    }
+
+    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
+        let (mut v, mut off, n) = (Verdict::default(), 0, jobs.len());
+        for (i, job) in jobs.iter_mut().enumerate() {
+            let read = read_len(job.buf, job.len);
+            let room = job.buf.len().min(job.len.saturating_add(TAG_LEN));
+            stage(&mut s.one, &s.inputs[off..off + read], room);
+            off += read;
+            let mut cpu = SealJob {
+                key: job.key,
+                nonce: job.nonce,
+                aad: job.aad,
+                buf: &mut s.one[..room],
+                len: job.len,
+                ok: false,
+            };
+            CpuEngine::seal_one(&mut cpu);
+            let (ok, out) = (cpu.ok, &s.one[..room]);
+            if ok != job.ok || (ok && job.buf[..room] != *out) {
+                v.wrong(|| {
+                    if ok != job.ok {
+                        format!("seal of a {}-byte packet (packet {i} of {n}): ok {} where the CPU engine says {ok}", job.len, job.ok)
+                    } else {
+                        format!("seal of a {}-byte packet (packet {i} of {n}) differs from the CPU engine's at byte {}", job.len, at(&job.buf[..room], out))
+                    }
+                });
+                if ok {
+                    job.buf[..room].copy_from_slice(out);
+                }
+                job.ok = ok;
+            }
+        }
+        v
+    }
+}
+
+impl Checked for OpenJob<'_> {
+    fn keep_inputs(jobs: &[Self], s: &mut Scratch) {
+        keep(s, jobs.iter().map(|j| &j.buf[..read_len(j.buf, j.len)]));
+    }
+
+    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
+        let (mut v, mut off, n) = (Verdict::default(), 0, jobs.len());
+        for (i, job) in jobs.iter_mut().enumerate() {
+            let read = read_len(job.buf, job.len);
+            stage(&mut s.one, &s.inputs[off..off + read], read);
+            off += read;
+            let mut cpu = OpenJob {
+                key: job.key,
+                nonce: job.nonce,
+                aad: job.aad,
+                buf: &mut s.one[..read],
+                len: job.len,
+                ok: false,
+            };
+            CpuEngine::open_one(&mut cpu);
+            let ok = cpu.ok;
+            // A verified packet's plaintext; a refused one's buffer is garbage either way.
+            let plain = if ok { job.len - TAG_LEN } else { 0 };
+            let out = &s.one[..plain];
+            if ok != job.ok || job.buf[..plain] != *out {
+                v.wrong(|| {
+                    if ok != job.ok {
+                        format!("open of a {}-byte packet (packet {i} of {n}): tag verified {} where the CPU engine says {ok}", job.len, job.ok)
+                    } else {
+                        format!("open of a {}-byte packet (packet {i} of {n}) gives a plaintext that differs from the CPU engine's at byte {}", job.len, at(&job.buf[..plain], out))
+                    }
+                });
+                job.buf[..plain].copy_from_slice(out);
+                job.ok = ok;
+            }
+        }
+        v
+    }
+}
+
+impl Checked for CompressJob<'_> {
+    /// The input is not overwritten: nothing to keep.
+    fn keep_inputs(_: &[Self], _: &mut Scratch) {}
+
+    /// Any LZ4 encoder may choose other matches, so a GPU block need not equal the CPU's: it
+    /// must be shorter than the input, fit the output space and decompress to the input. Not
+    /// compressing is never wrong (the packet goes uncompressed).
+    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
+        let (mut v, n) = (Verdict::default(), jobs.len());
+        for (i, job) in jobs.iter_mut().enumerate() {
+            let Some(out) = job.out_len else { continue };
+            s.one.resize(s.one.len().max(job.src.len()), 0);
+            let right = out < job.src.len()
+                && out <= job.dst.len()
+                && lz4_flex::block::decompress_into(&job.dst[..out], &mut s.one[..job.src.len()])
+                    .is_ok_and(|len| len == job.src.len())
+                && s.one[..job.src.len()] == *job.src;
+            if !right {
+                v.wrong(|| {
+                    format!("compress of a {}-byte packet (packet {i} of {n}) gives a {out}-byte block that does not decompress to it", job.src.len())
+                });
+                CpuEngine.compress(std::slice::from_mut(job));
+            }
+        }
+        v
+    }
+}
+
+impl Checked for DecompressJob<'_> {
+    /// The input is not overwritten: nothing to keep.
+    fn keep_inputs(_: &[Self], _: &mut Scratch) {}
+
+    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
+        let (mut v, n) = (Verdict::default(), jobs.len());
+        for (i, job) in jobs.iter_mut().enumerate() {
+            s.one.resize(s.one.len().max(job.dst.len()), 0);
+            let space = &mut s.one[..job.dst.len()];
+            let cpu = lz4_flex::block::decompress_into(job.src, space).ok();
+            let same = match (job.out_len, cpu) {
+                (Some(g), Some(c)) => g == c && job.dst[..g] == space[..c],
+                (g, c) => g == c,
+            };
+            if !same {
+                v.wrong(|| match (job.out_len, cpu) {
+                    (Some(g), Some(c)) if g == c => format!(
+                        "decompress of a {}-byte block (packet {i} of {n}) gives output that differs from the CPU engine's at byte {}",
+                        job.src.len(),
+                        at(&job.dst[..g], &space[..c])
+                    ),
+                    (g, c) => format!(
+                        "decompress of a {}-byte block (packet {i} of {n}) gives {g:?} bytes where the CPU engine gives {c:?}",
+                        job.src.len()
+                    ),
+                });
+                if let Some(c) = cpu {
+                    job.dst[..c].copy_from_slice(&space[..c]);
+                }
+                job.out_len = cpu;
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AeadKey;
+    use crate::suite::Rng;
+
+    fn packets(sizes: &[usize], seed: u64) -> Vec<Vec<u8>> {
+        let mut rng = Rng(seed);
+        sizes
+            .iter()
+            .map(|&n| {
+                let mut b = vec![0u8; n + TAG_LEN];
+                rng.fill(&mut b[..n]);
+                b
+            })
+            .collect()
+    }
+
+    const SIZES: [usize; 6] = [0, 1, 17, 1408, 9000, 9216];
+
+    #[test]
+    fn right_seals_and_opens_pass_and_wrong_ones_get_the_cpus_result() {
+        let key = AeadKey::new(&[3; 32]);
+        let plain = packets(&SIZES, 1);
+        let mut bufs = plain.clone();
+        let mut s = Scratch::default();
+        let mut jobs: Vec<SealJob<'_>> = bufs
+            .iter_mut()
+            .zip(SIZES)
+            .enumerate()
+            .map(|(i, (buf, len))| SealJob {
+                key: &key,
+                nonce: crate::nonce(i as u64),
+                aad: &[7; 16],
+                buf,
+                len,
+                ok: false,
+            })
+            .collect();
+        SealJob::keep_inputs(&jobs, &mut s);
+        CpuEngine.seal(&mut jobs);
+        assert_eq!(SealJob::check(&mut jobs, &mut s), Verdict::default());
+        let right: Vec<Vec<u8>> = jobs.iter().map(|j| j.buf.to_vec()).collect();
+        // The "GPU" gets packet 3's ciphertext and packet 0's tag wrong, and refuses packet 5.
+        for (j, p) in jobs.iter_mut().zip(&plain) {
+            j.buf.copy_from_slice(p);
+            j.ok = false;
+        }
+        SealJob::keep_inputs(&jobs, &mut s);
+        CpuEngine.seal(&mut jobs);
+        jobs[3].buf[700] ^= 1;
+        jobs[0].buf[TAG_LEN - 1] ^= 0x80;
+        jobs[5].ok = false;
+        let v = SealJob::check(&mut jobs, &mut s);
+        assert_eq!(v.wrong, 3);
+        assert_eq!(
+            v.first.as_deref(),
+            Some(
+                "seal of a 0-byte packet (packet 0 of 6) differs from the CPU engine's at byte 15"
+            )
+        );
+        assert!(jobs.iter().all(|j| j.ok));
+        assert!(jobs.iter().zip(&right).all(|(j, r)| j.buf == &r[..]));
+
+        // Open what was sealed; tamper with packet 2's tag (both engines must refuse it).
+        jobs[2].buf[17] ^= 1;
+        let mut opens: Vec<OpenJob<'_>> = jobs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, j)| OpenJob {
+                key: j.key,
+                nonce: crate::nonce(i as u64),
+                aad: &[7; 16],
+                len: j.len + TAG_LEN,
+                buf: &mut *j.buf,
+                ok: false,
+            })
+            .collect();
+        OpenJob::keep_inputs(&opens, &mut s);
+        CpuEngine.open(&mut opens);
+        assert_eq!(OpenJob::check(&mut opens, &mut s), Verdict::default());
+        // A "GPU" that accepts the tampered packet and flips a plaintext bit of packet 4.
+        for (j, r) in opens.iter_mut().zip(&right) {
+            j.buf.copy_from_slice(r);
+        }
+        opens[2].buf[17] ^= 1;
+        OpenJob::keep_inputs(&opens, &mut s);
+        CpuEngine.open(&mut opens);
+        opens[2].ok = true;
+        opens[4].buf[8999] ^= 2;
+        let v = OpenJob::check(&mut opens, &mut s);
+        assert_eq!(v.wrong, 2, "{v:?}");
+        assert_eq!(
+            v.first.as_deref(),
+            Some(
+                "open of a 33-byte packet (packet 2 of 6): tag verified true where the CPU engine says false"
+            )
+        );
+        for (i, (j, p)) in opens.iter().zip(&plain).enumerate() {
+            let n = j.len - TAG_LEN;
+            assert_eq!(j.ok, i != 2);
+            assert!(i == 2 || j.buf[..n] == p[..n], "packet {i}");
+        }
+    }
+
+    #[test]
+    fn lz4_blocks_must_decompress_to_the_input_and_decompression_must_match() {
+        let text: Vec<u8> = b"shard=00017 status=200 OK\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(9216)
+            .collect();
+        let random = packets(&[1408], 3).remove(0)[..1408].to_vec();
+        let srcs = [&text[..], &text[..100], &random[..]];
+        let mut dsts = vec![vec![0u8; crate::compress_bound(9216)]; 3];
+        let mut s = Scratch::default();
+        let mut jobs: Vec<CompressJob<'_>> = srcs
+            .iter()
+            .zip(dsts.iter_mut())
+            .map(|(src, dst)| CompressJob {
+                src,
+                dst,
+                out_len: None,
+            })
+            .collect();
+        CpuEngine.compress(&mut jobs);
+        assert_eq!(CompressJob::check(&mut jobs, &mut s), Verdict::default());
+        // Not compressing is allowed; a corrupted block or a claimed growth is not.
+        jobs[0].out_len = None;
+        let n1 = jobs[1].out_len.unwrap();
+        jobs[1].dst[n1 / 2] ^= 0x10;
+        jobs[2].out_len = Some(1500);
+        let v = CompressJob::check(&mut jobs, &mut s);
+        assert_eq!(v.wrong, 2, "{v:?}");
+        assert!(jobs[2].out_len.is_none(), "random data does not compress");
+        let n1 = jobs[1].out_len.unwrap();
+        assert_eq!(
+            lz4_flex::block::decompress(&jobs[1].dst[..n1], 100).unwrap(),
+            &text[..100]
+        );
+
+        let blocks: Vec<Vec<u8>> = jobs
+            .iter()
+            .take(2)
+            .map(|j| j.dst[..j.out_len.unwrap_or(0)].to_vec())
+            .collect();
+        let mut outs = vec![vec![0u8; 9216]; 3];
+        let bad = [0xffu8, 1, 2];
+        let mut de: Vec<DecompressJob<'_>> = [&blocks[1][..], &blocks[1][..], &bad[..]]
+            .into_iter()
+            .zip(outs.iter_mut())
+            .map(|(src, dst)| DecompressJob {
+                src,
+                dst,
+                out_len: None,
+            })
+            .collect();
+        CpuEngine.decompress(&mut de);
+        assert_eq!(DecompressJob::check(&mut de, &mut s), Verdict::default());
+        de[0].dst[5] ^= 1;
+        de[2].out_len = Some(9216);
+        let v = DecompressJob::check(&mut de, &mut s);
+        assert_eq!(v.wrong, 2);
+        assert_eq!(
+            v.first.unwrap(),
+            format!(
+                "decompress of a {}-byte block (packet 0 of 3) gives output that differs from the CPU engine's at byte 5",
+                blocks[1].len()
+            )
+        );
+        assert_eq!(de[0].dst[..100], text[..100]);
+        assert_eq!(de[2].out_len, None);
+    }
+}
