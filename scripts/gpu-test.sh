@@ -52,6 +52,9 @@ out=$("$here/dwcp-dataplane" bench pipeline --offload on --seconds 0.3 2>&1) || 
 echo "$out"
 echo "$out" | grep -q "passed its start-up check against the CPU engine" ||
     { echo "the GPU did not pass the data plane's start-up check"; status=1; }
+# A batch the GPU got wrong is corrected (no mismatch), so only the counter shows it.
+echo "$out" | grep -q ", wrong 0, packets corrected 0" ||
+    { echo "a GPU batch checked against the CPU engine was wrong"; status=1; }
 # The GPU image's compile path: the same pipeline check with the kernels compiled by NVRTC
 # 12.x (first on the library path, under the unversioned name cudarc tries first).
 n12=$(mktemp -d)
@@ -67,6 +70,8 @@ out=$(LD_LIBRARY_PATH="$n12" DWCP_NVRTC= "$here/dwcp-dataplane" bench pipeline -
 echo "$out" | head -3
 v12=$(cat "$here/nvrtc12/version")
 echo "$out" | grep -q "kernels compiled by NVRTC $v12" || { echo "NVRTC $v12 was not the one used"; status=1; }
+echo "$out" | grep -q ", wrong 0, packets corrected 0" ||
+    { echo "a GPU batch (NVRTC $v12) checked against the CPU engine was wrong"; status=1; }
 rm -rf "$n12"
 "$here/dwcp-dataplane" bench offload "$@" || status=1
 exit $status

@@ -1,7 +1,7 @@
 //! `dwcp bench offload`: seal, open, compress and decompress at several packet and batch
 //! sizes on the GPU — kernel-only and end-to-end (host staging and copies included) — beside
 //! the pinned host↔device copy bandwidth and the CPU engine on every host core, all measured
-//! in the same run.
+//! in the same run; and what checking a sample of GPU batches against the CPU engine costs.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -55,6 +55,31 @@ pub struct GatherRow {
     pub cpu_gbps: f64,
 }
 
+/// What the live check of GPU batches against the CPU engine (`offload.verify_every`,
+/// [`crate::verify`]) costs for one operation and packet size.
+#[derive(Clone, Debug)]
+pub struct CheckRow {
+    /// Operation.
+    pub op: Op,
+    /// Packet size, bytes.
+    pub size: usize,
+    /// Payload GB/s one core checks (inputs kept before the batch, results recomputed and
+    /// compared after).
+    pub check_gbps: f64,
+    /// The GPU's best end-to-end GB/s at this operation and size, over the batch sizes.
+    pub best_e2e_gbps: f64,
+}
+
+impl CheckRow {
+    /// Cores that checking one batch in `every` takes while the GPU runs at its best rate.
+    pub fn cores(&self, every: u64) -> f64 {
+        self.best_e2e_gbps / (every.max(1) as f64 * self.check_gbps.max(1e-9))
+    }
+}
+
+/// The checks' default sampling, for the report.
+const CHECK_EVERY: u64 = crate::dispatch::Settings::DEFAULT_VERIFY_EVERY;
+
 /// The whole report.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -70,6 +95,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Sealing gathered from several workers.
     pub gathered: Vec<GatherRow>,
+    /// The live check's cost per operation and size.
+    pub checks: Vec<CheckRow>,
     /// The kernels as ptxas built them for the device's architecture, or why that is unknown.
     pub kernels: Result<Vec<KernelLine>, String>,
 }
@@ -326,6 +353,73 @@ fn decompress_jobs<'a>(src: &'a [Vec<u8>], dst: &'a mut [Vec<u8>]) -> Vec<Decomp
         .collect()
 }
 
+/// One core checking right results of `op` on 1024 packets of `size` against the CPU engine,
+/// for about `budget`: payload GB/s of the check alone (keeping the inputs before the batch,
+/// recomputing and comparing after).
+fn check_cell(op: Op, size: usize, inp: &Inputs, budget: Duration) -> f64 {
+    use crate::verify::{Checked, Scratch};
+    let n = 1024.min(inp.plain.len());
+    let mut s = Scratch::default();
+    let mut plain = inp.plain[..n].to_vec();
+    let mut sealed = inp.sealed[..n].to_vec();
+    let mut dst = vec![vec![0u8; crate::compress_bound(size)]; n];
+    let (mut bytes, mut spent) = (0usize, Duration::ZERO);
+    let end = Instant::now() + budget;
+    loop {
+        let wrong = match op {
+            Op::Seal => {
+                plain.clone_from_slice(&inp.plain[..n]);
+                let mut jobs = seal_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut plain, size);
+                let t0 = Instant::now();
+                SealJob::keep_inputs(&jobs, &mut s);
+                spent += t0.elapsed();
+                CpuEngine.seal(&mut jobs);
+                let t0 = Instant::now();
+                let v = SealJob::check(&mut jobs, &mut s);
+                spent += t0.elapsed();
+                v.wrong
+            }
+            Op::Open => {
+                sealed.clone_from_slice(&inp.sealed[..n]);
+                let mut jobs = open_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut sealed, size);
+                let t0 = Instant::now();
+                OpenJob::keep_inputs(&jobs, &mut s);
+                spent += t0.elapsed();
+                CpuEngine.open(&mut jobs);
+                let t0 = Instant::now();
+                let v = OpenJob::check(&mut jobs, &mut s);
+                spent += t0.elapsed();
+                v.wrong
+            }
+            Op::Compress => {
+                let mut jobs = compress_jobs(&inp.text[..n], &mut dst);
+                CpuEngine.compress(&mut jobs);
+                let t0 = Instant::now();
+                let v = CompressJob::check(&mut jobs, &mut s);
+                spent += t0.elapsed();
+                v.wrong
+            }
+            Op::Decompress => {
+                let mut jobs = decompress_jobs(&inp.packed[..n], &mut dst);
+                CpuEngine.decompress(&mut jobs);
+                let t0 = Instant::now();
+                let v = DecompressJob::check(&mut jobs, &mut s);
+                spent += t0.elapsed();
+                v.wrong
+            }
+        };
+        assert_eq!(
+            wrong, 0,
+            "the check found the CPU engine's own results wrong"
+        );
+        bytes += n * size;
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    gbps(bytes, spent)
+}
+
 /// Runs `f` `reps` times and returns the median time.
 fn median(
     reps: usize,
@@ -491,12 +585,15 @@ pub fn offload(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rng = Rng(0x00ff_10ad);
     let mut rows = Vec::new();
+    let mut checks = Vec::new();
     for &size in sizes {
         let inp = Inputs::new(size, max_batch, &mut rng);
         for op in Op::ALL {
             let cpu = cpu_cell(op, size, &inp, threads, Duration::from_millis(300));
+            let mut best_e2e_gbps = 0.0f64;
             for &batch in batches {
                 let (kernel_gbps, e2e_gbps) = gpu_cell(&mut gpu, op, size, batch, &inp, reps)?;
+                best_e2e_gbps = best_e2e_gbps.max(e2e_gbps);
                 rows.push(Row {
                     op,
                     size,
@@ -506,6 +603,13 @@ pub fn offload(
                     cpu_gbps: cpu,
                 });
             }
+            let budget = Duration::from_millis(if reps >= 5 { 200 } else { 20 });
+            checks.push(CheckRow {
+                op,
+                size,
+                check_gbps: check_cell(op, size, &inp, budget),
+                best_e2e_gbps,
+            });
         }
     }
     drop(gpu);
@@ -533,6 +637,7 @@ pub fn offload(
         cpu_threads: threads,
         rows,
         gathered,
+        checks,
         kernels,
     })
 }
@@ -667,6 +772,26 @@ impl Report {
             );
         }
         s.push_str(&gather_table(&self.gathered));
+        let _ = writeln!(
+            s,
+            "GPU batches checked against the CPU engine (offload.verify_every), one core; cores to check 1 in {CHECK_EVERY} at the GPU's best e2e"
+        );
+        let _ = writeln!(
+            s,
+            "{:<10} {:>5} {:>10} {:>10} {:>8}",
+            "op", "bytes", "check", "best e2e", "cores"
+        );
+        for c in &self.checks {
+            let _ = writeln!(
+                s,
+                "{:<10} {:>5} {:>5.2} GB/s {:>5.1} GB/s {:>8.3}",
+                c.op.name(),
+                c.size,
+                c.check_gbps,
+                c.best_e2e_gbps,
+                c.cores(CHECK_EVERY)
+            );
+        }
         s
     }
 
@@ -707,6 +832,19 @@ impl Report {
                 r.spill_bytes,
                 r.stack_bytes,
                 k.warps_per_sm.map_or("null".to_owned(), |w| w.to_string())
+            );
+        }
+        s.push_str("],\"checks\":[");
+        for (i, c) in self.checks.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}{{\"op\":\"{}\",\"size\":{},\"check_gbps\":{:.3},\"best_e2e_gbps\":{:.3},\"every\":{CHECK_EVERY},\"cores\":{:.4}}}",
+                if i == 0 { "" } else { "," },
+                c.op.name(),
+                c.size,
+                c.check_gbps,
+                c.best_e2e_gbps,
+                c.cores(CHECK_EVERY)
             );
         }
         s.push_str("],\"gathered\":[");

@@ -211,6 +211,11 @@ pub struct Settings {
     pub verify_every: u64,
 }
 
+impl Settings {
+    /// `verify_every`'s default (`offload.verify_every`).
+    pub const DEFAULT_VERIFY_EVERY: u64 = 64;
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -219,7 +224,7 @@ impl Default for Settings {
             retry: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
             explore_every: 32,
-            verify_every: 64,
+            verify_every: Self::DEFAULT_VERIFY_EVERY,
         }
     }
 }

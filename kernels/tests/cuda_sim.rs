@@ -441,6 +441,17 @@ fn sim_bench_offload_reports_every_cell_and_the_kernels() {
     let j = r.json();
     assert_eq!(j.matches("\"registers\":").count(), 5, "{j}");
     assert_eq!(j.matches("\"e2e_over_copy\":").count(), 4, "{j}");
+    // The live check's cost, per operation: one core's rate and the cores it takes.
+    assert_eq!(r.checks.len(), 4, "{:?}", r.checks);
+    for c in &r.checks {
+        assert!(c.check_gbps > 0.0 && c.best_e2e_gbps > 0.0, "{c:?}");
+        assert!(c.cores(64) > 0.0 && c.cores(64) < c.cores(1), "{c:?}");
+    }
+    assert!(
+        t.contains("GPU batches checked against the CPU engine"),
+        "{t}"
+    );
+    assert_eq!(j.matches("\"check_gbps\":").count(), 4, "{j}");
 }
 
 /// The stand-in's own strictness, which the other tests rely on: a copy that runs past a

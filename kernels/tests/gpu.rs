@@ -57,6 +57,36 @@ fn gpu_passes_the_data_planes_start_up_check() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_batches_all_checked_against_the_cpu_are_right() {
+    use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
+    let mut d = Dispatcher::new(
+        Some(Box::new(engine())),
+        Settings {
+            mode: Mode::On,
+            deadline: std::time::Duration::from_secs(5),
+            verify_every: 1,
+            ..Settings::default()
+        },
+    );
+    // The data plane's live check, on every batch: its LZ4 check must accept the GPU's own
+    // blocks (other matches than lz4_flex's are right too).
+    suite::gcm_random(&mut d, 20_000, 1024, 31);
+    suite::lz4_round_trips(&mut d, 5_000, 1024, 32);
+    let s = dwcp_kernels::Engine::offload_stats(&d).expect("stats");
+    eprintln!(
+        "checked {} GPU batches, {} wrong",
+        s.verified_batches, s.gpu_wrong_batches
+    );
+    assert_eq!(s.gpu_wrong_batches, 0, "{:?}", s.last_error);
+    assert_eq!(s.gpu_errors + s.gpu_timeouts, 0, "{:?}", s.last_error);
+    assert_eq!(
+        s.verified_batches,
+        s.batches.iter().map(|b| b[1]).sum::<u64>()
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
 fn gpu_gcm_byte_identical_to_cpu_for_100k_random_packets() {
     let mut e = engine();
     suite::gcm_random(&mut e, 100_000, 8192, 0x5eed);

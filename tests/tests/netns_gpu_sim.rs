@@ -3,7 +3,9 @@
 //! `dwcp_kernels::sim`, decision 0013), so NVRTC compiles the kernels in the data plane and
 //! every seal, open, compress and decompress batch goes through the gathering thread and the
 //! CUDA engine to the real kernels run on the CPU; ping and a TCP transfer cross the tunnel
-//! intact. Then the simulated GPU hangs in a kernel: the watchdog stops the data plane with
+//! intact. Then the simulated GPU gives wrong answers without an error after its start-up
+//! check: a batch checked against the CPU engine catches it, the wrong packets leave with the
+//! CPU's results and the transfer arrives intact. Then the simulated GPU hangs in a kernel: the watchdog stops the data plane with
 //! exit code 7 and says why, and started again as init does (`DWCP_GPU_DISABLED`), it carries
 //! the traffic on the CPU engine.
 
@@ -127,7 +129,7 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     eprintln!("TCP over the simulated GPU: {}", sent.join(" "));
 
     // Every batch went to the GPU path, none fell back, and LZ4 ran there.
-    let m = {
+    let scrape = |lab: &Lab| {
         let out = lab
             .command(&ga, "curl")
             .args(["-s", "-m", "3", "http://192.0.2.10:9100/metrics"])
@@ -136,6 +138,7 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         assert!(out.status.success(), "gateway A's metrics did not answer");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let m = scrape(&lab);
     let batches = |op: &str, engine: &str| {
         metric(
             &m,
@@ -151,6 +154,45 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         0
     );
     assert!(metric(&m, "dwcp_compressed_packets_total{node=\"gw-a\"}") > 100);
+    // A sample of the GPU's batches was checked against the CPU engine, and all were right.
+    assert!(metric(&m, "dwcp_offload_gpu_checked_batches_total{node=\"gw-a\"}") >= 3);
+    assert_eq!(
+        metric(&m, "dwcp_offload_gpu_wrong_batches_total{node=\"gw-a\"}"),
+        0
+    );
+
+    // Gateway A again, its simulated GPU giving wrong answers without an error from the first
+    // launch after its start-up check: a checked batch catches it, its wrong packets leave
+    // with the CPU engine's results, the GPU is kept out, and the transfer arrives intact.
+    lab.child(gw_a).kill().unwrap();
+    let _ = lab.child(gw_a).wait();
+    let log_wrong = dir.path().join("gw-a-wrong.log");
+    let corrupt = format!(
+        "DWCP_SIM_INJECT=corrupt:{}",
+        dwcp_kernels::selftest::LAUNCHES + 1
+    );
+    let gw_a = lab.spawn(
+        &ga,
+        "env",
+        &[&libcuda, &corrupt, dp, "--config", cfg_a],
+        &log_wrong,
+    );
+    let line = wait_for_line(&log_wrong, "offload engine", Duration::from_secs(60));
+    assert!(line.contains("passed its start-up check"), "{line}");
+    wait_for_line(&log_wrong, "dwcp-dataplane: ready", Duration::from_secs(60));
+    let sent = checked_transfer(&mut lab, dir.path(), (&ha, &hb), 1, "text");
+    eprintln!("TCP over a simulated GPU turning wrong: {}", sent.join(" "));
+    let m = scrape(&lab);
+    assert!(
+        metric(&m, "dwcp_offload_gpu_wrong_batches_total{node=\"gw-a\"}") >= 1
+            && metric(&m, "dwcp_offload_corrected_packets_total{node=\"gw-a\"}") >= 1,
+        "the wrong GPU was not caught:\n{m}"
+    );
+    assert_eq!(
+        metric(&m, "dwcp_offload_gpu_healthy_workers{node=\"gw-a\"}"),
+        0,
+        "{m}"
+    );
 
     // Gateway A again, its simulated GPU hanging for a minute in its fourth launch after the
     // start-up check's.
