@@ -228,6 +228,12 @@ pub struct Running {
     gather: Option<dwcp_kernels::gather::Gatherer>,
     /// DPDK ports: (config name, port id, last link state seen).
     dpdk: Vec<(String, u16, Option<bool>)>,
+    /// GPU failures logged so far, per worker.
+    gpu_failures_logged: Vec<u64>,
+    /// Workers whose GPU was unhealthy when last looked at.
+    gpu_unhealthy: u64,
+    /// The last GPU failure logged: worker and reason, for `status`.
+    last_gpu_failure: Option<(usize, String)>,
 }
 
 /// Opens every port and binds the metrics address, then starts the workers.
@@ -425,6 +431,9 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             .into_iter()
             .map(|(n, id)| (n, id, None))
             .collect(),
+        gpu_failures_logged: vec![0; workers],
+        gpu_unhealthy: 0,
+        last_gpu_failure: None,
     })
 }
 
@@ -548,8 +557,12 @@ impl Running {
             ),
             _ => String::new(),
         };
+        let failed = match &self.last_gpu_failure {
+            Some((w, why)) => format!(" | last GPU failure (worker {w}): {why}"),
+            None => String::new(),
+        };
         format!(
-            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} wrong {} corrected packets {}",
+            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} wrong {} corrected packets {}{failed}",
             self.offload.0,
             self.offload.1,
             g("offload_gpu_healthy"),
@@ -598,6 +611,30 @@ impl Running {
         text
     }
 
+    /// Logs each worker's new GPU failures with their reason, and the GPU's return.
+    fn watch_gpu_failures(&mut self) {
+        if self.offload.0 == "cpu" {
+            return;
+        }
+        for (w, s) in self.stats.iter().enumerate() {
+            let (count, reason) = s.gpu_failure();
+            if count > self.gpu_failures_logged[w] {
+                let reason = reason.unwrap_or_else(|| "no reason given".into());
+                println!(
+                    "dwcp-dataplane: worker {w}: GPU unhealthy ({count} failure(s) so far): {reason}; its batches run on the CPU engine until the GPU passes its start-up check again"
+                );
+                self.gpu_failures_logged[w] = count;
+                self.last_gpu_failure = Some((w, reason));
+            }
+        }
+        let workers = self.labels.3 as u64;
+        let unhealthy = workers.saturating_sub(stats::get(&self.totals(), "offload_gpu_healthy"));
+        if unhealthy == 0 && self.gpu_unhealthy > 0 {
+            println!("dwcp-dataplane: GPU healthy again on all {workers} workers");
+        }
+        self.gpu_unhealthy = unhealthy;
+    }
+
     /// Logs DPDK link changes (and the first state seen).
     fn watch_links(&mut self) {
         for (name, id, last) in &mut self.dpdk {
@@ -630,6 +667,7 @@ impl Running {
             if last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
                 last_status = Some(Instant::now());
                 self.watch_links();
+                self.watch_gpu_failures();
                 let _ = crate::readiness::notify_status(&self.offload_status());
             }
             let (sig_ready, conn_ready) = {

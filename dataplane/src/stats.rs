@@ -1,7 +1,9 @@
 //! Worker counters shared with the control thread: each worker owns one cache-line-aligned
 //! block of atomics and stores its latest totals there every few milliseconds (relaxed
-//! stores, no shared cache lines between workers); the control thread sums them.
+//! stores, no shared cache lines between workers); the control thread sums them. A worker's
+//! last GPU failure, in words, is handed over the same way when it changes (rarely).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::gateway::GatewayCounters;
@@ -228,6 +230,8 @@ impl Histogram {
 pub struct WorkerStats {
     values: [AtomicU64; COUNT],
     hist: [[AtomicU64; HIST_SLOTS]; STAGES.len()],
+    /// The GPU failures the worker's dispatcher has had, and the last one's reason.
+    gpu_failure: Mutex<(u64, Option<String>)>,
 }
 
 impl Default for WorkerStats {
@@ -235,6 +239,7 @@ impl Default for WorkerStats {
         Self {
             values: std::array::from_fn(|_| AtomicU64::new(0)),
             hist: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            gpu_failure: Mutex::new((0, None)),
         }
     }
 }
@@ -263,6 +268,26 @@ impl WorkerStats {
                 self.hist[i][j].load(Ordering::Relaxed)
             }))
         })
+    }
+
+    /// Hands over the worker's GPU failure count and the last one's reason; called only when
+    /// the count changed. Never waits: false when the reader holds the slot (try again at the
+    /// next publish).
+    pub fn publish_gpu_failure(&self, count: u64, reason: Option<&str>) -> bool {
+        match self.gpu_failure.try_lock() {
+            Ok(mut slot) => {
+                *slot = (count, reason.map(str::to_owned));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The worker's GPU failure count and the last one's reason, as last handed over.
+    pub fn gpu_failure(&self) -> (u64, Option<String>) {
+        self.gpu_failure
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |slot| slot.clone())
     }
 
     /// Reads the last published totals.
@@ -327,5 +352,39 @@ mod tests {
         let back = sum_histograms([&w, &w].into_iter());
         assert_eq!(back[0].count, 12);
         assert_eq!(back[1].count, 0);
+    }
+
+    #[test]
+    fn a_gpu_failure_is_handed_over_and_a_busy_reader_never_blocks_the_worker() {
+        let w = WorkerStats::default();
+        assert_eq!(w.gpu_failure(), (0, None));
+        assert!(w.publish_gpu_failure(2, Some("injected error")));
+        assert_eq!(w.gpu_failure(), (2, Some("injected error".to_owned())));
+        let held = w.gpu_failure.lock().unwrap();
+        assert!(
+            !w.publish_gpu_failure(3, Some("later")),
+            "waited for the reader"
+        );
+        drop(held);
+        assert_eq!(w.gpu_failure().0, 2);
+    }
+
+    #[test]
+    fn the_live_check_counters_are_published() {
+        let d = dwcp_kernels::dispatch::Stats {
+            verified_batches: 5,
+            gpu_wrong_batches: 2,
+            corrected_jobs: 3,
+            ..Default::default()
+        };
+        let v = flatten(
+            &GatewayCounters::default(),
+            &Counters::default(),
+            &LoopCounters::default(),
+            Some(&d),
+        );
+        assert_eq!(get(&v, "offload_gpu_checked_batches"), 5);
+        assert_eq!(get(&v, "offload_gpu_wrong_batches"), 2);
+        assert_eq!(get(&v, "offload_corrected_packets"), 3);
     }
 }

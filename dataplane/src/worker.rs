@@ -116,6 +116,8 @@ impl Worker {
         let mut hist = [Histogram::default(); STAGES.len()];
         let mut last_tick = Duration::ZERO;
         let mut last_publish = Duration::ZERO;
+        // GPU failures handed to the control thread so far.
+        let mut failures_told = 0u64;
         let Worker {
             id,
             lan,
@@ -201,6 +203,14 @@ impl Worker {
                     &loop_counters,
                     gateway.engine().offload_stats(),
                 ));
+                if let Some(o) = gateway.engine().offload_stats() {
+                    let failures = o.gpu_errors + o.gpu_timeouts + o.gpu_wrong_batches;
+                    if failures != failures_told
+                        && stats.publish_gpu_failure(failures, o.last_error.as_deref())
+                    {
+                        failures_told = failures;
+                    }
+                }
             }
             if work == 0 {
                 idle = idle.saturating_add(1);

@@ -193,6 +193,13 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         0,
         "{m}"
     );
+    // The operator is told why, once.
+    let line = wait_for_line(&log_wrong, "GPU unhealthy", Duration::from_secs(10));
+    assert!(
+        line.contains(" packets in a checked batch were wrong, the first: ")
+            && line.ends_with("until the GPU passes its start-up check again"),
+        "{line}"
+    );
 
     // Gateway A again, its simulated GPU hanging for a minute in its fourth launch after the
     // start-up check's.
