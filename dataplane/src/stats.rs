@@ -230,7 +230,7 @@ impl Histogram {
 pub struct WorkerStats {
     values: [AtomicU64; COUNT],
     hist: [[AtomicU64; HIST_SLOTS]; STAGES.len()],
-    /// The GPU failures the worker's dispatcher has had, and the last one's reason.
+    /// The GPU failures the worker's dispatcher has had, and why it was taken out of service.
     gpu_failure: Mutex<(u64, Option<String>)>,
 }
 
@@ -270,8 +270,8 @@ impl WorkerStats {
         })
     }
 
-    /// Hands over the worker's GPU failure count and the last one's reason; called only when
-    /// the count changed. Never waits: false when the reader holds the slot (try again at the
+    /// Hands over the worker's GPU failure count and why its GPU is out (the failure that took
+    /// it out, then the latest if another); called only when the count changed. Never waits: false when the reader holds the slot (try again at the
     /// next publish).
     pub fn publish_gpu_failure(&self, count: u64, reason: Option<&str>) -> bool {
         match self.gpu_failure.try_lock() {
@@ -283,7 +283,7 @@ impl WorkerStats {
         }
     }
 
-    /// The worker's GPU failure count and the last one's reason, as last handed over.
+    /// The worker's GPU failure count and why its GPU is out, as last handed over.
     pub fn gpu_failure(&self) -> (u64, Option<String>) {
         self.gpu_failure
             .lock()

@@ -205,10 +205,17 @@ impl Worker {
                 ));
                 if let Some(o) = gateway.engine().offload_stats() {
                     let failures = o.gpu_errors + o.gpu_timeouts + o.gpu_wrong_batches;
-                    if failures != failures_told
-                        && stats.publish_gpu_failure(failures, o.last_error.as_deref())
-                    {
-                        failures_told = failures;
+                    if failures != failures_told {
+                        // Allocates, but only after a GPU failure (at most one per probe).
+                        let why = match (&o.out_because, &o.last_error) {
+                            (Some(first), Some(last)) if first != last => {
+                                Some(format!("{first}; since then: {last}"))
+                            }
+                            (first, last) => first.clone().or_else(|| last.clone()),
+                        };
+                        if stats.publish_gpu_failure(failures, why.as_deref()) {
+                            failures_told = failures;
+                        }
                     }
                 }
             }

@@ -189,6 +189,9 @@ pub struct Stats {
     pub gpu_healthy: bool,
     /// The last accelerator failure.
     pub last_error: Option<String>,
+    /// The failure that took the accelerator out of service: the first since it was last
+    /// healthy (later ones, such as failed probes, are in `last_error`).
+    pub out_because: Option<String>,
     /// Measured cost per byte, ns, per operation and path, at the largest class measured.
     pub ns_per_byte: [[Option<f64>; 2]; 4],
 }
@@ -344,6 +347,9 @@ impl Dispatcher {
             Trouble::Error => self.stats.gpu_errors += 1,
             Trouble::Timeout => self.stats.gpu_timeouts += 1,
             Trouble::Wrong => self.stats.gpu_wrong_batches += 1,
+        }
+        if self.stats.gpu_healthy {
+            self.stats.out_because = Some(reason.clone());
         }
         self.stats.last_error = Some(reason);
         self.stats.gpu_healthy = false;
@@ -729,6 +735,7 @@ mod tests {
         assert_eq!((s.gpu_errors, s.fallback_jobs), (1, 63));
         assert!(!s.gpu_healthy);
         assert_eq!(s.last_error.as_deref(), Some("injected error"));
+        assert_eq!(s.out_because, s.last_error);
         // While unhealthy, batches go to the CPU.
         let (got, want) = seal_both(&mut d, 10, 2);
         assert!(got == want);

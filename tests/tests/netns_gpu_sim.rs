@@ -200,6 +200,7 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
             && line.ends_with("until the GPU passes its start-up check again"),
         "{line}"
     );
+    eprintln!("{line}");
 
     // Gateway A again, its simulated GPU hanging for a minute in its fourth launch after the
     // start-up check's.
