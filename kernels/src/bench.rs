@@ -650,8 +650,9 @@ pub struct CpuReport {
     pub why_no_gpu: String,
     /// Host threads of the all-cores column.
     pub threads: usize,
-    /// (operation, packet size, one thread GB/s, all threads GB/s).
-    pub rows: Vec<(Op, usize, f64, f64)>,
+    /// (operation, packet size, one thread GB/s, all threads GB/s, one thread's rate checking
+    /// GPU results of this kind against the CPU engine, GB/s).
+    pub rows: Vec<(Op, usize, f64, f64, f64)>,
 }
 
 /// Measures the CPU engine alone at `sizes`, about `budget` per cell.
@@ -664,7 +665,8 @@ pub fn cpu_only(why_no_gpu: String, sizes: &[usize], budget: Duration) -> CpuRep
         for op in Op::ALL {
             let one = cpu_cell(op, size, &inp, 1, budget);
             let all = cpu_cell(op, size, &inp, threads, budget);
-            rows.push((op, size, one, all));
+            let check = check_cell(op, size, &inp, budget);
+            rows.push((op, size, one, all, check));
         }
     }
     CpuReport {
@@ -678,17 +680,18 @@ impl CpuReport {
     /// A table for people.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "no GPU engine ({}): the CPU engine alone, on 1 and on {} threads\n{:<10} {:>5} {:>11} {:>11}\n",
-            self.why_no_gpu, self.threads, "op", "bytes", "cpu-1", "cpu-all"
+            "no GPU engine ({}): the CPU engine alone, on 1 and on {} threads, and one thread checking GPU results against it (offload.verify_every)\n{:<10} {:>5} {:>11} {:>11} {:>11}\n",
+            self.why_no_gpu, self.threads, "op", "bytes", "cpu-1", "cpu-all", "check-1"
         );
-        for &(op, size, one, all) in &self.rows {
+        for &(op, size, one, all, check) in &self.rows {
             let _ = writeln!(
                 s,
-                "{:<10} {:>5} {:>6.2} GB/s {:>6.2} GB/s",
+                "{:<10} {:>5} {:>6.2} GB/s {:>6.2} GB/s {:>6.2} GB/s",
                 op.name(),
                 size,
                 one,
-                all
+                all,
+                check
             );
         }
         s
@@ -700,15 +703,16 @@ impl CpuReport {
             "{{\"device\":null,\"why_no_gpu\":{:?},\"cpu_threads\":{},\"cpu_rows\":[",
             self.why_no_gpu, self.threads
         );
-        for (i, &(op, size, one, all)) in self.rows.iter().enumerate() {
+        for (i, &(op, size, one, all, check)) in self.rows.iter().enumerate() {
             let _ = write!(
                 s,
-                "{}{{\"op\":\"{}\",\"size\":{},\"cpu1_gbps\":{:.3},\"cpu_gbps\":{:.3}}}",
+                "{}{{\"op\":\"{}\",\"size\":{},\"cpu1_gbps\":{:.3},\"cpu_gbps\":{:.3},\"check1_gbps\":{:.3}}}",
                 if i == 0 { "" } else { "," },
                 op.name(),
                 size,
                 one,
-                all
+                all,
+                check
             );
         }
         s.push_str("]}\n");
@@ -935,8 +939,12 @@ mod tests {
     fn the_cpu_report_measures_every_operation_and_size() {
         let r = cpu_only("no driver".into(), &[64, 1408], Duration::from_millis(20));
         assert_eq!(r.rows.len(), 8);
-        for &(op, size, one, all) in &r.rows {
-            assert!(one > 0.0 && all > 0.0, "{} {size}: {one} {all}", op.name());
+        for &(op, size, one, all, check) in &r.rows {
+            assert!(
+                one > 0.0 && all > 0.0 && check > 0.0,
+                "{} {size}: {one} {all} {check}",
+                op.name()
+            );
         }
         let t = r.table();
         assert!(t.starts_with("no GPU engine (no driver)"), "{t}");
