@@ -11,7 +11,8 @@
 use crate::cpu::CpuEngine;
 use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
-/// Reused buffers: the inputs of a checked batch, and one packet's CPU result.
+/// Reused buffers: the inputs of a checked batch (where the CPU then recomputes seals and
+/// opens in place), and one packet's CPU result for the LZ4 checks.
 #[derive(Debug, Default)]
 pub struct Scratch {
     inputs: Vec<u8>,
@@ -45,11 +46,14 @@ pub trait Checked: Sized {
     fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict;
 }
 
-/// Copies `bufs`' leading bytes, back to back, into `s.inputs`.
-fn keep<'a>(s: &mut Scratch, bufs: impl Iterator<Item = &'a [u8]>) {
+/// Copies each of `bufs`' leading `read` bytes into `s.inputs`, each in a slot of `room`
+/// bytes (the rest zero), back to back.
+fn keep<'a>(s: &mut Scratch, bufs: impl Iterator<Item = (&'a [u8], usize)>) {
     s.inputs.clear();
-    for b in bufs {
+    for (b, room) in bufs {
         s.inputs.extend_from_slice(b);
+        s.inputs
+            .resize(s.inputs.len() + room.saturating_sub(b.len()), 0);
     }
 }
 
@@ -58,11 +62,10 @@ fn read_len(buf: &[u8], len: usize) -> usize {
     len.min(buf.len())
 }
 
-/// Puts `input` into `one`, sized `room` (a copy of the job's buffer as the CPU needs it).
-fn stage(one: &mut Vec<u8>, input: &[u8], room: usize) {
-    one.clear();
-    one.extend_from_slice(input);
-    one.resize(room.max(input.len()), 0);
+/// The bytes of its buffer an in-place seal of `len` bytes may write: the ciphertext and tag,
+/// or less when the buffer is too short (the CPU engine then refuses it).
+fn seal_room(buf: &[u8], len: usize) -> usize {
+    buf.len().min(len.saturating_add(TAG_LEN))
 }
 
 fn at(a: &[u8], b: &[u8]) -> String {
@@ -71,26 +74,29 @@ fn at(a: &[u8], b: &[u8]) -> String {
 
 impl Checked for SealJob<'_> {
     fn keep_inputs(jobs: &[Self], s: &mut Scratch) {
-        keep(s, jobs.iter().map(|j| &j.buf[..read_len(j.buf, j.len)]));
+        keep(
+            s,
+            jobs.iter()
+                .map(|j| (&j.buf[..read_len(j.buf, j.len)], seal_room(j.buf, j.len))),
+        );
     }
 
     fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
         let (mut v, mut off, n) = (Verdict::default(), 0, jobs.len());
         for (i, job) in jobs.iter_mut().enumerate() {
-            let read = read_len(job.buf, job.len);
-            let room = job.buf.len().min(job.len.saturating_add(TAG_LEN));
-            stage(&mut s.one, &s.inputs[off..off + read], room);
-            off += read;
+            let room = seal_room(job.buf, job.len);
+            let slot = &mut s.inputs[off..off + room];
+            off += room;
             let mut cpu = SealJob {
                 key: job.key,
                 nonce: job.nonce,
                 aad: job.aad,
-                buf: &mut s.one[..room],
+                buf: slot,
                 len: job.len,
                 ok: false,
             };
             CpuEngine::seal_one(&mut cpu);
-            let (ok, out) = (cpu.ok, &s.one[..room]);
+            let (ok, out) = (cpu.ok, &*cpu.buf);
             if ok != job.ok || (ok && job.buf[..room] != *out) {
                 v.wrong(|| {
                     if ok != job.ok {
@@ -111,20 +117,26 @@ impl Checked for SealJob<'_> {
 
 impl Checked for OpenJob<'_> {
     fn keep_inputs(jobs: &[Self], s: &mut Scratch) {
-        keep(s, jobs.iter().map(|j| &j.buf[..read_len(j.buf, j.len)]));
+        keep(
+            s,
+            jobs.iter().map(|j| {
+                let read = read_len(j.buf, j.len);
+                (&j.buf[..read], read)
+            }),
+        );
     }
 
     fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
         let (mut v, mut off, n) = (Verdict::default(), 0, jobs.len());
         for (i, job) in jobs.iter_mut().enumerate() {
             let read = read_len(job.buf, job.len);
-            stage(&mut s.one, &s.inputs[off..off + read], read);
+            let slot = &mut s.inputs[off..off + read];
             off += read;
             let mut cpu = OpenJob {
                 key: job.key,
                 nonce: job.nonce,
                 aad: job.aad,
-                buf: &mut s.one[..read],
+                buf: slot,
                 len: job.len,
                 ok: false,
             };
@@ -132,7 +144,7 @@ impl Checked for OpenJob<'_> {
             let ok = cpu.ok;
             // A verified packet's plaintext; a refused one's buffer is garbage either way.
             let plain = if ok { job.len - TAG_LEN } else { 0 };
-            let out = &s.one[..plain];
+            let out = &cpu.buf[..plain];
             if ok != job.ok || job.buf[..plain] != *out {
                 v.wrong(|| {
                     if ok != job.ok {
