@@ -487,3 +487,23 @@ fn mangled_files_never_panic() {
         }
     }
 }
+
+#[test]
+fn gpu_check_sampling_is_bounded() {
+    assert_errors(
+        &[(
+            "[metrics]",
+            "[offload]\nverify_every = 1000001\n\n[metrics]",
+        )],
+        &["52:16: offload.verify_every: 1000001 is out of range: must be 0 to 1000000"],
+    );
+    for every in ["0", "1", "64", "1000000"] {
+        assert_errors(
+            &[(
+                "[metrics]",
+                &format!("[offload]\nverify_every = {every}\n\n[metrics]"),
+            )],
+            &[],
+        );
+    }
+}
