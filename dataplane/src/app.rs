@@ -228,12 +228,54 @@ pub struct Running {
     gather: Option<dwcp_kernels::gather::Gatherer>,
     /// DPDK ports: (config name, port id, last link state seen).
     dpdk: Vec<(String, u16, Option<bool>)>,
-    /// GPU failures logged so far, per worker.
-    gpu_failures_logged: Vec<u64>,
+    /// What has been said about GPU failures.
+    gpu_watch: GpuWatch,
+}
+
+/// The GPU failures told to the operator: each worker's once, with its reason, and the GPU's
+/// return on every worker.
+#[derive(Debug, Default)]
+struct GpuWatch {
+    /// Failures logged so far, per worker.
+    logged: Vec<u64>,
     /// Workers whose GPU was unhealthy when last looked at.
-    gpu_unhealthy: u64,
-    /// The last GPU failure logged: worker and reason, for `status`.
-    last_gpu_failure: Option<(usize, String)>,
+    unhealthy: u64,
+    /// The last failure logged: worker and reason, for `status`.
+    last: Option<(usize, String)>,
+}
+
+impl GpuWatch {
+    /// The lines to log, given each worker's (failure count, reason) and how many of the
+    /// `workers` have a healthy GPU.
+    fn see(
+        &mut self,
+        failures: impl Iterator<Item = (u64, Option<String>)>,
+        healthy: u64,
+        workers: u64,
+    ) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (w, (count, reason)) in failures.enumerate() {
+            if self.logged.len() <= w {
+                self.logged.resize(w + 1, 0);
+            }
+            if count > self.logged[w] {
+                let reason = reason.unwrap_or_else(|| "no reason given".into());
+                lines.push(format!(
+                    "dwcp-dataplane: worker {w}: GPU unhealthy ({count} failure(s) so far): {reason}; its batches run on the CPU engine until the GPU passes its start-up check again"
+                ));
+                self.logged[w] = count;
+                self.last = Some((w, reason));
+            }
+        }
+        let unhealthy = workers.saturating_sub(healthy);
+        if unhealthy == 0 && self.unhealthy > 0 {
+            lines.push(format!(
+                "dwcp-dataplane: GPU healthy again on all {workers} workers"
+            ));
+        }
+        self.unhealthy = unhealthy;
+        lines
+    }
 }
 
 /// Opens every port and binds the metrics address, then starts the workers.
@@ -431,9 +473,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             .into_iter()
             .map(|(n, id)| (n, id, None))
             .collect(),
-        gpu_failures_logged: vec![0; workers],
-        gpu_unhealthy: 0,
-        last_gpu_failure: None,
+        gpu_watch: GpuWatch::default(),
     })
 }
 
@@ -557,7 +597,7 @@ impl Running {
             ),
             _ => String::new(),
         };
-        let failed = match &self.last_gpu_failure {
+        let failed = match &self.gpu_watch.last {
             Some((w, why)) => format!(" | last GPU failure (worker {w}): {why}"),
             None => String::new(),
         };
@@ -616,23 +656,11 @@ impl Running {
         if self.offload.0 == "cpu" {
             return;
         }
-        for (w, s) in self.stats.iter().enumerate() {
-            let (count, reason) = s.gpu_failure();
-            if count > self.gpu_failures_logged[w] {
-                let reason = reason.unwrap_or_else(|| "no reason given".into());
-                println!(
-                    "dwcp-dataplane: worker {w}: GPU unhealthy ({count} failure(s) so far): {reason}; its batches run on the CPU engine until the GPU passes its start-up check again"
-                );
-                self.gpu_failures_logged[w] = count;
-                self.last_gpu_failure = Some((w, reason));
-            }
+        let healthy = stats::get(&self.totals(), "offload_gpu_healthy");
+        let failures = self.stats.iter().map(|s| s.gpu_failure());
+        for line in self.gpu_watch.see(failures, healthy, self.labels.3 as u64) {
+            println!("{line}");
         }
-        let workers = self.labels.3 as u64;
-        let unhealthy = workers.saturating_sub(stats::get(&self.totals(), "offload_gpu_healthy"));
-        if unhealthy == 0 && self.gpu_unhealthy > 0 {
-            println!("dwcp-dataplane: GPU healthy again on all {workers} workers");
-        }
-        self.gpu_unhealthy = unhealthy;
     }
 
     /// Logs DPDK link changes (and the first state seen).
@@ -711,6 +739,39 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_gpu_failure_is_told_once_and_the_return_on_every_worker() {
+        let mut w = GpuWatch::default();
+        let none = || [(0, None), (0, None)].into_iter();
+        assert!(w.see(none(), 2, 2).is_empty());
+        let why = || Some("a checked batch was wrong".to_owned());
+        let lines = w.see([(0, None), (1, why())].into_iter(), 1, 2);
+        assert_eq!(
+            lines,
+            [
+                "dwcp-dataplane: worker 1: GPU unhealthy (1 failure(s) so far): a checked batch was wrong; its batches run on the CPU engine until the GPU passes its start-up check again"
+            ]
+        );
+        // Told once; still out, nothing new.
+        assert!(w.see([(0, None), (1, why())].into_iter(), 1, 2).is_empty());
+        assert_eq!(w.last, Some((1, "a checked batch was wrong".to_owned())));
+        // Back on both workers.
+        assert_eq!(
+            w.see([(0, None), (1, why())].into_iter(), 2, 2),
+            ["dwcp-dataplane: GPU healthy again on all 2 workers"]
+        );
+        assert!(w.see([(0, None), (1, why())].into_iter(), 2, 2).is_empty());
+        // A second failure on the same worker is told with its count.
+        let lines = w.see([(0, None), (3, None)].into_iter(), 1, 2);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with(
+                "dwcp-dataplane: worker 1: GPU unhealthy (3 failure(s) so far): no reason given;"
+            ),
+            "{lines:?}"
+        );
+    }
 
     #[test]
     fn only_a_gather_running_past_the_hang_limit_makes_the_data_plane_leave() {
