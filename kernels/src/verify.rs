@@ -29,7 +29,8 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn wrong(&mut self, what: impl FnOnce() -> String) {
+    /// Counts a wrong packet; `what` describes it if it is the first.
+    fn note(&mut self, what: impl FnOnce() -> String) {
         if self.first.is_none() {
             self.first = Some(what());
         }
@@ -98,7 +99,7 @@ impl Checked for SealJob<'_> {
             CpuEngine::seal_one(&mut cpu);
             let (ok, out) = (cpu.ok, &*cpu.buf);
             if ok != job.ok || (ok && job.buf[..room] != *out) {
-                v.wrong(|| {
+                v.note(|| {
                     if ok != job.ok {
                         format!("seal of a {}-byte packet (packet {i} of {n}): ok {} where the CPU engine says {ok}", job.len, job.ok)
                     } else {
@@ -146,7 +147,7 @@ impl Checked for OpenJob<'_> {
             let plain = if ok { job.len - TAG_LEN } else { 0 };
             let out = &cpu.buf[..plain];
             if ok != job.ok || job.buf[..plain] != *out {
-                v.wrong(|| {
+                v.note(|| {
                     if ok != job.ok {
                         format!("open of a {}-byte packet (packet {i} of {n}): tag verified {} where the CPU engine says {ok}", job.len, job.ok)
                     } else {
@@ -179,7 +180,7 @@ impl Checked for CompressJob<'_> {
                     .is_ok_and(|len| len == job.src.len())
                 && s.one[..job.src.len()] == *job.src;
             if !right {
-                v.wrong(|| {
+                v.note(|| {
                     format!("compress of a {}-byte packet (packet {i} of {n}) gives a {out}-byte block that does not decompress to it", job.src.len())
                 });
                 CpuEngine.compress(std::slice::from_mut(job));
@@ -204,7 +205,7 @@ impl Checked for DecompressJob<'_> {
                 (g, c) => g == c,
             };
             if !same {
-                v.wrong(|| match (job.out_len, cpu) {
+                v.note(|| match (job.out_len, cpu) {
                     (Some(g), Some(c)) if g == c => format!(
                         "decompress of a {}-byte block (packet {i} of {n}) gives output that differs from the CPU engine's at byte {}",
                         job.src.len(),

@@ -164,19 +164,17 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     // Gateway A again, its simulated GPU giving wrong answers without an error from the first
     // launch after its start-up check: a checked batch catches it, its wrong packets leave
     // with the CPU engine's results, the GPU is kept out, and the transfer arrives intact.
-    lab.child(gw_a).kill().unwrap();
-    let _ = lab.child(gw_a).wait();
+    // Stops gateway A's data plane `old` and starts it again with the simulated GPU fault
+    // `inject` (`DWCP_SIM_INJECT`), logging to `log`.
+    let restart_a = |lab: &mut Lab, old: usize, inject: String, log: &std::path::Path| {
+        lab.child(old).kill().unwrap();
+        let _ = lab.child(old).wait();
+        let inject = format!("DWCP_SIM_INJECT={inject}");
+        lab.spawn(&ga, "env", &[&libcuda, &inject, dp, "--config", cfg_a], log)
+    };
     let log_wrong = dir.path().join("gw-a-wrong.log");
-    let corrupt = format!(
-        "DWCP_SIM_INJECT=corrupt:{}",
-        dwcp_kernels::selftest::LAUNCHES + 1
-    );
-    let gw_a = lab.spawn(
-        &ga,
-        "env",
-        &[&libcuda, &corrupt, dp, "--config", cfg_a],
-        &log_wrong,
-    );
+    let corrupt = format!("corrupt:{}", dwcp_kernels::selftest::LAUNCHES + 1);
+    let gw_a = restart_a(&mut lab, gw_a, corrupt, &log_wrong);
     let line = wait_for_line(&log_wrong, "offload engine", Duration::from_secs(60));
     assert!(line.contains("passed its start-up check"), "{line}");
     wait_for_line(&log_wrong, "dwcp-dataplane: ready", Duration::from_secs(60));
@@ -204,19 +202,9 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
 
     // Gateway A again, its simulated GPU hanging for a minute in its fourth launch after the
     // start-up check's.
-    lab.child(gw_a).kill().unwrap();
-    let _ = lab.child(gw_a).wait();
     let log_hang = dir.path().join("gw-a-hang.log");
-    let hang = format!(
-        "DWCP_SIM_INJECT=hang:{}:60000",
-        dwcp_kernels::selftest::LAUNCHES + 4
-    );
-    let hung = lab.spawn(
-        &ga,
-        "env",
-        &[&libcuda, &hang, dp, "--config", cfg_a],
-        &log_hang,
-    );
+    let hang = format!("hang:{}:60000", dwcp_kernels::selftest::LAUNCHES + 4);
+    let hung = restart_a(&mut lab, gw_a, hang, &log_hang);
     wait_for_line(&log_hang, "dwcp-dataplane: ready", Duration::from_secs(60));
     let t0 = Instant::now();
     // Traffic until the watchdog acts (the pings themselves may be lost).
