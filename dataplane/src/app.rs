@@ -602,7 +602,7 @@ impl Running {
             None => String::new(),
         };
         format!(
-            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} wrong {} corrected packets {}{failed}",
+            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} spot-checked {} refusals rechecked {} wrong {} corrected packets {}{failed}",
             self.offload.0,
             self.offload.1,
             g("offload_gpu_healthy"),
@@ -613,6 +613,8 @@ impl Running {
             g("offload_gpu_timeouts"),
             g("offload_fallback_packets"),
             g("offload_gpu_checked_batches"),
+            g("offload_gpu_spot_checked_batches"),
+            g("offload_gpu_rechecked_refusals"),
             g("offload_gpu_wrong_batches"),
             g("offload_corrected_packets"),
         )

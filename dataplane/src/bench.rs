@@ -280,11 +280,9 @@ pub struct OffloadCheck {
     pub crypto_batches: u64,
     /// Compress and decompress batches (both paths).
     pub compress_batches: u64,
-    /// GPU batches checked against the CPU engine, those with a wrong packet, and the wrong
-    /// packets (given the CPU's results).
-    pub checked: [u64; 3],
-    /// The GPU's last failure, if any.
-    pub last_gpu_error: Option<String>,
+    /// The offload dispatcher's counters (all zero without one): among them how its GPU
+    /// batches were checked against the CPU engine and the GPU's last failure.
+    pub offload: dwcp_kernels::dispatch::Stats,
 }
 
 /// Encapsulates `inputs` for peer 0 in bursts of `burst`, as a worker does: each burst's
@@ -517,22 +515,20 @@ pub fn offload_check(mode: dwcp_provisioning::schema::GpuMode, packets: usize) -
         batches,
         crypto_batches,
         compress_batches,
-        checked: stats.map_or([0; 3], |s| {
-            [s.verified_batches, s.gpu_wrong_batches, s.corrected_jobs]
-        }),
-        last_gpu_error: stats.and_then(|s| s.last_error.clone()),
+        offload: stats.cloned().unwrap_or_default(),
     }
 }
 
 impl OffloadCheck {
     /// One paragraph for people.
     pub fn text(&self) -> String {
-        let failed = self
-            .last_gpu_error
+        let o = &self.offload;
+        let failed = o
+            .last_error
             .as_ref()
             .map_or_else(String::new, |e| format!("  last GPU failure: {e}\n"));
         format!(
-            "offload engine {} ({})\n  {} packets each way, {} mismatches; encap {:.2} Gb/s, decap {:.2} Gb/s on the offload engine; engine batches cpu {} gpu {} (seal and open: {}, compress and decompress: {}, in bursts of up to {}); GPU batches checked against the CPU engine {}, wrong {}, packets corrected {}\n{failed}",
+            "offload engine {} ({})\n  {} packets each way, {} mismatches; encap {:.2} Gb/s, decap {:.2} Gb/s on the offload engine; engine batches cpu {} gpu {} (seal and open: {}, compress and decompress: {}, in bursts of up to {}); GPU batches checked against the CPU engine {} (and one packet of {} more; {} refused packets rechecked), wrong {}, packets corrected {}\n{failed}",
             self.engine.0,
             self.engine.1,
             self.packets,
@@ -544,9 +540,11 @@ impl OffloadCheck {
             self.crypto_batches,
             self.compress_batches,
             crate::worker::BURST,
-            self.checked[0],
-            self.checked[1],
-            self.checked[2],
+            o.verified_batches,
+            o.spot_checked_batches,
+            o.rechecked_refusals,
+            o.gpu_wrong_batches,
+            o.corrected_jobs,
         )
     }
 }

@@ -399,9 +399,21 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         &[(String::new(), g("offload_gpu_checked_batches"))],
     );
     family(
+        "dwcp_offload_gpu_spot_checked_batches_total",
+        "counter",
+        "GPU batches not checked whole of which one packet was checked against the CPU engine.",
+        &[(String::new(), g("offload_gpu_spot_checked_batches"))],
+    );
+    family(
+        "dwcp_offload_gpu_rechecked_refusals_total",
+        "counter",
+        "Packets the GPU refused (tag failed, block did not decompress) re-run on the CPU engine to confirm it (the first 4 of a batch).",
+        &[(String::new(), g("offload_gpu_rechecked_refusals"))],
+    );
+    family(
         "dwcp_offload_gpu_wrong_batches_total",
         "counter",
-        "Checked GPU batches with a packet the GPU got wrong without an error.",
+        "GPU batches in which a check found a packet the GPU got wrong without an error.",
         &[(String::new(), g("offload_gpu_wrong_batches"))],
     );
     family(

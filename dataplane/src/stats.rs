@@ -69,6 +69,8 @@ pub const NAMES: &[&str] = &[
     "offload_gpu_probes",
     "offload_gpu_healthy",
     "offload_gpu_checked_batches",
+    "offload_gpu_spot_checked_batches",
+    "offload_gpu_rechecked_refusals",
     "offload_gpu_wrong_batches",
     "offload_corrected_packets",
 ];
@@ -161,6 +163,8 @@ pub fn flatten(
         d.probes,
         u64::from(d.gpu_healthy),
         d.verified_batches,
+        d.spot_checked_batches,
+        d.rechecked_refusals,
         d.gpu_wrong_batches,
         d.corrected_jobs,
     ]
@@ -373,6 +377,8 @@ mod tests {
     fn the_live_check_counters_are_published() {
         let d = dwcp_kernels::dispatch::Stats {
             verified_batches: 5,
+            spot_checked_batches: 7,
+            rechecked_refusals: 11,
             gpu_wrong_batches: 2,
             corrected_jobs: 3,
             ..Default::default()
@@ -384,6 +390,8 @@ mod tests {
             Some(&d),
         );
         assert_eq!(get(&v, "offload_gpu_checked_batches"), 5);
+        assert_eq!(get(&v, "offload_gpu_spot_checked_batches"), 7);
+        assert_eq!(get(&v, "offload_gpu_rechecked_refusals"), 11);
         assert_eq!(get(&v, "offload_gpu_wrong_batches"), 2);
         assert_eq!(get(&v, "offload_corrected_packets"), 3);
     }

@@ -4,8 +4,9 @@
 //! error or a batch past its deadline is finished on the CPU from the first job the
 //! accelerator did not complete — nothing is lost or run twice — the accelerator is marked
 //! unhealthy and probed again after a back-off. A sample of the accelerator's batches is
-//! checked against the CPU engine ([`crate::verify`]): a wrong packet gets the CPU's result
-//! and the accelerator is marked unhealthy the same way. Counters say all of it.
+//! checked whole against the CPU engine, and one packet and the first refusals of every other
+//! batch ([`crate::verify`]): a wrong packet gets the CPU's result and the accelerator is
+//! marked unhealthy the same way. Counters say all of it.
 
 use std::time::{Duration, Instant};
 
@@ -129,6 +130,11 @@ impl Accelerator for CudaEngine {
     }
 }
 
+/// Refused packets per accelerator batch re-run on the CPU engine to confirm the refusal (all
+/// of the batch's once one was wrong): a false refusal shows at once, and a flood of forged
+/// packets costs the CPU at most this many opens per batch.
+const RECHECK_REFUSALS: usize = 4;
+
 /// Batch-size classes the cost model keeps apart (the GPU's fixed cost per batch makes cost
 /// per byte depend on batch size): < 16 KiB, < 256 KiB, < 4 MiB, larger.
 const CLASSES: usize = 4;
@@ -179,7 +185,12 @@ pub struct Stats {
     pub fallback_jobs: u64,
     /// Accelerator batches checked against the CPU engine.
     pub verified_batches: u64,
-    /// Checked batches with a packet the accelerator got wrong.
+    /// Accelerator batches not checked whole of which one packet was checked.
+    pub spot_checked_batches: u64,
+    /// Packets the accelerator refused (a drop: an open whose tag failed, a block that did
+    /// not decompress) re-run on the CPU engine to confirm it.
+    pub rechecked_refusals: u64,
+    /// Batches in which a check found a packet the accelerator got wrong.
     pub gpu_wrong_batches: u64,
     /// Packets the accelerator got wrong, given the CPU's result instead.
     pub corrected_jobs: u64,
@@ -209,8 +220,9 @@ pub struct Settings {
     pub retry_max: Duration,
     /// In `auto`, one batch in this many goes to the path that currently looks slower.
     pub explore_every: u64,
-    /// One accelerator batch in this many, per operation, is checked against the CPU engine
-    /// (and the first after start-up and after each recovery); 0: none.
+    /// One accelerator batch in this many, per operation, is checked whole against the CPU
+    /// engine (and the first after start-up and after each recovery); each other batch has
+    /// one packet and its first refusals checked; 0: no checks at all.
     pub verify_every: u64,
 }
 
@@ -244,6 +256,8 @@ pub struct Dispatcher {
     backoff: Duration,
     /// Accelerator batches per operation since the last checked one.
     since_check: [u64; 4],
+    /// Where the spot checks' sequence is.
+    spot: u64,
     scratch: Scratch,
     stats: Stats,
 }
@@ -269,6 +283,7 @@ impl Dispatcher {
             retry_at: None,
             backoff: set.retry,
             since_check: [0; 4],
+            spot: 0,
             scratch: Scratch::default(),
             stats: Stats {
                 gpu_healthy: healthy,
@@ -369,6 +384,70 @@ impl Dispatcher {
         }
     }
 
+    /// Checks an accelerator batch that succeeded — whole (`full`), or its packet `spot` and
+    /// the first packets it refused — against the CPU engine; wrong packets get the CPU's
+    /// result. Returns why the accelerator is wrong, if it is.
+    fn examine<J: Checked>(
+        &mut self,
+        jobs: &mut [J],
+        full: bool,
+        spot: Option<usize>,
+    ) -> Option<String> {
+        let (n, s, st) = (jobs.len(), &mut self.scratch, &mut self.stats);
+        if full {
+            st.verified_batches += 1;
+            let v = J::check_all(jobs, s);
+            st.corrected_jobs += v.wrong as u64;
+            return (v.wrong > 0).then(|| {
+                format!(
+                    "{} of {n} packets in a checked batch were wrong, the first: {}; they were given the CPU engine's results",
+                    v.wrong,
+                    v.first.unwrap_or_default()
+                )
+            });
+        }
+        let mut why = Vec::new();
+        if let Some(k) = spot {
+            st.spot_checked_batches += 1;
+            let v = J::check(&mut jobs[k..=k], s, k, n);
+            if v.wrong > 0 {
+                st.corrected_jobs += 1;
+                let mut w = format!(
+                    "the packet spot-checked in a batch of {n} was wrong: {}; it was given the CPU engine's result",
+                    v.first.unwrap_or_default()
+                );
+                if J::INPUTS_SURVIVE {
+                    // Its inputs are intact: the rest of the batch can still be put right.
+                    st.verified_batches += 1;
+                    let all = J::check_all(jobs, s);
+                    st.corrected_jobs += all.wrong as u64;
+                    w.push_str(&format!(
+                        "; the whole batch, checked then, had {} more wrong, given the CPU engine's results",
+                        all.wrong
+                    ));
+                }
+                why.push(w);
+            }
+        }
+        // Known wrong already: every refusal of the batch is rechecked.
+        let limit = if why.is_empty() {
+            RECHECK_REFUSALS
+        } else {
+            usize::MAX
+        };
+        let (rechecked, v) = J::recheck_refusals(jobs, limit);
+        st.rechecked_refusals += rechecked as u64;
+        if v.wrong > 0 {
+            st.corrected_jobs += v.wrong as u64;
+            why.push(format!(
+                "{} of the packets it refused in a batch of {n} were right, the first: {}; they were given the CPU engine's results",
+                v.wrong,
+                v.first.unwrap_or_default()
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; and "))
+    }
+
     /// Runs one batch: routes it, runs it, falls back on failure, checks a sample against the
     /// CPU, records the cost.
     fn run<J: Checked>(
@@ -394,29 +473,25 @@ impl Dispatcher {
         if self.route(op, bytes) == Path::Gpu
             && let Some(gpu) = self.gpu.as_mut()
         {
+            let n = jobs.len();
             let check = check_due(&mut self.since_check, self.set.verify_every, op);
+            // A batch not checked whole has one packet checked (none when checks are off).
+            let spot = (!check && self.set.verify_every > 0).then(|| next_spot(&mut self.spot, n));
             if check {
                 J::keep_inputs(jobs, &mut self.scratch);
+            } else if let Some(k) = spot {
+                J::keep_inputs(&jobs[k..=k], &mut self.scratch);
             }
             let t1 = Instant::now();
             match gpu_call(gpu.as_mut(), jobs, t1 + self.set.deadline) {
                 Ok(()) => {
                     // The accelerator's cost, without the check's.
                     self.record(op, Path::Gpu, bytes, t1.elapsed());
-                    if check {
-                        self.stats.verified_batches += 1;
-                        let v = J::check(jobs, &mut self.scratch);
-                        if v.wrong > 0 {
-                            self.stats.corrected_jobs += v.wrong as u64;
-                            let reason = format!(
-                                "{} of {} packets in a checked batch were wrong, the first: {}; they were given the CPU engine's results",
-                                v.wrong,
-                                jobs.len(),
-                                v.first.unwrap_or_default()
-                            );
-                            self.unhealthy(reason, Trouble::Wrong);
-                            return;
-                        }
+                    if self.set.verify_every > 0
+                        && let Some(reason) = self.examine(jobs, check, spot)
+                    {
+                        self.unhealthy(reason, Trouble::Wrong);
+                        return;
                     }
                     self.stats.gpu_healthy = true;
                     self.backoff = self.set.retry;
@@ -440,6 +515,14 @@ impl Dispatcher {
         cpu_call(&mut self.cpu, jobs);
         self.record(op, Path::Cpu, bytes, t0.elapsed());
     }
+}
+
+/// The next spot-checked packet of a batch of `n`, from the sequence at `at`: a Weyl sequence,
+/// so every position is reached and none is favoured.
+fn next_spot(at: &mut u64, n: usize) -> usize {
+    *at = at.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    // In range: the remainder is below `n`.
+    ((*at >> 32) % n.max(1) as u64) as usize
 }
 
 /// Whether the next accelerator batch of `op` is checked against the CPU engine, one in
@@ -528,6 +611,12 @@ pub mod testing {
         /// Completes the batch and reports success, but one bit of the middle job's result is
         /// wrong (a GPU giving a wrong answer without an error).
         Corrupt,
+        /// As `Corrupt`, in every job's result.
+        CorruptAll,
+        /// Reports success but refuses every job (an open's tag failed, a block did not
+        /// decompress, a seal's buffer too short, nothing compressed), leaving their buffers
+        /// as they were.
+        RefuseAll,
     }
 
     /// The CPU engine behind the [`Accelerator`] face, with a fault and a per-batch delay.
@@ -541,6 +630,8 @@ pub mod testing {
         pub calls: u64,
         /// The fault applies to this many calls, then it works.
         pub fail_calls: u64,
+        /// ... after this many calls that work.
+        pub clean_calls: u64,
         /// `recover` calls.
         pub recovers: u64,
     }
@@ -553,6 +644,7 @@ pub mod testing {
                 delay,
                 calls: 0,
                 fail_calls: u64::MAX,
+                clean_calls: 0,
                 recovers: 0,
             }
         }
@@ -563,10 +655,12 @@ pub mod testing {
             deadline: Instant,
             f: fn(&mut CpuEngine, &mut [J]),
             corrupt: fn(&mut J),
+            refuse: fn(&mut J),
         ) -> Result<(), Failure> {
             self.calls += 1;
             std::thread::sleep(self.delay);
-            let fault = if self.calls <= self.fail_calls {
+            let faulty = self.calls - self.clean_calls.min(self.calls);
+            let fault = if (1..=self.fail_calls).contains(&faulty) {
                 self.fault
             } else {
                 Fault::None
@@ -582,6 +676,15 @@ pub mod testing {
                     if let Some(j) = jobs.get_mut(mid) {
                         corrupt(j);
                     }
+                    Ok(())
+                }
+                Fault::CorruptAll => {
+                    f(&mut CpuEngine, jobs);
+                    jobs.iter_mut().for_each(corrupt);
+                    Ok(())
+                }
+                Fault::RefuseAll => {
+                    jobs.iter_mut().for_each(refuse);
                     Ok(())
                 }
                 Fault::ErrorAfter(k) => {
@@ -615,7 +718,13 @@ pub mod testing {
         }
         fn try_seal(&mut self, jobs: &mut [SealJob<'_>], d: Instant) -> Result<(), Failure> {
             // Ciphertext, or the tag of an empty packet.
-            self.go(jobs, d, |c, j| c.seal(j), |j| j.buf[j.len / 2] ^= 1)
+            self.go(
+                jobs,
+                d,
+                |c, j| c.seal(j),
+                |j| j.buf[j.len / 2] ^= 1,
+                |j| j.ok = false,
+            )
         }
         fn try_open(&mut self, jobs: &mut [OpenJob<'_>], d: Instant) -> Result<(), Failure> {
             self.go(
@@ -626,6 +735,7 @@ pub mod testing {
                     Some(n) if j.ok && n > 0 => j.buf[n / 2] ^= 1,
                     _ => j.ok = !j.ok,
                 },
+                |j| j.ok = false,
             )
         }
         fn try_compress(
@@ -642,6 +752,7 @@ pub mod testing {
                         j.dst[n / 2] ^= 1;
                     }
                 },
+                |j| j.out_len = None,
             )
         }
         fn try_decompress(
@@ -657,6 +768,7 @@ pub mod testing {
                     Some(n) if n > 0 => j.dst[n / 2] ^= 1,
                     _ => {}
                 },
+                |j| j.out_len = None,
             )
         }
         fn recover(&mut self) -> Result<(), String> {
@@ -854,16 +966,236 @@ mod tests {
         d.set.verify_every = 0;
         let (got, want) = seal_both(&mut d, 10, 16);
         assert!(got != want, "the test accelerator did not corrupt");
-        assert_eq!(d.stats().verified_batches, 0);
+        let s = d.stats();
+        assert_eq!(
+            (
+                s.verified_batches,
+                s.spot_checked_batches,
+                s.rechecked_refusals
+            ),
+            (0, 0, 0)
+        );
         let acc = TestAccelerator::new(Fault::None, Duration::ZERO);
         let mut d = dispatcher(Mode::On, acc, Duration::ZERO);
         d.set.verify_every = 4;
         for i in 0..12 {
             seal_both(&mut d, 3, 17 + i);
         }
+        let s = d.stats();
+        assert_eq!((s.verified_batches, s.gpu_wrong_batches), (3, 0));
+        // The other nine: one packet each, and their refusals (none).
+        assert_eq!((s.spot_checked_batches, s.rechecked_refusals), (9, 0));
+    }
+
+    /// Opens `sealed` (as [`seal_both`] sealed them, 1408 bytes each) with `engine`; returns
+    /// each packet's verdict and plaintext.
+    fn open_with(engine: &mut dyn Engine, sealed: &[Vec<u8>]) -> Vec<(bool, Vec<u8>)> {
+        let key = AeadKey::new(&[9u8; 32]);
+        let mut bufs = sealed.to_vec();
+        let mut jobs: Vec<OpenJob<'_>> = bufs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, buf)| OpenJob {
+                key: &key,
+                nonce: crate::nonce(i as u64),
+                aad: &[1u8; 16],
+                len: buf.len(),
+                buf,
+                ok: false,
+            })
+            .collect();
+        engine.open(&mut jobs);
+        jobs.iter()
+            .map(|j| (j.ok, j.buf[..1408].to_vec()))
+            .collect()
+    }
+
+    /// The position the `nth` spot check (from 1) of a new dispatcher picks in a batch of `n`.
+    fn spot_at(nth: usize, n: usize) -> usize {
+        let mut at = 0;
+        (0..nth).map(|_| next_spot(&mut at, n)).last().unwrap()
+    }
+
+    #[test]
+    fn spot_positions_cover_the_batch() {
+        let mut at = 0;
+        let mut seen = [0u32; 100];
+        for _ in 0..10_000 {
+            seen[next_spot(&mut at, 100)] += 1;
+        }
+        assert!(seen.iter().all(|&k| (60..=140).contains(&k)), "{seen:?}");
+        assert_eq!(next_spot(&mut at, 1), 0);
+    }
+
+    #[test]
+    fn a_gpu_turning_wrong_is_caught_by_the_next_batchs_spot_check() {
+        // Right for its first (checked) batch, then every result wrong, reported as success.
+        let mut acc = TestAccelerator::new(Fault::CorruptAll, Duration::ZERO);
+        acc.clean_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        let (got, want) = seal_both(&mut d, 100, 21);
+        assert!(got == want);
+        assert_eq!(d.stats().verified_batches, 1);
+        // The second batch is not checked whole: its spot-checked packet is, and leaves right;
+        // the others were sealed in place, so nothing is left to check them against.
+        let (got, want) = seal_both(&mut d, 100, 22);
+        let k = spot_at(1, 100);
+        let right: Vec<usize> = (0..100).filter(|&i| got[i] == want[i]).collect();
+        assert_eq!(right, [k]);
+        let s = d.stats().clone();
         assert_eq!(
-            (d.stats().verified_batches, d.stats().gpu_wrong_batches),
-            (3, 0)
+            (
+                s.verified_batches,
+                s.spot_checked_batches,
+                s.gpu_wrong_batches
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(s.corrected_jobs, 1);
+        assert!(!s.gpu_healthy);
+        assert_eq!(
+            s.last_error.unwrap(),
+            format!(
+                "the packet spot-checked in a batch of 100 was wrong: seal of a 1408-byte packet (packet {k} of 100) differs from the CPU engine's at byte 704; it was given the CPU engine's result"
+            )
+        );
+        // Out of service: the next batches are the CPU's, and right.
+        let (got, want) = seal_both(&mut d, 100, 23);
+        assert!(got == want);
+        assert_eq!(d.stats().batches[0], [1, 2]);
+    }
+
+    #[test]
+    fn a_wrong_lz4_spot_check_puts_its_whole_batch_right() {
+        let mut acc = TestAccelerator::new(Fault::CorruptAll, Duration::ZERO);
+        acc.clean_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        let srcs: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| format!("flow {i} row {i} ").repeat(40).into_bytes())
+            .collect();
+        for round in 0..2 {
+            let mut dsts = vec![vec![0u8; crate::compress_bound(1000)]; srcs.len()];
+            let mut jobs: Vec<CompressJob<'_>> = srcs
+                .iter()
+                .zip(dsts.iter_mut())
+                .map(|(src, dst)| CompressJob {
+                    src,
+                    dst,
+                    out_len: None,
+                })
+                .collect();
+            d.compress(&mut jobs);
+            for j in &jobs {
+                let n = j.out_len.expect("compressible");
+                let back = lz4_flex::block::decompress(&j.dst[..n], j.src.len()).unwrap();
+                assert_eq!(back, j.src, "round {round}");
+            }
+        }
+        let s = d.stats();
+        // The first batch checked whole; the second spot-checked, found wrong, then checked
+        // whole (its inputs were intact) and every packet given the CPU's block.
+        assert_eq!((s.spot_checked_batches, s.verified_batches), (1, 2));
+        assert_eq!((s.gpu_wrong_batches, s.corrected_jobs), (1, 40));
+        let why = s.last_error.as_deref().unwrap();
+        assert!(
+            why.starts_with("the packet spot-checked in a batch of 40 was wrong: compress of a ")
+                && why.ends_with(
+                    "; the whole batch, checked then, had 39 more wrong, given the CPU engine's results"
+                ),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn refused_packets_are_rechecked_and_a_gpu_refusing_right_ones_loses_none() {
+        let (_, sealed) = seal_both(&mut CpuEngine, 50, 24);
+        let mut want = open_with(&mut CpuEngine, &sealed);
+        assert!(want.iter().all(|(ok, _)| *ok));
+        // Ten tampered packets (every fifth): a right GPU refuses them; four are rechecked.
+        let mut tampered = sealed.clone();
+        for (i, b) in tampered.iter_mut().enumerate().filter(|(i, _)| i % 5 == 0) {
+            b[1408 + i % TAG_LEN] ^= 4;
+            want[i].0 = false;
+        }
+        let acc = TestAccelerator::new(Fault::None, Duration::ZERO);
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        open_with(&mut d, &sealed); // the first batch, checked whole
+        let got = open_with(&mut d, &tampered);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.0, w.0, "packet {i}");
+            assert!(!w.0 || g.1 == w.1, "packet {i}");
+        }
+        let s = d.stats().clone();
+        assert_eq!((s.rechecked_refusals, s.gpu_wrong_batches), (4, 0));
+        assert!(s.gpu_healthy);
+
+        // A GPU that refuses everything after its first batch: each refusal rechecked once
+        // one proved wrong, so every packet opens, none lost.
+        let mut acc = TestAccelerator::new(Fault::RefuseAll, Duration::ZERO);
+        acc.clean_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        open_with(&mut d, &sealed);
+        let got = open_with(&mut d, &sealed);
+        let k = spot_at(1, 50);
+        assert!(got.iter().zip(&want).all(|(g, w)| g.0 && g.1 == w.1));
+        let s = d.stats();
+        // The spot-checked packet, then the 49 other refusals.
+        assert_eq!((s.rechecked_refusals, s.corrected_jobs), (49, 50));
+        assert_eq!(s.gpu_wrong_batches, 1);
+        assert_eq!(
+            s.last_error.as_deref().unwrap(),
+            format!(
+                "the packet spot-checked in a batch of 50 was wrong: open of a 1424-byte packet (packet {k} of 50): tag verified false where the CPU engine says true; it was given the CPU engine's result; and 49 of the packets it refused in a batch of 50 were right, the first: open of a 1424-byte packet (packet {first} of 50): refused, but its tag verifies on the CPU engine; they were given the CPU engine's results",
+                first = usize::from(k == 0)
+            )
+        );
+    }
+
+    #[test]
+    fn refused_blocks_are_rechecked() {
+        let mut acc = TestAccelerator::new(Fault::RefuseAll, Duration::ZERO);
+        acc.clean_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        let text = b"GET /index.html HTTP/1.1\r\n".repeat(30);
+        let block = lz4_flex::block::compress(&text);
+        let garbage = [0xf0u8, 0xff, 0xff, 1];
+        // The garbage where the spot check looks: the blocks' refusals are found by the recheck.
+        let g = spot_at(1, 3);
+        for round in 0..2 {
+            let mut srcs = [&block[..]; 3];
+            srcs[g] = &garbage[..];
+            let mut outs = vec![vec![0u8; 2048]; 3];
+            let mut jobs: Vec<DecompressJob<'_>> = srcs
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|(src, dst)| DecompressJob {
+                    src,
+                    dst,
+                    out_len: None,
+                })
+                .collect();
+            d.decompress(&mut jobs);
+            for (i, j) in jobs.iter().enumerate() {
+                if i == g {
+                    assert_eq!(j.out_len, None, "round {round}: garbage decompressed");
+                } else {
+                    assert_eq!(j.out_len, Some(text.len()), "round {round}, block {i}");
+                    assert_eq!(&j.dst[..text.len()], &text[..]);
+                }
+            }
+        }
+        let s = d.stats();
+        assert_eq!((s.spot_checked_batches, s.rechecked_refusals), (1, 3));
+        assert_eq!((s.gpu_wrong_batches, s.corrected_jobs), (1, 2));
+        assert!(!s.gpu_healthy);
+        assert_eq!(
+            s.last_error.as_deref().unwrap(),
+            format!(
+                "2 of the packets it refused in a batch of 3 were right, the first: decompress of a {}-byte block (packet {} of 3): refused, but the CPU engine decompresses it to {} bytes; they were given the CPU engine's results",
+                block.len(),
+                usize::from(g == 0),
+                text.len()
+            )
         );
     }
 

@@ -1,12 +1,14 @@
-//! Spot checks of live accelerator batches: the dispatcher checks a sample of the batches the
-//! GPU ran against the CPU engine, packet by packet, and gives every packet the GPU got wrong
-//! the CPU's result before it leaves — so a GPU that turns wrong after its start-up check (a
-//! fault, a bit flip, a kernel bug only some inputs reach) is caught and kept away from traffic
-//! instead of sealing packets every peer drops or delivering corrupted plaintext.
+//! Checks of live accelerator batches against the CPU engine: the dispatcher checks a sample
+//! of the batches the GPU ran packet by packet, one packet of every other batch, and the
+//! first packets of each batch the GPU refused (a refusal is a drop), and gives every packet
+//! the GPU got wrong the CPU's result before it leaves — so a GPU that turns wrong after its
+//! start-up check (a fault, a bit flip, a kernel bug only some inputs reach) is caught and
+//! kept away from traffic instead of sealing packets every peer drops or delivering corrupted
+//! plaintext.
 //!
-//! Seal and open work in place, so a checked batch's inputs are copied before the GPU runs it;
+//! Seal and open work in place, so a checked packet's input is copied before the GPU runs it;
 //! the copies live in scratch buffers that grow to the largest checked batch and are reused:
-//! a checked batch allocates nothing once warm (only a wrong one does, for its message).
+//! a check allocates nothing once warm (only a wrong one does, for its message).
 
 use crate::cpu::CpuEngine;
 use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
@@ -40,11 +42,60 @@ impl Verdict {
 
 /// A kind of job whose accelerator result can be checked against the CPU engine.
 pub trait Checked: Sized {
+    /// The accelerator leaves the jobs' inputs as they were (its output goes elsewhere), so
+    /// any of them can be checked after the fact, without [`Checked::keep_inputs`].
+    const INPUTS_SURVIVE: bool;
+
     /// Copies what the accelerator overwrites (before it runs the batch).
     fn keep_inputs(jobs: &[Self], s: &mut Scratch);
+
     /// Recomputes each job on the CPU from the kept inputs and compares; a job the
-    /// accelerator got wrong is given the CPU's result.
-    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict;
+    /// accelerator got wrong is given the CPU's result. `jobs[0]` is packet `first` of a
+    /// batch of `total` (for the message).
+    fn check(jobs: &mut [Self], s: &mut Scratch, first: usize, total: usize) -> Verdict;
+
+    /// [`Checked::check`] of a whole batch.
+    fn check_all(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
+        let total = jobs.len();
+        Self::check(jobs, s, 0, total)
+    }
+
+    /// Re-runs on the CPU the first `limit` jobs the accelerator refused — all of them once
+    /// one turns out to be wrong — on their buffers as the accelerator left them (an
+    /// accelerator leaves a refused job's buffer untouched); a refused job the CPU completes
+    /// keeps the CPU's result. Returns how many it re-ran and what it found. Only refusals
+    /// that drop a packet are re-run: a seal is refused only for a buffer too short (which
+    /// the CPU refuses as well) and not compressing is never wrong.
+    fn recheck_refusals(jobs: &mut [Self], limit: usize) -> (usize, Verdict) {
+        let _ = (jobs, limit);
+        (0, Verdict::default())
+    }
+}
+
+/// Re-runs refused jobs (`refused`) with `cpu` as [`Checked::recheck_refusals`] describes;
+/// `what` names a job the CPU completed.
+fn recheck<J>(
+    jobs: &mut [J],
+    limit: usize,
+    refused: fn(&J) -> bool,
+    cpu: fn(&mut J),
+    what: fn(&J, usize, usize) -> String,
+) -> (usize, Verdict) {
+    let (mut v, mut rechecked, total) = (Verdict::default(), 0, jobs.len());
+    for (i, job) in jobs.iter_mut().enumerate() {
+        if !refused(job) {
+            continue;
+        }
+        if rechecked == limit && v.wrong == 0 {
+            break;
+        }
+        rechecked += 1;
+        cpu(job);
+        if !refused(job) {
+            v.note(|| what(job, i, total));
+        }
+    }
+    (rechecked, v)
 }
 
 /// Copies each of `bufs`' leading `read` bytes into `s.inputs`, each in a slot of `room`
@@ -74,6 +125,8 @@ fn at(a: &[u8], b: &[u8]) -> String {
 }
 
 impl Checked for SealJob<'_> {
+    const INPUTS_SURVIVE: bool = false;
+
     fn keep_inputs(jobs: &[Self], s: &mut Scratch) {
         keep(
             s,
@@ -82,9 +135,9 @@ impl Checked for SealJob<'_> {
         );
     }
 
-    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
-        let (mut v, mut off, n) = (Verdict::default(), 0, jobs.len());
-        for (i, job) in jobs.iter_mut().enumerate() {
+    fn check(jobs: &mut [Self], s: &mut Scratch, first: usize, n: usize) -> Verdict {
+        let (mut v, mut off) = (Verdict::default(), 0);
+        for (i, job) in (first..).zip(jobs.iter_mut()) {
             let room = seal_room(job.buf, job.len);
             let slot = &mut s.inputs[off..off + room];
             off += room;
@@ -117,6 +170,8 @@ impl Checked for SealJob<'_> {
 }
 
 impl Checked for OpenJob<'_> {
+    const INPUTS_SURVIVE: bool = false;
+
     fn keep_inputs(jobs: &[Self], s: &mut Scratch) {
         keep(
             s,
@@ -127,9 +182,9 @@ impl Checked for OpenJob<'_> {
         );
     }
 
-    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
-        let (mut v, mut off, n) = (Verdict::default(), 0, jobs.len());
-        for (i, job) in jobs.iter_mut().enumerate() {
+    fn check(jobs: &mut [Self], s: &mut Scratch, first: usize, n: usize) -> Verdict {
+        let (mut v, mut off) = (Verdict::default(), 0);
+        for (i, job) in (first..).zip(jobs.iter_mut()) {
             let read = read_len(job.buf, job.len);
             let slot = &mut s.inputs[off..off + read];
             off += read;
@@ -160,18 +215,35 @@ impl Checked for OpenJob<'_> {
         }
         v
     }
+
+    fn recheck_refusals(jobs: &mut [Self], limit: usize) -> (usize, Verdict) {
+        recheck(
+            jobs,
+            limit,
+            |j| !j.ok,
+            CpuEngine::open_one,
+            |j, i, n| {
+                format!(
+                    "open of a {}-byte packet (packet {i} of {n}): refused, but its tag verifies on the CPU engine",
+                    j.len
+                )
+            },
+        )
+    }
 }
 
 impl Checked for CompressJob<'_> {
+    const INPUTS_SURVIVE: bool = true;
+
     /// The input is not overwritten: nothing to keep.
     fn keep_inputs(_: &[Self], _: &mut Scratch) {}
 
     /// Any LZ4 encoder may choose other matches, so a GPU block need not equal the CPU's: it
     /// must be shorter than the input, fit the output space and decompress to the input. Not
     /// compressing is never wrong (the packet goes uncompressed).
-    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
-        let (mut v, n) = (Verdict::default(), jobs.len());
-        for (i, job) in jobs.iter_mut().enumerate() {
+    fn check(jobs: &mut [Self], s: &mut Scratch, first: usize, n: usize) -> Verdict {
+        let mut v = Verdict::default();
+        for (i, job) in (first..).zip(jobs.iter_mut()) {
             let Some(out) = job.out_len else { continue };
             s.one.resize(s.one.len().max(job.src.len()), 0);
             let right = out < job.src.len()
@@ -191,12 +263,14 @@ impl Checked for CompressJob<'_> {
 }
 
 impl Checked for DecompressJob<'_> {
+    const INPUTS_SURVIVE: bool = true;
+
     /// The input is not overwritten: nothing to keep.
     fn keep_inputs(_: &[Self], _: &mut Scratch) {}
 
-    fn check(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
-        let (mut v, n) = (Verdict::default(), jobs.len());
-        for (i, job) in jobs.iter_mut().enumerate() {
+    fn check(jobs: &mut [Self], s: &mut Scratch, first: usize, n: usize) -> Verdict {
+        let mut v = Verdict::default();
+        for (i, job) in (first..).zip(jobs.iter_mut()) {
             s.one.resize(s.one.len().max(job.dst.len()), 0);
             let space = &mut s.one[..job.dst.len()];
             let cpu = lz4_flex::block::decompress_into(job.src, space).ok();
@@ -211,10 +285,15 @@ impl Checked for DecompressJob<'_> {
                         job.src.len(),
                         at(&job.dst[..g], &space[..c])
                     ),
-                    (g, c) => format!(
-                        "decompress of a {}-byte block (packet {i} of {n}) gives {g:?} bytes where the CPU engine gives {c:?}",
-                        job.src.len()
-                    ),
+                    (g, c) => {
+                        let says = |r: Option<usize>| r.map_or_else(|| "refuses it".to_string(), |b| format!("gives {b} bytes"));
+                        format!(
+                            "decompress of a {}-byte block (packet {i} of {n}) {} where the CPU engine {}",
+                            job.src.len(),
+                            says(g),
+                            says(c)
+                        )
+                    }
                 });
                 if let Some(c) = cpu {
                     job.dst[..c].copy_from_slice(&space[..c]);
@@ -223,6 +302,22 @@ impl Checked for DecompressJob<'_> {
             }
         }
         v
+    }
+
+    fn recheck_refusals(jobs: &mut [Self], limit: usize) -> (usize, Verdict) {
+        recheck(
+            jobs,
+            limit,
+            |j| j.out_len.is_none(),
+            |j| j.out_len = lz4_flex::block::decompress_into(j.src, j.dst).ok(),
+            |j, i, n| {
+                format!(
+                    "decompress of a {}-byte block (packet {i} of {n}): refused, but the CPU engine decompresses it to {} bytes",
+                    j.src.len(),
+                    j.out_len.unwrap_or(0)
+                )
+            },
+        )
     }
 }
 
@@ -267,7 +362,7 @@ mod tests {
             .collect();
         SealJob::keep_inputs(&jobs, &mut s);
         CpuEngine.seal(&mut jobs);
-        assert_eq!(SealJob::check(&mut jobs, &mut s), Verdict::default());
+        assert_eq!(SealJob::check_all(&mut jobs, &mut s), Verdict::default());
         let right: Vec<Vec<u8>> = jobs.iter().map(|j| j.buf.to_vec()).collect();
         // The "GPU" gets packet 3's ciphertext and packet 0's tag wrong, and refuses packet 5.
         for (j, p) in jobs.iter_mut().zip(&plain) {
@@ -279,7 +374,7 @@ mod tests {
         jobs[3].buf[700] ^= 1;
         jobs[0].buf[TAG_LEN - 1] ^= 0x80;
         jobs[5].ok = false;
-        let v = SealJob::check(&mut jobs, &mut s);
+        let v = SealJob::check_all(&mut jobs, &mut s);
         assert_eq!(v.wrong, 3);
         assert_eq!(
             v.first.as_deref(),
@@ -306,7 +401,7 @@ mod tests {
             .collect();
         OpenJob::keep_inputs(&opens, &mut s);
         CpuEngine.open(&mut opens);
-        assert_eq!(OpenJob::check(&mut opens, &mut s), Verdict::default());
+        assert_eq!(OpenJob::check_all(&mut opens, &mut s), Verdict::default());
         // A "GPU" that accepts the tampered packet and flips a plaintext bit of packet 4.
         for (j, r) in opens.iter_mut().zip(&right) {
             j.buf.copy_from_slice(r);
@@ -316,7 +411,7 @@ mod tests {
         CpuEngine.open(&mut opens);
         opens[2].ok = true;
         opens[4].buf[8999] ^= 2;
-        let v = OpenJob::check(&mut opens, &mut s);
+        let v = OpenJob::check_all(&mut opens, &mut s);
         assert_eq!(v.wrong, 2, "{v:?}");
         assert_eq!(
             v.first.as_deref(),
@@ -353,13 +448,16 @@ mod tests {
             })
             .collect();
         CpuEngine.compress(&mut jobs);
-        assert_eq!(CompressJob::check(&mut jobs, &mut s), Verdict::default());
+        assert_eq!(
+            CompressJob::check_all(&mut jobs, &mut s),
+            Verdict::default()
+        );
         // Not compressing is allowed; a corrupted block or a claimed growth is not.
         jobs[0].out_len = None;
         let n1 = jobs[1].out_len.unwrap();
         jobs[1].dst[n1 / 2] ^= 0x10;
         jobs[2].out_len = Some(1500);
-        let v = CompressJob::check(&mut jobs, &mut s);
+        let v = CompressJob::check_all(&mut jobs, &mut s);
         assert_eq!(v.wrong, 2, "{v:?}");
         assert!(jobs[2].out_len.is_none(), "random data does not compress");
         let n1 = jobs[1].out_len.unwrap();
@@ -385,10 +483,13 @@ mod tests {
             })
             .collect();
         CpuEngine.decompress(&mut de);
-        assert_eq!(DecompressJob::check(&mut de, &mut s), Verdict::default());
+        assert_eq!(
+            DecompressJob::check_all(&mut de, &mut s),
+            Verdict::default()
+        );
         de[0].dst[5] ^= 1;
         de[2].out_len = Some(9216);
-        let v = DecompressJob::check(&mut de, &mut s);
+        let v = DecompressJob::check_all(&mut de, &mut s);
         assert_eq!(v.wrong, 2);
         assert_eq!(
             v.first.unwrap(),

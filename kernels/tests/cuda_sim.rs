@@ -16,7 +16,7 @@ use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
 use dwcp_kernels::gather::GatherSettings;
 use dwcp_kernels::selftest;
 use dwcp_kernels::suite::{self, Rng};
-use dwcp_kernels::{AeadKey, Engine, SealJob, TAG_LEN};
+use dwcp_kernels::{AeadKey, Engine, OpenJob, SealJob, TAG_LEN};
 use sim_driver::{Fault, engine, sim};
 
 #[test]
@@ -115,6 +115,31 @@ impl Batch {
     }
     fn bufs(&self) -> Vec<Vec<u8>> {
         self.pkts.iter().map(|p| p.buf.clone()).collect()
+    }
+    /// Opens of what [`Batch::jobs`] sealed.
+    fn opens(&mut self) -> Vec<OpenJob<'_>> {
+        let keys = &self.keys;
+        self.pkts
+            .iter_mut()
+            .enumerate()
+            .map(|(i, p)| OpenJob {
+                key: &keys[i % keys.len()],
+                nonce: p.nonce,
+                aad: &p.aad,
+                len: p.len + TAG_LEN,
+                buf: &mut p.buf,
+                ok: false,
+            })
+            .collect()
+    }
+    /// Sealed by the CPU engine, every fourth packet's tag then tampered with.
+    fn sealed_with_every_fourth_tampered(n: usize, seed: u64) -> Self {
+        let mut b = Self::new(n, seed);
+        CpuEngine.seal(&mut b.jobs());
+        for p in b.pkts.iter_mut().step_by(4) {
+            p.buf[p.len] ^= 1;
+        }
+        b
     }
 }
 
@@ -377,6 +402,76 @@ fn sim_a_gpu_turning_wrong_in_live_traffic_is_caught_by_a_checked_batch() {
     assert!(
         why.contains(" packets in a checked batch were wrong, the first: seal of a "),
         "{why}"
+    );
+}
+
+#[test]
+fn sim_refused_opens_are_left_untouched_and_rechecked_without_a_false_alarm() {
+    let _one = sim().serial();
+    // What the dispatcher's recheck of refusals relies on: the engine leaves a refused open's
+    // buffer as it was handed over.
+    let mut b = Batch::sealed_with_every_fourth_tampered(40, 41);
+    let before = b.bufs();
+    engine(Capacity::for_batch(256, 9216)).open(&mut b.opens());
+    let plain = Batch::new(40, 41);
+    for (i, ((p, was), want)) in b.pkts.iter().zip(&before).zip(&plain.pkts).enumerate() {
+        if i % 4 == 0 {
+            assert!(p.buf == *was, "refused packet {i}'s buffer was changed");
+        } else {
+            assert_eq!(p.buf[..p.len], want.buf[..p.len], "packet {i}");
+        }
+    }
+    // Through the dispatcher: the second batch is spot-checked and its first refusals re-run
+    // on the CPU, which refuses them too: no false alarm, and nothing opens that should not.
+    let mut d = Dispatcher::new(
+        Some(Box::new(engine(Capacity::for_batch(256, 9216)))),
+        Settings {
+            mode: Mode::On,
+            ..Settings::default()
+        },
+    );
+    for round in 0..2 {
+        let mut b = Batch::sealed_with_every_fourth_tampered(40, 41);
+        let mut opens = b.opens();
+        d.open(&mut opens);
+        let oks: Vec<bool> = opens.iter().map(|j| j.ok).collect();
+        assert!(
+            oks.iter().enumerate().all(|(i, &ok)| ok == (i % 4 != 0)),
+            "round {round}: {oks:?}"
+        );
+    }
+    let st = d.stats();
+    assert_eq!(
+        (
+            st.verified_batches,
+            st.spot_checked_batches,
+            st.rechecked_refusals
+        ),
+        (1, 1, 4),
+        "{st:?}"
+    );
+    assert_eq!((st.gpu_wrong_batches, st.gpu_errors), (0, 0), "{st:?}");
+    assert!(st.gpu_healthy);
+    // The suite (every third packet tampered with, LZ4 both ways) through a dispatcher as the
+    // data plane sets it: the real kernels' results pass their spot checks and rechecks.
+    let mut d = Dispatcher::new(
+        Some(Box::new(engine(Capacity::for_batch(256, 9216)))),
+        Settings {
+            mode: Mode::On,
+            ..Settings::default()
+        },
+    );
+    suite::gcm_random(&mut d, 600, 100, 33);
+    suite::lz4_round_trips(&mut d, 300, 100, 34);
+    let st = d.stats();
+    assert_eq!(
+        (st.gpu_wrong_batches, st.gpu_errors + st.gpu_timeouts),
+        (0, 0),
+        "{st:?}"
+    );
+    assert!(
+        st.spot_checked_batches >= 10 && st.rechecked_refusals >= 20,
+        "{st:?}"
     );
 }
 

@@ -87,6 +87,35 @@ fn gpu_batches_all_checked_against_the_cpu_are_right() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_spot_checks_and_rechecked_refusals_raise_no_false_alarm() {
+    use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
+    let mut d = Dispatcher::new(
+        Some(Box::new(engine())),
+        Settings {
+            mode: Mode::On,
+            deadline: std::time::Duration::from_secs(5),
+            ..Settings::default()
+        },
+    );
+    // Every third packet of the GCM suite is tampered with: the GPU refuses them, and the
+    // first of each batch are re-run on the CPU from the buffers the GPU left (untouched).
+    suite::gcm_random(&mut d, 20_000, 256, 33);
+    suite::lz4_round_trips(&mut d, 2_000, 256, 34);
+    let s = dwcp_kernels::Engine::offload_stats(&d).expect("stats");
+    eprintln!(
+        "checked whole {}, spot-checked {}, refusals rechecked {}, wrong {}",
+        s.verified_batches, s.spot_checked_batches, s.rechecked_refusals, s.gpu_wrong_batches
+    );
+    assert_eq!(s.gpu_wrong_batches, 0, "{:?}", s.last_error);
+    assert_eq!(s.gpu_errors + s.gpu_timeouts, 0, "{:?}", s.last_error);
+    assert!(
+        s.spot_checked_batches > 0 && s.rechecked_refusals > 0,
+        "{s:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
 fn gpu_gcm_byte_identical_to_cpu_for_100k_random_packets() {
     let mut e = engine();
     suite::gcm_random(&mut e, 100_000, 8192, 0x5eed);

@@ -1,8 +1,9 @@
 //! The engines a worker runs allocate nothing per packet once warm: seal, open, compress and
 //! decompress of packets of every size up to 9216 bytes, jumbo included, through the CPU
 //! engine, the dispatcher a worker has without a GPU, and the dispatcher's GPU path through
-//! the gathering thread (a stand-in accelerator doing the CPU's work), every batch of it also
-//! checked against the CPU engine — with a counting allocator watching every thread.
+//! the gathering thread (a stand-in accelerator doing the CPU's work), its batches checked
+//! against the CPU engine (whole or one packet each) — with a counting allocator watching
+//! every thread.
 //!
 //! Without libtest's harness (`harness = false`): the harness's own main thread allocates when
 //! it first waits on its result channel, and on a loaded machine that came inside a measured
@@ -67,6 +68,13 @@ fn the_engines_allocate_nothing_per_packet() {
     // Every operation went the GPU path (index 1), and none failed.
     assert!(
         stats.batches.iter().all(|per_path| per_path[1] > 0) && stats.gpu_errors == 0,
+        "{stats:?}"
+    );
+    // 4 rounds of 4 operations: the first batch of each checked whole, the other 12 one
+    // packet each (the spot checks allocate nothing either).
+    assert_eq!(
+        (stats.verified_batches, stats.spot_checked_batches),
+        (4, 12),
         "{stats:?}"
     );
     let every = Settings {

@@ -356,10 +356,12 @@ pub struct Offload {
     #[schemars(range(min = 1, max = 10000))]
     pub max_delay_us: u32,
     /// One GPU batch in this many, per operation and worker, is checked packet by packet
-    /// against the CPU engine, as is the first after start-up and after each recovery. A packet
-    /// the GPU got wrong leaves with the CPU's result, and the GPU gets no traffic until it
-    /// passes its start-up check again. 0: never check; 1: check every batch (the CPU then
-    /// repeats all the GPU's work). 0 to 1000000.
+    /// against the CPU engine, as is the first after start-up and after each recovery; every
+    /// other GPU batch has one packet checked, and the first 4 packets it refused (failed tags,
+    /// blocks that did not decompress) re-run on the CPU. A packet the GPU got wrong leaves
+    /// with the CPU's result, and the GPU gets no traffic until it passes its start-up check
+    /// again. 0: no checks at all; 1: check every batch whole (the CPU then repeats all the
+    /// GPU's work). 0 to 1000000.
     #[serde(default = "Offload::default_verify_every")]
     #[schemars(range(max = 1_000_000))]
     pub verify_every: u32,

@@ -122,7 +122,8 @@ pub fn summary(c: &NodeConfig) -> String {
         f.max_delay_us,
         match f.verify_every {
             0 => "unchecked".to_owned(),
-            n => format!("checked 1 in {n}"),
+            1 => "checked whole".to_owned(),
+            n => format!("checked whole 1 in {n}, the rest spot-checked"),
         },
         f.gather_core(&c.cores)
             .map_or_else(|| "-".to_owned(), |n| n.to_string())

@@ -154,8 +154,15 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         0
     );
     assert!(metric(&m, "dwcp_compressed_packets_total{node=\"gw-a\"}") > 100);
-    // A sample of the GPU's batches was checked against the CPU engine, and all were right.
+    // A sample of the GPU's batches was checked against the CPU engine whole, one packet of
+    // the others, and all were right.
     assert!(metric(&m, "dwcp_offload_gpu_checked_batches_total{node=\"gw-a\"}") >= 3);
+    assert!(
+        metric(
+            &m,
+            "dwcp_offload_gpu_spot_checked_batches_total{node=\"gw-a\"}"
+        ) >= 1
+    );
     assert_eq!(
         metric(&m, "dwcp_offload_gpu_wrong_batches_total{node=\"gw-a\"}"),
         0
