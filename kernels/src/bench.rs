@@ -77,6 +77,49 @@ impl CheckRow {
     }
 }
 
+/// How well the GPU's LZ4 compresses beside the CPU engine's (liblz4), on the same packets.
+#[derive(Clone, Copy, Debug)]
+pub struct RatioRow {
+    /// Packet size, bytes.
+    pub size: usize,
+    /// Bytes the GPU's output takes per input byte (a packet it did not compress counts
+    /// whole, as it then goes uncompressed).
+    pub gpu: f64,
+    /// The same for the CPU engine.
+    pub cpu: f64,
+}
+
+/// Bytes on the wire per input byte after `jobs` were compressed (uncompressed ones whole).
+fn wire_ratio(jobs: &[CompressJob<'_>]) -> f64 {
+    let (mut input, mut out) = (0usize, 0usize);
+    for j in jobs {
+        input += j.src.len();
+        out += j.out_len.unwrap_or(j.src.len());
+    }
+    out as f64 / input.max(1) as f64
+}
+
+/// Compresses `n` of `inp`'s compressible packets on the GPU and on the CPU engine.
+fn ratio_row(
+    gpu: &mut CudaEngine,
+    size: usize,
+    n: usize,
+    inp: &Inputs,
+) -> Result<RatioRow, CudaError> {
+    let n = n.min(inp.text.len());
+    let mut dst = vec![vec![0u8; crate::compress_bound(size)]; n];
+    let mut jobs = compress_jobs(&inp.text[..n], &mut dst);
+    gpu.try_compress(&mut jobs, Instant::now() + Duration::from_secs(60))
+        .map_err(|p| p.error)?;
+    let gpu_ratio = wire_ratio(&jobs);
+    CpuEngine.compress(&mut jobs);
+    Ok(RatioRow {
+        size,
+        gpu: gpu_ratio,
+        cpu: wire_ratio(&jobs),
+    })
+}
+
 /// The checks' default sampling, for the report.
 const CHECK_EVERY: u64 = crate::dispatch::Settings::DEFAULT_VERIFY_EVERY;
 
@@ -97,6 +140,8 @@ pub struct Report {
     pub gathered: Vec<GatherRow>,
     /// The live check's cost per operation and size.
     pub checks: Vec<CheckRow>,
+    /// LZ4 compression, GPU beside CPU, per packet size.
+    pub ratios: Vec<RatioRow>,
     /// The kernels as ptxas built them for the device's architecture, or why that is unknown.
     pub kernels: Result<Vec<KernelLine>, String>,
 }
@@ -586,8 +631,10 @@ pub fn offload(
     let mut rng = Rng(0x00ff_10ad);
     let mut rows = Vec::new();
     let mut checks = Vec::new();
+    let mut ratios = Vec::new();
     for &size in sizes {
         let inp = Inputs::new(size, max_batch, &mut rng);
+        ratios.push(ratio_row(&mut gpu, size, 1024, &inp)?);
         for op in Op::ALL {
             let cpu = cpu_cell(op, size, &inp, threads, Duration::from_millis(300));
             let mut best_e2e_gbps = 0.0f64;
@@ -638,6 +685,7 @@ pub fn offload(
         rows,
         gathered,
         checks,
+        ratios,
         kernels,
     })
 }
@@ -796,6 +844,25 @@ impl Report {
                 c.cores(CHECK_EVERY)
             );
         }
+        let _ = writeln!(
+            s,
+            "LZ4 on the same compressible packets (1024 of each size): wire bytes per input byte"
+        );
+        let _ = writeln!(
+            s,
+            "{:>5} {:>7} {:>7} {:>8}",
+            "bytes", "gpu", "cpu", "gpu/cpu"
+        );
+        for r in &self.ratios {
+            let _ = writeln!(
+                s,
+                "{:>5} {:>6.1}% {:>6.1}% {:>7.2}x",
+                r.size,
+                100.0 * r.gpu,
+                100.0 * r.cpu,
+                r.gpu / r.cpu.max(1e-9)
+            );
+        }
         s
     }
 
@@ -849,6 +916,17 @@ impl Report {
                 c.check_gbps,
                 c.best_e2e_gbps,
                 c.cores(CHECK_EVERY)
+            );
+        }
+        s.push_str("],\"compression\":[");
+        for (i, r) in self.ratios.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}{{\"size\":{},\"gpu_ratio\":{:.4},\"cpu_ratio\":{:.4}}}",
+                if i == 0 { "" } else { "," },
+                r.size,
+                r.gpu,
+                r.cpu
             );
         }
         s.push_str("],\"gathered\":[");

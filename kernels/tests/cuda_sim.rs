@@ -547,6 +547,15 @@ fn sim_bench_offload_reports_every_cell_and_the_kernels() {
         "{t}"
     );
     assert_eq!(j.matches("\"check_gbps\":").count(), 4, "{j}");
+    // The GPU's LZ4 beside liblz4 on the same packets: both shrink them.
+    assert_eq!(r.ratios.len(), 1, "{:?}", r.ratios);
+    let q = r.ratios[0];
+    assert!(
+        q.gpu > 0.0 && q.gpu < 1.0 && q.cpu > 0.0 && q.cpu < 1.0,
+        "{q:?}"
+    );
+    assert!(t.contains("wire bytes per input byte"), "{t}");
+    assert_eq!(j.matches("\"gpu_ratio\":").count(), 1, "{j}");
 }
 
 /// The stand-in's own strictness, which the other tests rely on: a copy that runs past a
