@@ -29,6 +29,21 @@ fn engine() -> CudaEngine {
     e
 }
 
+/// A worker's dispatcher over the GPU (`offload.gpu = on`), checking whole one batch in
+/// `verify_every`.
+fn dispatcher(verify_every: u64) -> dwcp_kernels::dispatch::Dispatcher {
+    use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
+    Dispatcher::new(
+        Some(Box::new(engine())),
+        Settings {
+            mode: Mode::On,
+            deadline: std::time::Duration::from_secs(5),
+            verify_every,
+            ..Settings::default()
+        },
+    )
+}
+
 fn no_failures(e: &CudaEngine) {
     let (n, last) = e.failures();
     assert_eq!(n, 0, "batches fell back to the CPU: {last:?}");
@@ -58,16 +73,7 @@ fn gpu_passes_the_data_planes_start_up_check() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
 fn gpu_batches_all_checked_against_the_cpu_are_right() {
-    use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
-    let mut d = Dispatcher::new(
-        Some(Box::new(engine())),
-        Settings {
-            mode: Mode::On,
-            deadline: std::time::Duration::from_secs(5),
-            verify_every: 1,
-            ..Settings::default()
-        },
-    );
+    let mut d = dispatcher(1);
     // The data plane's live check, on every batch: its LZ4 check must accept the GPU's own
     // blocks (other matches than lz4_flex's are right too).
     suite::gcm_random(&mut d, 20_000, 1024, 31);
@@ -88,15 +94,7 @@ fn gpu_batches_all_checked_against_the_cpu_are_right() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
 fn gpu_spot_checks_and_rechecked_refusals_raise_no_false_alarm() {
-    use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
-    let mut d = Dispatcher::new(
-        Some(Box::new(engine())),
-        Settings {
-            mode: Mode::On,
-            deadline: std::time::Duration::from_secs(5),
-            ..Settings::default()
-        },
-    );
+    let mut d = dispatcher(dwcp_kernels::dispatch::Settings::DEFAULT_VERIFY_EVERY);
     // Every third packet of the GCM suite is tampered with: the GPU refuses them, and the
     // first of each batch are re-run on the CPU from the buffers the GPU left (untouched).
     suite::gcm_random(&mut d, 20_000, 256, 33);
