@@ -307,6 +307,67 @@ fn seal_all(engine: &mut dyn Engine, keys: &[AeadKey], packets: &[Packet], bufs:
     );
 }
 
+/// Decompresses `count` LZ4 blocks mutated every way (a bit flipped, bytes overwritten,
+/// truncated, garbage appended), into outputs of the exact size or 9216 bytes, with `engine`:
+/// it must refuse exactly what `lz4_flex` refuses and otherwise give `lz4_flex`'s output, as
+/// the live check requires ([`crate::verify`]) — or a peer's malformed blocks would make an
+/// accelerator look wrong and take it out of service at the peer's will.
+pub fn lz4_mutated_blocks(engine: &mut dyn Engine, count: usize, seed: u64) {
+    use crate::verify::{Checked, Scratch};
+    let mut rng = Rng(seed);
+    let byte = |rng: &mut Rng| u8::try_from(rng.below(256)).unwrap_or(0);
+    let blocks: Vec<(Vec<u8>, usize)> = (0..count)
+        .map(|_| {
+            let size = 16 + rng.below(3000);
+            let mut b = lz4_flex::block::compress(&compressible(&mut rng, size));
+            match rng.below(4) {
+                0 => {
+                    let at = rng.below(b.len());
+                    b[at] ^= 1 << rng.below(8);
+                }
+                1 => {
+                    for _ in 0..3 {
+                        let at = rng.below(b.len());
+                        b[at] = byte(&mut rng);
+                    }
+                }
+                2 => b.truncate(rng.below(b.len())),
+                _ => {
+                    let n = rng.below(8);
+                    b.extend((0..n).map(|_| byte(&mut rng)));
+                }
+            }
+            (b, if rng.below(2) == 0 { size } else { 9216 })
+        })
+        .collect();
+    let mut outs: Vec<Vec<u8>> = blocks.iter().map(|(_, n)| vec![0u8; *n]).collect();
+    let mut jobs: Vec<DecompressJob<'_>> = blocks
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|((src, _), dst)| DecompressJob {
+            src,
+            dst,
+            out_len: None,
+        })
+        .collect();
+    engine.decompress(&mut jobs);
+    let refused = jobs.iter().filter(|j| j.out_len.is_none()).count();
+    let v = DecompressJob::check_all(&mut jobs, &mut Scratch::default());
+    assert_eq!(
+        v.wrong,
+        0,
+        "{}: {} of {count} mutated blocks decompress unlike lz4_flex, the first: {:?}",
+        engine.name(),
+        v.wrong,
+        v.first
+    );
+    // Both kinds were there to compare.
+    assert!(
+        (count * 3 / 20..=count * 17 / 20).contains(&refused),
+        "{refused} of {count} refused"
+    );
+}
+
 /// A compressible packet: text-like runs mixed with random bytes.
 pub fn compressible(rng: &mut Rng, size: usize) -> Vec<u8> {
     const WORDS: [&[u8]; 6] = [
@@ -643,5 +704,6 @@ mod tests {
     #[test]
     fn cpu_engine_passes_the_lz4_suite() {
         lz4_round_trips(&mut CpuEngine, 600, 256, 2);
+        lz4_mutated_blocks(&mut CpuEngine, 2000, 3);
     }
 }

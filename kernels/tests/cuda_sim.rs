@@ -672,3 +672,12 @@ fn sim_a_kernel_running_past_device_memory_faults() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A peer's malformed blocks must not make the live check see a wrong GPU.
+#[test]
+fn sim_mutated_lz4_blocks_decompress_as_lz4_flex_does() {
+    let _one = sim().serial();
+    let mut e = engine(Capacity::for_batch(1024, 9216));
+    suite::lz4_mutated_blocks(&mut e, 2000, 0xbad_b10c);
+    assert_eq!(e.failures(), (0, None));
+}

@@ -134,6 +134,8 @@ fn gpu_gcm_small_batches_and_single_packets() {
 fn gpu_lz4_round_trips_with_lz4_flex_both_ways() {
     let mut e = engine();
     suite::lz4_round_trips(&mut e, 20_000, 4096, 0x1234);
+    // Malformed blocks: refused exactly where lz4_flex refuses them.
+    suite::lz4_mutated_blocks(&mut e, 20_000, 0xbad_b10c);
     no_failures(&e);
 }
 
