@@ -307,9 +307,24 @@ fn seal_all(engine: &mut dyn Engine, keys: &[AeadKey], packets: &[Packet], bufs:
     );
 }
 
+/// Edge cases of the LZ4 block format: empty, an empty last sequence, literals only, a
+/// literal-length byte missing, a match with no offset, a match before the start, a match
+/// right after literals (not allowed at the end), a long literal run cut short.
+const TINY_BLOCKS: [&[u8]; 9] = [
+    &[],
+    &[0x00],
+    &[0x10, b'a'],
+    &[0x50, b'h', b'e', b'l', b'l', b'o'],
+    &[0xf0],
+    &[0x0f],
+    &[0x10, b'a', 0x05, 0x00],
+    &[0x14, b'a', 0x01, 0x00],
+    &[0xf0, 0xff, 0x10, b'x'],
+];
+
 /// Decompresses `count` LZ4 blocks mutated every way (a bit flipped, bytes overwritten,
-/// truncated, garbage appended), into outputs of the exact size or 9216 bytes, with `engine`:
-/// it must refuse exactly what `lz4_flex` refuses and otherwise give `lz4_flex`'s output, as
+/// truncated, garbage appended), into outputs of the exact size or 9216 bytes, and the
+/// format's edge cases ([`TINY_BLOCKS`]) into 0 and 16 bytes, with `engine`: it must refuse exactly what `lz4_flex` refuses and otherwise give `lz4_flex`'s output, as
 /// the live check requires ([`crate::verify`]) — or a peer's malformed blocks would make an
 /// accelerator look wrong and take it out of service at the peer's will.
 pub fn lz4_mutated_blocks(engine: &mut dyn Engine, count: usize, seed: u64) {
@@ -339,6 +354,11 @@ pub fn lz4_mutated_blocks(engine: &mut dyn Engine, count: usize, seed: u64) {
             }
             (b, if rng.below(2) == 0 { size } else { 9216 })
         })
+        .chain(
+            TINY_BLOCKS
+                .iter()
+                .flat_map(|b| [(b.to_vec(), 0), (b.to_vec(), 16)]),
+        )
         .collect();
     let mut outs: Vec<Vec<u8>> = blocks.iter().map(|(_, n)| vec![0u8; *n]).collect();
     let mut jobs: Vec<DecompressJob<'_>> = blocks
