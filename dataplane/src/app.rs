@@ -602,7 +602,7 @@ impl Running {
             None => String::new(),
         };
         format!(
-            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} spot-checked {} refusals rechecked {} wrong {} corrected packets {}{failed}",
+            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} spot-checked {} refusals rechecked {} wrong {} corrected packets {} dropped unchecked {}{failed}",
             self.offload.0,
             self.offload.1,
             g("offload_gpu_healthy"),
@@ -617,6 +617,7 @@ impl Running {
             g("offload_gpu_rechecked_refusals"),
             g("offload_gpu_wrong_batches"),
             g("offload_corrected_packets"),
+            g("offload_gpu_dropped_unchecked_packets"),
         )
     }
 

@@ -528,7 +528,7 @@ impl OffloadCheck {
             .as_ref()
             .map_or_else(String::new, |e| format!("  last GPU failure: {e}\n"));
         format!(
-            "offload engine {} ({})\n  {} packets each way, {} mismatches; encap {:.2} Gb/s, decap {:.2} Gb/s on the offload engine; engine batches cpu {} gpu {} (seal and open: {}, compress and decompress: {}, in bursts of up to {}); GPU batches checked against the CPU engine {} (and one packet of {} more; {} refused packets rechecked), wrong {}, packets corrected {}\n{failed}",
+            "offload engine {} ({})\n  {} packets each way, {} mismatches; encap {:.2} Gb/s, decap {:.2} Gb/s on the offload engine; engine batches cpu {} gpu {} (seal and open: {}, compress and decompress: {}, in bursts of up to {}); GPU batches checked against the CPU engine {} (and one packet of {} more; {} refused packets rechecked), wrong {}, packets corrected {}, unchecked packets dropped {}\n{failed}",
             self.engine.0,
             self.engine.1,
             self.packets,
@@ -545,6 +545,7 @@ impl OffloadCheck {
             o.rechecked_refusals,
             o.gpu_wrong_batches,
             o.corrected_jobs,
+            o.dropped_unchecked,
         )
     }
 }

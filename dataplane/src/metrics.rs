@@ -423,6 +423,12 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         &[(String::new(), g("offload_corrected_packets"))],
     );
     family(
+        "dwcp_offload_gpu_dropped_unchecked_packets_total",
+        "counter",
+        "Packets the GPU opened in a batch whose spot check found it wrong, dropped because their plaintext could not be checked (also counted as failed opens).",
+        &[(String::new(), g("offload_gpu_dropped_unchecked_packets"))],
+    );
+    family(
         "dwcp_offload_gpu_probes_total",
         "counter",
         "Health probes sent to an unhealthy GPU.",

@@ -73,6 +73,7 @@ pub const NAMES: &[&str] = &[
     "offload_gpu_rechecked_refusals",
     "offload_gpu_wrong_batches",
     "offload_corrected_packets",
+    "offload_gpu_dropped_unchecked_packets",
 ];
 
 /// Number of counters.
@@ -167,6 +168,7 @@ pub fn flatten(
         d.rechecked_refusals,
         d.gpu_wrong_batches,
         d.corrected_jobs,
+        d.dropped_unchecked,
     ]
 }
 
@@ -381,6 +383,7 @@ mod tests {
             rechecked_refusals: 11,
             gpu_wrong_batches: 2,
             corrected_jobs: 3,
+            dropped_unchecked: 13,
             ..Default::default()
         };
         let v = flatten(
@@ -394,5 +397,6 @@ mod tests {
         assert_eq!(get(&v, "offload_gpu_rechecked_refusals"), 11);
         assert_eq!(get(&v, "offload_gpu_wrong_batches"), 2);
         assert_eq!(get(&v, "offload_corrected_packets"), 3);
+        assert_eq!(get(&v, "offload_gpu_dropped_unchecked_packets"), 13);
     }
 }

@@ -190,6 +190,9 @@ pub struct Stats {
     /// Packets the accelerator refused (a drop: an open whose tag failed, a block that did
     /// not decompress) re-run on the CPU engine to confirm it.
     pub rechecked_refusals: u64,
+    /// Packets the accelerator opened in a batch whose spot check found it wrong, dropped
+    /// since their plaintext could not be checked (counted as failed opens too).
+    pub dropped_unchecked: u64,
     /// Batches in which a check found a packet the accelerator got wrong.
     pub gpu_wrong_batches: u64,
     /// Packets the accelerator got wrong, given the CPU's result instead.
@@ -406,7 +409,7 @@ impl Dispatcher {
                 )
             });
         }
-        let mut why = Vec::new();
+        let (mut why, mut drop_rest) = (Vec::new(), false);
         if let Some(k) = spot {
             st.spot_checked_batches += 1;
             let v = J::check(&mut jobs[k..=k], s, k, n);
@@ -425,6 +428,11 @@ impl Dispatcher {
                         "; the whole batch, checked then, had {} more wrong, given the CPU engine's results",
                         all.wrong
                     ));
+                } else {
+                    // Marked now, refused after the recheck (which must not take them for
+                    // the accelerator's refusals).
+                    J::mark_unchecked(jobs, k, s);
+                    drop_rest = true;
                 }
                 why.push(w);
             }
@@ -444,6 +452,15 @@ impl Dispatcher {
                 v.wrong,
                 v.first.unwrap_or_default()
             ));
+        }
+        if drop_rest {
+            let dropped = J::refuse_marked(jobs, s);
+            st.dropped_unchecked += dropped as u64;
+            if dropped > 0 {
+                why.push(format!(
+                    "the batch's {dropped} other verified packets were dropped, as their plaintext could not be checked"
+                ));
+            }
         }
         (!why.is_empty()).then(|| why.join("; and "))
     }
@@ -1063,6 +1080,38 @@ mod tests {
         let (got, want) = seal_both(&mut d, 100, 23);
         assert!(got == want);
         assert_eq!(d.stats().batches[0], [1, 2]);
+    }
+
+    #[test]
+    fn an_open_batch_whose_spot_check_fails_delivers_no_unchecked_plaintext() {
+        let (_, sealed) = seal_both(&mut CpuEngine, 40, 25);
+        let want = open_with(&mut CpuEngine, &sealed);
+        let mut acc = TestAccelerator::new(Fault::CorruptAll, Duration::ZERO);
+        acc.clean_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        assert!(open_with(&mut d, &sealed) == want, "the first batch");
+        // Every plaintext wrong, every tag "verified": the spot-checked packet gets the CPU's
+        // plaintext; the others cannot be checked (decrypted in place) and are dropped.
+        let got = open_with(&mut d, &sealed);
+        let k = spot_at(1, 40);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if i == k {
+                assert!(g == w, "the spot-checked packet");
+            } else {
+                assert!(!g.0, "packet {i}: unchecked plaintext delivered");
+            }
+        }
+        let s = d.stats();
+        assert_eq!(
+            (s.gpu_wrong_batches, s.corrected_jobs, s.dropped_unchecked),
+            (1, 1, 39)
+        );
+        assert_eq!(
+            s.last_error.as_deref().unwrap(),
+            format!(
+                "the packet spot-checked in a batch of 40 was wrong: open of a 1424-byte packet (packet {k} of 40) gives a plaintext that differs from the CPU engine's at byte 704; it was given the CPU engine's result; and the batch's 39 other verified packets were dropped, as their plaintext could not be checked"
+            )
+        );
     }
 
     #[test]

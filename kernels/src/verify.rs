@@ -14,11 +14,14 @@ use crate::cpu::CpuEngine;
 use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
 /// Reused buffers: the inputs of a checked batch (where the CPU then recomputes seals and
-/// opens in place), and one packet's CPU result for the LZ4 checks.
+/// opens in place), one packet's CPU result for the LZ4 checks, and marks for the jobs of a
+/// batch found wrong.
 #[derive(Debug, Default)]
 pub struct Scratch {
     inputs: Vec<u8>,
     one: Vec<u8>,
+    /// Jobs [`Checked::mark_unchecked`] marked.
+    marks: Vec<bool>,
 }
 
 /// What a check found.
@@ -58,6 +61,23 @@ pub trait Checked: Sized {
     fn check_all(jobs: &mut [Self], s: &mut Scratch) -> Verdict {
         let total = jobs.len();
         Self::check(jobs, s, 0, total)
+    }
+
+    /// After a spot check found job `checked` wrong in a batch whose inputs did not survive:
+    /// marks in `s` the other jobs whose results cannot be trusted and would do harm
+    /// unchecked, for [`Checked::refuse_marked`]. Opens: every other verified one (plaintext
+    /// that may be wrong under a "verified" tag is worse than a drop, which TCP repairs).
+    /// Seals are left: a peer refuses a wrong seal itself.
+    fn mark_unchecked(jobs: &[Self], checked: usize, s: &mut Scratch) {
+        let _ = (jobs, checked);
+        s.marks.clear();
+    }
+
+    /// Refuses the jobs [`Checked::mark_unchecked`] marked; returns how many.
+    fn refuse_marked(jobs: &mut [Self], s: &Scratch) -> usize {
+        let _ = jobs;
+        debug_assert!(s.marks.is_empty());
+        0
     }
 
     /// Re-runs on the CPU the first `limit` jobs the accelerator refused — all of them once
@@ -214,6 +234,21 @@ impl Checked for OpenJob<'_> {
             }
         }
         v
+    }
+
+    fn mark_unchecked(jobs: &[Self], checked: usize, s: &mut Scratch) {
+        s.marks.clear();
+        s.marks
+            .extend(jobs.iter().enumerate().map(|(i, j)| j.ok && i != checked));
+    }
+
+    fn refuse_marked(jobs: &mut [Self], s: &Scratch) -> usize {
+        let mut refused = 0;
+        for (job, _) in jobs.iter_mut().zip(&s.marks).filter(|(_, m)| **m) {
+            job.ok = false;
+            refused += 1;
+        }
+        refused
     }
 
     fn recheck_refusals(jobs: &mut [Self], limit: usize) -> (usize, Verdict) {
