@@ -320,15 +320,12 @@ impl Checked for DecompressJob<'_> {
                         job.src.len(),
                         at(&job.dst[..g], &space[..c])
                     ),
-                    (g, c) => {
-                        let says = |r: Option<usize>| r.map_or_else(|| "refuses it".to_string(), |b| format!("gives {b} bytes"));
-                        format!(
-                            "decompress of a {}-byte block (packet {i} of {n}) {} where the CPU engine {}",
-                            job.src.len(),
-                            says(g),
-                            says(c)
-                        )
-                    }
+                    (g, c) => format!(
+                        "decompress of a {}-byte block (packet {i} of {n}): {}, where the CPU engine {}",
+                        job.src.len(),
+                        g.map_or_else(|| "refused".to_owned(), |b| format!("{b} bytes")),
+                        c.map_or_else(|| "refuses it".to_owned(), |b| format!("gives {b} bytes"))
+                    ),
                 });
                 if let Some(c) = cpu {
                     job.dst[..c].copy_from_slice(&space[..c]);
