@@ -407,7 +407,7 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
     family(
         "dwcp_offload_gpu_rechecked_refusals_total",
         "counter",
-        "Packets the GPU refused (tag failed, block did not decompress) re-run on the CPU engine to confirm it (the first 4 of a batch).",
+        "Packets the GPU refused (seal refused, tag failed, block did not decompress) re-run on the CPU engine to confirm it (the first 4 of a batch).",
         &[(String::new(), g("offload_gpu_rechecked_refusals"))],
     );
     family(

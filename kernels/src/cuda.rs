@@ -1435,16 +1435,16 @@ fn stage_aead<J: AeadJob>(
     c
 }
 
+/// A refused seal (by the host, or by the kernel, which never should) keeps its plaintext,
+/// as every refused job keeps its buffer (the dispatcher reseals it on the CPU to check).
 fn unstage_seal(h: &HostStage, _c: &Chunk, jobs: &mut [SealJob<'_>]) {
     for (i, job) in jobs.iter_mut().enumerate() {
-        if h.refused[i] {
-            job.ok = false;
-            continue;
+        job.ok = !h.refused[i] && h.ok.as_slice()[i] != 0;
+        if job.ok {
+            let at = h.a.as_slice()[i] as usize + h.b.as_slice()[i] as usize;
+            let n = job.len + TAG_LEN;
+            job.buf[..n].copy_from_slice(&h.data.as_slice()[at..at + n]);
         }
-        let at = h.a.as_slice()[i] as usize + h.b.as_slice()[i] as usize;
-        let n = job.len + TAG_LEN;
-        job.buf[..n].copy_from_slice(&h.data.as_slice()[at..at + n]);
-        job.ok = h.ok.as_slice()[i] != 0;
     }
 }
 

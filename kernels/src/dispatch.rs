@@ -187,8 +187,8 @@ pub struct Stats {
     pub verified_batches: u64,
     /// Accelerator batches not checked whole of which one packet was checked.
     pub spot_checked_batches: u64,
-    /// Packets the accelerator refused (a drop: an open whose tag failed, a block that did
-    /// not decompress) re-run on the CPU engine to confirm it.
+    /// Packets the accelerator refused (a drop: a seal, an open whose tag failed, a block
+    /// that did not decompress) re-run on the CPU engine to confirm it.
     pub rechecked_refusals: u64,
     /// Packets the accelerator opened in a batch whose spot check found it wrong, dropped
     /// since their plaintext could not be checked (counted as failed opens too).
@@ -1197,6 +1197,28 @@ mod tests {
                 "the packet spot-checked in a batch of 50 was wrong: open of a 1424-byte packet (packet {k} of 50): tag verified false where the CPU engine says true; it was given the CPU engine's result; and 49 of the packets it refused in a batch of 50 were right, the first: open of a 1424-byte packet (packet {first} of 50): refused, but its tag verifies on the CPU engine; they were given the CPU engine's results",
                 first = usize::from(k == 0)
             )
+        );
+    }
+
+    #[test]
+    fn a_gpu_refusing_seals_loses_none() {
+        let mut acc = TestAccelerator::new(Fault::RefuseAll, Duration::ZERO);
+        acc.clean_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        for seed in [26, 27] {
+            let (got, want) = seal_both(&mut d, 30, seed);
+            assert!(got == want, "a seal was lost");
+        }
+        let s = d.stats();
+        // The spot-checked packet, then the other 29 refusals resealed from their plaintext.
+        assert_eq!((s.corrected_jobs, s.rechecked_refusals), (30, 29));
+        assert!(
+            s.last_error
+                .as_deref()
+                .unwrap()
+                .contains("29 of the packets it refused in a batch of 30 were right, the first: seal of a 1408-byte packet (packet "),
+            "{:?}",
+            s.last_error
         );
     }
 

@@ -83,9 +83,8 @@ pub trait Checked: Sized {
     /// Re-runs on the CPU the first `limit` jobs the accelerator refused — all of them once
     /// one turns out to be wrong — on their buffers as the accelerator left them (an
     /// accelerator leaves a refused job's buffer untouched); a refused job the CPU completes
-    /// keeps the CPU's result. Returns how many it re-ran and what it found. Only refusals
-    /// that drop a packet are re-run: a seal is refused only for a buffer too short (which
-    /// the CPU refuses as well) and not compressing is never wrong.
+    /// keeps the CPU's result. Returns how many it re-ran and what it found. Not compressing
+    /// is never wrong, so compressions are not re-run.
     fn recheck_refusals(jobs: &mut [Self], limit: usize) -> (usize, Verdict) {
         let _ = (jobs, limit);
         (0, Verdict::default())
@@ -186,6 +185,23 @@ impl Checked for SealJob<'_> {
             }
         }
         v
+    }
+
+    /// A refused seal is a packet not sent. The CPU refuses only a buffer too short for the
+    /// tag; the CUDA kernel never refuses at all.
+    fn recheck_refusals(jobs: &mut [Self], limit: usize) -> (usize, Verdict) {
+        recheck(
+            jobs,
+            limit,
+            |j| !j.ok,
+            CpuEngine::seal_one,
+            |j, i, n| {
+                format!(
+                    "seal of a {}-byte packet (packet {i} of {n}): refused, but the CPU engine seals it",
+                    j.len
+                )
+            },
+        )
     }
 }
 

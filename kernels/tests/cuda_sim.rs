@@ -476,6 +476,62 @@ fn sim_refused_opens_are_left_untouched_and_rechecked_without_a_false_alarm() {
 }
 
 #[test]
+fn sim_a_gpu_refusing_a_seal_in_an_unchecked_batch_loses_no_packet() {
+    let _one = sim().serial();
+    let mut d = Dispatcher::new(
+        Some(Box::new(engine(Capacity::for_batch(256, 9216)))),
+        Settings {
+            mode: Mode::On,
+            ..Settings::default()
+        },
+    );
+    // Equal sizes: the copy back's flipped bit lands in a packet's header, which the engine
+    // does not copy back, and its ok flag flips a seal to "refused" (the kernel never refuses).
+    let batch = |seed: u64| {
+        let mut b = Batch::new(60, seed);
+        for p in &mut b.pkts {
+            p.len = 700;
+            p.buf.resize(700 + TAG_LEN, 0x5a);
+        }
+        b
+    };
+    let seal = |d: &mut Dispatcher, seed: u64| {
+        let (mut b, mut want) = (batch(seed), batch(seed));
+        CpuEngine.seal(&mut want.jobs());
+        let mut jobs = b.jobs();
+        d.seal(&mut jobs);
+        assert!(jobs.iter().all(|j| j.ok), "a seal was refused");
+        drop(jobs);
+        for (i, (got, want)) in b.pkts.iter().zip(&want.pkts).enumerate() {
+            assert!(
+                got.buf == want.buf,
+                "packet {i} differs from the CPU's seal"
+            );
+        }
+    };
+    seal(&mut d, 51);
+    sim().inject(Fault::Corrupt, 1, 0);
+    seal(&mut d, 52);
+    let st = d.stats().clone();
+    sim().inject(Fault::None, 0, 0);
+    assert_eq!(
+        (
+            st.verified_batches,
+            st.spot_checked_batches,
+            st.gpu_wrong_batches
+        ),
+        (1, 1, 1),
+        "{st:?}"
+    );
+    assert!(st.rechecked_refusals >= 1, "{st:?}");
+    let why = st.last_error.unwrap_or_default();
+    assert!(
+        why.contains(": refused, but the CPU engine seals it"),
+        "{why}"
+    );
+}
+
+#[test]
 fn sim_batches_gathered_from_four_workers_are_right() {
     let _one = sim().serial();
     let st = suite::gathered_workers(

@@ -357,8 +357,8 @@ pub struct Offload {
     pub max_delay_us: u32,
     /// One GPU batch in this many, per operation and worker, is checked packet by packet
     /// against the CPU engine, as is the first after start-up and after each recovery; every
-    /// other GPU batch has one packet checked, and the first 4 packets it refused (failed tags,
-    /// blocks that did not decompress) re-run on the CPU. A packet the GPU got wrong leaves
+    /// other GPU batch has one packet checked, and the first 4 packets it refused (seals,
+    /// failed tags, blocks that did not decompress) re-run on the CPU. A packet the GPU got wrong leaves
     /// with the CPU's result, and the GPU gets no traffic until it passes its start-up check
     /// again. 0: no checks at all; 1: check every batch whole (the CPU then repeats all the
     /// GPU's work). 0 to 1000000.
