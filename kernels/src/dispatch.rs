@@ -1156,6 +1156,41 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_that_stops_compressing_is_caught() {
+        let mut acc = TestAccelerator::new(Fault::RefuseAll, Duration::ZERO);
+        acc.clean_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        let srcs: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| format!("row {i} status=200 OK; ").repeat(50).into_bytes())
+            .collect();
+        for _ in 0..2 {
+            let mut dsts = vec![vec![0u8; crate::compress_bound(1500)]; srcs.len()];
+            let mut jobs: Vec<CompressJob<'_>> = srcs
+                .iter()
+                .zip(dsts.iter_mut())
+                .map(|(src, dst)| CompressJob {
+                    src,
+                    dst,
+                    out_len: None,
+                })
+                .collect();
+            d.compress(&mut jobs);
+            assert!(
+                jobs.iter().all(|j| j.out_len.is_some()),
+                "sent uncompressed"
+            );
+        }
+        let s = d.stats();
+        assert_eq!((s.gpu_wrong_batches, s.corrected_jobs), (1, 20));
+        assert!(!s.gpu_healthy);
+        let why = s.last_error.as_deref().unwrap();
+        assert!(
+            why.contains("): not compressed, where the CPU engine compresses it to "),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn refused_packets_are_rechecked_and_a_gpu_refusing_right_ones_loses_none() {
         let (_, sealed) = seal_both(&mut CpuEngine, 50, 24);
         let mut want = open_with(&mut CpuEngine, &sealed);
