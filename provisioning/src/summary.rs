@@ -135,3 +135,30 @@ pub fn summary(c: &NodeConfig) -> String {
 fn short(key: &str) -> String {
     format!("{}…", &key[..key.len().min(8)])
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::document::SourceFile;
+    use crate::{example, validate};
+
+    /// The offload line says how the GPU's batches are checked.
+    #[test]
+    fn the_offload_line_says_how_gpu_batches_are_checked() {
+        let mut c = validate::check(&SourceFile::new("x", example::example().unwrap())).unwrap();
+        let line = |c: &crate::schema::NodeConfig| {
+            super::summary(c)
+                .lines()
+                .find(|l| l.starts_with("offload "))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        for (every, says) in [
+            (64, " checked whole 1 in 64, the rest spot-checked "),
+            (1, " checked whole "),
+            (0, " unchecked "),
+        ] {
+            c.offload.verify_every = every;
+            assert!(line(&c).contains(says), "{every}: {}", line(&c));
+        }
+    }
+}
