@@ -1114,16 +1114,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_wrong_lz4_spot_check_puts_its_whole_batch_right() {
-        let mut acc = TestAccelerator::new(Fault::CorruptAll, Duration::ZERO);
-        acc.clean_calls = 1;
-        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
-        let srcs: Vec<Vec<u8>> = (0..40u8)
-            .map(|i| format!("flow {i} row {i} ").repeat(40).into_bytes())
-            .collect();
+    /// Compresses `srcs` with `engine` twice (a batch each time); every packet must come out
+    /// compressed and decompress with `lz4_flex` to its source.
+    fn compress_twice(engine: &mut dyn Engine, srcs: &[Vec<u8>]) {
         for round in 0..2 {
-            let mut dsts = vec![vec![0u8; crate::compress_bound(1000)]; srcs.len()];
+            let mut dsts = vec![vec![0u8; crate::compress_bound(1500)]; srcs.len()];
             let mut jobs: Vec<CompressJob<'_>> = srcs
                 .iter()
                 .zip(dsts.iter_mut())
@@ -1133,13 +1128,26 @@ mod tests {
                     out_len: None,
                 })
                 .collect();
-            d.compress(&mut jobs);
-            for j in &jobs {
-                let n = j.out_len.expect("compressible");
+            engine.compress(&mut jobs);
+            for (i, j) in jobs.iter().enumerate() {
+                let n = j
+                    .out_len
+                    .unwrap_or_else(|| panic!("round {round}: packet {i} sent uncompressed"));
                 let back = lz4_flex::block::decompress(&j.dst[..n], j.src.len()).unwrap();
-                assert_eq!(back, j.src, "round {round}");
+                assert_eq!(back, j.src, "round {round}: packet {i}");
             }
         }
+    }
+
+    #[test]
+    fn a_wrong_lz4_spot_check_puts_its_whole_batch_right() {
+        let mut acc = TestAccelerator::new(Fault::CorruptAll, Duration::ZERO);
+        acc.clean_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        let srcs: Vec<Vec<u8>> = (0..40u8)
+            .map(|i| format!("flow {i} row {i} ").repeat(40).into_bytes())
+            .collect();
+        compress_twice(&mut d, &srcs);
         let s = d.stats();
         // The first batch checked whole; the second spot-checked, found wrong, then checked
         // whole (its inputs were intact) and every packet given the CPU's block.
@@ -1163,23 +1171,7 @@ mod tests {
         let srcs: Vec<Vec<u8>> = (0..20u8)
             .map(|i| format!("row {i} status=200 OK; ").repeat(50).into_bytes())
             .collect();
-        for _ in 0..2 {
-            let mut dsts = vec![vec![0u8; crate::compress_bound(1500)]; srcs.len()];
-            let mut jobs: Vec<CompressJob<'_>> = srcs
-                .iter()
-                .zip(dsts.iter_mut())
-                .map(|(src, dst)| CompressJob {
-                    src,
-                    dst,
-                    out_len: None,
-                })
-                .collect();
-            d.compress(&mut jobs);
-            assert!(
-                jobs.iter().all(|j| j.out_len.is_some()),
-                "sent uncompressed"
-            );
-        }
+        compress_twice(&mut d, &srcs);
         let s = d.stats();
         assert_eq!((s.gpu_wrong_batches, s.corrected_jobs), (1, 20));
         assert!(!s.gpu_healthy);
