@@ -239,3 +239,12 @@ impl Worker {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `bench offload` prices the GPU's spot checks at this worker batch size.
+    #[test]
+    fn the_offload_bench_knows_the_burst_size() {
+        assert_eq!(dwcp_kernels::bench::WORKER_BATCH, super::BURST);
+    }
+}

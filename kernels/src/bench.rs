@@ -71,11 +71,22 @@ pub struct CheckRow {
 }
 
 impl CheckRow {
-    /// Cores that checking one batch in `every` takes while the GPU runs at its best rate.
-    pub fn cores(&self, every: u64) -> f64 {
-        self.best_e2e_gbps / (every.max(1) as f64 * self.check_gbps.max(1e-9))
+    /// Cores the live checks take while the GPU runs at its best rate, with `offload.
+    /// verify_every = every` and workers handing batches of `batch` packets: one batch in
+    /// `every` checked whole, one packet of each other; none at all for `every = 0`.
+    pub fn cores(&self, every: u64, batch: usize) -> f64 {
+        if every == 0 {
+            return 0.0;
+        }
+        let whole = 1.0 / every as f64;
+        let share = whole + (1.0 - whole) / batch.max(1) as f64;
+        self.best_e2e_gbps * share / self.check_gbps.max(1e-9)
     }
 }
+
+/// Packets in a worker's batch: the data plane's burst (`dwcp_dataplane::worker::BURST`),
+/// whose size sets what the spot checks cost.
+pub const WORKER_BATCH: usize = 32;
 
 /// How well the GPU's LZ4 compresses beside the CPU engine's (liblz4), on the same packets.
 #[derive(Clone, Copy, Debug)]
@@ -826,7 +837,7 @@ impl Report {
         s.push_str(&gather_table(&self.gathered));
         let _ = writeln!(
             s,
-            "GPU batches checked against the CPU engine (offload.verify_every), one core; cores to check 1 in {CHECK_EVERY} at the GPU's best e2e"
+            "GPU batches checked against the CPU engine (offload.verify_every), one core; cores the checks take at the GPU's best e2e (1 batch in {CHECK_EVERY} whole, 1 packet of each other {WORKER_BATCH}-packet worker batch)"
         );
         let _ = writeln!(
             s,
@@ -841,7 +852,7 @@ impl Report {
                 c.size,
                 c.check_gbps,
                 c.best_e2e_gbps,
-                c.cores(CHECK_EVERY)
+                c.cores(CHECK_EVERY, WORKER_BATCH)
             );
         }
         let _ = writeln!(
@@ -909,13 +920,13 @@ impl Report {
         for (i, c) in self.checks.iter().enumerate() {
             let _ = write!(
                 s,
-                "{}{{\"op\":\"{}\",\"size\":{},\"check_gbps\":{:.3},\"best_e2e_gbps\":{:.3},\"every\":{CHECK_EVERY},\"cores\":{:.4}}}",
+                "{}{{\"op\":\"{}\",\"size\":{},\"check_gbps\":{:.3},\"best_e2e_gbps\":{:.3},\"every\":{CHECK_EVERY},\"worker_batch\":{WORKER_BATCH},\"cores\":{:.4}}}",
                 if i == 0 { "" } else { "," },
                 c.op.name(),
                 c.size,
                 c.check_gbps,
                 c.best_e2e_gbps,
-                c.cores(CHECK_EVERY)
+                c.cores(CHECK_EVERY, WORKER_BATCH)
             );
         }
         s.push_str("],\"compression\":[");
