@@ -53,6 +53,7 @@ fn settings(cfg: &Offload) -> Settings {
         deadline: Duration::from_micros(u64::from(cfg.max_delay_us) * 20)
             .max(Duration::from_millis(50)),
         verify_every: u64::from(cfg.verify_every),
+        spot_check: cfg.spot_check,
         ..Settings::default()
     }
 }

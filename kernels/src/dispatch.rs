@@ -227,6 +227,9 @@ pub struct Settings {
     /// engine (and the first after start-up and after each recovery); each other batch has
     /// one packet and its first refusals checked; 0: no checks at all.
     pub verify_every: u64,
+    /// Whether a batch not checked whole has one packet checked (its refusals are rechecked
+    /// either way).
+    pub spot_check: bool,
 }
 
 impl Settings {
@@ -243,6 +246,7 @@ impl Default for Settings {
             retry_max: Duration::from_secs(30),
             explore_every: 32,
             verify_every: Self::DEFAULT_VERIFY_EVERY,
+            spot_check: true,
         }
     }
 }
@@ -493,7 +497,8 @@ impl Dispatcher {
             let n = jobs.len();
             let check = check_due(&mut self.since_check, self.set.verify_every, op);
             // A batch not checked whole has one packet checked (none when checks are off).
-            let spot = (!check && self.set.verify_every > 0).then(|| next_spot(&mut self.spot, n));
+            let spot = (!check && self.set.verify_every > 0 && self.set.spot_check)
+                .then(|| next_spot(&mut self.spot, n));
             if check {
                 J::keep_inputs(jobs, &mut self.scratch);
             } else if let Some(k) = spot {
@@ -1002,6 +1007,23 @@ mod tests {
         assert_eq!((s.verified_batches, s.gpu_wrong_batches), (3, 0));
         // The other nine: one packet each, and their refusals (none).
         assert_eq!((s.spot_checked_batches, s.rechecked_refusals), (9, 0));
+        // Without spot checks: the whole checks and the rechecks of refusals only.
+        let acc = TestAccelerator::new(Fault::RefuseAll, Duration::ZERO);
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(5));
+        d.set.verify_every = 4;
+        d.set.spot_check = false;
+        d.since_check = [1; 4];
+        let (got, want) = seal_both(&mut d, 6, 30);
+        assert!(got == want, "a refused seal was lost");
+        let s = d.stats();
+        assert_eq!(
+            (
+                s.verified_batches,
+                s.spot_checked_batches,
+                s.rechecked_refusals
+            ),
+            (0, 0, 6)
+        );
     }
 
     /// Opens `sealed` (as [`seal_both`] sealed them, 1408 bytes each) with `engine`; returns

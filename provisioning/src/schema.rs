@@ -357,14 +357,21 @@ pub struct Offload {
     pub max_delay_us: u32,
     /// One GPU batch in this many, per operation and worker, is checked packet by packet
     /// against the CPU engine, as is the first after start-up and after each recovery; every
-    /// other GPU batch has one packet checked, and the first 4 packets it refused (seals,
-    /// failed tags, blocks that did not decompress) re-run on the CPU. A packet the GPU got wrong leaves
+    /// other GPU batch has one packet checked (`spot_check`), and the first 4 packets it
+    /// refused (seals, failed tags, blocks that did not decompress) re-run on the CPU. A packet the GPU got wrong leaves
     /// with the CPU's result, and the GPU gets no traffic until it passes its start-up check
     /// again. 0: no checks at all; 1: check every batch whole (the CPU then repeats all the
     /// GPU's work). 0 to 1000000.
     #[serde(default = "Offload::default_verify_every")]
     #[schemars(range(max = 1_000_000))]
     pub verify_every: u32,
+    /// Whether each GPU batch not checked whole has one packet checked against the CPU
+    /// engine (a GPU turning wrong for every packet is then caught on its next batch). With
+    /// the data plane's 32-packet batches that repeats about 1/32 of the GPU's work on the
+    /// CPU (`dwcp bench offload` prints the cores it takes); false leaves the whole checks and
+    /// the rechecks of refused packets. No effect when `verify_every` is 0.
+    #[serde(default = "Offload::default_spot_check")]
+    pub spot_check: bool,
     /// The core for the thread that gathers the workers' GPU batches and drives the GPU: a
     /// core of its own (isolated like the data-plane cores) or a housekeeping core, never a
     /// data-plane core (a worker polls each of those). Leave out: the first housekeeping core.
@@ -389,6 +396,9 @@ impl Offload {
     fn default_verify_every() -> u32 {
         64
     }
+    fn default_spot_check() -> bool {
+        true
+    }
 }
 
 impl Default for Offload {
@@ -399,6 +409,7 @@ impl Default for Offload {
             max_batch: Self::default_max_batch(),
             max_delay_us: Self::default_max_delay_us(),
             verify_every: Self::default_verify_every(),
+            spot_check: Self::default_spot_check(),
             core: None,
         }
     }

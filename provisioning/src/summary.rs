@@ -123,7 +123,8 @@ pub fn summary(c: &NodeConfig) -> String {
         match f.verify_every {
             0 => "unchecked".to_owned(),
             1 => "checked whole".to_owned(),
-            n => format!("checked whole 1 in {n}, the rest spot-checked"),
+            n if f.spot_check => format!("checked whole 1 in {n}, the rest spot-checked"),
+            n => format!("checked whole 1 in {n}"),
         },
         f.gather_core(&c.cores)
             .map_or_else(|| "-".to_owned(), |n| n.to_string())
@@ -160,5 +161,12 @@ mod tests {
             c.offload.verify_every = every;
             assert!(line(&c).contains(says), "{every}: {}", line(&c));
         }
+        c.offload.verify_every = 64;
+        c.offload.spot_check = false;
+        assert!(
+            line(&c).contains(" checked whole 1 in 64 gathering"),
+            "{}",
+            line(&c)
+        );
     }
 }

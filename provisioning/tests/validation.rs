@@ -489,6 +489,18 @@ fn mangled_files_never_panic() {
 }
 
 #[test]
+fn gpu_spot_check_is_a_boolean() {
+    assert_errors(
+        &[("[metrics]", "[offload]\nspot_check = 1\n\n[metrics]")],
+        &["52:14: offload.spot_check: expected a boolean, found 1"],
+    );
+    assert_errors(
+        &[("[metrics]", "[offload]\nspot_check = false\n\n[metrics]")],
+        &[],
+    );
+}
+
+#[test]
 fn gpu_check_sampling_is_bounded() {
     assert_errors(
         &[(
