@@ -119,7 +119,7 @@ fn ratio_row(
 ) -> Result<RatioRow, CudaError> {
     let n = n.min(inp.text.len());
     let mut dst = vec![vec![0u8; crate::compress_bound(size)]; n];
-    let mut jobs = compress_jobs(&inp.text[..n], &mut dst);
+    let mut jobs = CompressJob::batch(&inp.text[..n], &mut dst);
     gpu.try_compress(&mut jobs, Instant::now() + Duration::from_secs(60))
         .map_err(|p| p.error)?;
     let gpu_ratio = wire_ratio(&jobs);
@@ -387,28 +387,6 @@ fn open_jobs<'a>(
         .collect()
 }
 
-fn compress_jobs<'a>(src: &'a [Vec<u8>], dst: &'a mut [Vec<u8>]) -> Vec<CompressJob<'a>> {
-    src.iter()
-        .zip(dst.iter_mut())
-        .map(|(src, dst)| CompressJob {
-            src,
-            dst,
-            out_len: None,
-        })
-        .collect()
-}
-
-fn decompress_jobs<'a>(src: &'a [Vec<u8>], dst: &'a mut [Vec<u8>]) -> Vec<DecompressJob<'a>> {
-    src.iter()
-        .zip(dst.iter_mut())
-        .map(|(src, dst)| DecompressJob {
-            src,
-            dst,
-            out_len: None,
-        })
-        .collect()
-}
-
 /// One core checking right results of `op` on 1024 packets of `size` against the CPU engine,
 /// for about `budget`: payload GB/s of the check alone (keeping the inputs before the batch,
 /// recomputing and comparing after).
@@ -448,7 +426,7 @@ fn check_cell(op: Op, size: usize, inp: &Inputs, budget: Duration) -> f64 {
                 v.wrong
             }
             Op::Compress => {
-                let mut jobs = compress_jobs(&inp.text[..n], &mut dst);
+                let mut jobs = CompressJob::batch(&inp.text[..n], &mut dst);
                 CpuEngine.compress(&mut jobs);
                 let t0 = Instant::now();
                 let v = CompressJob::check_all(&mut jobs, &mut s);
@@ -456,7 +434,7 @@ fn check_cell(op: Op, size: usize, inp: &Inputs, budget: Duration) -> f64 {
                 v.wrong
             }
             Op::Decompress => {
-                let mut jobs = decompress_jobs(&inp.packed[..n], &mut dst);
+                let mut jobs = DecompressJob::batch(&inp.packed[..n], &mut dst);
                 CpuEngine.decompress(&mut jobs);
                 let t0 = Instant::now();
                 let v = DecompressJob::check_all(&mut jobs, &mut s);
@@ -537,11 +515,11 @@ fn gpu_cell(
         Op::Compress => {
             let mut dst = vec![vec![0u8; crate::compress_bound(size)]; n];
             let k = {
-                let jobs = compress_jobs(&inp.text[..n], &mut dst);
+                let jobs = CompressJob::batch(&inp.text[..n], &mut dst);
                 gpu.kernel_time_compress(&jobs, reps)?
             };
             let e = median(reps, || {
-                let mut jobs = compress_jobs(&inp.text[..n], &mut dst);
+                let mut jobs = CompressJob::batch(&inp.text[..n], &mut dst);
                 gpu.try_compress(&mut jobs, far()).map_err(err)
             })?;
             (k, e)
@@ -549,11 +527,11 @@ fn gpu_cell(
         Op::Decompress => {
             let mut dst = vec![vec![0u8; size]; n];
             let k = {
-                let jobs = decompress_jobs(&inp.packed[..n], &mut dst);
+                let jobs = DecompressJob::batch(&inp.packed[..n], &mut dst);
                 gpu.kernel_time_decompress(&jobs, reps)?
             };
             let e = median(reps, || {
-                let mut jobs = decompress_jobs(&inp.packed[..n], &mut dst);
+                let mut jobs = DecompressJob::batch(&inp.packed[..n], &mut dst);
                 gpu.try_decompress(&mut jobs, far()).map_err(err)
             })?;
             (k, e)
@@ -596,11 +574,10 @@ fn cpu_cell(op: Op, size: usize, inp: &Inputs, threads: usize, budget: Duration)
                                     size,
                                 ));
                             }
-                            Op::Compress => {
-                                CpuEngine.compress(&mut compress_jobs(&inp.text[..n], &mut dst))
-                            }
+                            Op::Compress => CpuEngine
+                                .compress(&mut CompressJob::batch(&inp.text[..n], &mut dst)),
                             Op::Decompress => CpuEngine
-                                .decompress(&mut decompress_jobs(&inp.packed[..n], &mut dst)),
+                                .decompress(&mut DecompressJob::batch(&inp.packed[..n], &mut dst)),
                         }
                         done += n * size;
                         if t0.elapsed() >= budget {

@@ -1855,15 +1855,7 @@ ptxas info    : Used 26 registers, used 0 barriers
             .iter()
             .map(|t| vec![0u8; crate::compress_bound(t.len())])
             .collect();
-        let mut jobs: Vec<CompressJob<'_>> = text
-            .iter()
-            .zip(outs.iter_mut())
-            .map(|(src, dst)| CompressJob {
-                src,
-                dst,
-                out_len: None,
-            })
-            .collect();
+        let mut jobs = CompressJob::batch(&text, &mut outs);
         let chunks = through_chunks(
             &mut jobs,
             stage_compress,

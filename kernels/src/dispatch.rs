@@ -1141,15 +1141,7 @@ mod tests {
     fn compress_twice(engine: &mut dyn Engine, srcs: &[Vec<u8>]) {
         for round in 0..2 {
             let mut dsts = vec![vec![0u8; crate::compress_bound(1500)]; srcs.len()];
-            let mut jobs: Vec<CompressJob<'_>> = srcs
-                .iter()
-                .zip(dsts.iter_mut())
-                .map(|(src, dst)| CompressJob {
-                    src,
-                    dst,
-                    out_len: None,
-                })
-                .collect();
+            let mut jobs = CompressJob::batch(srcs, &mut dsts);
             engine.compress(&mut jobs);
             for (i, j) in jobs.iter().enumerate() {
                 let n = j
@@ -1285,15 +1277,7 @@ mod tests {
             let mut srcs = [&block[..]; 3];
             srcs[g] = &garbage[..];
             let mut outs = vec![vec![0u8; 2048]; 3];
-            let mut jobs: Vec<DecompressJob<'_>> = srcs
-                .iter()
-                .zip(outs.iter_mut())
-                .map(|(src, dst)| DecompressJob {
-                    src,
-                    dst,
-                    out_len: None,
-                })
-                .collect();
+            let mut jobs = DecompressJob::batch(&srcs, &mut outs);
             d.decompress(&mut jobs);
             for (i, j) in jobs.iter().enumerate() {
                 if i == g {

@@ -152,7 +152,19 @@ pub struct CompressJob<'a> {
     pub out_len: Option<usize>,
 }
 
-impl CompressJob<'_> {
+impl<'a> CompressJob<'a> {
+    /// One job per source, each with its output space (`srcs` and `dsts` in step).
+    pub fn batch<S: AsRef<[u8]>>(srcs: &'a [S], dsts: &'a mut [Vec<u8>]) -> Vec<Self> {
+        srcs.iter()
+            .zip(dsts)
+            .map(|(src, dst)| CompressJob {
+                src: src.as_ref(),
+                dst,
+                out_len: None,
+            })
+            .collect()
+    }
+
     /// The same job, borrowed for a shorter time (to run it in a batch built elsewhere).
     pub fn reborrow(&mut self) -> CompressJob<'_> {
         CompressJob {
@@ -177,6 +189,20 @@ pub struct DecompressJob<'a> {
     pub dst: &'a mut [u8],
     /// Set by the engine.
     pub out_len: Option<usize>,
+}
+
+impl<'a> DecompressJob<'a> {
+    /// One job per source, each with its output space (`srcs` and `dsts` in step).
+    pub fn batch<S: AsRef<[u8]>>(srcs: &'a [S], dsts: &'a mut [Vec<u8>]) -> Vec<Self> {
+        srcs.iter()
+            .zip(dsts)
+            .map(|(src, dst)| DecompressJob {
+                src: src.as_ref(),
+                dst,
+                out_len: None,
+            })
+            .collect()
+    }
 }
 
 impl DecompressJob<'_> {

@@ -355,15 +355,7 @@ fn lz4(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Resul
     let mut outs: Vec<Vec<u8>> = inputs.iter().map(|(_, s)| vec![0; s.len()]).collect();
     let mut short = vec![0; inputs[inputs.len() - 2].1.len() / 2];
     let mut bad_out = vec![0; max_packet.max(1)];
-    let mut jobs: Vec<DecompressJob<'_>> = blocks
-        .iter()
-        .zip(outs.iter_mut())
-        .map(|(src, dst)| DecompressJob {
-            src,
-            dst,
-            out_len: None,
-        })
-        .collect();
+    let mut jobs = DecompressJob::batch(&blocks, &mut outs);
     jobs.push(DecompressJob {
         src: &garbage,
         dst: &mut bad_out,

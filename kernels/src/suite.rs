@@ -440,15 +440,7 @@ pub fn lz4_round_trips(engine: &mut dyn Engine, count: usize, batch: usize, seed
             .iter()
             .map(|s| vec![0u8; crate::compress_bound(s.len())])
             .collect();
-        let mut jobs: Vec<CompressJob<'_>> = inputs
-            .iter()
-            .zip(outs.iter_mut())
-            .map(|(src, dst)| CompressJob {
-                src,
-                dst,
-                out_len: None,
-            })
-            .collect();
+        let mut jobs = CompressJob::batch(&inputs, &mut outs);
         engine.compress(&mut jobs);
         let lens: Vec<Option<usize>> = jobs.iter().map(|j| j.out_len).collect();
         drop(jobs);
@@ -491,15 +483,7 @@ pub fn lz4_round_trips(engine: &mut dyn Engine, count: usize, batch: usize, seed
             .map(|s| lz4_flex::block::compress(s))
             .collect();
         let mut backs: Vec<Vec<u8>> = vec![vec![0u8; 9216]; n];
-        let mut jobs: Vec<DecompressJob<'_>> = packed
-            .iter()
-            .zip(backs.iter_mut())
-            .map(|(src, dst)| DecompressJob {
-                src,
-                dst,
-                out_len: None,
-            })
-            .collect();
+        let mut jobs = DecompressJob::batch(&packed, &mut backs);
         engine.decompress(&mut jobs);
         for (i, job) in jobs.iter().enumerate() {
             let m = job

@@ -498,15 +498,7 @@ mod tests {
         let srcs = [&text[..], &text[..100], &random[..]];
         let mut dsts = vec![vec![0u8; crate::compress_bound(9216)]; 3];
         let mut s = Scratch::default();
-        let mut jobs: Vec<CompressJob<'_>> = srcs
-            .iter()
-            .zip(dsts.iter_mut())
-            .map(|(src, dst)| CompressJob {
-                src,
-                dst,
-                out_len: None,
-            })
-            .collect();
+        let mut jobs = CompressJob::batch(&srcs, &mut dsts);
         CpuEngine.compress(&mut jobs);
         assert_eq!(
             CompressJob::check_all(&mut jobs, &mut s),
@@ -549,15 +541,8 @@ mod tests {
             .collect();
         let mut outs = vec![vec![0u8; 9216]; 3];
         let bad = [0xffu8, 1, 2];
-        let mut de: Vec<DecompressJob<'_>> = [&blocks[1][..], &blocks[1][..], &bad[..]]
-            .into_iter()
-            .zip(outs.iter_mut())
-            .map(|(src, dst)| DecompressJob {
-                src,
-                dst,
-                out_len: None,
-            })
-            .collect();
+        let srcs = [&blocks[1][..], &blocks[1][..], &bad[..]];
+        let mut de = DecompressJob::batch(&srcs, &mut outs);
         CpuEngine.decompress(&mut de);
         assert_eq!(
             DecompressJob::check_all(&mut de, &mut s),
