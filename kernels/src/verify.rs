@@ -49,6 +49,9 @@ pub trait Checked: Sized {
     /// any of them can be checked after the fact, without [`Checked::keep_inputs`].
     const INPUTS_SURVIVE: bool;
 
+    /// The payload bytes the job's cost is counted in (plaintext, ciphertext, LZ4 input).
+    fn size(&self) -> usize;
+
     /// Copies what the accelerator overwrites (before it runs the batch).
     fn keep_inputs(jobs: &[Self], s: &mut Scratch);
 
@@ -146,6 +149,10 @@ fn at(a: &[u8], b: &[u8]) -> String {
 impl Checked for SealJob<'_> {
     const INPUTS_SURVIVE: bool = false;
 
+    fn size(&self) -> usize {
+        self.len
+    }
+
     fn keep_inputs(jobs: &[Self], s: &mut Scratch) {
         keep(
             s,
@@ -207,6 +214,10 @@ impl Checked for SealJob<'_> {
 
 impl Checked for OpenJob<'_> {
     const INPUTS_SURVIVE: bool = false;
+
+    fn size(&self) -> usize {
+        self.len
+    }
 
     fn keep_inputs(jobs: &[Self], s: &mut Scratch) {
         keep(
@@ -286,6 +297,10 @@ impl Checked for OpenJob<'_> {
 impl Checked for CompressJob<'_> {
     const INPUTS_SURVIVE: bool = true;
 
+    fn size(&self) -> usize {
+        self.src.len()
+    }
+
     /// The input is not overwritten: nothing to keep.
     fn keep_inputs(_: &[Self], _: &mut Scratch) {}
 
@@ -327,6 +342,10 @@ impl Checked for CompressJob<'_> {
 
 impl Checked for DecompressJob<'_> {
     const INPUTS_SURVIVE: bool = true;
+
+    fn size(&self) -> usize {
+        self.src.len()
+    }
 
     /// The input is not overwritten: nothing to keep.
     fn keep_inputs(_: &[Self], _: &mut Scratch) {}
