@@ -602,13 +602,14 @@ impl Running {
             None => String::new(),
         };
         format!(
-            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} spot-checked {} refusals rechecked {} wrong {} corrected packets {} dropped unchecked {}{failed}",
+            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} split {} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} spot-checked {} refusals rechecked {} wrong {} corrected packets {} dropped unchecked {}{failed}",
             self.offload.0,
             self.offload.1,
             g("offload_gpu_healthy"),
             self.labels.3,
             sum("cpu"),
             sum("gpu"),
+            g("offload_split_batches"),
             g("offload_gpu_errors"),
             g("offload_gpu_timeouts"),
             g("offload_fallback_packets"),

@@ -528,7 +528,7 @@ impl OffloadCheck {
             .as_ref()
             .map_or_else(String::new, |e| format!("  last GPU failure: {e}\n"));
         format!(
-            "offload engine {} ({})\n  {} packets each way, {} mismatches; encap {:.2} Gb/s, decap {:.2} Gb/s on the offload engine; engine batches cpu {} gpu {} (seal and open: {}, compress and decompress: {}, in bursts of up to {}); GPU batches checked against the CPU engine {} (and one packet of {} more; {} refused packets rechecked), wrong {}, packets corrected {}, unchecked packets dropped {}\n{failed}",
+            "offload engine {} ({})\n  {} packets each way, {} mismatches; encap {:.2} Gb/s, decap {:.2} Gb/s on the offload engine; engine batches cpu {} gpu {}, {} of them split between the two (seal and open: {}, compress and decompress: {}, in bursts of up to {}); GPU batches checked against the CPU engine {} (and one packet of {} more; {} refused packets rechecked), wrong {}, packets corrected {}, unchecked packets dropped {}\n{failed}",
             self.engine.0,
             self.engine.1,
             self.packets,
@@ -537,6 +537,7 @@ impl OffloadCheck {
             self.decap_gbps,
             self.batches[0],
             self.batches[1],
+            o.split_batches,
             self.crypto_batches,
             self.compress_batches,
             crate::worker::BURST,

@@ -429,6 +429,12 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         &[(String::new(), g("offload_gpu_dropped_unchecked_packets"))],
     );
     family(
+        "dwcp_offload_split_batches_total",
+        "counter",
+        "Batches split between the worker's CPU engine and the GPU, the two shares run at once (offload.gpu = auto); each also counts once in each engine's batches.",
+        &[(String::new(), g("offload_split_batches"))],
+    );
+    family(
         "dwcp_offload_gpu_probes_total",
         "counter",
         "Health probes sent to an unhealthy GPU.",

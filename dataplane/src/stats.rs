@@ -74,6 +74,7 @@ pub const NAMES: &[&str] = &[
     "offload_gpu_wrong_batches",
     "offload_corrected_packets",
     "offload_gpu_dropped_unchecked_packets",
+    "offload_split_batches",
 ];
 
 /// Number of counters.
@@ -169,6 +170,7 @@ pub fn flatten(
         d.gpu_wrong_batches,
         d.corrected_jobs,
         d.dropped_unchecked,
+        d.split_batches,
     ]
 }
 
@@ -383,6 +385,7 @@ mod tests {
             rechecked_refusals: 11,
             gpu_wrong_batches: 2,
             corrected_jobs: 3,
+            split_batches: 13,
             dropped_unchecked: 13,
             ..Default::default()
         };
@@ -397,6 +400,7 @@ mod tests {
         assert_eq!(get(&v, "offload_gpu_rechecked_refusals"), 11);
         assert_eq!(get(&v, "offload_gpu_wrong_batches"), 2);
         assert_eq!(get(&v, "offload_corrected_packets"), 3);
+        assert_eq!(get(&v, "offload_split_batches"), 13);
         assert_eq!(get(&v, "offload_gpu_dropped_unchecked_packets"), 13);
     }
 }
