@@ -51,6 +51,11 @@ pub struct GatherRow {
     pub largest: u64,
     /// Packets the workers' CPUs finished after an accelerator failure.
     pub fallbacks: u64,
+    /// The same through `offload.gpu = auto` dispatchers, which split each burst between the
+    /// worker's CPU and the accelerator, payload GB/s.
+    pub auto_gbps: f64,
+    /// The accelerator's share of the bytes under `auto`.
+    pub auto_gpu_share: f64,
     /// The CPU engine, one per worker thread, same bursts, payload GB/s.
     pub cpu_gbps: f64,
 }
@@ -187,19 +192,29 @@ pub fn kernel_lines(sm: &str) -> Result<Vec<KernelLine>, String> {
     Ok(out)
 }
 
+/// What [`seal_bursts_on_threads`] measured.
+struct Sealed {
+    /// Payload bytes sealed.
+    bytes: u64,
+    elapsed: Duration,
+    /// The engines' `offload_stats().fallback_jobs` (0 for the CPU).
+    fallbacks: u64,
+    /// Payload bytes the engines sealed on the accelerator.
+    gpu_bytes: u64,
+}
+
 /// Seals `burst`-packet batches of `size` bytes on `threads` threads for `budget`, each
-/// thread with the engine `make_engine` gives it; payload bytes sealed, and what each engine
-/// said at the end (`offload_stats().fallback_jobs`, 0 for the CPU).
+/// thread with the engine `make_engine` gives it.
 fn seal_bursts_on_threads(
     threads: usize,
     burst: usize,
     size: usize,
     budget: Duration,
     make_engine: &mut dyn FnMut(usize) -> Box<dyn Engine>,
-) -> (u64, Duration, u64) {
+) -> Sealed {
     let engines: Vec<Box<dyn Engine>> = (0..threads).map(&mut *make_engine).collect();
     let t0 = Instant::now();
-    let results: Vec<(u64, u64)> = std::thread::scope(|scope| {
+    let results: Vec<(u64, u64, u64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = engines
             .into_iter()
             .enumerate()
@@ -237,24 +252,59 @@ fn seal_bursts_on_threads(
                             break;
                         }
                     }
-                    (bytes, e.offload_stats().map_or(0, |s| s.fallback_jobs))
+                    let (fallbacks, gpu_bytes) = e
+                        .offload_stats()
+                        .map_or((0, 0), |s| (s.fallback_jobs, s.bytes[Op::Seal.index()][1]));
+                    (bytes, fallbacks, gpu_bytes)
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or((0, 0)))
+            .map(|h| h.join().unwrap_or((0, 0, 0)))
             .collect()
     });
-    let elapsed = t0.elapsed();
-    let bytes = results.iter().map(|r| r.0).sum();
-    let fallbacks = results.iter().map(|r| r.1).sum();
-    (bytes, elapsed, fallbacks)
+    Sealed {
+        elapsed: t0.elapsed(),
+        bytes: results.iter().map(|r| r.0).sum(),
+        fallbacks: results.iter().map(|r| r.1).sum(),
+        gpu_bytes: results.iter().map(|r| r.2).sum(),
+    }
+}
+
+/// Seals bursts as [`seal_bursts_on_threads`] from `w` workers, each through its own
+/// dispatcher in `mode` to one gathering thread over `acc`; and the thread's counters.
+fn seal_gathered(
+    acc: Box<dyn crate::dispatch::Accelerator>,
+    mode: crate::dispatch::Mode,
+    w: usize,
+    burst: usize,
+    size: usize,
+    budget: Duration,
+) -> Result<(Sealed, crate::gather::GatherStats), CudaError> {
+    use crate::dispatch::{Dispatcher, Settings};
+    use crate::gather::{GatherSettings, Gatherer};
+    let (g, clients) = Gatherer::start(acc, w, GatherSettings::default())
+        .map_err(|e| CudaError::Thread(e.to_string()))?;
+    let mut clients = clients.into_iter();
+    let settings = Settings {
+        mode,
+        ..Settings::default()
+    };
+    let sealed = seal_bursts_on_threads(w, burst, size, budget, &mut |_| {
+        let c = clients
+            .next()
+            .map(|c| Box::new(c) as Box<dyn crate::dispatch::Accelerator>);
+        Box::new(Dispatcher::new(c, settings))
+    });
+    Ok((sealed, g.stats()))
 }
 
 /// For each worker count: sealing `burst`-packet batches of `size` bytes from that many
-/// threads, each through its own dispatcher (`offload.gpu = on`) to one gathering thread over
-/// the accelerator `make` gives, for `budget`; and the CPU engine on as many threads.
+/// threads, each through its own dispatcher to one gathering thread over the accelerator
+/// `make` gives, for `budget` — with `offload.gpu = on` (all of each burst on the
+/// accelerator) and `auto` (each burst split with the worker's CPU); and the CPU engine on as
+/// many threads.
 pub fn gathered(
     make: &mut dyn FnMut() -> Result<Box<dyn crate::dispatch::Accelerator>, CudaError>,
     workers: &[usize],
@@ -262,36 +312,24 @@ pub fn gathered(
     size: usize,
     budget: Duration,
 ) -> Result<Vec<GatherRow>, CudaError> {
-    use crate::dispatch::{Dispatcher, Mode, Settings};
-    use crate::gather::{GatherSettings, Gatherer};
+    use crate::dispatch::Mode;
     let mut rows = Vec::with_capacity(workers.len());
     for &w in workers {
-        let (g, clients) = Gatherer::start(make()?, w, GatherSettings::default())
-            .map_err(|e| CudaError::Thread(e.to_string()))?;
-        let mut clients = clients.into_iter();
-        let settings = Settings {
-            mode: Mode::On,
-            ..Settings::default()
-        };
-        let (bytes, t, fallbacks) = seal_bursts_on_threads(w, burst, size, budget, &mut |_| {
-            let c = clients
-                .next()
-                .map(|c| Box::new(c) as Box<dyn crate::dispatch::Accelerator>);
-            Box::new(Dispatcher::new(c, settings))
-        });
-        let st = g.stats();
-        drop(g);
-        let (cpu_bytes, cpu_t, _) =
-            seal_bursts_on_threads(w, burst, size, budget, &mut |_| Box::new(CpuEngine));
+        let (on, st) = seal_gathered(make()?, Mode::On, w, burst, size, budget)?;
+        let (auto, _) = seal_gathered(make()?, Mode::Auto, w, burst, size, budget)?;
+        let cpu = seal_bursts_on_threads(w, burst, size, budget, &mut |_| Box::new(CpuEngine));
+        let rate = |s: &Sealed| gbps(usize::try_from(s.bytes).unwrap_or(usize::MAX), s.elapsed);
         rows.push(GatherRow {
             workers: w,
             burst,
             size,
-            gathered_gbps: gbps(usize::try_from(bytes).unwrap_or(usize::MAX), t),
+            gathered_gbps: rate(&on),
             mean_gather: st.packets as f64 / st.gathers.max(1) as f64,
             largest: st.largest,
-            fallbacks,
-            cpu_gbps: gbps(usize::try_from(cpu_bytes).unwrap_or(usize::MAX), cpu_t),
+            fallbacks: on.fallbacks + auto.fallbacks,
+            auto_gbps: rate(&auto),
+            auto_gpu_share: auto.gpu_bytes as f64 / auto.bytes.max(1) as f64,
+            cpu_gbps: rate(&cpu),
         });
     }
     Ok(rows)
@@ -921,7 +959,7 @@ impl Report {
         for (i, g) in self.gathered.iter().enumerate() {
             let _ = write!(
                 s,
-                "{}{{\"workers\":{},\"burst\":{},\"size\":{},\"gathered_gbps\":{:.3},\"mean_gather\":{:.1},\"largest\":{},\"fallbacks\":{},\"cpu_gbps\":{:.3}}}",
+                "{}{{\"workers\":{},\"burst\":{},\"size\":{},\"gathered_gbps\":{:.3},\"mean_gather\":{:.1},\"largest\":{},\"fallbacks\":{},\"auto_gbps\":{:.3},\"auto_gpu_share\":{:.4},\"cpu_gbps\":{:.3}}}",
                 if i == 0 { "" } else { "," },
                 g.workers,
                 g.burst,
@@ -930,6 +968,8 @@ impl Report {
                 g.mean_gather,
                 g.largest,
                 g.fallbacks,
+                g.auto_gbps,
+                g.auto_gpu_share,
                 g.cpu_gbps
             );
         }
@@ -946,25 +986,37 @@ pub fn gather_table(rows: &[GatherRow]) -> String {
     };
     let _ = writeln!(
         s,
-        "seal gathered from workers (bursts of {}, {} B, offload.gpu = on) vs the CPU engine on as many threads",
+        "seal gathered from workers (bursts of {}, {} B): offload.gpu = on, and auto (each burst split between the worker's CPU and the GPU), vs the CPU engine on as many threads",
         first.burst, first.size
     );
     let _ = writeln!(
         s,
-        "{:>7} {:>14} {:>12} {:>8} {:>10} {:>14} {:>8}",
-        "workers", "gathered", "mean gather", "largest", "fallbacks", "cpu", "gpu/cpu"
+        "{:>7} {:>14} {:>12} {:>8} {:>10} {:>14} {:>9} {:>14} {:>8} {:>9}",
+        "workers",
+        "on",
+        "mean gather",
+        "largest",
+        "fallbacks",
+        "auto",
+        "gpu share",
+        "cpu",
+        "on/cpu",
+        "auto/cpu"
     );
     for g in rows {
         let _ = writeln!(
             s,
-            "{:>7} {:>9.2} GB/s {:>12.1} {:>8} {:>10} {:>9.2} GB/s {:>7.2}x",
+            "{:>7} {:>9.2} GB/s {:>12.1} {:>8} {:>10} {:>9.2} GB/s {:>8.0}% {:>9.2} GB/s {:>7.2}x {:>8.2}x",
             g.workers,
             g.gathered_gbps,
             g.mean_gather,
             g.largest,
             g.fallbacks,
+            g.auto_gbps,
+            100.0 * g.auto_gpu_share,
             g.cpu_gbps,
-            g.gathered_gbps / g.cpu_gbps.max(1e-9)
+            g.gathered_gbps / g.cpu_gbps.max(1e-9),
+            g.auto_gbps / g.cpu_gbps.max(1e-9)
         );
     }
     s
@@ -990,12 +1042,14 @@ mod tests {
         assert_eq!(rows.len(), 2);
         for r in &rows {
             assert!(r.gathered_gbps > 0.0 && r.cpu_gbps > 0.0, "{r:?}");
+            assert!(r.auto_gbps > 0.0, "{r:?}");
+            assert!((0.0..=1.0).contains(&r.auto_gpu_share), "{r:?}");
             assert_eq!(r.fallbacks, 0, "{r:?}");
         }
         assert!((rows[0].mean_gather - 32.0).abs() < 1e-9, "{:?}", rows[0]);
         assert!(rows[1].largest >= 32, "{:?}", rows[1]);
         let t = gather_table(&rows);
-        assert!(t.contains("workers"), "{t}");
+        assert!(t.contains("workers") && t.contains("auto/cpu"), "{t}");
         assert_eq!(t.lines().count(), 4, "{t}");
     }
 
