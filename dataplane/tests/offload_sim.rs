@@ -53,7 +53,10 @@ fn a_gpu_giving_wrong_answers_is_kept_out_at_start_up_and_the_cpu_carries_the_tr
         "{first}"
     );
     assert!(text.contains(" 0 mismatches; "), "{text}");
-    assert!(text.contains("engine batches cpu 40 gpu 0, 0 of them split "), "{text}");
+    assert!(
+        text.contains("engine batches cpu 40 gpu 0, 0 of them split "),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
