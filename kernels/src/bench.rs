@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cpu::CpuEngine;
 use crate::cuda::{Capacity, CudaEngine, CudaError, Op};
+use crate::dispatch::testing::{Fault, TestAccelerator};
 use crate::suite::{Rng, compressible};
 use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
@@ -727,6 +728,9 @@ pub struct CpuReport {
     /// (operation, packet size, one thread GB/s, all threads GB/s, one thread's rate checking
     /// GPU results of this kind against the CPU engine, GB/s).
     pub rows: Vec<(Op, usize, f64, f64, f64)>,
+    /// The gathering thread and `auto`'s split with the CPU engine standing in for the GPU:
+    /// the mechanism's figures (one worker and the thread make two cores' worth at most).
+    pub stand_in: Vec<GatherRow>,
 }
 
 /// Measures the CPU engine alone at `sizes`, about `budget` per cell.
@@ -743,12 +747,26 @@ pub fn cpu_only(why_no_gpu: String, sizes: &[usize], budget: Duration) -> CpuRep
             rows.push((op, size, one, all, check));
         }
     }
+    let mut stand_in = Vec::new();
+    for burst in STAND_IN_BURSTS {
+        let mut make = || -> Result<Box<dyn crate::dispatch::Accelerator>, CudaError> {
+            Ok(Box::new(TestAccelerator::new(Fault::None, Duration::ZERO)))
+        };
+        // The stand-in cannot fail to start, and seals nothing wrong.
+        if let Ok(r) = gathered(&mut make, &[1], burst, 1408, budget) {
+            stand_in.extend(r);
+        }
+    }
     CpuReport {
         why_no_gpu,
         threads,
         rows,
+        stand_in,
     }
 }
+
+/// Bursts of the stand-in rows: the data plane's, and one where a call's fixed cost matters less.
+const STAND_IN_BURSTS: [usize; 2] = [32, 256];
 
 impl CpuReport {
     /// A table for people.
@@ -767,6 +785,12 @@ impl CpuReport {
                 all,
                 check
             );
+        }
+        if !self.stand_in.is_empty() {
+            s.push_str("the CPU engine standing in for the GPU behind the gathering thread (the split's mechanism, not a GPU's figures):\n");
+            for r in &self.stand_in {
+                s.push_str(&gather_table(std::slice::from_ref(r)));
+            }
         }
         s
     }
@@ -789,7 +813,9 @@ impl CpuReport {
                 check
             );
         }
-        s.push_str("]}\n");
+        s.push_str("],\"stand_in\":");
+        gather_json(&mut s, &self.stand_in);
+        s.push_str("}\n");
         s
     }
 }
@@ -955,27 +981,34 @@ impl Report {
                 r.cpu
             );
         }
-        s.push_str("],\"gathered\":[");
-        for (i, g) in self.gathered.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}{{\"workers\":{},\"burst\":{},\"size\":{},\"gathered_gbps\":{:.3},\"mean_gather\":{:.1},\"largest\":{},\"fallbacks\":{},\"auto_gbps\":{:.3},\"auto_gpu_share\":{:.4},\"cpu_gbps\":{:.3}}}",
-                if i == 0 { "" } else { "," },
-                g.workers,
-                g.burst,
-                g.size,
-                g.gathered_gbps,
-                g.mean_gather,
-                g.largest,
-                g.fallbacks,
-                g.auto_gbps,
-                g.auto_gpu_share,
-                g.cpu_gbps
-            );
-        }
-        s.push_str("]}\n");
+        s.push_str("],\"gathered\":");
+        gather_json(&mut s, &self.gathered);
+        s.push_str("}\n");
         s
     }
+}
+
+/// Appends the gathered rows as a JSON array.
+fn gather_json(s: &mut String, rows: &[GatherRow]) {
+    s.push('[');
+    for (i, g) in rows.iter().enumerate() {
+        let _ = write!(
+            s,
+            "{}{{\"workers\":{},\"burst\":{},\"size\":{},\"gathered_gbps\":{:.3},\"mean_gather\":{:.1},\"largest\":{},\"fallbacks\":{},\"auto_gbps\":{:.3},\"auto_gpu_share\":{:.4},\"cpu_gbps\":{:.3}}}",
+            if i == 0 { "" } else { "," },
+            g.workers,
+            g.burst,
+            g.size,
+            g.gathered_gbps,
+            g.mean_gather,
+            g.largest,
+            g.fallbacks,
+            g.auto_gbps,
+            g.auto_gpu_share,
+            g.cpu_gbps
+        );
+    }
+    s.push(']');
 }
 
 /// The gathered rows as a table for people.
@@ -1025,7 +1058,6 @@ pub fn gather_table(rows: &[GatherRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::testing::{Fault, TestAccelerator};
 
     /// The gathered measurement's mechanics with a CPU stand-in for the GPU (its figures say
     /// nothing about a GPU): every burst sealed, bursts from two workers gathered together.
@@ -1068,9 +1100,21 @@ mod tests {
         }
         let t = r.table();
         assert!(t.starts_with("no GPU engine (no driver)"), "{t}");
-        assert_eq!(t.lines().count(), 2 + 8, "{t}");
+        // Two lines of head, eight rows, then the stand-in: a line, and per burst two of head
+        // and a row.
+        assert_eq!(t.lines().count(), 2 + 8 + 1 + 2 * 3, "{t}");
+        assert_eq!(r.stand_in.len(), 2);
+        for g in &r.stand_in {
+            assert!(g.gathered_gbps > 0.0 && g.auto_gbps > 0.0, "{g:?}");
+            assert_eq!(g.fallbacks, 0, "{g:?}");
+        }
         let j = r.json();
         assert!(j.starts_with("{\"device\":null,"), "{j}");
         assert_eq!(j.matches("\"op\":").count(), 8, "{j}");
+        assert!(
+            j.contains("],\"stand_in\":[{\"workers\":1,\"burst\":32,"),
+            "{j}"
+        );
+        assert!(j.ends_with("}]}\n"), "{j}");
     }
 }
