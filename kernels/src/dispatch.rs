@@ -572,7 +572,12 @@ impl Dispatcher {
             return;
         }
         let (ours, theirs) = jobs.split_at_mut(k);
-        let gpu_bytes: usize = ours.iter().map(J::size).sum();
+        let split = !theirs.is_empty();
+        let gpu_bytes: usize = if split {
+            ours.iter().map(J::size).sum()
+        } else {
+            bytes
+        };
         let check = check_due(&mut self.since_check, self.set.verify_every, op);
         // A batch not checked whole has one packet checked (none when checks are off).
         let spot = (!check && self.set.verify_every > 0 && self.set.spot_check)
@@ -583,14 +588,13 @@ impl Dispatcher {
             J::keep_inputs(&ours[s..=s], &mut self.scratch);
         }
         // The CPU engine's share, run while the accelerator runs its own.
-        let split = !theirs.is_empty();
         let cpu = &mut self.cpu;
-        let mut cpu_took = Duration::ZERO;
+        let mut cpu_took = None;
         let mut meanwhile = || {
-            if !theirs.is_empty() {
+            if split && cpu_took.is_none() {
                 let t = Instant::now();
                 cpu_call(cpu, theirs);
-                cpu_took = t.elapsed();
+                cpu_took = Some(t.elapsed());
             }
         };
         let gpu = self.gpu.as_mut().expect("checked above");
@@ -602,6 +606,12 @@ impl Dispatcher {
             &mut meanwhile,
         );
         if split {
+            // An accelerator that broke its contract and never ran `meanwhile` loses nothing.
+            let cpu_took = cpu_took.unwrap_or_else(|| {
+                let t = Instant::now();
+                cpu_call(&mut self.cpu, theirs);
+                t.elapsed()
+            });
             self.stats.split_batches += 1;
             self.stats.gpu_share[op.index()] = Some(gpu_bytes as f64 / bytes.max(1) as f64);
             self.record(op, Path::Cpu, bytes, bytes - gpu_bytes, cpu_took);
@@ -990,6 +1000,74 @@ mod tests {
             assert!(jobs.iter().all(|j| j.ok));
         }
         (bufs, want)
+    }
+
+    /// Claims to overlap, then never runs the caller's share.
+    struct Forgetful(TestAccelerator);
+
+    impl Accelerator for Forgetful {
+        fn name(&self) -> &'static str {
+            "forgetful"
+        }
+        fn try_seal(&mut self, j: &mut [SealJob<'_>], d: Instant) -> Result<(), Failure> {
+            self.0.try_seal(j, d)
+        }
+        fn try_open(&mut self, j: &mut [OpenJob<'_>], d: Instant) -> Result<(), Failure> {
+            self.0.try_open(j, d)
+        }
+        fn try_compress(&mut self, j: &mut [CompressJob<'_>], d: Instant) -> Result<(), Failure> {
+            self.0.try_compress(j, d)
+        }
+        fn try_decompress(
+            &mut self,
+            j: &mut [DecompressJob<'_>],
+            d: Instant,
+        ) -> Result<(), Failure> {
+            self.0.try_decompress(j, d)
+        }
+        fn recover(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "forgetful".into()
+        }
+        fn overlaps(&self) -> bool {
+            true
+        }
+        fn try_beside(
+            &mut self,
+            batch: Batch<'_, '_>,
+            deadline: Instant,
+            _meanwhile: &mut dyn FnMut(),
+        ) -> Result<Duration, Failure> {
+            let t = Instant::now();
+            match batch {
+                Batch::Seal(j) => self.try_seal(j, deadline),
+                Batch::Open(j) => self.try_open(j, deadline),
+                Batch::Compress(j) => self.try_compress(j, deadline),
+                Batch::Decompress(j) => self.try_decompress(j, deadline),
+            }
+            .map(|()| t.elapsed())
+        }
+    }
+
+    /// A split batch whose accelerator never ran the worker's share still has every packet
+    /// sealed, by the worker after the call.
+    #[test]
+    fn a_split_share_the_accelerator_forgot_is_still_done() {
+        let acc = Forgetful(TestAccelerator::new(Fault::None, Duration::ZERO));
+        let mut d = Dispatcher::new(
+            Some(Box::new(acc)),
+            Settings {
+                mode: Mode::Auto,
+                ..Settings::default()
+            },
+        );
+        for i in 0..20 {
+            let (got, want) = seal_both(&mut d, 40, i);
+            assert!(got == want, "batch {i}");
+        }
+        assert!(d.stats().split_batches > 0, "{:?}", d.stats());
     }
 
     #[test]

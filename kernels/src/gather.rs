@@ -310,6 +310,7 @@ impl GatherClient {
         let s = &*self.shared;
         let slot = &s.slots[self.worker];
         debug_assert_eq!(slot.state.load(Ordering::Acquire), FREE);
+        let now = Instant::now();
         // SAFETY: the slot is FREE (each client is its worker's only way in, and the previous
         // call took its result back), so the thread does not touch `req`.
         unsafe {
@@ -318,8 +319,8 @@ impl GatherClient {
                 jobs,
                 len,
                 deadline,
-                handed_at: Instant::now(),
-                done_at: Instant::now(),
+                handed_at: now,
+                done_at: now,
                 result: Ok(()),
             };
         }
