@@ -41,22 +41,28 @@ DEV bool lz4_emit(u8* dst, u32 cap, u32* op, const u8* lit_src, u32 lit, u32 off
 }
 
 // Compresses `src[..len]` into `dst[..cap]`; the output length, or -1 when it does not fit.
-// `table` holds at least 1 << LZ4_HASH_LOG_MAX entries.
+// `table` holds at least 1 << LZ4_HASH_LOG_MAX entries: positions as 16-bit offsets + 1 from
+// `base`, the start of the current window. When the input reaches 64 KiB past `base`, the table
+// is cleared and the window starts again, so a match never lies more than 65534 bytes back
+// (LZ4's offsets are 16-bit) and inputs of any length compress.
 DEV int lz4_compress_block(const u8* src, u32 len, u8* dst, u32 cap, u16* table) {
-    if (len > 65534) return -1;
     u32 op = 0, anchor = 0;
     if (len >= 13) {
         u32 hl = LZ4_HASH_LOG_MAX;
         while (hl > 6 && (1u << (hl + 1)) > len) hl--;
         for (u32 i = 0; i < (1u << hl); i++) table[i] = 0;
-        u32 ip = 0;
+        u32 ip = 0, base = 0;
         while (ip + 12 <= len) {
+            if (ip - base >= 65535) {
+                for (u32 i = 0; i < (1u << hl); i++) table[i] = 0;
+                base = ip;
+            }
             u32 seq = load_le32(src + ip);
             u32 h = (seq * 2654435761u) >> (32 - hl);
             u32 cand = table[h];
-            table[h] = (u16)(ip + 1);
-            if (cand != 0 && load_le32(src + cand - 1) == seq) {
-                cand -= 1;
+            table[h] = (u16)(ip - base + 1);
+            if (cand != 0 && load_le32(src + base + cand - 1) == seq) {
+                cand += base - 1;
                 u32 ml = 4;
                 while (ip + ml < len - 5 && src[cand + ml] == src[ip + ml]) ml++;
                 if (!lz4_emit(dst, cap, &op, src + anchor, ip - anchor, ip - cand, ml)) return -1;

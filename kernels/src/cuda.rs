@@ -31,8 +31,6 @@ pub const LZ4_SOURCE: &str = include_str!("../cuda/lz4.cu");
 const GCM_KEY_BYTES: usize = 768;
 /// `LZ4_NONE` in `lz4.cu`.
 const LZ4_NONE: u32 = u32::MAX;
-/// The largest decompressed packet the GPU writes.
-const MAX_DECOMPRESSED: usize = 65_535;
 
 /// Why the CUDA engine is not available or failed.
 #[derive(Debug, thiserror::Error)]
@@ -1517,7 +1515,8 @@ fn unstage_compress(h: &HostStage, _c: &Chunk, jobs: &mut [CompressJob<'_>]) {
     }
 }
 
-/// Packs DecompressJobs: as compress, d = the caller's output space (at most 64 KiB).
+/// Packs DecompressJobs: as compress, d = the caller's output space, at most a lane's bytes
+/// (so every job whose input fits a lane is staged).
 fn stage_decompress(
     h: &mut HostStage,
     _keys: &mut KeyMap,
@@ -1532,7 +1531,7 @@ fn stage_decompress(
     };
     for job in &jobs[start..] {
         let len = job.src.len();
-        let out_cap = job.dst.len().min(MAX_DECOMPRESSED);
+        let out_cap = job.dst.len().min(cap.bytes);
         let rec = len.next_multiple_of(16);
         let out_rec = out_cap.next_multiple_of(16);
         if c.n == max

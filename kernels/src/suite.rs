@@ -527,6 +527,58 @@ pub fn lz4_round_trips(engine: &mut dyn Engine, count: usize, batch: usize, seed
     }
 }
 
+/// Blocks past 64 KiB, larger than any packet the data plane sends: `engine` compresses
+/// them to blocks `lz4_flex` decompresses, and decompresses `lz4_flex`'s blocks into output
+/// spaces larger than 64 KiB (LZ4's offsets are 16-bit; its blocks are not limited to 64 KiB).
+pub fn lz4_past_64_kib(engine: &mut dyn Engine, seed: u64) {
+    let mut rng = Rng(seed);
+    let inputs: Vec<Vec<u8>> = [9216usize, 65_535, 65_536, 100_000, 262_144]
+        .iter()
+        .map(|&n| compressible(&mut rng, n))
+        .collect();
+    let mut outs: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|s| vec![0u8; crate::compress_bound(s.len())])
+        .collect();
+    let mut jobs = CompressJob::batch(&inputs, &mut outs);
+    engine.compress(&mut jobs);
+    let lens: Vec<Option<usize>> = jobs.iter().map(|j| j.out_len).collect();
+    drop(jobs);
+    let name = engine.name();
+    for (i, src) in inputs.iter().enumerate() {
+        let n = lens[i].unwrap_or_else(|| panic!("{name}: {} bytes not compressed", src.len()));
+        let back = lz4_flex::block::decompress(&outs[i][..n], src.len()).unwrap_or_else(|e| {
+            panic!(
+                "{name}: {} bytes: lz4_flex rejects the block: {e}",
+                src.len()
+            )
+        });
+        assert!(back == *src, "{name}: {} bytes: round trip", src.len());
+    }
+    let blocks: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|s| lz4_flex::block::compress(s))
+        .collect();
+    let mut backs: Vec<Vec<u8>> = inputs.iter().map(|s| vec![0u8; s.len() + 100]).collect();
+    let mut jobs = DecompressJob::batch(&blocks, &mut backs);
+    engine.decompress(&mut jobs);
+    let lens: Vec<Option<usize>> = jobs.iter().map(|j| j.out_len).collect();
+    drop(jobs);
+    for (i, src) in inputs.iter().enumerate() {
+        assert_eq!(
+            lens[i],
+            Some(src.len()),
+            "{name}: {} bytes: decompressed length",
+            src.len()
+        );
+        assert!(
+            backs[i][..src.len()] == *src,
+            "{name}: {} bytes: decompressed bytes",
+            src.len()
+        );
+    }
+}
+
 /// Holds `engine` to no allocation per packet once warm: a warm-up round of seal, open,
 /// compress and decompress over packets of 0 to 9216 bytes (text and random), then three
 /// rounds in which no thread may allocate. Counts only with
@@ -710,5 +762,6 @@ mod tests {
     fn cpu_engine_passes_the_lz4_suite() {
         lz4_round_trips(&mut CpuEngine, 600, 256, 2);
         lz4_mutated_blocks(&mut CpuEngine, 2000, 3);
+        lz4_past_64_kib(&mut CpuEngine, 4);
     }
 }

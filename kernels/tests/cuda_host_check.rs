@@ -248,3 +248,57 @@ fn lz4_device_code_round_trips_with_lz4_flex() {
         assert_eq!(*g, None, "malformed block {i} accepted");
     }
 }
+
+/// Past the 9216-byte packets the data plane sends, the kernels still speak LZ4: inputs past
+/// 64 KiB compress (16-bit offsets: the matcher's window restarts every 64 KiB, so no match
+/// reaches further back than LZ4 allows), and blocks decompressing to more than 64 KiB
+/// decompress.
+#[test]
+fn lz4_device_code_handles_blocks_past_64_kib() {
+    let mut rng = Rng(47);
+    let mut inputs: Vec<Vec<u8>> = [65_534usize, 65_535, 65_536, 65_547, 100_000, 262_144]
+        .iter()
+        .map(|&n| compressible(&mut rng, n))
+        .collect();
+    // Sixteen random bytes seen again 66,016 bytes later, zeros between: the matcher remembers
+    // where it saw them (the zeros are one long match), but an offset that far is not LZ4's.
+    let mut far = vec![0u8; 16];
+    rng.fill(&mut far);
+    let marker = far.clone();
+    far.resize(66_016, 0);
+    far.extend_from_slice(&marker);
+    far.resize(far.len() + 100, 0);
+    inputs.push(far);
+    let mut rec = Vec::new();
+    for s in &inputs {
+        rec.extend_from_slice(&u32le(s.len() - 1));
+        rec.extend_from_slice(&u32le(s.len()));
+        rec.extend_from_slice(s);
+    }
+    let got = lz4_results(&run("lz4-compress", &rec));
+    assert_eq!(got.len(), inputs.len());
+    for (i, (src, out)) in inputs.iter().zip(&got).enumerate() {
+        let c = out
+            .as_ref()
+            .unwrap_or_else(|| panic!("input {i} ({} bytes) not compressed", src.len()));
+        let back = lz4_flex::block::decompress(c, src.len()).unwrap_or_else(|e| {
+            panic!("input {i} ({} bytes): lz4_flex rejects it: {e}", src.len())
+        });
+        assert!(back == *src, "input {i} ({} bytes) round trip", src.len());
+    }
+    let mut rec = Vec::new();
+    for s in &inputs {
+        let c = lz4_flex::block::compress(s);
+        rec.extend_from_slice(&u32le(s.len()));
+        rec.extend_from_slice(&u32le(c.len()));
+        rec.extend_from_slice(&c);
+    }
+    let got = lz4_results(&run("lz4-decompress", &rec));
+    for (i, src) in inputs.iter().enumerate() {
+        assert!(
+            got[i].as_deref() == Some(src.as_slice()),
+            "input {i} ({} bytes) does not decompress",
+            src.len()
+        );
+    }
+}

@@ -743,3 +743,13 @@ fn sim_mutated_lz4_blocks_decompress_as_lz4_flex_does() {
     suite::lz4_mutated_blocks(&mut e, 2000, 0xbad_b10c);
     assert_eq!(e.failures(), (0, None));
 }
+
+/// Blocks past 64 KiB, larger than any packet the data plane sends, through the engine's
+/// staging both ways.
+#[test]
+fn sim_lz4_blocks_past_64_kib_round_trip_both_ways() {
+    let _one = sim().serial();
+    let mut e = engine(Capacity::for_batch(1024, 9216));
+    suite::lz4_past_64_kib(&mut e, 0x64_c1b);
+    assert_eq!(e.failures(), (0, None));
+}

@@ -136,6 +136,8 @@ fn gpu_lz4_round_trips_with_lz4_flex_both_ways() {
     suite::lz4_round_trips(&mut e, 20_000, 4096, 0x1234);
     // Malformed blocks: refused exactly where lz4_flex refuses them.
     suite::lz4_mutated_blocks(&mut e, 20_000, 0xbad_b10c);
+    // Past 64 KiB: LZ4's 16-bit offsets, not a 64 KiB block.
+    suite::lz4_past_64_kib(&mut e, 0x64_c1b);
     no_failures(&e);
 }
 
