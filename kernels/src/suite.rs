@@ -415,6 +415,23 @@ pub fn compressible(rng: &mut Rng, size: usize) -> Vec<u8> {
 /// `engine` in batches of `batch`: each result must be smaller than its input and decompress
 /// with `lz4_flex` to the original; `None` only for input that `lz4_flex` cannot shrink by
 /// more than a few bytes either. Then `lz4_flex`-compressed packets must decompress with
+/// Compresses `inputs` in one batch on `engine`, each into LZ4's worst-case space: the
+/// outputs and each result's length (`None`: not compressed).
+fn compress_each(
+    engine: &mut dyn Engine,
+    inputs: &[Vec<u8>],
+) -> (Vec<Vec<u8>>, Vec<Option<usize>>) {
+    let mut outs: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|s| vec![0u8; crate::compress_bound(s.len())])
+        .collect();
+    let mut jobs = CompressJob::batch(inputs, &mut outs);
+    engine.compress(&mut jobs);
+    let lens = jobs.iter().map(|j| j.out_len).collect();
+    drop(jobs);
+    (outs, lens)
+}
+
 /// `engine` to the original, and malformed blocks must be refused.
 pub fn lz4_round_trips(engine: &mut dyn Engine, count: usize, batch: usize, seed: u64) {
     let mut rng = Rng(seed);
@@ -437,14 +454,7 @@ pub fn lz4_round_trips(engine: &mut dyn Engine, count: usize, batch: usize, seed
                 }
             })
             .collect();
-        let mut outs: Vec<Vec<u8>> = inputs
-            .iter()
-            .map(|s| vec![0u8; crate::compress_bound(s.len())])
-            .collect();
-        let mut jobs = CompressJob::batch(&inputs, &mut outs);
-        engine.compress(&mut jobs);
-        let lens: Vec<Option<usize>> = jobs.iter().map(|j| j.out_len).collect();
-        drop(jobs);
+        let (outs, lens) = compress_each(engine, &inputs);
         for (i, len) in lens.iter().enumerate() {
             let src = &inputs[i];
             match len {
@@ -536,14 +546,7 @@ pub fn lz4_past_64_kib(engine: &mut dyn Engine, seed: u64) {
         .iter()
         .map(|&n| compressible(&mut rng, n))
         .collect();
-    let mut outs: Vec<Vec<u8>> = inputs
-        .iter()
-        .map(|s| vec![0u8; crate::compress_bound(s.len())])
-        .collect();
-    let mut jobs = CompressJob::batch(&inputs, &mut outs);
-    engine.compress(&mut jobs);
-    let lens: Vec<Option<usize>> = jobs.iter().map(|j| j.out_len).collect();
-    drop(jobs);
+    let (outs, lens) = compress_each(engine, &inputs);
     let name = engine.name();
     for (i, src) in inputs.iter().enumerate() {
         let n = lens[i].unwrap_or_else(|| panic!("{name}: {} bytes not compressed", src.len()));
