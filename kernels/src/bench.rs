@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cpu::CpuEngine;
 use crate::cuda::{Capacity, CudaEngine, CudaError, Op};
+use crate::dispatch::Batch;
 use crate::dispatch::testing::{Fault, TestAccelerator};
 use crate::suite::{Rng, compressible};
 use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
@@ -59,6 +60,37 @@ pub struct GatherRow {
     pub auto_gpu_share: f64,
     /// The CPU engine, one per worker thread, same bursts, payload GB/s.
     pub cpu_gbps: f64,
+}
+
+/// Batch sizes of the small-batch rows: one packet, the data plane's burst, and eight
+/// workers' bursts gathered.
+pub const LATENCY_BATCHES: [usize; 3] = [1, WORKER_BATCH, 8 * WORKER_BATCH];
+/// Packet size of the small-batch rows.
+pub const LATENCY_SIZE: usize = 1408;
+
+/// One small batch's wall time: one call to the GPU end to end (staging, copies, kernels,
+/// results) beside the CPU engine on one thread, medians. A worker waiting for its burst's
+/// GPU batch waits `gpu`; `gpu / cpu` is how many bursts it would need in flight for the GPU
+/// path to keep pace with its own core, which decides whether a pipeline across bursts pays.
+#[derive(Clone, Debug)]
+pub struct LatencyRow {
+    /// Operation.
+    pub op: Op,
+    /// Packet size, bytes.
+    pub size: usize,
+    /// Packets per batch.
+    pub batch: usize,
+    /// The GPU's wall time for the batch.
+    pub gpu: Duration,
+    /// The CPU engine's, one thread.
+    pub cpu: Duration,
+}
+
+impl LatencyRow {
+    /// Bursts in flight the GPU path needs to keep pace with one core.
+    pub fn gpu_over_cpu(&self) -> f64 {
+        self.gpu.as_secs_f64() / self.cpu.as_secs_f64().max(1e-12)
+    }
 }
 
 /// What the live check of GPU batches against the CPU engine (`offload.verify_every`,
@@ -155,6 +187,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Sealing gathered from several workers.
     pub gathered: Vec<GatherRow>,
+    /// Small batches' wall times, GPU beside CPU.
+    pub latency: Vec<LatencyRow>,
     /// The live check's cost per operation and size.
     pub checks: Vec<CheckRow>,
     /// LZ4 compression, GPU beside CPU, per packet size.
@@ -493,19 +527,108 @@ fn check_cell(op: Op, size: usize, inp: &Inputs, budget: Duration) -> f64 {
     gbps(bytes, spent)
 }
 
-/// Runs `f` `reps` times and returns the median time.
-fn median(
-    reps: usize,
-    mut f: impl FnMut() -> Result<(), CudaError>,
-) -> Result<Duration, CudaError> {
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t0 = Instant::now();
-        f()?;
-        t.push(t0.elapsed());
+/// The first `n` packets of `inp`, ready to run `op` on again and again: the buffers an
+/// open decrypts in place are restored before each run, outside the time measured.
+struct Runs<'i> {
+    op: Op,
+    size: usize,
+    inp: &'i Inputs,
+    bufs: Vec<Vec<u8>>,
+    dst: Vec<Vec<u8>>,
+}
+
+impl<'i> Runs<'i> {
+    fn new(op: Op, size: usize, n: usize, inp: &'i Inputs) -> Self {
+        let bufs = match op {
+            Op::Open => inp.sealed[..n].to_vec(),
+            _ => inp.plain[..n].to_vec(),
+        };
+        let dst = vec![vec![0u8; crate::compress_bound(size).max(size)]; n];
+        Self {
+            op,
+            size,
+            inp,
+            bufs,
+            dst,
+        }
     }
-    t.sort();
-    Ok(t[t.len() / 2])
+
+    /// Runs the batch once through `run`, and how long `run` took (restoring the inputs
+    /// first is not counted). Every open must verify.
+    fn once(
+        &mut self,
+        run: &mut dyn FnMut(Batch<'_, '_>) -> Result<(), CudaError>,
+    ) -> Result<Duration, CudaError> {
+        let (inp, size, n) = (self.inp, self.size, self.bufs.len());
+        match self.op {
+            Op::Seal => {
+                let mut jobs = seal_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut self.bufs, size);
+                let t0 = Instant::now();
+                run(Batch::Seal(&mut jobs))?;
+                Ok(t0.elapsed())
+            }
+            Op::Open => {
+                self.bufs.clone_from_slice(&inp.sealed[..n]);
+                let mut jobs = open_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut self.bufs, size);
+                let t0 = Instant::now();
+                run(Batch::Open(&mut jobs))?;
+                let t = t0.elapsed();
+                assert!(jobs.iter().all(|j| j.ok), "an open failed in the benchmark");
+                Ok(t)
+            }
+            Op::Compress => {
+                let mut jobs = CompressJob::batch(&inp.text[..n], &mut self.dst);
+                let t0 = Instant::now();
+                run(Batch::Compress(&mut jobs))?;
+                Ok(t0.elapsed())
+            }
+            Op::Decompress => {
+                let mut jobs = DecompressJob::batch(&inp.packed[..n], &mut self.dst);
+                let t0 = Instant::now();
+                run(Batch::Decompress(&mut jobs))?;
+                Ok(t0.elapsed())
+            }
+        }
+    }
+
+    /// The median of `reps` runs.
+    fn median(
+        &mut self,
+        reps: usize,
+        run: &mut dyn FnMut(Batch<'_, '_>) -> Result<(), CudaError>,
+    ) -> Result<Duration, CudaError> {
+        let mut t = Vec::with_capacity(reps.max(1));
+        for _ in 0..reps.max(1) {
+            t.push(self.once(run)?);
+        }
+        t.sort();
+        Ok(t[t.len() / 2])
+    }
+}
+
+/// Runs a batch on the CUDA engine, end to end (staging, copies, kernels, results).
+fn on_gpu(gpu: &mut CudaEngine) -> impl FnMut(Batch<'_, '_>) -> Result<(), CudaError> + '_ {
+    let far = || Instant::now() + Duration::from_secs(60);
+    move |b| {
+        match b {
+            Batch::Seal(j) => gpu.try_seal(j, far()),
+            Batch::Open(j) => gpu.try_open(j, far()),
+            Batch::Compress(j) => gpu.try_compress(j, far()),
+            Batch::Decompress(j) => gpu.try_decompress(j, far()),
+        }
+        .map_err(|p| p.error)
+    }
+}
+
+/// Runs a batch on the CPU engine.
+fn on_cpu(b: Batch<'_, '_>) -> Result<(), CudaError> {
+    match b {
+        Batch::Seal(j) => CpuEngine.seal(j),
+        Batch::Open(j) => CpuEngine.open(j),
+        Batch::Compress(j) => CpuEngine.compress(j),
+        Batch::Decompress(j) => CpuEngine.decompress(j),
+    }
+    Ok(())
 }
 
 /// One GPU cell: kernel-only and end-to-end GB/s of `op` on `n` packets.
@@ -517,113 +640,51 @@ fn gpu_cell(
     inp: &Inputs,
     reps: usize,
 ) -> Result<(f64, f64), CudaError> {
-    let far = || Instant::now() + Duration::from_secs(60);
-    let bytes = size * n;
-    let err = |p: crate::cuda::Partial| p.error;
-    let (kernel, e2e) = match op {
+    let mut runs = Runs::new(op, size, n, inp);
+    let kernel = match op {
         Op::Seal => {
-            let mut bufs = inp.plain[..n].to_vec();
-            let k = {
-                let jobs = seal_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut bufs, size);
-                gpu.kernel_time_seal(&jobs, reps)?
-            };
-            let e = median(reps, || {
-                let mut jobs = seal_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut bufs, size);
-                gpu.try_seal(&mut jobs, far()).map_err(err)
-            })?;
-            (k, e)
+            let jobs = seal_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut runs.bufs, size);
+            gpu.kernel_time_seal(&jobs, reps)?
         }
         Op::Open => {
-            let mut bufs = inp.sealed[..n].to_vec();
-            let k = {
-                let jobs = open_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut bufs, size);
-                gpu.kernel_time_open(&jobs, reps)?
-            };
-            let e = median(reps, || {
-                bufs.clone_from_slice(&inp.sealed[..n]);
-                let mut jobs = open_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut bufs, size);
-                let r = gpu.try_open(&mut jobs, far()).map_err(err);
-                assert!(
-                    jobs.iter().all(|j| j.ok),
-                    "GPU open failed in the benchmark"
-                );
-                r
-            })?;
-            (k, e)
+            let jobs = open_jobs(&inp.keys, &inp.nonces, &inp.aad, &mut runs.bufs, size);
+            gpu.kernel_time_open(&jobs, reps)?
         }
         Op::Compress => {
-            let mut dst = vec![vec![0u8; crate::compress_bound(size)]; n];
-            let k = {
-                let jobs = CompressJob::batch(&inp.text[..n], &mut dst);
-                gpu.kernel_time_compress(&jobs, reps)?
-            };
-            let e = median(reps, || {
-                let mut jobs = CompressJob::batch(&inp.text[..n], &mut dst);
-                gpu.try_compress(&mut jobs, far()).map_err(err)
-            })?;
-            (k, e)
+            let jobs = CompressJob::batch(&inp.text[..n], &mut runs.dst);
+            gpu.kernel_time_compress(&jobs, reps)?
         }
         Op::Decompress => {
-            let mut dst = vec![vec![0u8; size]; n];
-            let k = {
-                let jobs = DecompressJob::batch(&inp.packed[..n], &mut dst);
-                gpu.kernel_time_decompress(&jobs, reps)?
-            };
-            let e = median(reps, || {
-                let mut jobs = DecompressJob::batch(&inp.packed[..n], &mut dst);
-                gpu.try_decompress(&mut jobs, far()).map_err(err)
-            })?;
-            (k, e)
+            let jobs = DecompressJob::batch(&inp.packed[..n], &mut runs.dst);
+            gpu.kernel_time_decompress(&jobs, reps)?
         }
     };
-    Ok((gbps(bytes, kernel), gbps(bytes, e2e)))
+    let e2e = runs.median(reps, &mut on_gpu(gpu))?;
+    Ok((gbps(size * n, kernel), gbps(size * n, e2e)))
 }
 
 /// The CPU engine on `threads` threads, each working through its own copy of 1024 packets
-/// for about `budget`: total payload GB/s.
+/// for about `budget`: total payload GB/s (the time the engine runs; restoring the packets an
+/// open decrypted is not counted).
 fn cpu_cell(op: Op, size: usize, inp: &Inputs, threads: usize, budget: Duration) -> f64 {
     let n = 1024.min(inp.plain.len());
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(move || {
-                    let mut done = 0usize;
-                    let mut plain = inp.plain[..n].to_vec();
-                    let mut sealed = inp.sealed[..n].to_vec();
-                    let mut dst = vec![vec![0u8; crate::compress_bound(size)]; n];
+                    let mut runs = Runs::new(op, size, n, inp);
+                    let (mut done, mut busy) = (0usize, Duration::ZERO);
                     // The clock starts after the set-up, and every thread runs at least one
                     // batch (on a loaded machine a thread may first run after the budget).
                     let t0 = Instant::now();
                     loop {
-                        match op {
-                            Op::Seal => CpuEngine.seal(&mut seal_jobs(
-                                &inp.keys,
-                                &inp.nonces,
-                                &inp.aad,
-                                &mut plain,
-                                size,
-                            )),
-                            Op::Open => {
-                                sealed.clone_from_slice(&inp.sealed[..n]);
-                                CpuEngine.open(&mut open_jobs(
-                                    &inp.keys,
-                                    &inp.nonces,
-                                    &inp.aad,
-                                    &mut sealed,
-                                    size,
-                                ));
-                            }
-                            Op::Compress => CpuEngine
-                                .compress(&mut CompressJob::batch(&inp.text[..n], &mut dst)),
-                            Op::Decompress => CpuEngine
-                                .decompress(&mut DecompressJob::batch(&inp.packed[..n], &mut dst)),
-                        }
+                        busy += runs.once(&mut on_cpu).unwrap_or_default();
                         done += n * size;
                         if t0.elapsed() >= budget {
                             break;
                         }
                     }
-                    (done, t0.elapsed())
+                    (done, busy)
                 })
             })
             .collect();
@@ -686,6 +747,7 @@ pub fn offload(
             });
         }
     }
+    let latency = latency_rows(&mut gpu, &mut rng, if reps >= 5 { 201 } else { reps })?;
     drop(gpu);
     // Worker-sized bursts (the data plane's 32) of 1408 bytes from 1, 2, 4 … workers.
     let mut workers: Vec<usize> = [1, 2, 4, 8, threads]
@@ -711,10 +773,39 @@ pub fn offload(
         cpu_threads: threads,
         rows,
         gathered,
+        latency,
         checks,
         ratios,
         kernels,
     })
+}
+
+/// Every operation on [`LATENCY_BATCHES`] of [`LATENCY_SIZE`]-byte packets, one call at a
+/// time on the GPU and on the CPU engine (this thread): medians of `reps`.
+fn latency_rows(
+    gpu: &mut CudaEngine,
+    rng: &mut Rng,
+    reps: usize,
+) -> Result<Vec<LatencyRow>, CudaError> {
+    let most = LATENCY_BATCHES.iter().copied().max().unwrap_or(1);
+    let inp = Inputs::new(LATENCY_SIZE, most, rng);
+    let mut rows = Vec::new();
+    for op in Op::ALL {
+        for batch in LATENCY_BATCHES {
+            let mut runs = Runs::new(op, LATENCY_SIZE, batch, &inp);
+            // One untimed run each first: the first call of a size stages cold memory.
+            runs.once(&mut on_gpu(gpu))?;
+            runs.once(&mut on_cpu)?;
+            rows.push(LatencyRow {
+                op,
+                size: LATENCY_SIZE,
+                batch,
+                gpu: runs.median(reps, &mut on_gpu(gpu))?,
+                cpu: runs.median(reps, &mut on_cpu)?,
+            });
+        }
+    }
+    Ok(rows)
 }
 
 /// The CPU engine alone, for a machine without a GPU: per operation and packet size, payload
@@ -878,6 +969,27 @@ impl Report {
         s.push_str(&gather_table(&self.gathered));
         let _ = writeln!(
             s,
+            "small batches, one call at a time: the GPU end to end beside the CPU engine on one thread (medians); gpu/cpu = bursts a worker needs in flight for the GPU path to keep pace with its core"
+        );
+        let _ = writeln!(
+            s,
+            "{:<10} {:>5} {:>6} {:>10} {:>10} {:>8}",
+            "op", "bytes", "batch", "gpu", "cpu", "gpu/cpu"
+        );
+        for l in &self.latency {
+            let _ = writeln!(
+                s,
+                "{:<10} {:>5} {:>6} {:>7.1} us {:>7.1} us {:>7.1}x",
+                l.op.name(),
+                l.size,
+                l.batch,
+                l.gpu.as_secs_f64() * 1e6,
+                l.cpu.as_secs_f64() * 1e6,
+                l.gpu_over_cpu()
+            );
+        }
+        let _ = writeln!(
+            s,
             "GPU batches checked against the CPU engine (offload.verify_every), one core; cores the checks take at the GPU's best e2e (1 batch in {CHECK_EVERY} whole, 1 packet of each other {WORKER_BATCH}-packet worker batch)"
         );
         let _ = writeln!(
@@ -979,6 +1091,19 @@ impl Report {
                 r.size,
                 r.gpu,
                 r.cpu
+            );
+        }
+        s.push_str("],\"latency\":[");
+        for (i, l) in self.latency.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}{{\"op\":\"{}\",\"size\":{},\"batch\":{},\"gpu_us\":{:.2},\"cpu_us\":{:.2}}}",
+                if i == 0 { "" } else { "," },
+                l.op.name(),
+                l.size,
+                l.batch,
+                l.gpu.as_secs_f64() * 1e6,
+                l.cpu.as_secs_f64() * 1e6
             );
         }
         s.push_str("],\"gathered\":");

@@ -618,6 +618,16 @@ fn sim_bench_offload_reports_every_cell_and_the_kernels() {
     );
     assert!(t.contains("wire bytes per input byte"), "{t}");
     assert_eq!(j.matches("\"gpu_ratio\":").count(), 1, "{j}");
+    // Small batches one call at a time, every operation at 1, 32 and 256 packets.
+    let batches = dwcp_kernels::bench::LATENCY_BATCHES;
+    assert_eq!(r.latency.len(), 4 * batches.len(), "{:?}", r.latency);
+    for (l, want) in r.latency.iter().zip(batches.iter().cycle()) {
+        assert_eq!((l.batch, l.size), (*want, 1408), "{l:?}");
+        assert!(l.gpu > Duration::ZERO && l.cpu > Duration::ZERO, "{l:?}");
+        assert!(l.gpu_over_cpu() > 0.0, "{l:?}");
+    }
+    assert!(t.contains("small batches, one call at a time"), "{t}");
+    assert_eq!(j.matches("\"gpu_us\":").count(), 12, "{j}");
 }
 
 /// The stand-in's own strictness, which the other tests rely on: a copy that runs past a
