@@ -446,6 +446,21 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         "Workers whose GPU engine is healthy.",
         &[(String::new(), g("offload_gpu_healthy"))],
     );
+    // Seconds, not integers: written here rather than through `family`.
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_offload_busy_seconds_total Time each engine spent on its share of the offload batches, by operation (the CPU engine's run; the GPU's call until its results were ready). Divide the bytes by it for each engine's achieved rate. Counted only while a GPU engine runs (a CPU-only node reads no clock per batch)."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_offload_busy_seconds_total counter");
+    for op in ["seal", "open", "compress", "decompress"] {
+        for path in ["cpu", "gpu"] {
+            let secs = g(&format!("offload_{op}_{path}_ns")) as f64 / 1e9;
+            let _ = writeln!(
+                o,
+                "dwcp_offload_busy_seconds_total{{node=\"{node}\",op=\"{op}\",engine=\"{path}\"}} {secs}"
+            );
+        }
+    }
     let (cin, cout) = (g("compress_in_bytes"), g("compress_out_bytes"));
     let ratio = if cout == 0 {
         1.0
@@ -529,6 +544,7 @@ mod tests {
         let at = |n: &str| stats::NAMES.iter().position(|x| *x == n).unwrap();
         v[at("offload_seal_gpu_batches")] = 7;
         v[at("offload_fallback_packets")] = 5;
+        v[at("offload_open_gpu_ns")] = 1_500_000_000;
         let text = render(
             &v,
             &Labels {
@@ -554,6 +570,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("dwcp_offload_fallback_packets_total{node=\"n1\"} 5"));
+        assert!(
+            text.contains(
+                "dwcp_offload_busy_seconds_total{node=\"n1\",op=\"open\",engine=\"gpu\"} 1.5\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("dwcp_offload_busy_seconds_total{").count(), 8);
         let gpu = render_gpu(
             &dwcp_kernels::monitor::GpuSnapshot {
                 name: "NVIDIA \"H100\"".into(),

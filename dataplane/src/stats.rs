@@ -75,6 +75,14 @@ pub const NAMES: &[&str] = &[
     "offload_corrected_packets",
     "offload_gpu_dropped_unchecked_packets",
     "offload_split_batches",
+    "offload_seal_cpu_ns",
+    "offload_seal_gpu_ns",
+    "offload_open_cpu_ns",
+    "offload_open_gpu_ns",
+    "offload_compress_cpu_ns",
+    "offload_compress_gpu_ns",
+    "offload_decompress_cpu_ns",
+    "offload_decompress_gpu_ns",
 ];
 
 /// Number of counters.
@@ -171,6 +179,14 @@ pub fn flatten(
         d.corrected_jobs,
         d.dropped_unchecked,
         d.split_batches,
+        d.nanos[0][0],
+        d.nanos[0][1],
+        d.nanos[1][0],
+        d.nanos[1][1],
+        d.nanos[2][0],
+        d.nanos[2][1],
+        d.nanos[3][0],
+        d.nanos[3][1],
     ]
 }
 
@@ -387,6 +403,7 @@ mod tests {
             corrected_jobs: 3,
             split_batches: 13,
             dropped_unchecked: 13,
+            nanos: [[1, 2], [3, 4], [5, 6], [7, 8]],
             ..Default::default()
         };
         let v = flatten(
@@ -402,5 +419,14 @@ mod tests {
         assert_eq!(get(&v, "offload_corrected_packets"), 3);
         assert_eq!(get(&v, "offload_split_batches"), 13);
         assert_eq!(get(&v, "offload_gpu_dropped_unchecked_packets"), 13);
+        for (i, op) in ["seal", "open", "compress", "decompress"]
+            .iter()
+            .enumerate()
+        {
+            for (j, path) in ["cpu", "gpu"].iter().enumerate() {
+                let want = (2 * i + j + 1) as u64;
+                assert_eq!(get(&v, &format!("offload_{op}_{path}_ns")), want);
+            }
+        }
     }
 }

@@ -263,6 +263,12 @@ pub struct Stats {
     pub gpu_share: [Option<f64>; 4],
     /// Measured cost per byte, ns, per operation and path, at the batch size measured last.
     pub ns_per_byte: [[Option<f64>; 2]; 4],
+    /// Nanoseconds each path spent on its share of the batches, per operation and path: the
+    /// CPU engine's run, the accelerator's call until its results were ready (with the checks
+    /// of an accelerator the caller waits for). With [`Stats::bytes`], each path's achieved
+    /// rate. Counted only while an accelerator can be chosen: a CPU-only dispatcher reads no
+    /// clock on the packet path.
+    pub nanos: [[u64; 2]; 4],
 }
 
 /// Dispatcher settings.
@@ -457,6 +463,7 @@ impl Dispatcher {
         let (o, p) = (op.index(), path as usize);
         self.stats.batches[o][p] += 1;
         self.stats.bytes[o][p] += bytes as u64;
+        self.stats.nanos[o][p] += u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
         if bytes > 0 {
             let ns = t.as_nanos() as f64 / bytes as f64;
             let c = class_of(batch);
@@ -1139,6 +1146,32 @@ mod tests {
     /// An accelerator the caller waits for is charged the checks of its batches: one exactly
     /// as fast as the CPU, every batch checked whole, costs the caller twice the CPU's time
     /// and gets exploration only.
+    #[test]
+    fn each_path_counts_the_time_it_spent() {
+        // A GPU 2 ms slower per batch than its work: `on` sends it everything.
+        let acc = TestAccelerator::new(Fault::None, Duration::from_millis(2));
+        let mut d = dispatcher(Mode::On, acc, Duration::from_secs(1));
+        for i in 0..5 {
+            seal_both(&mut d, 8, i);
+        }
+        let s = d.stats();
+        assert_eq!(s.batches[0], [0, 5]);
+        assert!(s.nanos[0][1] >= 5 * 2_000_000, "{:?}", s.nanos);
+        assert_eq!(s.nanos[0][0], 0, "{:?}", s.nanos);
+        // With the GPU out, the CPU's batches are timed instead.
+        d.set.mode = Mode::Auto;
+        d.stats.gpu_healthy = false;
+        d.retry_at = Some(Instant::now() + Duration::from_secs(60));
+        seal_both(&mut d, 8, 9);
+        let s = d.stats();
+        assert_eq!(s.batches[0], [1, 5]);
+        assert!(s.nanos[0][0] > 0, "{:?}", s.nanos);
+        // A dispatcher with no accelerator reads no clock: nothing is timed.
+        let mut cpu = Dispatcher::new(None, Settings::default());
+        seal_both(&mut cpu, 8, 10);
+        assert_eq!(cpu.stats().nanos, [[0; 2]; 4]);
+    }
+
     #[test]
     fn auto_charges_a_waited_for_accelerator_its_checks() {
         let acc = TestAccelerator::new(Fault::None, Duration::ZERO);

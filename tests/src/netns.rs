@@ -286,6 +286,16 @@ pub fn wait_for_line(log: &Path, needle: &str, timeout: Duration) -> String {
 
 /// The value of the first sample in Prometheus `text` whose line starts with `name`.
 pub fn metric(text: &str, name: &str) -> u64 {
+    sample(text, name)
+}
+
+/// The value of the sample `name` (its labels included) in Prometheus `text`, as a float
+/// (seconds, ratios).
+pub fn metric_f(text: &str, name: &str) -> f64 {
+    sample(text, name)
+}
+
+fn sample<T: std::str::FromStr>(text: &str, name: &str) -> T {
     text.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.rsplit(' ').next())

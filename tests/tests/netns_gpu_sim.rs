@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use dwcp_tests::netns::{
-    GatewayConfig, Lab, Sites, checked_transfer, is_root, metric, wait_for_line,
+    GatewayConfig, Lab, Sites, checked_transfer, is_root, metric, metric_f, wait_for_line,
 };
 
 /// Pings host B from host A `count` times: whether none was lost, and ping's report.
@@ -148,6 +148,12 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     for op in ["seal", "open", "compress"] {
         assert!(batches(op, "gpu") > 0, "{op} on the GPU path:\n{m}");
         assert_eq!(batches(op, "cpu"), 0, "{op} on the CPU:\n{m}");
+        // The GPU's busy time is counted (the operators' achieved rate: bytes over it).
+        let busy = metric_f(
+            &m,
+            &format!("dwcp_offload_busy_seconds_total{{node=\"gw-a\",op=\"{op}\",engine=\"gpu\"}}"),
+        );
+        assert!(busy > 0.0, "{op}: GPU busy {busy} s:\n{m}");
     }
     assert_eq!(
         metric(&m, "dwcp_offload_fallback_packets_total{node=\"gw-a\"}"),
