@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 use dwcp_provisioning::NodeConfig;
-use dwcp_provisioning::schema::{Backend, Compression, Port, PortRole};
+use dwcp_provisioning::schema::{BURST_MAX, Backend, Compression, Port, PortRole};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -25,8 +25,11 @@ use crate::stats::{self, WorkerStats};
 use crate::tunnel::{Params, PeerSpec, Tunnel};
 use crate::worker::{Reload, Worker};
 
-/// Output frames per worker burst (a LAN burst, a WAN burst and timers).
-const TX_FRAMES: usize = crate::worker::BURST * 3;
+/// Output frames per worker for bursts of `burst` frames (a LAN burst, a WAN burst and
+/// timers).
+fn tx_frames(burst: usize) -> usize {
+    burst * 3
+}
 /// Frames another worker can hand over before they are processed locally instead.
 const INBOX_FRAMES: usize = 1024;
 
@@ -327,7 +330,9 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     // Packet buffers for every worker's output frames and inbox, in one region.
-    let per_worker = TX_FRAMES + INBOX_FRAMES;
+    let burst = usize::from(cfg.dataplane.burst).clamp(1, usize::from(BURST_MAX));
+    let tx_frames = tx_frames(burst);
+    let per_worker = tx_frames + INBOX_FRAMES;
     let size = crate::gateway::FRAME_MAX.max(crate::io::memory::FRAME_MAX);
     let (mut bufs, backing) =
         crate::pool::buffers(per_worker * workers, size).map_err(|source| StartError::Open {
@@ -336,14 +341,14 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             source,
         })?;
     println!(
-        "dwcp-dataplane: {} packet buffers ({} MiB) on {backing}",
+        "dwcp-dataplane: {} packet buffers ({} MiB) on {backing}; bursts of up to {burst} frames per poll",
         bufs.len(),
         (bufs.len() * size.div_ceil(64) * 64) >> 20
     );
     // Output frames on a DPDK port are built straight in mbufs, which the port sends without
     // copying (zero-copy TX); other backends copy from the start-up region.
     let mut mbufs = if cfg.ports.iter().any(|p| p.backend == Backend::Dpdk) {
-        crate::io::dpdk::tx_buffers(TX_FRAMES * workers, crate::gateway::FRAME_MAX, 2 * workers)?
+        crate::io::dpdk::tx_buffers(tx_frames * workers, crate::gateway::FRAME_MAX, 2 * workers)?
     } else {
         Vec::new()
     };
@@ -352,9 +357,9 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     for _ in 0..workers {
         let rest = bufs.split_off(per_worker);
         let mut mine = std::mem::replace(&mut bufs, rest);
-        let inbox = mine.split_off(TX_FRAMES);
-        if mbufs.len() >= TX_FRAMES {
-            let rest = mbufs.split_off(TX_FRAMES);
+        let inbox = mine.split_off(tx_frames);
+        if mbufs.len() >= tx_frames {
+            let rest = mbufs.split_off(tx_frames);
             mine = std::mem::replace(&mut mbufs, rest);
         }
         tx_batches.push(TxBatch::with_buffers(mine));
@@ -417,7 +422,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         let gateway = Gateway::new(gcfg, tunnel, engine);
         let worker = Worker {
             id,
-            tx: tx_batches.next().unwrap_or_else(|| TxBatch::new(TX_FRAMES)),
+            tx: tx_batches.next().unwrap_or_else(|| TxBatch::new(tx_frames)),
+            burst,
             lan: lan_port,
             wan: wan_port,
             gateway,
@@ -511,6 +517,9 @@ impl Running {
         if old.cores.dataplane != new.cores.dataplane {
             needs_restart.push("cores");
         }
+        if old.dataplane.burst != new.dataplane.burst {
+            needs_restart.push("dataplane burst");
+        }
         if old.tunnel.private_key != new.tunnel.private_key
             || old.tunnel.listen_port != new.tunnel.listen_port
         {
@@ -562,6 +571,7 @@ impl Running {
         // What runs is still the old ports, cores, keys and metrics address.
         kept.ports = old.ports.clone();
         kept.cores = old.cores.clone();
+        kept.dataplane = old.dataplane.clone();
         kept.tunnel.private_key = old.tunnel.private_key.clone();
         kept.tunnel.listen_port = old.tunnel.listen_port;
         kept.metrics = old.metrics.clone();

@@ -280,6 +280,8 @@ pub struct OffloadCheck {
     pub crypto_batches: u64,
     /// Compress and decompress batches (both paths).
     pub compress_batches: u64,
+    /// Frames per burst (per engine batch).
+    pub burst: usize,
     /// The offload dispatcher's counters (all zero without one): among them how its GPU
     /// batches were checked against the CPU engine and the GPU's last failure.
     pub offload: dwcp_kernels::dispatch::Stats,
@@ -436,7 +438,11 @@ fn decap_bursts(
 /// tunnel pair where one side runs the offload engine `mode` selects and the other the CPU
 /// engine, both ways, in bursts of a worker's size (seals and opens batched per burst), and
 /// checks every delivered packet.
-pub fn offload_check(mode: dwcp_provisioning::schema::GpuMode, packets: usize) -> OffloadCheck {
+pub fn offload_check(
+    mode: dwcp_provisioning::schema::GpuMode,
+    packets: usize,
+    burst: usize,
+) -> OffloadCheck {
     let cfg = dwcp_provisioning::schema::Offload {
         gpu: mode,
         ..Default::default()
@@ -465,7 +471,7 @@ pub fn offload_check(mode: dwcp_provisioning::schema::GpuMode, packets: usize) -
         .collect();
     let bytes: u64 = inputs.iter().map(|p| p.len() as u64).sum();
     let now = Duration::from_secs(1);
-    let burst = crate::worker::BURST;
+    let burst = burst.max(1);
     let matches = |got: &[Option<Vec<u8>>]| {
         packets
             - inputs
@@ -515,6 +521,7 @@ pub fn offload_check(mode: dwcp_provisioning::schema::GpuMode, packets: usize) -
         batches,
         crypto_batches,
         compress_batches,
+        burst,
         offload: stats.cloned().unwrap_or_default(),
     }
 }
@@ -540,7 +547,7 @@ impl OffloadCheck {
             o.split_batches,
             self.crypto_batches,
             self.compress_batches,
-            crate::worker::BURST,
+            self.burst,
             o.verified_batches,
             o.spot_checked_batches,
             o.rechecked_refusals,
@@ -641,7 +648,7 @@ mod offload_tests {
             dwcp_provisioning::schema::GpuMode::Off,
             dwcp_provisioning::schema::GpuMode::Auto,
         ] {
-            let c = offload_check(mode, 500);
+            let c = offload_check(mode, 500, crate::worker::BURST);
             assert_eq!(c.mismatches, 0, "{}", c.text());
             // Every operation in 16 bursts of up to 32 each.
             assert_eq!(c.crypto_batches, 32, "{}", c.text());
@@ -887,8 +894,8 @@ pub struct GatewayPair {
 }
 
 impl GatewayPair {
-    /// A pair carrying `size`-byte inner packets of `kind`.
-    pub fn new(size: usize, kind: Payload) -> Self {
+    /// A pair carrying `size`-byte inner packets of `kind`, `burst` frames at a time.
+    pub fn new(size: usize, kind: Payload, burst: usize) -> Self {
         use crate::gateway::{Gateway, GatewayConfig, PortAddr, TxBatch};
         const A_LAN: [u8; 6] = [2, 0, 0, 0, 0xa, 1];
         const A_WAN: [u8; 6] = [2, 0, 0, 0, 0xa, 0xf];
@@ -896,7 +903,7 @@ impl GatewayPair {
         const B_WAN: [u8; 6] = [2, 0, 0, 0, 0xb, 0xf];
         const HOST_A: [u8; 6] = [2, 0, 0, 0, 0xa, 2];
         const HOST_B: [u8; 6] = [2, 0, 0, 0, 0xb, 2];
-        let burst = crate::worker::BURST;
+        let burst = burst.max(1);
         let (ta, tb) = pair(kind != Payload::Plain);
         let port = |mac, net: &str| PortAddr {
             mac,
@@ -1022,9 +1029,15 @@ impl GatewayPair {
     }
 }
 
-/// Measures one size and payload through a gateway pair for about `budget`.
-pub fn gateway_row(size: usize, kind: Payload, budget: Duration) -> Result<GatewayRow, String> {
-    let mut pair = GatewayPair::new(size, kind);
+/// Measures one size and payload through a gateway pair, `burst` frames at a time, for about
+/// `budget`.
+pub fn gateway_row(
+    size: usize,
+    kind: Payload,
+    burst: usize,
+    budget: Duration,
+) -> Result<GatewayRow, String> {
+    let mut pair = GatewayPair::new(size, kind, burst);
     let (mut n, mut t_a, mut t_b) = (0u64, Duration::ZERO, Duration::ZERO);
     let t0 = Instant::now();
     while t0.elapsed() < budget {
@@ -1044,22 +1057,22 @@ pub fn gateway_row(size: usize, kind: Payload, budget: Duration) -> Result<Gatew
 }
 
 /// The gateway rows at 64, 512 and 1408 bytes: compression off, on with compressible data,
-/// and on with a compressible and a random flow interleaved.
-pub fn gateway_rows(budget: Duration) -> Result<Vec<GatewayRow>, String> {
+/// and on with a compressible and a random flow interleaved; `burst` frames at a time.
+pub fn gateway_rows(burst: usize, budget: Duration) -> Result<Vec<GatewayRow>, String> {
     let mut rows = Vec::new();
     for size in [64, 512, 1408] {
         for kind in [Payload::Plain, Payload::Compressible, Payload::Mixed] {
-            rows.push(gateway_row(size, kind, budget)?);
+            rows.push(gateway_row(size, kind, burst, budget)?);
         }
     }
     Ok(rows)
 }
 
-/// The gateway rows as a table.
-pub fn gateway_table(rows: &[GatewayRow]) -> String {
+/// The gateway rows, measured in bursts of `burst`, as a table.
+pub fn gateway_table(rows: &[GatewayRow], burst: usize) -> String {
     let mut s = format!(
         "gateway pair, one worker's path (its dispatcher without a GPU: the CPU engine; bursts of {})\n{:<5} {:<17} {:>14} {:>14} {:>11} {:>11} {:>13} {:>13}\n",
-        crate::worker::BURST,
+        burst,
         "size",
         "compression",
         "lan→wan ns/pkt",
@@ -1097,11 +1110,16 @@ mod gateway_bench_tests {
     #[test]
     fn every_packet_crosses_the_gateway_pair_both_with_and_without_compression() {
         for kind in [Payload::Plain, Payload::Compressible, Payload::Mixed] {
-            let r = gateway_row(512, kind, Duration::from_millis(30)).unwrap();
+            let r = gateway_row(512, kind, 32, Duration::from_millis(30)).unwrap();
             assert!(r.lan_to_wan_ns > 0.0 && r.wan_to_lan_ns > 0.0, "{r:?}");
         }
-        let t =
-            gateway_table(&[gateway_row(64, Payload::Plain, Duration::from_millis(10)).unwrap()]);
+        let t = gateway_table(
+            &[gateway_row(64, Payload::Plain, 32, Duration::from_millis(10)).unwrap()],
+            32,
+        );
         assert_eq!(t.lines().count(), 3, "{t}");
+        // A larger burst carries every packet too.
+        let r = gateway_row(1408, Payload::Mixed, 256, Duration::from_millis(30)).unwrap();
+        assert!(r.lan_to_wan_ns > 0.0 && r.wan_to_lan_ns > 0.0, "{r:?}");
     }
 }

@@ -116,7 +116,7 @@ fn bench(args: Vec<String>) -> ExitCode {
     }
     if args.first().map(String::as_str) != Some("pipeline") {
         eprintln!(
-            "usage: dwcp-dataplane bench pipeline [--json] [--seconds S] [--offload on|off|auto [--packets N]] [--backend memory|dpdk]\n       \
+            "usage: dwcp-dataplane bench pipeline [--json] [--seconds S] [--burst N] [--offload on|off|auto [--packets N]] [--backend memory|dpdk]\n       \
              dwcp-dataplane bench offload [--json] [--device N] [--quick]"
         );
         return ExitCode::from(2);
@@ -128,6 +128,20 @@ fn bench(args: Vec<String>) -> ExitCode {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
+    // A worker's burst (`dataplane.burst`) for the gateway pair and the offload check.
+    let burst = args
+        .iter()
+        .position(|a| a == "--burst")
+        .and_then(|i| args.get(i + 1))
+        .map_or(Ok(dwcp_dataplane::worker::BURST), |s| s.parse::<usize>());
+    let max = usize::from(dwcp_provisioning::schema::BURST_MAX);
+    let burst = match burst {
+        Ok(b @ 1..) if b <= max => b,
+        _ => {
+            eprintln!("dwcp-dataplane: --burst: expected a whole number of frames, 1 to {max}");
+            return ExitCode::from(2);
+        }
+    };
     let offload = args
         .iter()
         .position(|a| a == "--offload")
@@ -153,7 +167,7 @@ fn bench(args: Vec<String>) -> ExitCode {
             eprintln!("dwcp-dataplane: --packets: expected a whole number of packets above 0");
             return ExitCode::from(2);
         };
-        let check = dwcp_dataplane::bench::offload_check(mode, packets);
+        let check = dwcp_dataplane::bench::offload_check(mode, packets, burst);
         print!("{}", check.text());
         if check.mismatches != 0 {
             return ExitCode::FAILURE;
@@ -191,8 +205,8 @@ fn bench(args: Vec<String>) -> ExitCode {
     }
     print!("{}", dwcp_dataplane::bench::table(&rows));
     let budget = std::time::Duration::from_secs_f64(seconds.clamp(0.05, 60.0) / 2.0);
-    match dwcp_dataplane::bench::gateway_rows(budget) {
-        Ok(rows) => print!("\n{}", dwcp_dataplane::bench::gateway_table(&rows)),
+    match dwcp_dataplane::bench::gateway_rows(burst, budget) {
+        Ok(rows) => print!("\n{}", dwcp_dataplane::bench::gateway_table(&rows, burst)),
         Err(e) => {
             eprintln!("dwcp-dataplane: bench through the gateway pair: {e}");
             return ExitCode::FAILURE;

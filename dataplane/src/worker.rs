@@ -13,7 +13,7 @@ use crate::io::PacketPort;
 use crate::io::memory::Mailbox;
 use crate::stats::{Histogram, LoopCounters, STAGES, WorkerStats, flatten};
 
-/// Frames taken from a port per poll.
+/// Frames taken from a port per poll unless `dataplane.burst` says otherwise.
 pub const BURST: usize = 32;
 /// Empty polls before the worker starts napping.
 const SPIN_BEFORE_NAP: u32 = 256;
@@ -39,8 +39,10 @@ pub struct Worker {
     pub wan: Box<dyn PacketPort>,
     /// Its gateway and tunnel.
     pub gateway: Gateway,
-    /// Output frame buffers.
+    /// Output frame buffers (room for three bursts).
     pub tx: TxBatch,
+    /// Most frames taken from a port (or the inbox) per poll: `dataplane.burst`.
+    pub burst: usize,
     /// Frames other workers hand to this one.
     pub inbox: Arc<Mailbox>,
     /// Every worker's inbox, by worker number.
@@ -124,6 +126,7 @@ impl Worker {
             wan,
             gateway,
             tx,
+            burst,
             inbox,
             inboxes,
             stats,
@@ -135,7 +138,7 @@ impl Worker {
             let now = epoch.elapsed();
             let mut work = 0;
             let t0 = Instant::now();
-            let n = lan.rx_burst(BURST, &mut |f| gateway.from_lan(f, tx, now));
+            let n = lan.rx_burst(*burst, &mut |f| gateway.from_lan(f, tx, now));
             // The burst's WAN messages, compressed in one engine batch and sealed in another.
             loop_counters.seal_refused += gateway.finish_burst(tx, now) as u64;
             if n > 0 {
@@ -152,7 +155,7 @@ impl Worker {
                 &mut hist[2],
             );
             let t0 = Instant::now();
-            let n = wan.rx_burst(BURST, &mut |f| match wan_owner(f) {
+            let n = wan.rx_burst(*burst, &mut |f| match wan_owner(f) {
                 Some(owner) if owner != *id => {
                     // Not our session: the owning worker decrypts it, in order.
                     if inboxes.get(usize::from(owner)).is_some_and(|b| b.push(f)) {
@@ -179,7 +182,7 @@ impl Worker {
                 &mut hist[2],
             );
             let mut handed = 0;
-            while handed < BURST && inbox.pop(&mut |f| gateway.from_wan(f, tx, now)) {
+            while handed < *burst && inbox.pop(&mut |f| gateway.from_wan(f, tx, now)) {
                 handed += 1;
             }
             work += handed;

@@ -103,6 +103,18 @@ fn net_ring_round_trips_frames_through_the_packet_port_trait() {
         5_000,
         "every frame either delivered or counted"
     );
+    // A burst larger than one driver call's 64 (`dataplane.burst` up to 256) comes in one
+    // poll, and a poll takes no more than asked.
+    let frame = vec![0x42u8; 100];
+    for _ in 0..200 {
+        assert!(port.tx(&frame));
+    }
+    port.flush();
+    assert_eq!(port.take_dropped(), 0);
+    let mut seen = 0usize;
+    assert_eq!(port.rx_burst(150, &mut |_| seen += 1), 150);
+    assert_eq!(port.rx_burst(256, &mut |_| seen += 1), 50);
+    assert_eq!(seen, 200);
     // The EAL starts once per process; later calls report the first result.
     assert!(dpdk::init(&["other".to_owned()]).is_ok());
     // A device that is not there is named.

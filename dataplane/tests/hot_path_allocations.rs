@@ -16,7 +16,7 @@ static COUNTING: Counting = Counting;
 fn bursts_through_a_gateway_pair_allocate_nothing_once_warm() {
     for size in [64, 1408, 8900] {
         for kind in [Payload::Plain, Payload::Compressible, Payload::Mixed] {
-            let mut pair = GatewayPair::new(size, kind);
+            let mut pair = GatewayPair::new(size, kind, dwcp_dataplane::worker::BURST);
             // Warm-up: per-thread compression state, and the random flow's gate backing off.
             for _ in 0..8 {
                 pair.burst().unwrap();

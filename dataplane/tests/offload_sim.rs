@@ -13,7 +13,7 @@ fn the_pipeline_with_offload_on_through_the_cuda_engine_matches_the_cpu() {
     let dir = std::env::temp_dir().join(format!("dwcp-sim-cuda-{}", std::process::id()));
     let lib = dwcp_kernels::sim::build(&dir).unwrap_or_else(|e| panic!("{e}"));
     dwcp_kernels::cuda::use_driver(&lib).expect("load the simulated driver");
-    let c = offload_check(GpuMode::On, 500);
+    let c = offload_check(GpuMode::On, 500, dwcp_dataplane::worker::BURST);
     let text = c.text();
     assert!(
         text.contains(dwcp_kernels::sim::DEVICE_NAME),

@@ -30,6 +30,8 @@ pub const REPLAY_WINDOW_MAX: u32 = 4096;
 pub const MAX_BATCH_MAX: u32 = 65536;
 /// Largest offload batching delay, in microseconds.
 pub const MAX_DELAY_US_MAX: u32 = 10_000;
+/// Most frames a worker takes from a port per poll.
+pub const BURST_MAX: u16 = 256;
 
 /// One appliance node's configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -56,6 +58,9 @@ pub struct NodeConfig {
     pub ports: Vec<Port>,
     /// The DWCP tunnel: this node's key and its peers.
     pub tunnel: Tunnel,
+    /// How the data-plane workers poll.
+    #[serde(default)]
+    pub dataplane: Dataplane,
     /// GPU offload of encryption and compression.
     #[serde(default)]
     pub offload: Offload,
@@ -110,6 +115,36 @@ pub struct Cores {
     /// At least one.
     #[schemars(inner(range(max = 4095)))]
     pub dataplane: Vec<u16>,
+}
+
+/// The data-plane workers' polling.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dataplane {
+    /// Most frames a worker takes from a port per poll, 1 to 256. Each burst's messages are
+    /// sealed (and opened, compressed, decompressed) in one engine batch, so a larger burst
+    /// spreads a GPU's fixed cost per batch over more packets (`dwcp bench offload` prints
+    /// that cost: its small-batch rows); a poll takes what has arrived, so bursts are short
+    /// under light load whatever the setting. On the CPU engine alone larger bursts cost a
+    /// little (more packets than the caches hold; `dwcp-dataplane bench pipeline --burst N`
+    /// measures it). Output buffers per worker: three bursts.
+    #[serde(default = "Dataplane::default_burst")]
+    #[schemars(range(min = 1, max = 256))]
+    pub burst: u16,
+}
+
+impl Dataplane {
+    fn default_burst() -> u16 {
+        32
+    }
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Self {
+            burst: Self::default_burst(),
+        }
+    }
 }
 
 /// Hugepage reservation.

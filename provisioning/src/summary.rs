@@ -40,10 +40,11 @@ pub fn summary(c: &NodeConfig) -> String {
     let _ = writeln!(o, "management  {nic}, {}{gw}", m.address);
     let _ = writeln!(
         o,
-        "cores       housekeeping {} | data plane {} ({} workers)",
+        "cores       housekeeping {} | data plane {} ({} workers, bursts of up to {})",
         list(&c.cores.housekeeping),
         list(&c.cores.dataplane),
-        c.cores.dataplane.len()
+        c.cores.dataplane.len(),
+        c.dataplane.burst
     );
     let h = &c.hugepages;
     let split = if h.per_numa_node.is_empty() {

@@ -519,3 +519,27 @@ fn gpu_check_sampling_is_bounded() {
         );
     }
 }
+
+#[test]
+fn the_burst_is_bounded() {
+    for burst in ["0", "257", "-1"] {
+        assert_errors(
+            &[(
+                "[metrics]",
+                &format!("[dataplane]\nburst = {burst}\n\n[metrics]"),
+            )],
+            &[&format!(
+                "52:9: dataplane.burst: {burst} is out of range: must be 1 to 256"
+            )],
+        );
+    }
+    for burst in ["1", "32", "256"] {
+        assert_errors(
+            &[(
+                "[metrics]",
+                &format!("[dataplane]\nburst = {burst}\n\n[metrics]"),
+            )],
+            &[],
+        );
+    }
+}

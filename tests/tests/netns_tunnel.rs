@@ -137,7 +137,12 @@ fn tunnel(dpdk: bool) {
             allowed,
             cores,
             dpdk,
-            extra: "",
+            // Gateway B polls in the largest bursts allowed; A in the default 32.
+            extra: if name == "gw-b" {
+                "[dataplane]\nburst = 256\n"
+            } else {
+                ""
+            },
         }
         .text()
     };
@@ -180,6 +185,11 @@ fn tunnel(dpdk: bool) {
     lab.spawn(&gb, dp, &["--config", cfg_b.to_str().unwrap()], &log_b);
     wait_for_line(&log_a, "dwcp-dataplane: ready", Duration::from_secs(20));
     wait_for_line(&log_b, "dwcp-dataplane: ready", Duration::from_secs(20));
+    let said = std::fs::read_to_string(&log_b).unwrap_or_default();
+    assert!(
+        said.contains("bursts of up to 256 frames per poll"),
+        "gateway B's burst:\n{said}"
+    );
 
     // Capture the WAN link from the start, where gateway B receives it (gateway A's own
     // packet socket bypasses the qdisc and, with it, the capture taps on A's side).

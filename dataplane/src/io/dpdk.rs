@@ -455,27 +455,36 @@ impl DpdkQueue {
 impl PacketPort for DpdkQueue {
     fn rx_burst(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> usize {
         self.register();
-        let want = u16::try_from(max.min(BURST)).unwrap_or(0);
-        // SAFETY: rx has room for BURST ≥ want pointers; this thread owns the queue.
-        let n = usize::from(unsafe {
-            sys::dwcp_rx_burst(self.port, self.queue, self.rx.as_mut_ptr(), want)
-        });
-        for &m in &self.rx[..n] {
-            let (mut len, mut segs) = (0u16, 0u16);
-            // SAFETY: m is an mbuf the device just handed us.
-            let data = unsafe { sys::dwcp_mbuf_data(m, &raw mut len, &raw mut segs) };
-            if segs == 1 && !data.is_null() {
-                // SAFETY: data points to len initialised bytes inside m, alive until freed.
-                f(unsafe { std::slice::from_raw_parts(data, usize::from(len)) });
+        // Up to BURST mbufs per driver call; a larger burst takes several while they come
+        // back full.
+        let mut total = 0;
+        while total < max {
+            let want = u16::try_from((max - total).min(BURST)).unwrap_or(0);
+            // SAFETY: rx has room for BURST ≥ want pointers; this thread owns the queue.
+            let n = usize::from(unsafe {
+                sys::dwcp_rx_burst(self.port, self.queue, self.rx.as_mut_ptr(), want)
+            });
+            for &m in &self.rx[..n] {
+                let (mut len, mut segs) = (0u16, 0u16);
+                // SAFETY: m is an mbuf the device just handed us.
+                let data = unsafe { sys::dwcp_mbuf_data(m, &raw mut len, &raw mut segs) };
+                if segs == 1 && !data.is_null() {
+                    // SAFETY: data points to len initialised bytes inside m, alive until freed.
+                    f(unsafe { std::slice::from_raw_parts(data, usize::from(len)) });
+                }
+            }
+            if n > 0 {
+                // SAFETY: the n mbufs are ours and no longer referenced.
+                unsafe {
+                    sys::dwcp_mbuf_free_bulk(self.rx.as_mut_ptr(), u32::try_from(n).unwrap_or(0))
+                };
+            }
+            total += n;
+            if n < usize::from(want) {
+                break;
             }
         }
-        if n > 0 {
-            // SAFETY: the n mbufs are ours and no longer referenced.
-            unsafe {
-                sys::dwcp_mbuf_free_bulk(self.rx.as_mut_ptr(), u32::try_from(n).unwrap_or(0))
-            };
-        }
-        n
+        total
     }
 
     fn tx(&mut self, frame: &[u8]) -> bool {

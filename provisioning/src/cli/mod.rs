@@ -169,6 +169,10 @@ enum BenchCommand {
         /// beside `dpdk-testpmd` forwarding on the same kind of device.
         #[arg(long, value_name = "BACKEND")]
         backend: Option<String>,
+        /// Frames per burst (per engine batch) through the gateway pair and the offload check,
+        /// as `dataplane.burst` sets a worker's (1 to 256).
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+        burst: u16,
     },
     /// The GPU engine: seal, open, compress and decompress at 64, 512, 1408 and 9000 bytes and
     /// batches of 256 to 65536 — kernel-only and end-to-end GB/s — against the pinned copy
@@ -432,8 +436,10 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
                     seconds,
                     offload,
                     backend,
+                    burst,
                 } => {
                     cmd.args(["bench", "pipeline", "--seconds", &seconds.to_string()]);
+                    cmd.args(["--burst", &burst.to_string()]);
                     if let Some(b) = backend {
                         cmd.args(["--backend", &b]);
                     }
