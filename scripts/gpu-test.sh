@@ -3,7 +3,8 @@
 # of the kernels' correctness suite (GPU AES-256-GCM byte-identical to the CPU engine on
 # 100,000 random packets, NIST vectors, tampering, LZ4 both ways with lz4_flex), the pipeline
 # through the offload engine with offload.gpu = on against the CPU engine (with the kernels
-# compiled by NVRTC 13, then by the GPU image's NVRTC 12.x), then `bench offload`.
+# compiled by NVRTC 13, then by the GPU image's NVRTC 12.x; and in bursts of 256), then
+# `bench offload`.
 #
 #   scripts/gpu-test.sh                 build and run here (needs cargo)
 #   scripts/gpu-test.sh --bundle DIR    build here, put the binaries and a run.sh in DIR
@@ -55,6 +56,12 @@ echo "$out" | grep -q "passed its start-up check against the CPU engine" ||
 # A batch the GPU got wrong is corrected (no mismatch), so only the counter shows it.
 echo "$out" | grep -q ", wrong 0, packets corrected 0" ||
     { echo "a GPU batch checked against the CPU engine was wrong"; status=1; }
+# The same through bursts of 256 (`dataplane.burst`): each engine batch 8 times larger, its
+# fixed cost spread over more packets (compare the encap/decap Gb/s with the line above).
+out=$("$here/dwcp-dataplane" bench pipeline --offload on --burst 256 --packets 20000 --seconds 0.05 2>&1) || status=1
+echo "$out" | head -3
+echo "$out" | grep -q ", wrong 0, packets corrected 0" ||
+    { echo "a GPU batch (bursts of 256) checked against the CPU engine was wrong"; status=1; }
 # The GPU image's compile path: the same pipeline check with the kernels compiled by NVRTC
 # 12.x (first on the library path, under the unversioned name cudarc tries first).
 n12=$(mktemp -d)
@@ -84,4 +91,5 @@ fi
 scripts/setup.sh
 cargo test --release --locked -p dwcp-kernels --test gpu -- --ignored --test-threads 1 --nocapture
 cargo run --release --locked -q -p dwcp-dataplane -- bench pipeline --offload on --seconds 0.3
+cargo run --release --locked -q -p dwcp-dataplane -- bench pipeline --offload on --burst 256 --packets 20000 --seconds 0.05
 cargo run --release --locked -q -p dwcp-dataplane -- bench offload "$@"
