@@ -93,6 +93,32 @@ impl LatencyRow {
     }
 }
 
+/// The burst (`dataplane.burst`) from which one GPU call for `op` takes no longer than the CPU
+/// engine on one thread, from the small-batch rows: the GPU's time fitted as a fixed cost plus
+/// a cost per packet through its two largest batches, the CPU's as a cost per packet at its
+/// largest. `None` when the GPU's cost per packet is no lower than the CPU's (no burst pays),
+/// when even 65536 packets do not pay off its fixed cost, or when the rows are missing.
+pub fn break_even_burst(rows: &[LatencyRow], op: Op) -> Option<usize> {
+    let mut mine: Vec<&LatencyRow> = rows.iter().filter(|r| r.op == op).collect();
+    mine.sort_by_key(|r| r.batch);
+    let [.., small, large] = mine.as_slice() else {
+        return None;
+    };
+    let (b1, b2) = (small.batch as f64, large.batch as f64);
+    if b2 <= b1 {
+        return None;
+    }
+    let (g1, g2) = (small.gpu.as_secs_f64(), large.gpu.as_secs_f64());
+    let per_gpu = ((g2 - g1) / (b2 - b1)).max(0.0);
+    let fixed = (g2 - per_gpu * b2).max(0.0);
+    let per_cpu = large.cpu.as_secs_f64() / b2;
+    if per_cpu <= per_gpu {
+        return None;
+    }
+    // The smallest burst where the fixed cost is paid off, up to the largest offload batch.
+    (1..=65_536usize).find(|&b| fixed + per_gpu * b as f64 <= per_cpu * b as f64)
+}
+
 /// What the live check of GPU batches against the CPU engine (`offload.verify_every`,
 /// [`crate::verify`]) costs for one operation and packet size.
 #[derive(Clone, Debug)]
@@ -988,6 +1014,23 @@ impl Report {
                 l.gpu_over_cpu()
             );
         }
+        for op in Op::ALL {
+            let line = match break_even_burst(&self.latency, op) {
+                Some(b) if b <= 256 => format!(
+                    "{}: one GPU call keeps pace with one core from bursts of about {b} (dataplane.burst)",
+                    op.name()
+                ),
+                Some(b) => format!(
+                    "{}: one GPU call keeps pace with one core only from bursts of about {b}, past dataplane.burst's 256",
+                    op.name()
+                ),
+                None => format!(
+                    "{}: one GPU call never keeps pace with one core (its cost per packet is no lower)",
+                    op.name()
+                ),
+            };
+            let _ = writeln!(s, "{line}");
+        }
         let _ = writeln!(
             s,
             "GPU batches checked against the CPU engine (offload.verify_every), one core; cores the checks take at the GPU's best e2e (1 batch in {CHECK_EVERY} whole, 1 packet of each other {WORKER_BATCH}-packet worker batch)"
@@ -1106,7 +1149,17 @@ impl Report {
                 l.cpu.as_secs_f64() * 1e6
             );
         }
-        s.push_str("],\"gathered\":");
+        s.push_str("],\"break_even_burst\":{");
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}\"{}\":{}",
+                if i == 0 { "" } else { "," },
+                op.name(),
+                break_even_burst(&self.latency, op).map_or("null".to_owned(), |b| b.to_string())
+            );
+        }
+        s.push_str("},\"gathered\":");
         gather_json(&mut s, &self.gathered);
         s.push_str("}\n");
         s
@@ -1186,6 +1239,37 @@ mod tests {
 
     /// The gathered measurement's mechanics with a CPU stand-in for the GPU (its figures say
     /// nothing about a GPU): every burst sealed, bursts from two workers gathered together.
+    #[test]
+    fn the_break_even_burst_follows_the_fixed_cost_and_the_costs_per_packet() {
+        let us = |x: f64| Duration::from_secs_f64(x * 1e-6);
+        // GPU: 20 µs per call plus 0.1 µs per packet; CPU: 0.25 µs per packet.
+        let rows = |per_gpu: f64| -> Vec<LatencyRow> {
+            [1usize, 32, 256]
+                .map(|b| LatencyRow {
+                    op: Op::Seal,
+                    size: 1408,
+                    batch: b,
+                    gpu: us(20.0 + per_gpu * b as f64),
+                    cpu: us(0.25 * b as f64),
+                })
+                .to_vec()
+        };
+        // 20 / (0.25 - 0.1) = 133.3: bursts of 134.
+        assert_eq!(break_even_burst(&rows(0.1), Op::Seal), Some(134));
+        // A GPU no cheaper per packet never pays, and an operation with no rows says nothing.
+        assert_eq!(break_even_burst(&rows(0.25), Op::Seal), None);
+        assert_eq!(break_even_burst(&rows(0.1), Op::Open), None);
+        // No fixed cost: from the first packet.
+        let free: Vec<LatencyRow> = rows(0.1)
+            .into_iter()
+            .map(|mut r| {
+                r.gpu = us(0.1 * r.batch as f64);
+                r
+            })
+            .collect();
+        assert_eq!(break_even_burst(&free, Op::Seal), Some(1));
+    }
+
     #[test]
     fn gathered_rows_measure_through_the_gathering_thread() {
         let rows = gathered(

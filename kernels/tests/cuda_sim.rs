@@ -628,6 +628,9 @@ fn sim_bench_offload_reports_every_cell_and_the_kernels() {
     }
     assert!(t.contains("small batches, one call at a time"), "{t}");
     assert_eq!(j.matches("\"gpu_us\":").count(), 12, "{j}");
+    // And, per operation, the burst from which a GPU call keeps pace with one core (or never).
+    assert_eq!(t.matches("one GPU call ").count(), 4, "{t}");
+    assert!(j.contains("\"break_even_burst\":{\"seal\":"), "{j}");
 }
 
 /// The stand-in's own strictness, which the other tests rely on: a copy that runs past a
