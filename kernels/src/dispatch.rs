@@ -86,12 +86,7 @@ pub trait Accelerator: Send {
         meanwhile: &mut dyn FnMut(),
     ) -> Result<Duration, Failure> {
         let t = Instant::now();
-        let r = match batch {
-            Batch::Seal(j) => self.try_seal(j, deadline),
-            Batch::Open(j) => self.try_open(j, deadline),
-            Batch::Compress(j) => self.try_compress(j, deadline),
-            Batch::Decompress(j) => self.try_decompress(j, deadline),
-        };
+        let r = batch.run_on(self, deadline);
         let took = t.elapsed();
         meanwhile();
         r.map(|()| took)
@@ -108,6 +103,22 @@ pub enum Batch<'a, 'b> {
     Compress(&'a mut [CompressJob<'b>]),
     /// Decompressions.
     Decompress(&'a mut [DecompressJob<'b>]),
+}
+
+impl Batch<'_, '_> {
+    /// Runs the batch on `acc` with the operation's own call, the caller waiting.
+    pub fn run_on<A: Accelerator + ?Sized>(
+        self,
+        acc: &mut A,
+        deadline: Instant,
+    ) -> Result<(), Failure> {
+        match self {
+            Batch::Seal(j) => acc.try_seal(j, deadline),
+            Batch::Open(j) => acc.try_open(j, deadline),
+            Batch::Compress(j) => acc.try_compress(j, deadline),
+            Batch::Decompress(j) => acc.try_decompress(j, deadline),
+        }
+    }
 }
 
 /// How long each batch of the check a recovering GPU repeats may take: well inside the data
@@ -1048,13 +1059,7 @@ mod tests {
             _meanwhile: &mut dyn FnMut(),
         ) -> Result<Duration, Failure> {
             let t = Instant::now();
-            match batch {
-                Batch::Seal(j) => self.try_seal(j, deadline),
-                Batch::Open(j) => self.try_open(j, deadline),
-                Batch::Compress(j) => self.try_compress(j, deadline),
-                Batch::Decompress(j) => self.try_decompress(j, deadline),
-            }
-            .map(|()| t.elapsed())
+            batch.run_on(self, deadline).map(|()| t.elapsed())
         }
     }
 
