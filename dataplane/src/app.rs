@@ -613,7 +613,7 @@ impl Running {
             None => String::new(),
         };
         format!(
-            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} split {}{achieved} | gpu errors {} timeouts {} | fallback packets {} | checked batches {} spot-checked {} refusals rechecked {} wrong {} corrected packets {} dropped unchecked {}{failed}",
+            "offload {} ({}){gpu}{gathered} | healthy workers {}/{} | batches cpu {} gpu {} split {}{achieved} | gpu errors {} timeouts {} | fallback packets {} declined {} | checked batches {} spot-checked {} refusals rechecked {} wrong {} corrected packets {} dropped unchecked {}{failed}",
             self.offload.0,
             self.offload.1,
             g("offload_gpu_healthy"),
@@ -624,6 +624,7 @@ impl Running {
             g("offload_gpu_errors"),
             g("offload_gpu_timeouts"),
             g("offload_fallback_packets"),
+            g("offload_declined_packets"),
             g("offload_gpu_checked_batches"),
             g("offload_gpu_spot_checked_batches"),
             g("offload_gpu_rechecked_refusals"),

@@ -393,6 +393,12 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         &[(String::new(), g("offload_fallback_packets"))],
     );
     family(
+        "dwcp_offload_declined_packets_total",
+        "counter",
+        "Packets the GPU could not stage (larger than its buffers), run with the rest of their batch on the CPU; the GPU stays in service.",
+        &[(String::new(), g("offload_declined_packets"))],
+    );
+    family(
         "dwcp_offload_gpu_checked_batches_total",
         "counter",
         "GPU batches checked packet by packet against the CPU engine (offload.verify_every).",
@@ -544,6 +550,7 @@ mod tests {
         let at = |n: &str| stats::NAMES.iter().position(|x| *x == n).unwrap();
         v[at("offload_seal_gpu_batches")] = 7;
         v[at("offload_fallback_packets")] = 5;
+        v[at("offload_declined_packets")] = 2;
         v[at("offload_open_gpu_ns")] = 1_500_000_000;
         let text = render(
             &v,
@@ -570,6 +577,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("dwcp_offload_fallback_packets_total{node=\"n1\"} 5"));
+        assert!(text.contains("dwcp_offload_declined_packets_total{node=\"n1\"} 2"));
         assert!(
             text.contains(
                 "dwcp_offload_busy_seconds_total{node=\"n1\",op=\"open\",engine=\"gpu\"} 1.5\n"

@@ -75,7 +75,8 @@ pub enum CudaError {
     /// An earlier batch was abandoned; [`CudaEngine::recover`] must succeed first.
     #[error("an abandoned batch may still be running; the engine needs recovery")]
     NeedsRecovery,
-    /// A job does not fit an empty lane.
+    /// A job does not fit an empty lane: the jobs before it are complete, it and the rest
+    /// are untouched, and the engine is ready for its next batch.
     #[error("a packet larger than the engine's staging lanes")]
     TooBig,
     /// A batch did not finish by its deadline.
@@ -947,10 +948,23 @@ impl CudaEngine {
                     per_chunk,
                 );
                 if chunk.n == 0 {
-                    // A job bigger than a whole lane (cannot happen with Capacity::for_batch
-                    // sizes). The other lane may still hold a chunk whose results will not be
-                    // used: the engine needs `recover` before its next batch.
-                    self.dirty = true;
+                    // A job bigger than a whole lane (not with the sizes Capacity::for_batch
+                    // was given). Finish the chunk still in the other lane, so that every job
+                    // before this one is complete and no work is left on the device, and
+                    // decline the rest: the engine stays ready for its next batch.
+                    let other = &mut self.lanes[which ^ 1];
+                    if let Some(chunk) = other.pending.take() {
+                        if let Err(e) = wait(&other.stream, deadline) {
+                            self.dirty = true;
+                            return Err(fail(done, e));
+                        }
+                        unstage(
+                            &other.host,
+                            &chunk,
+                            &mut jobs[chunk.start..chunk.start + chunk.n],
+                        );
+                        done = chunk.start + chunk.n;
+                    }
                     return Err(fail(done, CudaError::TooBig));
                 }
                 if let Err(e) = launch(&self.f, &self.info, lane, op, &chunk) {

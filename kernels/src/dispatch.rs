@@ -26,15 +26,27 @@ pub enum Mode {
     Off,
 }
 
-/// An accelerator failed part-way: `jobs[..done]` are complete, the rest untouched.
+/// An accelerator stopped part-way: `jobs[..done]` are complete, the rest untouched.
 #[derive(Clone, Debug)]
 pub struct Failure {
     /// Completed leading jobs.
     pub done: usize,
     /// What happened.
     pub reason: String,
-    /// The batch missed its deadline (otherwise: an error).
-    pub timeout: bool,
+    /// Why it stopped.
+    pub kind: Stop,
+}
+
+/// Why an accelerator stopped part-way through a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// An error: the accelerator is taken out of service until a probe finds it working.
+    Error,
+    /// The batch missed its deadline: out of service the same way.
+    Timeout,
+    /// The next job is one it cannot take (larger than its staging buffers). It is in order
+    /// and stays in service; the CPU engine runs the rest of the batch.
+    Declined,
 }
 
 /// An engine that can fail: the GPU. It must complete a prefix of each batch and leave the
@@ -126,9 +138,14 @@ impl Batch<'_, '_> {
 const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn failure(p: crate::cuda::Partial) -> Failure {
+    use crate::cuda::CudaError;
     Failure {
         done: p.done,
-        timeout: matches!(p.error, crate::cuda::CudaError::Timeout(_)),
+        kind: match p.error {
+            CudaError::Timeout(_) => Stop::Timeout,
+            CudaError::TooBig => Stop::Declined,
+            _ => Stop::Error,
+        },
         reason: p.error.to_string(),
     }
 }
@@ -244,6 +261,9 @@ pub struct Stats {
     pub gpu_timeouts: u64,
     /// Jobs the CPU finished after an accelerator failure.
     pub fallback_jobs: u64,
+    /// Jobs the accelerator declined (larger than its staging buffers), with the rest of
+    /// their batch, run on the CPU; the accelerator stayed in service.
+    pub declined_jobs: u64,
     /// Accelerator batches checked against the CPU engine.
     pub verified_batches: u64,
     /// Accelerator batches not checked whole of which one packet was checked.
@@ -656,13 +676,18 @@ impl Dispatcher {
             }
             Err(f) => {
                 let done = f.done.min(k);
-                let trouble = if f.timeout {
-                    Trouble::Timeout
-                } else {
-                    Trouble::Error
-                };
-                self.unhealthy(f.reason, trouble);
-                self.stats.fallback_jobs += (k - done) as u64;
+                match f.kind {
+                    Stop::Declined => self.stats.declined_jobs += (k - done) as u64,
+                    Stop::Timeout | Stop::Error => {
+                        let trouble = if f.kind == Stop::Timeout {
+                            Trouble::Timeout
+                        } else {
+                            Trouble::Error
+                        };
+                        self.unhealthy(f.reason, trouble);
+                        self.stats.fallback_jobs += (k - done) as u64;
+                    }
+                }
                 cpu_call(&mut self.cpu, &mut ours[done..]);
                 let (o, p) = (op.index(), Path::Cpu as usize);
                 self.stats.batches[o][p] += 1;
@@ -859,7 +884,7 @@ pub mod testing {
                     Err(Failure {
                         done: k,
                         reason: "injected error".into(),
-                        timeout: false,
+                        kind: Stop::Error,
                     })
                 }
                 Fault::HangAfter(k) => {
@@ -871,7 +896,7 @@ pub mod testing {
                     Err(Failure {
                         done: k,
                         reason: "injected hang".into(),
-                        timeout: true,
+                        kind: Stop::Timeout,
                     })
                 }
             }

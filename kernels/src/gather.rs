@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use crate::dispatch::{Accelerator, Batch, Failure};
+use crate::dispatch::{Accelerator, Batch, Failure, Stop};
 use crate::{CompressJob, DecompressJob, OpenJob, SealJob};
 
 /// Gathering settings (`offload.max_batch`, `offload.max_delay_us`).
@@ -359,7 +359,7 @@ impl GatherClient {
                 return Err(Failure {
                     done: 0,
                     reason: "the GPU gathering thread has stopped".into(),
-                    timeout: false,
+                    kind: Stop::Error,
                 });
             }
             spins = spins.saturating_add(1);
@@ -545,7 +545,7 @@ fn run(s: &Shared, mut acc: Box<dyn Accelerator>, set: GatherSettings) {
                 r.result = acc.recover().map_err(|reason| Failure {
                     done: 0,
                     reason,
-                    timeout: false,
+                    kind: Stop::Error,
                 });
             }
         }
@@ -578,7 +578,7 @@ fn share(result: &Result<(), Failure>, start: usize, len: usize) -> Result<(), F
                 Err(Failure {
                     done,
                     reason: f.reason.clone(),
-                    timeout: f.timeout,
+                    kind: f.kind,
                 })
             }
         }

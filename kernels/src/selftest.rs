@@ -63,7 +63,11 @@ pub fn check(
 }
 
 fn failed(op: &str, e: crate::dispatch::Failure) -> String {
-    let how = if e.timeout { "took too long" } else { "failed" };
+    let how = match e.kind {
+        crate::dispatch::Stop::Timeout => "took too long",
+        crate::dispatch::Stop::Error => "failed",
+        crate::dispatch::Stop::Declined => "declined a job",
+    };
     format!("{op} {how} after {} jobs: {}", e.done, e.reason)
 }
 

@@ -270,6 +270,84 @@ fn sim_dispatcher_finishes_a_failed_batch_on_the_cpu() {
     );
 }
 
+/// Lanes of 16 KiB, and a 300-packet batch whose packet 150 is 20,000 bytes: more than a lane.
+const SMALL_LANES: Capacity = Capacity {
+    packets: 200,
+    bytes: 16 * 1024,
+};
+
+fn batch_with_a_packet_past_a_lane(seed: u64) -> Batch {
+    let mut b = Batch::new(300, seed);
+    let big = &mut b.pkts[150];
+    big.len = 20_000;
+    big.buf = vec![0x5a; 20_000 + TAG_LEN];
+    b
+}
+
+#[test]
+fn sim_a_packet_larger_than_a_lane_is_declined_with_the_engine_left_ready() {
+    let _one = sim().serial();
+    let mut e = engine(SMALL_LANES);
+    let mut b = batch_with_a_packet_past_a_lane(21);
+    let plain = b.bufs();
+    let mut want = batch_with_a_packet_past_a_lane(21);
+    CpuEngine.seal(&mut want.jobs());
+    let err = e
+        .try_seal(&mut b.jobs(), Instant::now() + Duration::from_secs(30))
+        .expect_err("a packet past a lane is declined");
+    assert!(matches!(err.error, CudaError::TooBig), "{err:?}");
+    assert_eq!(err.done, 150, "every packet before it is done: {err:?}");
+    for (i, p) in b.pkts.iter().enumerate() {
+        let expect = if i < 150 {
+            &want.pkts[i].buf
+        } else {
+            &plain[i]
+        };
+        assert_eq!(&p.buf, expect, "packet {i}");
+    }
+    assert!(!e.is_dirty(), "nothing was left running on the device");
+    // The next batch runs with no recovery.
+    let mut b = Batch::new(300, 22);
+    let mut want = Batch::new(300, 22);
+    CpuEngine.seal(&mut want.jobs());
+    e.try_seal(&mut b.jobs(), Instant::now() + Duration::from_secs(30))
+        .expect("the engine is ready");
+    for (i, (got, want)) in b.pkts.iter().zip(&want.pkts).enumerate() {
+        assert_eq!(got.buf, want.buf, "packet {i}");
+    }
+}
+
+#[test]
+fn sim_dispatcher_runs_a_declined_rest_on_the_cpu_and_keeps_the_gpu() {
+    let _one = sim().serial();
+    let mut d = Dispatcher::new(
+        Some(Box::new(engine(SMALL_LANES))),
+        Settings {
+            mode: Mode::On,
+            ..Settings::default()
+        },
+    );
+    let mut b = batch_with_a_packet_past_a_lane(23);
+    let mut want = batch_with_a_packet_past_a_lane(23);
+    CpuEngine.seal(&mut want.jobs());
+    let mut jobs = b.jobs();
+    d.seal(&mut jobs);
+    assert!(jobs.iter().all(|j| j.ok));
+    drop(jobs);
+    for (i, (got, want)) in b.pkts.iter().zip(&want.pkts).enumerate() {
+        assert_eq!(got.buf, want.buf, "packet {i}");
+    }
+    let st = d.offload_stats().expect("stats").clone();
+    assert_eq!(st.declined_jobs, 150, "{st:?}");
+    assert_eq!((st.gpu_errors, st.fallback_jobs), (0, 0), "{st:?}");
+    assert!(st.gpu_healthy, "a declined job is no fault: {st:?}");
+    // The next batch goes to the GPU again, with no probe.
+    let mut b = Batch::new(100, 24);
+    d.seal(&mut b.jobs());
+    let st = d.offload_stats().expect("stats");
+    assert_eq!((st.batches[0], st.probes), ([1, 1], 0), "{st:?}");
+}
+
 #[test]
 fn sim_the_start_up_check_passes_on_the_real_kernels_and_catches_a_gpu_giving_wrong_answers() {
     let _one = sim().serial();

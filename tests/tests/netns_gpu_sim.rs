@@ -159,6 +159,10 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         metric(&m, "dwcp_offload_fallback_packets_total{node=\"gw-a\"}"),
         0
     );
+    assert_eq!(
+        metric(&m, "dwcp_offload_declined_packets_total{node=\"gw-a\"}"),
+        0
+    );
     assert!(metric(&m, "dwcp_compressed_packets_total{node=\"gw-a\"}") > 100);
     // A sample of the GPU's batches was checked against the CPU engine whole, one packet of
     // the others, and all were right.
