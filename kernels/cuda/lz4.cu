@@ -1,10 +1,15 @@
 // Batched LZ4 block compression and decompression (the LZ4 block format: tokens, literal and
 // match lengths, 16-bit little-endian offsets; last 5 bytes literals, last match starting at
-// least 12 bytes before the end) for the DWCP offload engine. One thread per packet; the
-// compressor's hash table lives in shared memory, sized to the packet.
+// least 12 bytes before the end) for the DWCP offload engine. A warp compresses one packet, its
+// 32 lanes looking up 32 positions at once in the packet's hash table in shared memory (sized
+// to the packet, up to 4096 entries); its output is byte for byte that of the serial
+// `lz4_compress_block` below, which the host check builds. One thread decompresses a packet.
 
-#define LZ4_HASH_LOG_MAX 9
-#define LZ4_THREADS 32
+#define LZ4_HASH_LOG_MAX 12
+// Warps per block of lz4_compress: each has its own table of 1 << LZ4_HASH_LOG_MAX u16.
+#define LZ4_COMPRESS_WARPS 4
+// Threads per block of lz4_decompress.
+#define LZ4_DECOMPRESS_THREADS 32
 
 DEV u32 load_le32(const u8* p) {
     return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
@@ -40,16 +45,26 @@ DEV bool lz4_emit(u8* dst, u32 cap, u32* op, const u8* lit_src, u32 lit, u32 off
     return true;
 }
 
+// The hash table's size for a block of `len` bytes: about one entry per byte, 64 to 4096.
+DEV u32 lz4_hash_log(u32 len) {
+    u32 hl = LZ4_HASH_LOG_MAX;
+    while (hl > 6 && (1u << hl) > len) hl--;
+    return hl;
+}
+
+DEV u32 lz4_hash(u32 seq, u32 hl) { return (seq * 2654435761u) >> (32 - hl); }
+
 // Compresses `src[..len]` into `dst[..cap]`; the output length, or -1 when it does not fit.
-// `table` holds at least 1 << LZ4_HASH_LOG_MAX entries: positions as 16-bit offsets + 1 from
-// `base`, the start of the current window. When the input reaches 64 KiB past `base`, the table
-// is cleared and the window starts again, so a match never lies more than 65534 bytes back
-// (LZ4's offsets are 16-bit) and inputs of any length compress.
+// Greedy: at each position the table gives the last position with the same hash; a match of 4
+// or more bytes is extended forwards, then backwards over the pending literals. `table` holds at
+// least 1 << LZ4_HASH_LOG_MAX entries: positions as 16-bit offsets + 1 from `base`, the start of
+// the current window. When the input reaches 64 KiB past `base`, the table is cleared and the
+// window starts again, so a match never lies more than 65534 bytes back (LZ4's offsets are
+// 16-bit) and inputs of any length compress.
 DEV int lz4_compress_block(const u8* src, u32 len, u8* dst, u32 cap, u16* table) {
     u32 op = 0, anchor = 0;
     if (len >= 13) {
-        u32 hl = LZ4_HASH_LOG_MAX;
-        while (hl > 6 && (1u << (hl + 1)) > len) hl--;
+        u32 hl = lz4_hash_log(len);
         for (u32 i = 0; i < (1u << hl); i++) table[i] = 0;
         u32 ip = 0, base = 0;
         while (ip + 12 <= len) {
@@ -58,13 +73,18 @@ DEV int lz4_compress_block(const u8* src, u32 len, u8* dst, u32 cap, u16* table)
                 base = ip;
             }
             u32 seq = load_le32(src + ip);
-            u32 h = (seq * 2654435761u) >> (32 - hl);
+            u32 h = lz4_hash(seq, hl);
             u32 cand = table[h];
             table[h] = (u16)(ip - base + 1);
             if (cand != 0 && load_le32(src + base + cand - 1) == seq) {
                 cand += base - 1;
                 u32 ml = 4;
                 while (ip + ml < len - 5 && src[cand + ml] == src[ip + ml]) ml++;
+                while (ip > anchor && cand > base && src[ip - 1] == src[cand - 1]) {
+                    ip--;
+                    cand--;
+                    ml++;
+                }
                 if (!lz4_emit(dst, cap, &op, src + anchor, ip - anchor, ip - cand, ml)) return -1;
                 ip += ml;
                 anchor = ip;
@@ -118,22 +138,139 @@ DEV int lz4_decompress_block(const u8* src, u32 len, u8* dst, u32 cap) {
 #ifndef DWCP_HOST_CHECK
 
 #define LZ4_NONE 0xffffffffu
+#define LZ4_ALL 0xffffffffu
+
+// Bytes lz4_put_len writes for a run length `r` past the token's 15.
+DEV u32 lz4_len_bytes(u32 r) { return r / 255 + 1; }
+
+// lz4_emit for a whole warp (every lane calls it with the same arguments): lane 0 writes the
+// token, lengths and offset, the lanes copy the literals between them.
+DEV bool lz4_emit_warp(u8* dst, u32 cap, u32* op, const u8* lit_src, u32 lit, u32 offset,
+                       u32 ml, u32 lane) {
+    u32 need = 1 + lit + lit / 255 + 1 + (ml ? 2 + (ml - 4) / 255 + 1 : 0);
+    if (need > cap - *op) return false;
+    u32 o = *op;
+    u32 at = o + 1 + (lit >= 15 ? lz4_len_bytes(lit - 15) : 0);
+    u32 m = ml ? ml - 4 : 0;
+    if (lane == 0) {
+        u32 token = (lit >= 15 ? 15u : lit) << 4;
+        if (ml) token |= m >= 15 ? 15u : m;
+        dst[o] = (u8)token;
+        u32 p = o + 1;
+        if (lit >= 15) lz4_put_len(dst, &p, lit - 15);
+    }
+    for (u32 i = lane; i < lit; i += 32) dst[at + i] = lit_src[i];
+    at += lit;
+    if (ml) {
+        if (lane == 0) {
+            dst[at] = (u8)(offset & 0xff);
+            dst[at + 1] = (u8)(offset >> 8);
+            u32 p = at + 2;
+            if (m >= 15) lz4_put_len(dst, &p, m - 15);
+        }
+        at += 2 + (m >= 15 ? lz4_len_bytes(m - 15) : 0);
+    }
+    *op = at;
+    return true;
+}
+
+DEV void lz4_clear_warp(u16* table, u32 hl, u32 lane) {
+    __syncwarp();
+    for (u32 i = lane; i < (1u << hl); i += 32) table[i] = 0;
+    __syncwarp();
+}
+
+// lz4_compress_block by one warp, with the same output: each step, lane l takes position
+// ip + l of the up to 32 the serial loop would visit next without a match or a window reset.
+// A lane's candidate is the last earlier lane of the step with its hash, else the table's
+// entry (what the serial loop would have found there); the first lane with a match wins;
+// each hash among the lanes up to it gets its last such lane's position, as serially. The
+// match is extended forwards 32 bytes per step, backwards byte by byte (every lane alike).
+DEV int lz4_compress_warp(const u8* src, u32 len, u8* dst, u32 cap, u16* table, u32 lane) {
+    u32 op = 0, anchor = 0;
+    if (len >= 13) {
+        u32 hl = lz4_hash_log(len);
+        lz4_clear_warp(table, hl, lane);
+        u32 ip = 0, base = 0;
+        while (ip + 12 <= len) {
+            if (ip - base >= 65535) {
+                lz4_clear_warp(table, hl, lane);
+                base = ip;
+            }
+            u32 w = len - 11 - ip;
+            if (w > 32) w = 32;
+            if (w > 65535 - (ip - base)) w = 65535 - (ip - base);
+            u32 pos = ip + lane;
+            bool act = lane < w;
+            u32 seq = act ? load_le32(src + pos) : 0;
+            // Lanes past the step get hashes no lane in it has.
+            u32 h = act ? lz4_hash(seq, hl) : (1u << hl) + lane;
+            u32 same = __match_any_sync(LZ4_ALL, h);
+            u32 earlier = same & ((1u << lane) - 1);
+            u32 cand = earlier ? ip + (u32)(31 - __clz((int)earlier)) - base + 1
+                               : (act ? (u32)table[h] : 0u);
+            bool hit = act && cand != 0 && load_le32(src + base + cand - 1) == seq;
+            u32 hits = __ballot_sync(LZ4_ALL, hit);
+            u32 last = hits ? (u32)__ffs(hits) - 1 : w - 1;
+            // No barrier between the lanes' table reads and these writes: every read's value
+            // went into the ballot, which no lane leaves before all have voted. The barrier
+            // after them makes the writes seen by the next step's reads.
+            u32 upto = last == 31 ? LZ4_ALL : (2u << last) - 1;
+            if (act && lane <= last && ((same & upto) >> lane) == 1) {
+                table[h] = (u16)(pos - base + 1);
+            }
+            __syncwarp();
+            if (!hits) {
+                ip += w;
+                continue;
+            }
+            u32 mp = ip + last;
+            u32 mc = __shfl_sync(LZ4_ALL, base + cand - 1, last);
+            u32 ml = 4;
+            for (;;) {
+                u32 k = mp + ml + lane;
+                bool stop = k >= len - 5 || src[mc + ml + lane] != src[k];
+                u32 stops = __ballot_sync(LZ4_ALL, stop);
+                if (stops) {
+                    ml += (u32)__ffs(stops) - 1;
+                    break;
+                }
+                ml += 32;
+            }
+            while (mp > anchor && mc > base && src[mp - 1] == src[mc - 1]) {
+                mp--;
+                mc--;
+                ml++;
+            }
+            if (!lz4_emit_warp(dst, cap, &op, src + anchor, mp - anchor, mp - mc, ml, lane)) {
+                return -1;
+            }
+            ip = mp + ml;
+            anchor = ip;
+        }
+    }
+    if (!lz4_emit_warp(dst, cap, &op, src + anchor, len - anchor, 0, 0, lane)) return -1;
+    return (int)op;
+}
 
 // Compresses packet i from src + src_off[i] into dst + dst_off[i] (dst_cap[i] bytes: the
-// caller passes len - 1 to keep only results that are smaller). out_len[i] = LZ4_NONE when
-// the result did not fit.
+// caller passes len - 1 to keep only results that are smaller), one warp per packet, blocks
+// of LZ4_COMPRESS_WARPS warps. out_len[i] = LZ4_NONE when the result did not fit.
 extern "C" __global__ void lz4_compress(const u8* src, const u32* src_off, const u32* src_len,
                                         u8* dst, const u32* dst_off, const u32* dst_cap,
                                         u32* out_len, u32 n) {
-    __shared__ u16 tables[LZ4_THREADS][1 << LZ4_HASH_LOG_MAX];
-    u16* table = tables[threadIdx.x];
-    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        int r = lz4_compress_block(src + src_off[i], src_len[i], dst + dst_off[i], dst_cap[i],
-                                   table);
-        out_len[i] = r < 0 ? LZ4_NONE : (u32)r;
+    __shared__ u16 tables[LZ4_COMPRESS_WARPS][1 << LZ4_HASH_LOG_MAX];
+    u32 warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    u16* table = tables[warp];
+    for (u32 i = blockIdx.x * LZ4_COMPRESS_WARPS + warp; i < n;
+         i += gridDim.x * LZ4_COMPRESS_WARPS) {
+        int r = lz4_compress_warp(src + src_off[i], src_len[i], dst + dst_off[i], dst_cap[i],
+                                  table, lane);
+        if (lane == 0) out_len[i] = r < 0 ? LZ4_NONE : (u32)r;
     }
 }
 
+// One thread per packet.
 extern "C" __global__ void lz4_decompress(const u8* src, const u32* src_off, const u32* src_len,
                                           u8* dst, const u32* dst_off, const u32* dst_cap,
                                           u32* out_len, u32 n) {

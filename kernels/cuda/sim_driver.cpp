@@ -1,7 +1,7 @@
 // A CPU stand-in for the CUDA driver library (`libcuda.so`), for tests on machines with no GPU:
 // it implements the driver calls the CUDA engine makes and runs the real kernels of gcm.cu and
 // lz4.cu, compiled for the host, under a small SIMT emulator (every CUDA thread a fiber, warp
-// shuffles and barriers by cooperative switching). kernels/tests/cuda_sim.rs drives it.
+// shuffles, votes and barriers by cooperative switching). kernels/tests/cuda_sim.rs drives it.
 //
 // It is strict where a GPU is unforgiving, so that host-side mistakes show here and not first
 // on an H100:
@@ -51,12 +51,27 @@ static SimDim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __global__
 #define __shared__ static
 
-static void __syncthreads();
-static void __syncwarp(unsigned mask = 0xffffffffu);
+// Barriers, shuffles and votes take the place in the kernel source they are called from (an
+// object unique to each expansion of SIM_SITE): threads of one warp or block must wait at the
+// same one. Not the return address, which differs where the compiler duplicates a call into
+// both arms of a branch the lanes of a warp take apart.
+#define SIM_SITE ([]() -> const void* { static const char site = 0; return &site; }())
+static void sim_syncthreads(const void* site);
+static void sim_syncwarp(const void* site, unsigned mask = 0xffffffffu);
 template <class T>
-static T __shfl_xor_sync(unsigned mask, T v, int lane_mask);
+static T sim_shfl_xor_sync(const void* site, unsigned mask, T v, int lane_mask);
 template <class T>
-static T __shfl_sync(unsigned mask, T v, int src_lane);
+static T sim_shfl_sync(const void* site, unsigned mask, T v, int src_lane);
+static unsigned sim_ballot_sync(const void* site, unsigned mask, int pred);
+static unsigned sim_match_any_sync(const void* site, unsigned mask, unsigned v);
+#define __syncthreads() sim_syncthreads(SIM_SITE)
+#define __syncwarp() sim_syncwarp(SIM_SITE)
+#define __shfl_xor_sync(mask, v, lane_mask) sim_shfl_xor_sync(SIM_SITE, mask, v, lane_mask)
+#define __shfl_sync(mask, v, src_lane) sim_shfl_sync(SIM_SITE, mask, v, src_lane)
+#define __ballot_sync(mask, pred) sim_ballot_sync(SIM_SITE, mask, pred)
+#define __match_any_sync(mask, v) sim_match_any_sync(SIM_SITE, mask, v)
+static int __ffs(int x) { return __builtin_ffs(x); }
+static int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
 
 #include "common.cuh"
 #include "gcm.cu"
@@ -75,6 +90,7 @@ struct Fiber {
     int group;  // -1: the block barrier; w: warp w
     u64 gen;
     const void* site;  // where in the kernel it waits
+    unsigned bank;     // its shuffles and votes so far (the low bit: which slot bank is next)
 };
 struct Group {
     unsigned live;
@@ -88,7 +104,12 @@ static ucontext_t scheduler;
 static unsigned current;
 static Group block_group;
 static std::vector<Group> warps;
-static std::vector<u64> slots;  // 32 per warp, for shuffles
+// Two banks of 32 per warp, for shuffles and votes, used in turn: a lane can write one bank
+// while a slower lane still reads the other from the exchange before, and never the bank that
+// lane reads, as the exchange in between is a barrier. So each exchange is one barrier. Beside
+// each slot, the number of the exchange that wrote it (a lane's count of its exchanges): a vote
+// counts the lanes that took part in it, not those that have ended since, or had before.
+static std::vector<u64> slots, stamps;
 static void (*body)(const u64*);
 static u64 body_args[9];
 static bool bad_mask;  // a partial mask, or threads of one group waiting at different places
@@ -141,7 +162,8 @@ static bool run_block(unsigned n) {
     fibers.assign(n, Fiber{});
     unsigned nw = (n + 31) / 32;
     warps.assign(nw, Group{});
-    slots.assign(nw * 32, 0);
+    slots.assign(nw * 64, 0);
+    stamps.assign(nw * 64, 0);
     block_group = Group{n, 0, 0};
     for (unsigned i = 0; i < n; i++) {
         Fiber& f = fibers[i];
@@ -180,36 +202,60 @@ static T exchange(unsigned mask, T v, unsigned from_lane_of(unsigned lane, int a
         swapcontext(&fibers[current].ctx, &scheduler);
     }
     unsigned lane = threadIdx.x & 31, w = threadIdx.x / 32;
-    slots[w * 32 + lane] = (u64)v;
+    u64* bank = &slots[w * 64 + 32 * (fibers[current].bank++ & 1)];
+    bank[lane] = (u64)v;
     arrive((int)w, site);
-    T r = (T)slots[w * 32 + (from_lane_of(lane, arg) & 31)];
-    arrive((int)w, (const char*)site + 1);
-    return r;
+    return (T)bank[from_lane_of(lane, arg) & 31];
 }
 
 }  // namespace simt
 
-// Not inlined, so that each call site has its own return address: threads of one warp or
-// block must wait at the same place.
-__attribute__((noinline)) static void __syncthreads() {
-    simt::arrive(-1, __builtin_return_address(0));
+// Every lane's `v`, and the mask of the warp's lanes for which `pick(theirs, ours)` holds.
+namespace simt {
+static unsigned vote(unsigned mask, u64 v, bool pick(u64, u64), const void* site) {
+    if (mask != 0xffffffffu) {
+        bad_mask = true;
+        swapcontext(&fibers[current].ctx, &scheduler);
+    }
+    unsigned lane = threadIdx.x & 31, w = threadIdx.x / 32;
+    unsigned at = w * 64 + 32 * (fibers[current].bank++ & 1);
+    u64 *bank = &slots[at], *stamp = &stamps[at], mine = fibers[current].bank;
+    bank[lane] = v;
+    stamp[lane] = mine;
+    arrive((int)w, site);
+    unsigned r = 0;
+    for (unsigned i = 0; i < 32; i++) {
+        if (stamp[i] == mine && pick(bank[i], v)) r |= 1u << i;
+    }
+    return r;
 }
-__attribute__((noinline)) static void __syncwarp(unsigned mask) {
+static bool is_set(u64 theirs, u64) { return theirs != 0; }
+static bool equal(u64 theirs, u64 ours) { return theirs == ours; }
+}  // namespace simt
+
+static void sim_syncthreads(const void* site) { simt::arrive(-1, site); }
+static void sim_syncwarp(const void* site, unsigned mask) {
     if (mask != 0xffffffffu) {
         simt::bad_mask = true;
         swapcontext(&simt::fibers[simt::current].ctx, &simt::scheduler);
     }
-    simt::arrive((int)(threadIdx.x / 32), __builtin_return_address(0));
+    simt::arrive((int)(threadIdx.x / 32), site);
 }
 static unsigned xor_lane(unsigned lane, int m) { return lane ^ (unsigned)m; }
 static unsigned src_lane(unsigned, int s) { return (unsigned)s; }
 template <class T>
-__attribute__((noinline)) static T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
-    return simt::exchange(mask, v, xor_lane, lane_mask, __builtin_return_address(0));
+static T sim_shfl_xor_sync(const void* site, unsigned mask, T v, int lane_mask) {
+    return simt::exchange(mask, v, xor_lane, lane_mask, site);
 }
 template <class T>
-__attribute__((noinline)) static T __shfl_sync(unsigned mask, T v, int src) {
-    return simt::exchange(mask, v, src_lane, src, __builtin_return_address(0));
+static T sim_shfl_sync(const void* site, unsigned mask, T v, int src) {
+    return simt::exchange(mask, v, src_lane, src, site);
+}
+static unsigned sim_ballot_sync(const void* site, unsigned mask, int pred) {
+    return simt::vote(mask, pred != 0, simt::is_set, site);
+}
+static unsigned sim_match_any_sync(const void* site, unsigned mask, unsigned v) {
+    return simt::vote(mask, v, simt::equal, site);
 }
 
 // ---- The kernels the modules may hold ------------------------------------------------------

@@ -190,16 +190,19 @@ pub fn sources() -> [(&'static str, String); 2] {
 pub const KEY_SETUP_BLOCK: u32 = 64;
 /// Threads per block of `gcm_seal` and `gcm_open` (one warp per packet).
 pub const GCM_BLOCK: u32 = 256;
-/// Threads per block of `lz4_compress` and `lz4_decompress` (one thread per packet; the
-/// compressor's shared hash tables are sized for `LZ4_THREADS` in `lz4.cu`, which must match).
-pub const LZ4_BLOCK: u32 = 32;
+/// Threads per block of `lz4_compress` (one warp per packet; its shared hash tables, one per
+/// warp, are sized for `LZ4_COMPRESS_WARPS` in `lz4.cu`, which must match).
+pub const LZ4_COMPRESS_BLOCK: u32 = 4 * 32;
+/// Threads per block of `lz4_decompress` (one thread per packet; `LZ4_DECOMPRESS_THREADS`).
+pub const LZ4_DECOMPRESS_BLOCK: u32 = 32;
 
 /// The block size the engine launches `kernel` with.
 pub fn launch_block(kernel: &str) -> Option<u32> {
     match kernel {
         "gcm_key_setup" => Some(KEY_SETUP_BLOCK),
         "gcm_seal" | "gcm_open" => Some(GCM_BLOCK),
-        "lz4_compress" | "lz4_decompress" => Some(LZ4_BLOCK),
+        "lz4_compress" => Some(LZ4_COMPRESS_BLOCK),
+        "lz4_decompress" => Some(LZ4_DECOMPRESS_BLOCK),
         _ => None,
     }
 }
@@ -1252,15 +1255,21 @@ fn run_kernels(
             unsafe { launch_kernel(stream, func, cfg, &mut params) }?;
         }
         Op::Compress | Op::Decompress => {
-            let cfg = LaunchConfig {
-                grid_dim: (grid(info, chunk.n, LZ4_BLOCK as usize, 16), 1, 1),
-                block_dim: (LZ4_BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let func = if op == Op::Compress {
-                &f.compress
+            let (func, cfg) = if op == Op::Compress {
+                let per_block = LZ4_COMPRESS_BLOCK as usize / 32;
+                let cfg = LaunchConfig {
+                    grid_dim: (grid(info, chunk.n, per_block, 8), 1, 1),
+                    block_dim: (LZ4_COMPRESS_BLOCK, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                (&f.compress, cfg)
             } else {
-                &f.decompress
+                let cfg = LaunchConfig {
+                    grid_dim: (grid(info, chunk.n, LZ4_DECOMPRESS_BLOCK as usize, 16), 1, 1),
+                    block_dim: (LZ4_DECOMPRESS_BLOCK, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                (&f.decompress, cfg)
             };
             let mut params = [
                 param(&d.data.ptr),

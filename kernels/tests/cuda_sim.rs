@@ -6,6 +6,7 @@
 //! The same suite runs on a real GPU in `tests/gpu.rs`; what only a GPU shows is listed there.
 #![allow(clippy::tests_outside_test_module)]
 
+mod host_check;
 mod sim_driver;
 
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
 use dwcp_kernels::gather::GatherSettings;
 use dwcp_kernels::selftest;
 use dwcp_kernels::suite::{self, Rng};
-use dwcp_kernels::{AeadKey, Engine, OpenJob, SealJob, TAG_LEN};
+use dwcp_kernels::{AeadKey, CompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 use sim_driver::{Fault, engine, sim};
 
 #[test]
@@ -59,6 +60,57 @@ fn sim_lz4_round_trips_with_lz4_flex_both_ways() {
     let mut e = engine(Capacity::for_batch(1024, 9216));
     suite::lz4_round_trips(&mut e, 1200, 600, 0x1234);
     assert_eq!(e.failures(), (0, None));
+}
+
+/// The kernel compresses a packet with a whole warp, 32 positions a step; its output is the
+/// serial reference compressor's (`lz4_compress_block`, built for the host by host_check.cpp)
+/// byte for byte: at the edge sizes, on text, on random bytes (not compressed) and on the
+/// synthetic packets, up to 9216 bytes, in batches that put several packets on each block.
+#[test]
+fn sim_lz4_compress_is_the_serial_reference_byte_for_byte() {
+    let _one = sim().serial();
+    let mut rng = Rng(0x5e1a1);
+    let mut inputs: Vec<Vec<u8>> = suite::EDGE_SIZES
+        .iter()
+        .map(|&n| suite::compressible(&mut rng, n))
+        .collect();
+    inputs.extend(host_check::text_chunks(9216, 12));
+    inputs.extend(host_check::text_chunks(1408, 40));
+    for i in 0..60 {
+        let size = rng.below(9217);
+        inputs.push(if i % 4 == 3 {
+            let mut v = vec![0; size];
+            rng.fill(&mut v);
+            v
+        } else {
+            suite::compressible(&mut rng, size)
+        });
+    }
+    let want = host_check::reference_compress(&inputs);
+    let mut e = engine(Capacity::for_batch(256, 9216));
+    let mut dst: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|i| vec![0; dwcp_kernels::compress_bound(i.len())])
+        .collect();
+    let mut jobs = CompressJob::batch(&inputs, &mut dst);
+    e.try_compress(&mut jobs, Instant::now() + Duration::from_secs(60))
+        .expect("compressed");
+    let mut compressed = 0;
+    for (i, (job, want)) in jobs.iter().zip(&want).enumerate() {
+        let got = job.out_len.map(|n| &job.dst[..n]);
+        assert_eq!(
+            got,
+            want.as_deref(),
+            "packet {i} ({} bytes)",
+            inputs[i].len()
+        );
+        compressed += usize::from(got.is_some());
+    }
+    assert!(
+        compressed > 60,
+        "only {compressed} of {} compressed",
+        inputs.len()
+    );
 }
 
 /// One packet to seal: its buffer holds the plaintext and room for the tag.

@@ -64,16 +64,19 @@ fn every_kernel_fits_its_launch_without_spilling() {
     if cuda::ensure_nvrtc().is_none() {
         panic!("NVRTC not found: run scripts/setup.sh");
     }
-    let lz4_threads: u32 = cuda::LZ4_SOURCE
-        .lines()
-        .find_map(|l| l.strip_prefix("#define LZ4_THREADS "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("LZ4_THREADS in lz4.cu");
+    let define = |name: &str| -> u32 {
+        cuda::LZ4_SOURCE
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in lz4.cu"))
+    };
     assert_eq!(
-        lz4_threads,
-        cuda::LZ4_BLOCK,
-        "lz4.cu's shared tables are per thread of a block: LZ4_THREADS must be the launch block"
+        define("LZ4_COMPRESS_WARPS") * 32,
+        cuda::LZ4_COMPRESS_BLOCK,
+        "lz4.cu's shared tables are per warp of a block: LZ4_COMPRESS_WARPS warps must be the launch block"
     );
+    assert_eq!(define("LZ4_DECOMPRESS_THREADS"), cuda::LZ4_DECOMPRESS_BLOCK);
     eprintln!("arch    kernel          block  regs  smem B  warps/SM");
     for sm in ["sm_80", "sm_90"] {
         let limits = cuda::SmLimits::of(sm).expect("known architecture");
