@@ -4,6 +4,8 @@
 //! machine run `scripts/gpu-test.sh`, which runs them with `--ignored`.
 #![allow(clippy::tests_outside_test_module)]
 
+mod host_check;
+
 use dwcp_kernels::alloc_count::Counting;
 use dwcp_kernels::cuda::{Capacity, CudaEngine};
 use dwcp_kernels::{selftest, suite};
@@ -138,6 +140,42 @@ fn gpu_lz4_round_trips_with_lz4_flex_both_ways() {
     suite::lz4_mutated_blocks(&mut e, 20_000, 0xbad_b10c);
     // Past 64 KiB: LZ4's 16-bit offsets, not a 64 KiB block.
     suite::lz4_past_64_kib(&mut e, 0x64_c1b);
+    no_failures(&e);
+}
+
+/// The GPU's compressor finds about as much as the CPU engine's (liblz4) in text and code, at
+/// the data plane's packet sizes: offload on does not put more bytes on the wire (decision
+/// 0020; the host check tests the same device code against `lz4_flex`).
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_lz4_compresses_text_as_small_as_the_cpu_engine() {
+    use dwcp_kernels::{CompressJob, Engine, compress_bound};
+    let mut e = engine();
+    for size in [1408, 9216] {
+        let inputs = host_check::text_chunks(size, 400);
+        let mut wire = [0usize; 2];
+        for (k, engine) in [&mut e as &mut dyn Engine, &mut dwcp_kernels::cpu::CpuEngine]
+            .into_iter()
+            .enumerate()
+        {
+            let mut dst = vec![vec![0; compress_bound(size)]; inputs.len()];
+            let mut jobs = CompressJob::batch(&inputs, &mut dst);
+            engine.compress(&mut jobs);
+            wire[k] = jobs.iter().map(|j| j.out_len.unwrap_or(size)).sum();
+        }
+        let input = inputs.len() * size;
+        eprintln!(
+            "{size} B text: GPU {:.1} %, CPU engine {:.1} % of the input",
+            100.0 * wire[0] as f64 / input as f64,
+            100.0 * wire[1] as f64 / input as f64
+        );
+        assert!(
+            wire[0] as f64 <= wire[1] as f64 * 1.02,
+            "{size} B: GPU {} bytes, CPU {}",
+            wire[0],
+            wire[1]
+        );
+    }
     no_failures(&e);
 }
 
