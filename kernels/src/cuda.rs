@@ -929,17 +929,12 @@ impl CudaEngine {
         let mut which = 0;
         while next < jobs.len() || self.lanes.iter().any(|l| l.pending.is_some()) {
             let lane = &mut self.lanes[which];
-            if let Some(chunk) = lane.pending.take() {
-                if let Err(e) = wait(&lane.stream, deadline) {
+            match finish(lane, deadline, unstage, jobs) {
+                Ok(end) => done = end.unwrap_or(done),
+                Err(e) => {
                     self.dirty = true;
                     return Err(fail(done, e));
                 }
-                unstage(
-                    &lane.host,
-                    &chunk,
-                    &mut jobs[chunk.start..chunk.start + chunk.n],
-                );
-                done = chunk.start + chunk.n;
             }
             if next < jobs.len() {
                 let chunk = stage(
@@ -955,20 +950,13 @@ impl CudaEngine {
                     // was given). Finish the chunk still in the other lane, so that every job
                     // before this one is complete and no work is left on the device, and
                     // decline the rest: the engine stays ready for its next batch.
-                    let other = &mut self.lanes[which ^ 1];
-                    if let Some(chunk) = other.pending.take() {
-                        if let Err(e) = wait(&other.stream, deadline) {
+                    return match finish(&mut self.lanes[which ^ 1], deadline, unstage, jobs) {
+                        Ok(end) => Err(fail(end.unwrap_or(done), CudaError::TooBig)),
+                        Err(e) => {
                             self.dirty = true;
-                            return Err(fail(done, e));
+                            Err(fail(done, e))
                         }
-                        unstage(
-                            &other.host,
-                            &chunk,
-                            &mut jobs[chunk.start..chunk.start + chunk.n],
-                        );
-                        done = chunk.start + chunk.n;
-                    }
-                    return Err(fail(done, CudaError::TooBig));
+                    };
                 }
                 if let Err(e) = launch(&self.f, &self.info, lane, op, &chunk) {
                     self.dirty = true;
@@ -1163,6 +1151,26 @@ pub struct Partial {
     pub done: usize,
     /// What went wrong.
     pub error: CudaError,
+}
+
+/// Waits for the chunk `lane` holds, if any, until `deadline` and hands its results to its
+/// jobs; the index past its last job.
+fn finish<J>(
+    lane: &mut Lane,
+    deadline: Instant,
+    unstage: fn(&HostStage, &Chunk, &mut [J]),
+    jobs: &mut [J],
+) -> Result<Option<usize>, CudaError> {
+    let Some(chunk) = lane.pending.take() else {
+        return Ok(None);
+    };
+    wait(&lane.stream, deadline)?;
+    unstage(
+        &lane.host,
+        &chunk,
+        &mut jobs[chunk.start..chunk.start + chunk.n],
+    );
+    Ok(Some(chunk.start + chunk.n))
 }
 
 /// Waits for `stream` until `deadline`.
