@@ -81,10 +81,24 @@ static int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
 
 namespace simt {
 
+// A fiber's saved registers. On x86-64 a switch is a few instructions (dwcp_sim_switch below);
+// swapcontext also saves and restores the signal mask, a system call each time, which made
+// fiber switches most of the simulator's time in kernels with a vote every few instructions.
+#if defined(__x86_64__)
+#define SIM_FAST_SWITCH 1
+struct Ctx {
+    void* sp;
+};
+#else
+struct Ctx {
+    ucontext_t uc;
+};
+#endif
+
 constexpr size_t STACK = 64 * 1024;
 enum State { READY, WAITING, DONE };
 struct Fiber {
-    ucontext_t ctx;
+    Ctx ctx;
     State state;
     unsigned tid;
     int group;  // -1: the block barrier; w: warp w
@@ -100,7 +114,7 @@ struct Group {
 
 static std::vector<Fiber> fibers;
 static std::vector<char*> stacks;
-static ucontext_t scheduler;
+static Ctx scheduler;
 static unsigned current;
 static Group block_group;
 static std::vector<Group> warps;
@@ -113,6 +127,54 @@ static std::vector<u64> slots, stamps;
 static void (*body)(const u64*);
 static u64 body_args[9];
 static bool bad_mask;  // a partial mask, or threads of one group waiting at different places
+
+#if SIM_FAST_SWITCH
+// Saves the callee-saved registers on the running stack and its stack pointer in *save, then
+// takes up the stack at `load` and returns to where it was saved.
+extern "C" void dwcp_sim_switch(void** save, void* load);
+asm(R"(
+    .text
+    .globl dwcp_sim_switch
+    .hidden dwcp_sim_switch
+    .type dwcp_sim_switch, @function
+dwcp_sim_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size dwcp_sim_switch, .-dwcp_sim_switch
+)");
+static void swap(Ctx& from, Ctx& to) { dwcp_sim_switch(&from.sp, to.sp); }
+// A context that runs `fn` (which must never return) on `stack` when first switched to: its
+// start address and six zeroed registers, with the stack aligned as at a call.
+static void start(Ctx& c, char* stack, size_t size, void (*fn)()) {
+    void** sp = (void**)(((uintptr_t)(stack + size)) & ~(uintptr_t)15);
+    *--sp = nullptr;  // fn's return address: it never returns
+    *--sp = (void*)fn;
+    for (int i = 0; i < 6; i++) *--sp = nullptr;
+    c.sp = sp;
+}
+#else
+static void swap(Ctx& from, Ctx& to) { swapcontext(&from.uc, &to.uc); }
+static void start(Ctx& c, char* stack, size_t size, void (*fn)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, fn, 0);
+}
+#endif
 
 static Group& group(int g) { return g < 0 ? block_group : warps[(size_t)g]; }
 
@@ -140,7 +202,7 @@ static void arrive(int g, const void* site) {
     f.site = site;
     gr.arrived++;
     release_if_complete(g);
-    swapcontext(&f.ctx, &scheduler);
+    swap(f.ctx, scheduler);
 }
 
 static void entry() {
@@ -152,7 +214,7 @@ static void entry() {
     block_group.live--;
     release_if_complete(w);
     release_if_complete(-1);
-    // Returning resumes `scheduler` (uc_link).
+    swap(f.ctx, scheduler);  // never resumed
 }
 
 // Runs one block of `n` threads to the end; false on a deadlock (a barrier or shuffle that
@@ -170,11 +232,7 @@ static bool run_block(unsigned n) {
         warps[i / 32].live++;
         f.state = READY;
         f.tid = i;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = stacks[i];
-        f.ctx.uc_stack.ss_size = STACK;
-        f.ctx.uc_link = &scheduler;
-        makecontext(&f.ctx, entry, 0);
+        start(f.ctx, stacks[i], STACK, entry);
     }
     bad_mask = false;
     for (;;) {
@@ -183,7 +241,7 @@ static bool run_block(unsigned n) {
             while (fibers[i].state == READY) {
                 current = i;
                 threadIdx = SimDim3{fibers[i].tid, 0, 0};
-                swapcontext(&scheduler, &fibers[i].ctx);
+                swap(scheduler, fibers[i].ctx);
                 ran = true;
                 if (bad_mask) return false;
             }
@@ -199,7 +257,7 @@ static T exchange(unsigned mask, T v, unsigned from_lane_of(unsigned lane, int a
                   const void* site) {
     if (mask != 0xffffffffu) {
         bad_mask = true;
-        swapcontext(&fibers[current].ctx, &scheduler);
+        swap(fibers[current].ctx, scheduler);
     }
     unsigned lane = threadIdx.x & 31, w = threadIdx.x / 32;
     u64* bank = &slots[w * 64 + 32 * (fibers[current].bank++ & 1)];
@@ -215,7 +273,7 @@ namespace simt {
 static unsigned vote(unsigned mask, u64 v, bool pick(u64, u64), const void* site) {
     if (mask != 0xffffffffu) {
         bad_mask = true;
-        swapcontext(&fibers[current].ctx, &scheduler);
+        swap(fibers[current].ctx, scheduler);
     }
     unsigned lane = threadIdx.x & 31, w = threadIdx.x / 32;
     unsigned at = w * 64 + 32 * (fibers[current].bank++ & 1);
@@ -237,7 +295,7 @@ static void sim_syncthreads(const void* site) { simt::arrive(-1, site); }
 static void sim_syncwarp(const void* site, unsigned mask) {
     if (mask != 0xffffffffu) {
         simt::bad_mask = true;
-        swapcontext(&simt::fibers[simt::current].ctx, &simt::scheduler);
+        simt::swap(simt::fibers[simt::current].ctx, simt::scheduler);
     }
     simt::arrive((int)(threadIdx.x / 32), site);
 }
