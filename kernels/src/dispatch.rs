@@ -676,16 +676,18 @@ impl Dispatcher {
             }
             Err(f) => {
                 let done = f.done.min(k);
+                let left = (k - done) as u64;
                 match f.kind {
-                    Stop::Declined => self.stats.declined_jobs += (k - done) as u64,
+                    Stop::Declined => self.stats.declined_jobs += left,
                     Stop::Timeout | Stop::Error => {
-                        let trouble = if f.kind == Stop::Timeout {
+                        let timeout = f.kind == Stop::Timeout;
+                        let trouble = if timeout {
                             Trouble::Timeout
                         } else {
                             Trouble::Error
                         };
                         self.unhealthy(f.reason, trouble);
-                        self.stats.fallback_jobs += (k - done) as u64;
+                        self.stats.fallback_jobs += left;
                     }
                 }
                 cpu_call(&mut self.cpu, &mut ours[done..]);
