@@ -174,6 +174,8 @@ DEV bool lz4_emit_warp(u8* dst, u32 cap, u32* op, const u8* lit_src, u32 lit, u3
     return true;
 }
 
+// Clears the table's first 1 << hl entries, the lanes sharing the stores; every lane sees
+// them cleared after the second barrier.
 DEV void lz4_clear_warp(u16* table, u32 hl, u32 lane) {
     __syncwarp();
     for (u32 i = lane; i < (1u << hl); i += 32) table[i] = 0;
