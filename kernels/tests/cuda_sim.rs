@@ -400,6 +400,73 @@ fn sim_dispatcher_runs_a_declined_rest_on_the_cpu_and_keeps_the_gpu() {
     assert_eq!((st.batches[0], st.probes), ([1, 1], 0), "{st:?}");
 }
 
+/// Through the gathering thread: a worker's packet past a lane declines the rest of the
+/// gathered batch (a later worker's share too), which each worker finishes on its CPU; no
+/// worker counts a GPU fault, and the next batches go to the GPU again.
+#[test]
+fn sim_a_declined_packet_in_a_gathered_batch_keeps_every_worker_on_the_gpu() {
+    use dwcp_kernels::gather::Gatherer;
+    let _one = sim().serial();
+    let (g, clients) = Gatherer::start(
+        Box::new(engine(SMALL_LANES)),
+        2,
+        GatherSettings {
+            max_batch: 1024,
+            max_delay: Duration::from_millis(20),
+            ..GatherSettings::default()
+        },
+    )
+    .expect("gathering thread");
+    std::thread::scope(|scope| {
+        for (w, c) in clients.into_iter().enumerate() {
+            scope.spawn(move || {
+                let mut d = Dispatcher::new(
+                    Some(Box::new(c)),
+                    Settings {
+                        mode: Mode::On,
+                        deadline: Duration::from_secs(30),
+                        ..Settings::default()
+                    },
+                );
+                let seed = 30 + w as u64;
+                let make = |seed| {
+                    if w == 0 {
+                        batch_with_a_packet_past_a_lane(seed)
+                    } else {
+                        Batch::new(300, seed)
+                    }
+                };
+                let (mut b, mut want) = (make(seed), make(seed));
+                CpuEngine.seal(&mut want.jobs());
+                d.seal(&mut b.jobs());
+                for (i, (got, want)) in b.pkts.iter().zip(&want.pkts).enumerate() {
+                    assert_eq!(got.buf, want.buf, "worker {w} packet {i}");
+                }
+                let mut next = Batch::new(100, seed + 10);
+                d.seal(&mut next.jobs());
+                let st = d.offload_stats().expect("stats");
+                assert_eq!(
+                    (st.gpu_errors, st.gpu_timeouts, st.fallback_jobs, st.probes),
+                    (0, 0, 0, 0),
+                    "worker {w}: {st:?}"
+                );
+                assert!(st.gpu_healthy, "worker {w}: {st:?}");
+                // Worker 0's first batch always ends on the CPU; worker 1's did if it was
+                // gathered behind worker 0's.
+                assert!(
+                    st.batches[0][1] >= 1,
+                    "worker {w}: the next batch on the GPU"
+                );
+                if w == 0 {
+                    assert_eq!(st.batches[0][1], 1, "{st:?}");
+                    assert!(st.declined_jobs >= 150, "{st:?}");
+                }
+            });
+        }
+    });
+    assert!(g.stats().gathers >= 2, "{:?}", g.stats());
+}
+
 #[test]
 fn sim_the_start_up_check_passes_on_the_real_kernels_and_catches_a_gpu_giving_wrong_answers() {
     let _one = sim().serial();
