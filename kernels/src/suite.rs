@@ -708,6 +708,23 @@ fn counted(f: impl FnOnce()) -> u64 {
     crate::alloc_count::allocations_anywhere(f).1
 }
 
+/// A worker's dispatcher that sends every batch to `gpu` (`offload.gpu = on`) with batch
+/// deadline `deadline`, the other settings at their defaults.
+pub fn dispatcher_on(
+    gpu: Box<dyn crate::dispatch::Accelerator>,
+    deadline: std::time::Duration,
+) -> crate::dispatch::Dispatcher {
+    use crate::dispatch::{Dispatcher, Mode, Settings};
+    Dispatcher::new(
+        Some(gpu),
+        Settings {
+            mode: Mode::On,
+            deadline,
+            ..Settings::default()
+        },
+    )
+}
+
 /// The suite through the gathering thread: `workers` threads, each with its own dispatcher
 /// (`offload.gpu = on`, batch deadline `deadline`) over one gathering thread in front of `gpu`,
 /// each sealing and opening `packets` random packets and round-tripping `packets / 5` through
@@ -721,20 +738,12 @@ pub fn gathered_workers(
     packets: usize,
     batch: usize,
 ) -> crate::gather::GatherStats {
-    use crate::dispatch::{Dispatcher, Mode, Settings};
     let (g, clients) =
         crate::gather::Gatherer::start(gpu, workers, gather).expect("gathering thread");
     std::thread::scope(|scope| {
         for (w, c) in clients.into_iter().enumerate() {
             scope.spawn(move || {
-                let mut d = Dispatcher::new(
-                    Some(Box::new(c)),
-                    Settings {
-                        mode: Mode::On,
-                        deadline,
-                        ..Settings::default()
-                    },
-                );
+                let mut d = dispatcher_on(Box::new(c), deadline);
                 let seed = 100 + w as u64;
                 gcm_random(&mut d, packets, batch, seed);
                 lz4_round_trips(&mut d, packets / 5, batch, seed);

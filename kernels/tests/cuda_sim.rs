@@ -420,14 +420,7 @@ fn sim_a_declined_packet_in_a_gathered_batch_keeps_every_worker_on_the_gpu() {
     std::thread::scope(|scope| {
         for (w, c) in clients.into_iter().enumerate() {
             scope.spawn(move || {
-                let mut d = Dispatcher::new(
-                    Some(Box::new(c)),
-                    Settings {
-                        mode: Mode::On,
-                        deadline: Duration::from_secs(30),
-                        ..Settings::default()
-                    },
-                );
+                let mut d = suite::dispatcher_on(Box::new(c), Duration::from_secs(30));
                 let seed = 30 + w as u64;
                 let make = |seed| {
                     if w == 0 {
