@@ -3,13 +3,16 @@
 // least 12 bytes before the end) for the DWCP offload engine. A warp compresses one packet, its
 // 32 lanes looking up 32 positions at once in the packet's hash table in shared memory (sized
 // to the packet, up to 4096 entries); its output is byte for byte that of the serial
-// `lz4_compress_block` below, which the host check builds. One thread decompresses a packet.
+// `lz4_compress_block` below, which the host check builds. A warp decompresses a packet
+// (`lz4_decompress_warp`), or one thread does (`lz4_decompress`, kept to compare on a GPU).
 
 #define LZ4_HASH_LOG_MAX 12
 // Warps per block of lz4_compress: each has its own table of 1 << LZ4_HASH_LOG_MAX u16.
 #define LZ4_COMPRESS_WARPS 4
 // Threads per block of lz4_decompress.
 #define LZ4_DECOMPRESS_THREADS 32
+// Warps per block of lz4_decompress_warp.
+#define LZ4_DECOMPRESS_WARPS 4
 
 DEV u32 load_le32(const u8* p) {
     return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24);
@@ -268,6 +271,74 @@ extern "C" __global__ void lz4_compress(const u8* src, const u32* src_off, const
          i += gridDim.x * LZ4_COMPRESS_WARPS) {
         int r = lz4_compress_warp(src + src_off[i], src_len[i], dst + dst_off[i], dst_cap[i],
                                   table, lane);
+        if (lane == 0) out_len[i] = r < 0 ? LZ4_NONE : (u32)r;
+    }
+}
+
+// Reads a run length's extra bytes (after the 15 in the token) into `*r`; false when the
+// input ends first.
+DEV bool lz4_get_len(const u8* src, u32 len, u32* ip, u32* r) {
+    u32 b;
+    do {
+        if (*ip >= len) return false;
+        b = src[(*ip)++];
+        *r += b;
+    } while (b == 255);
+    return true;
+}
+
+// lz4_decompress_block by one warp, with the same result: every lane parses the tokens,
+// lengths and offsets alike (the same bytes, one load for the warp; the same branches, so
+// the warp never splits), and the lanes share each sequence's copies, lane l taking bytes
+// l, l + 32, …. A match's byte i is the byte `offset` back of it, and for i ≥ offset that
+// byte is itself a copy: the repeat of the last `offset` bytes before the match, byte
+// i mod offset of them, read from output that was there before the match started — so the
+// lanes copy a match, overlapping or not, without waiting on each other inside it. The
+// barrier after each sequence's literals makes every lane's writes so far seen by the match
+// reads that follow (the only reads of the output).
+DEV int lz4_decompress_warp_block(const u8* src, u32 len, u8* dst, u32 cap, u32 lane) {
+    u32 ip = 0, op = 0;
+    for (;;) {
+        if (ip >= len) return -1;
+        u32 token = src[ip++];
+        u32 lit = token >> 4;
+        if (lit == 15 && !lz4_get_len(src, len, &ip, &lit)) return -1;
+        if (lit > len - ip || lit > cap - op) return -1;
+        for (u32 i = lane; i < lit; i += 32) dst[op + i] = src[ip + i];
+        ip += lit;
+        op += lit;
+        if (ip == len) return (int)op;
+        if (len - ip < 2) return -1;
+        u32 offset = (u32)src[ip] | ((u32)src[ip + 1] << 8);
+        ip += 2;
+        if (offset == 0 || offset > op) return -1;
+        u32 ml = token & 15;
+        if (ml == 15 && !lz4_get_len(src, len, &ip, &ml)) return -1;
+        ml += 4;
+        if (ml > cap - op) return -1;
+        __syncwarp();
+        const u8* from = dst + op - offset;
+        // r = i mod offset for this lane's i, kept by adding 32 mod offset per step.
+        u32 r = lane % offset, step = 32 % offset;
+        for (u32 i = lane; i < ml; i += 32) {
+            dst[op + i] = from[r];
+            r += step;
+            if (r >= offset) r -= offset;
+        }
+        op += ml;
+    }
+}
+
+// Decompresses packet i like lz4_decompress, one warp per packet, blocks of
+// LZ4_DECOMPRESS_WARPS warps.
+extern "C" __global__ void lz4_decompress_warp(const u8* src, const u32* src_off,
+                                               const u32* src_len, u8* dst, const u32* dst_off,
+                                               const u32* dst_cap, u32* out_len, u32 n) {
+    u32 warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    for (u32 i = blockIdx.x * LZ4_DECOMPRESS_WARPS + warp; i < n;
+         i += gridDim.x * LZ4_DECOMPRESS_WARPS) {
+        int r = lz4_decompress_warp_block(src + src_off[i], src_len[i], dst + dst_off[i],
+                                          dst_cap[i], lane);
         if (lane == 0) out_len[i] = r < 0 ? LZ4_NONE : (u32)r;
     }
 }

@@ -349,6 +349,11 @@ static const Kernel KERNELS[] = {
          lz4_decompress(P(0, const u8*), P(1, const u32*), P(2, const u32*), P(3, u8*),
                         P(4, const u32*), P(5, const u32*), P(6, u32*), P(7, u32));
      }},
+    {"lz4_decompress_warp", 8, {8, 8, 8, 8, 8, 8, 8, 4},
+     [](const u64* a) {
+         lz4_decompress_warp(P(0, const u8*), P(1, const u32*), P(2, const u32*), P(3, u8*),
+                             P(4, const u32*), P(5, const u32*), P(6, u32*), P(7, u32));
+     }},
 };
 #undef P
 
@@ -430,6 +435,8 @@ static const size_t DEVICE_MEMORY = 1ull << 30;
 
 // Counters (dwcp_sim_stats) and the failure to inject (dwcp_sim_inject).
 static u64 launches = 0, copies = 0, device_allocs = 0, unpinned_copies = 0, deepest_queue = 0;
+// Launches per kernel, by place in KERNELS (dwcp_sim_launches_of).
+static u64 kernel_launches[sizeof(KERNELS) / sizeof(KERNELS[0])] = {};
 static int inject_kind = 0;
 static u64 inject_at = 0;
 // Set by a kind-4 injection: from then on every device-to-host copy comes back with one bit
@@ -577,6 +584,15 @@ void dwcp_sim_stats(u64 out[6]) {
     out[4] = 0;
     for (Stream* st : streams) out[4] += st->used_for_kernels ? 1 : 0;
     out[5] = deepest_queue;
+}
+
+// Launches of the kernel called `name` so far (0 for a name no module may hold).
+u64 dwcp_sim_launches_of(const char* name) {
+    std::lock_guard<std::mutex> g(sim::lock);
+    for (size_t i = 0; i < sizeof(KERNELS) / sizeof(KERNELS[0]); i++) {
+        if (strcmp(KERNELS[i].name, name) == 0) return kernel_launches[i];
+    }
+    return 0;
 }
 
 // Reads an injection from the environment, for a whole process under test:
@@ -951,6 +967,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
         }
     }
     launches++;
+    kernel_launches[k - KERNELS]++;
     if (inject_kind != 0 && launches == inject_at) {
         int kind = inject_kind;
         inject_kind = 0;

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::cpu::CpuEngine;
-use crate::cuda::{Capacity, CudaEngine, CudaError, Op};
+use crate::cuda::{Capacity, CudaEngine, CudaError, Lz4Decompressor, Op};
 use crate::dispatch::Batch;
 use crate::dispatch::testing::{Fault, TestAccelerator};
 use crate::suite::{Rng, compressible};
@@ -195,6 +195,47 @@ fn ratio_row(
     })
 }
 
+/// Kernel-only decompression by each decompress kernel, on the same blocks: which one the
+/// engine should launch is a matter of speed alone, which only a GPU measures.
+#[derive(Clone, Copy, Debug)]
+pub struct DecompressorRow {
+    /// Packet size, bytes (uncompressed).
+    pub size: usize,
+    /// Packets per batch.
+    pub batch: usize,
+    /// `lz4_decompress`, one thread per packet: payload GB/s.
+    pub thread_gbps: f64,
+    /// `lz4_decompress_warp`, one warp per packet: payload GB/s.
+    pub warp_gbps: f64,
+}
+
+/// Times both decompress kernels on `n` of `inp`'s blocks, leaving the engine's choice as
+/// it was.
+fn decompressor_row(
+    gpu: &mut CudaEngine,
+    size: usize,
+    n: usize,
+    inp: &Inputs,
+    reps: usize,
+) -> Result<DecompressorRow, CudaError> {
+    let chosen = gpu.decompressor();
+    let mut runs = Runs::new(Op::Decompress, size, n, inp);
+    let mut time = |d: Lz4Decompressor| {
+        gpu.set_decompressor(d);
+        let jobs = DecompressJob::batch(&inp.packed[..n], &mut runs.dst);
+        gpu.kernel_time_decompress(&jobs, reps)
+            .map(|t| gbps(size * n, t))
+    };
+    let (thread, warp) = (time(Lz4Decompressor::Thread), time(Lz4Decompressor::Warp));
+    gpu.set_decompressor(chosen);
+    Ok(DecompressorRow {
+        size,
+        batch: n,
+        thread_gbps: thread?,
+        warp_gbps: warp?,
+    })
+}
+
 /// The checks' default sampling, for the report.
 const CHECK_EVERY: u64 = crate::dispatch::Settings::DEFAULT_VERIFY_EVERY;
 
@@ -219,6 +260,10 @@ pub struct Report {
     pub checks: Vec<CheckRow>,
     /// LZ4 compression, GPU beside CPU, per packet size.
     pub ratios: Vec<RatioRow>,
+    /// The two decompress kernels, kernel-only, per packet and batch size.
+    pub decompressors: Vec<DecompressorRow>,
+    /// The decompress kernel the engine launched for the other rows.
+    pub decompressor: Lz4Decompressor,
     /// The kernels as ptxas built them for the device's architecture, or why that is unknown.
     pub kernels: Result<Vec<KernelLine>, String>,
 }
@@ -746,6 +791,7 @@ pub fn offload(
     let mut rows = Vec::new();
     let mut checks = Vec::new();
     let mut ratios = Vec::new();
+    let mut decompressors = Vec::new();
     for &size in sizes {
         let inp = Inputs::new(size, max_batch, &mut rng);
         ratios.push(ratio_row(&mut gpu, size, 1024, &inp)?);
@@ -763,6 +809,9 @@ pub fn offload(
                     e2e_gbps,
                     cpu_gbps: cpu,
                 });
+                if op == Op::Decompress {
+                    decompressors.push(decompressor_row(&mut gpu, size, batch, &inp, reps)?);
+                }
             }
             let budget = Duration::from_millis(if reps >= 5 { 200 } else { 20 });
             checks.push(CheckRow {
@@ -774,6 +823,7 @@ pub fn offload(
         }
     }
     let latency = latency_rows(&mut gpu, &mut rng, if reps >= 5 { 201 } else { reps })?;
+    let decompressor = gpu.decompressor();
     drop(gpu);
     // Worker-sized bursts (the data plane's 32) of 1408 bytes from 1, 2, 4 … workers.
     let mut workers: Vec<usize> = [1, 2, 4, 8, threads]
@@ -802,6 +852,8 @@ pub fn offload(
         latency,
         checks,
         ratios,
+        decompressors,
+        decompressor,
         kernels,
     })
 }
@@ -958,7 +1010,7 @@ impl Report {
                     let r = &k.resources;
                     let _ = writeln!(
                         s,
-                        "kernel {:<15} {} block {:>3}: {:>3} registers, {:>5} B shared, {} B spilled, {} warps/SM",
+                        "kernel {:<19} {} block {:>3}: {:>3} registers, {:>5} B shared, {} B spilled, {} warps/SM",
                         r.kernel,
                         k.sm,
                         k.block,
@@ -1070,6 +1122,27 @@ impl Report {
                 r.gpu / r.cpu.max(1e-9)
             );
         }
+        let _ = writeln!(
+            s,
+            "LZ4 decompress kernels, kernel-only on the same blocks (the rows above ran {})",
+            self.decompressor.kernel()
+        );
+        let _ = writeln!(
+            s,
+            "{:>5} {:>6} {:>15} {:>15} {:>12}",
+            "bytes", "batch", "thread/packet", "warp/packet", "warp/thread"
+        );
+        for d in &self.decompressors {
+            let _ = writeln!(
+                s,
+                "{:>5} {:>6} {:>10.1} GB/s {:>10.1} GB/s {:>11.2}x",
+                d.size,
+                d.batch,
+                d.thread_gbps,
+                d.warp_gbps,
+                d.warp_gbps / d.thread_gbps.max(1e-9)
+            );
+        }
         s
     }
 
@@ -1134,6 +1207,22 @@ impl Report {
                 r.size,
                 r.gpu,
                 r.cpu
+            );
+        }
+        let _ = write!(
+            s,
+            "],\"decompressor\":{:?},\"decompressors\":[",
+            self.decompressor.kernel()
+        );
+        for (i, d) in self.decompressors.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}{{\"size\":{},\"batch\":{},\"thread_gbps\":{:.3},\"warp_gbps\":{:.3}}}",
+                if i == 0 { "" } else { "," },
+                d.size,
+                d.batch,
+                d.thread_gbps,
+                d.warp_gbps
             );
         }
         s.push_str("],\"latency\":[");

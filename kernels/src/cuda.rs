@@ -195,6 +195,9 @@ pub const GCM_BLOCK: u32 = 256;
 pub const LZ4_COMPRESS_BLOCK: u32 = 4 * 32;
 /// Threads per block of `lz4_decompress` (one thread per packet; `LZ4_DECOMPRESS_THREADS`).
 pub const LZ4_DECOMPRESS_BLOCK: u32 = 32;
+/// Threads per block of `lz4_decompress_warp` (one warp per packet; `LZ4_DECOMPRESS_WARPS`
+/// warps, which must match).
+pub const LZ4_DECOMPRESS_WARP_BLOCK: u32 = 4 * 32;
 
 /// The block size the engine launches `kernel` with.
 pub fn launch_block(kernel: &str) -> Option<u32> {
@@ -203,6 +206,7 @@ pub fn launch_block(kernel: &str) -> Option<u32> {
         "gcm_seal" | "gcm_open" => Some(GCM_BLOCK),
         "lz4_compress" => Some(LZ4_COMPRESS_BLOCK),
         "lz4_decompress" => Some(LZ4_DECOMPRESS_BLOCK),
+        "lz4_decompress_warp" => Some(LZ4_DECOMPRESS_WARP_BLOCK),
         _ => None,
     }
 }
@@ -608,12 +612,39 @@ fn record_len(aad: usize, len: usize) -> usize {
     (aad + len + TAG_LEN).next_multiple_of(16)
 }
 
+/// Which kernel decompresses LZ4: both give the same output and the same refusals, so the
+/// choice is speed alone, which only a GPU measures (`dwcp bench offload` times both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lz4Decompressor {
+    /// `lz4_decompress`: one thread per packet.
+    Thread,
+    /// `lz4_decompress_warp`: one warp per packet (the default).
+    #[default]
+    Warp,
+}
+
+impl Lz4Decompressor {
+    /// Both, in report order.
+    pub const ALL: [Lz4Decompressor; 2] = [Lz4Decompressor::Thread, Lz4Decompressor::Warp];
+
+    /// The kernel's name.
+    pub fn kernel(self) -> &'static str {
+        match self {
+            Lz4Decompressor::Thread => "lz4_decompress",
+            Lz4Decompressor::Warp => "lz4_decompress_warp",
+        }
+    }
+}
+
 struct Functions {
     key_setup: CudaFunction,
     seal: CudaFunction,
     open: CudaFunction,
     compress: CudaFunction,
-    decompress: CudaFunction,
+    decompress_thread: CudaFunction,
+    decompress_warp: CudaFunction,
+    /// The one decompress launches.
+    decompressor: Lz4Decompressor,
 }
 
 /// Per-batch key de-duplication: key id → slot in the batch's key table, in a fixed table
@@ -774,7 +805,9 @@ impl CudaEngine {
             seal: gcm.load_function("gcm_seal")?,
             open: gcm.load_function("gcm_open")?,
             compress: lz4.load_function("lz4_compress")?,
-            decompress: lz4.load_function("lz4_decompress")?,
+            decompress_thread: lz4.load_function(Lz4Decompressor::Thread.kernel())?,
+            decompress_warp: lz4.load_function(Lz4Decompressor::Warp.kernel())?,
+            decompressor: Lz4Decompressor::default(),
         };
         let lanes = [Self::lane(&ctx, cap)?, Self::lane(&ctx, cap)?];
         Ok(Self {
@@ -831,6 +864,16 @@ impl CudaEngine {
     /// The device this engine runs on.
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// Which kernel decompresses from now on.
+    pub fn set_decompressor(&mut self, d: Lz4Decompressor) {
+        self.f.decompressor = d;
+    }
+
+    /// The kernel that decompresses.
+    pub fn decompressor(&self) -> Lz4Decompressor {
+        self.f.decompressor
     }
 
     /// Free and total device memory now, bytes.
@@ -1272,12 +1315,26 @@ fn run_kernels(
                 };
                 (&f.compress, cfg)
             } else {
+                let (func, block, per_block, blocks_per_sm) = match f.decompressor {
+                    Lz4Decompressor::Thread => (
+                        &f.decompress_thread,
+                        LZ4_DECOMPRESS_BLOCK,
+                        LZ4_DECOMPRESS_BLOCK as usize,
+                        16,
+                    ),
+                    Lz4Decompressor::Warp => (
+                        &f.decompress_warp,
+                        LZ4_DECOMPRESS_WARP_BLOCK,
+                        LZ4_DECOMPRESS_WARP_BLOCK as usize / 32,
+                        16,
+                    ),
+                };
                 let cfg = LaunchConfig {
-                    grid_dim: (grid(info, chunk.n, LZ4_DECOMPRESS_BLOCK as usize, 16), 1, 1),
-                    block_dim: (LZ4_DECOMPRESS_BLOCK, 1, 1),
+                    grid_dim: (grid(info, chunk.n, per_block, blocks_per_sm), 1, 1),
+                    block_dim: (block, 1, 1),
                     shared_mem_bytes: 0,
                 };
-                (&f.decompress, cfg)
+                (func, cfg)
             };
             let mut params = [
                 param(&d.data.ptr),
@@ -1289,8 +1346,9 @@ fn run_kernels(
                 param(&d.out.ptr),
                 param(&n),
             ];
-            // SAFETY: matches lz4_compress/lz4_decompress's parameters; source and destination
-            // ranges were laid out by stage_compress/stage_decompress inside the buffers.
+            // SAFETY: matches lz4_compress's, lz4_decompress's and lz4_decompress_warp's
+            // parameters (all alike); source and destination ranges were laid out by
+            // stage_compress/stage_decompress inside the buffers.
             unsafe { launch_kernel(stream, func, cfg, &mut params) }?;
         }
     }

@@ -582,6 +582,97 @@ pub fn lz4_past_64_kib(engine: &mut dyn Engine, seed: u64) {
     }
 }
 
+/// Appends a run length's extra bytes (past the token's 15) in LZ4's encoding.
+fn lz4_len(block: &mut Vec<u8>, mut r: usize) {
+    while r >= 255 {
+        block.push(255);
+        r -= 255;
+    }
+    block.push(u8::try_from(r).unwrap_or(0));
+}
+
+/// Appends one LZ4 sequence — `lit` literals, then a match of `ml` (≥ 4) bytes `offset` back
+/// — to `block`.
+fn lz4_encode(block: &mut Vec<u8>, lit: &[u8], offset: usize, ml: usize) {
+    let (l, m) = (lit.len(), ml - 4);
+    block.push(u8::try_from((l.min(15) << 4) | m.min(15)).unwrap_or(0));
+    if l >= 15 {
+        lz4_len(block, l - 15);
+    }
+    block.extend_from_slice(lit);
+    block.extend_from_slice(&u16::try_from(offset).unwrap_or(0).to_le_bytes());
+    if m >= 15 {
+        lz4_len(block, m - 15);
+    }
+}
+
+/// [`lz4_encode`], and what the sequence decodes to appended to `out`, byte by byte as the
+/// format defines it.
+fn lz4_sequence(block: &mut Vec<u8>, out: &mut Vec<u8>, lit: &[u8], offset: usize, ml: usize) {
+    lz4_encode(block, lit, offset, ml);
+    out.extend_from_slice(lit);
+    for _ in 0..ml {
+        out.push(out[out.len() - offset]);
+    }
+}
+
+/// Matches that overlap their own output — offsets 1 to 40, shorter and longer than a warp's
+/// 32 lanes, lengths from 4 to past 255 — in blocks built sequence by sequence (a second
+/// match reaching back into the first), decompressed by `engine` to what the format defines,
+/// which `lz4_flex` agrees with; the same block with an offset one past the output so far is
+/// refused. Where one lane's byte is another's source, a decompressor sharing a packet among
+/// threads goes wrong.
+pub fn lz4_overlapping_matches(engine: &mut dyn Engine, seed: u64) {
+    let mut rng = Rng(seed);
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut wants: Vec<Vec<u8>> = Vec::new();
+    for offset in 1..=40usize {
+        for ml in [4usize, 5, 18, 19, 31, 32, 33, 63, 64, 65, 100, 274, 300] {
+            let (mut block, mut out) = (Vec::new(), Vec::new());
+            let mut lit = vec![0u8; offset + rng.below(3)];
+            rng.fill(&mut lit);
+            lz4_sequence(&mut block, &mut out, &lit, offset, ml);
+            // A second match, from inside the first one's output back into the literals.
+            let second = 1 + rng.below(out.len());
+            let mut lit2 = vec![0u8; rng.below(20)];
+            rng.fill(&mut lit2);
+            lz4_sequence(&mut block, &mut out, &lit2, second, 4 + rng.below(70));
+            // The last sequence: literals only.
+            block.extend_from_slice(&[0x10, b'.']);
+            out.push(b'.');
+            let flex = lz4_flex::block::decompress(&block, out.len())
+                .unwrap_or_else(|e| panic!("offset {offset} length {ml}: lz4_flex: {e}"));
+            assert!(
+                flex == out,
+                "offset {offset} length {ml}: lz4_flex disagrees"
+            );
+            // The same first match one byte further back than the output so far: malformed.
+            let mut bad = Vec::new();
+            lz4_encode(&mut bad, &lit, lit.len() + 1, ml);
+            bad.extend_from_slice(&[0x10, b'.']);
+            blocks.push(block);
+            wants.push(out);
+            blocks.push(bad);
+            wants.push(Vec::new());
+        }
+    }
+    let mut outs: Vec<Vec<u8>> = wants.iter().map(|w| vec![0u8; w.len().max(16)]).collect();
+    let mut jobs = DecompressJob::batch(&blocks, &mut outs);
+    engine.decompress(&mut jobs);
+    let name = engine.name();
+    for (i, (job, want)) in jobs.iter().zip(&wants).enumerate() {
+        if want.is_empty() {
+            assert_eq!(
+                job.out_len, None,
+                "{name}: block {i}: offset past the start accepted"
+            );
+        } else {
+            assert_eq!(job.out_len, Some(want.len()), "{name}: block {i}: length");
+            assert!(job.dst[..want.len()] == *want, "{name}: block {i}: bytes");
+        }
+    }
+}
+
 /// Holds `engine` to no allocation per packet once warm: a warm-up round of seal, open,
 /// compress and decompress over packets of 0 to 9216 bytes (text and random), then three
 /// rounds in which no thread may allocate. Counts only with
@@ -775,5 +866,6 @@ mod tests {
         lz4_round_trips(&mut CpuEngine, 600, 256, 2);
         lz4_mutated_blocks(&mut CpuEngine, 2000, 3);
         lz4_past_64_kib(&mut CpuEngine, 4);
+        lz4_overlapping_matches(&mut CpuEngine, 5);
     }
 }

@@ -12,7 +12,7 @@ mod sim_driver;
 use std::time::{Duration, Instant};
 
 use dwcp_kernels::cpu::CpuEngine;
-use dwcp_kernels::cuda::{Capacity, CudaEngine, CudaError};
+use dwcp_kernels::cuda::{Capacity, CudaEngine, CudaError, Lz4Decompressor};
 use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
 use dwcp_kernels::gather::GatherSettings;
 use dwcp_kernels::selftest;
@@ -59,6 +59,38 @@ fn sim_lz4_round_trips_with_lz4_flex_both_ways() {
     let _one = sim().serial();
     let mut e = engine(Capacity::for_batch(1024, 9216));
     suite::lz4_round_trips(&mut e, 1200, 600, 0x1234);
+    assert_eq!(e.failures(), (0, None));
+}
+
+/// Both decompress kernels — a warp per packet (the engine's default) and a thread per packet
+/// — give what the format defines and `lz4_flex` gives, and refuse what it refuses: matches
+/// overlapping their own output at offsets below, at and above a warp's 32 lanes, round
+/// trips at every size, mutated blocks. Each is the kernel that actually ran.
+#[test]
+fn sim_both_lz4_decompressors_give_lz4_flex_output_and_refusals() {
+    let _one = sim().serial();
+    let mut e = engine(Capacity::for_batch(1024, 9216));
+    assert_eq!(e.decompressor(), Lz4Decompressor::Warp);
+    for d in Lz4Decompressor::ALL {
+        e.set_decompressor(d);
+        let other = Lz4Decompressor::ALL
+            .into_iter()
+            .find(|&o| o != d)
+            .expect("two");
+        let (mine, theirs) = (
+            sim().launches_of(d.kernel()),
+            sim().launches_of(other.kernel()),
+        );
+        suite::lz4_overlapping_matches(&mut e, 0x0e1a);
+        suite::lz4_round_trips(&mut e, 300, 300, 0x77);
+        suite::lz4_mutated_blocks(&mut e, 600, 0xbad);
+        assert!(sim().launches_of(d.kernel()) > mine, "{d:?} never launched");
+        assert_eq!(
+            sim().launches_of(other.kernel()),
+            theirs,
+            "{other:?} launched while {d:?} was chosen"
+        );
+    }
     assert_eq!(e.failures(), (0, None));
 }
 
@@ -771,16 +803,16 @@ fn sim_bench_offload_reports_every_cell_and_the_kernels() {
         r.gathered
     );
     let kernels = r.kernels.as_ref().expect("ptxas report");
-    assert_eq!(kernels.len(), 5, "{kernels:?}");
+    assert_eq!(kernels.len(), 6, "{kernels:?}");
     assert!(
         kernels
             .iter()
             .all(|k| k.sm == "sm_90" && k.warps_per_sm.is_some())
     );
     let t = r.table();
-    assert_eq!(t.matches("\nkernel ").count(), 5, "{t}");
+    assert_eq!(t.matches("\nkernel ").count(), 6, "{t}");
     let j = r.json();
-    assert_eq!(j.matches("\"registers\":").count(), 5, "{j}");
+    assert_eq!(j.matches("\"registers\":").count(), 6, "{j}");
     assert_eq!(j.matches("\"e2e_over_copy\":").count(), 4, "{j}");
     // The live check's cost, per operation: one core's rate and the cores it takes.
     assert_eq!(r.checks.len(), 4, "{:?}", r.checks);
@@ -821,6 +853,20 @@ fn sim_bench_offload_reports_every_cell_and_the_kernels() {
     // And, per operation, the burst from which a GPU call keeps pace with one core (or never).
     assert_eq!(t.matches("one GPU call ").count(), 4, "{t}");
     assert!(j.contains("\"break_even_burst\":{\"seal\":"), "{j}");
+    // Both decompress kernels timed on the same blocks, once per decompress cell, and the
+    // engine's choice named.
+    assert_eq!(r.decompressors.len(), 1, "{:?}", r.decompressors);
+    let d = r.decompressors[0];
+    assert_eq!((d.size, d.batch), (64, 256), "{d:?}");
+    assert!(d.thread_gbps > 0.0 && d.warp_gbps > 0.0, "{d:?}");
+    assert!(
+        t.contains("LZ4 decompress kernels, kernel-only on the same blocks (the rows above ran lz4_decompress_warp)"),
+        "{t}"
+    );
+    assert!(
+        j.contains("\"decompressor\":\"lz4_decompress_warp\",\"decompressors\":[{\"size\":64,\"batch\":256,\"thread_gbps\":"),
+        "{j}"
+    );
 }
 
 /// The stand-in's own strictness, which the other tests rely on: a copy that runs past a

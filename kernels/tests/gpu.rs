@@ -143,6 +143,24 @@ fn gpu_lz4_round_trips_with_lz4_flex_both_ways() {
     no_failures(&e);
 }
 
+/// Both decompress kernels, the warp per packet the engine uses and the thread per packet
+/// kept to compare, give `lz4_flex`'s output and refusals on the GPU's memory model: matches
+/// overlapping their own output at every offset up to 40, round trips, mutated blocks.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_both_lz4_decompressors_give_lz4_flex_output_and_refusals() {
+    use dwcp_kernels::cuda::Lz4Decompressor;
+    let mut e = engine();
+    for d in Lz4Decompressor::ALL {
+        e.set_decompressor(d);
+        eprintln!("{}", d.kernel());
+        suite::lz4_overlapping_matches(&mut e, 0x0e1a);
+        suite::lz4_round_trips(&mut e, 5000, 4096, 0x77);
+        suite::lz4_mutated_blocks(&mut e, 5000, 0xbad);
+    }
+    no_failures(&e);
+}
+
 /// The GPU's compressor finds about as much as the CPU engine's (liblz4) in text and code, at
 /// the data plane's packet sizes: offload on does not put more bytes on the wire (decision
 /// 0020; the host check tests the same device code against `lz4_flex`).

@@ -21,7 +21,7 @@ fn every_cuda_source_compiles_with_nvrtc() {
             let want: &[&str] = if file == "gcm.cu" {
                 &["gcm_key_setup", "gcm_seal", "gcm_open"]
             } else {
-                &["lz4_compress", "lz4_decompress"]
+                &["lz4_compress", "lz4_decompress", "lz4_decompress_warp"]
             };
             for entry in want {
                 assert!(
@@ -77,7 +77,12 @@ fn every_kernel_fits_its_launch_without_spilling() {
         "lz4.cu's shared tables are per warp of a block: LZ4_COMPRESS_WARPS warps must be the launch block"
     );
     assert_eq!(define("LZ4_DECOMPRESS_THREADS"), cuda::LZ4_DECOMPRESS_BLOCK);
-    eprintln!("arch    kernel          block  regs  smem B  warps/SM");
+    assert_eq!(
+        define("LZ4_DECOMPRESS_WARPS") * 32,
+        cuda::LZ4_DECOMPRESS_WARP_BLOCK,
+        "lz4_decompress_warp strides over packets by LZ4_DECOMPRESS_WARPS warps per block: it must be the launch block"
+    );
+    eprintln!("arch    kernel              block  regs  smem B  warps/SM");
     for sm in ["sm_80", "sm_90"] {
         let limits = cuda::SmLimits::of(sm).expect("known architecture");
         let mut seen = Vec::new();
@@ -88,7 +93,7 @@ fn every_kernel_fits_its_launch_without_spilling() {
                     .unwrap_or_else(|| panic!("{file}: kernel {} is never launched", k.kernel));
                 let warps = k.resident_warps(block, limits);
                 eprintln!(
-                    "{sm}   {:<15} {block:>5} {:>5} {:>7} {warps:>9}",
+                    "{sm}   {:<19} {block:>5} {:>5} {:>7} {warps:>9}",
                     k.kernel, k.registers, k.shared_bytes
                 );
                 assert!(k.registers > 0, "{sm} {}: no register count read", k.kernel);
@@ -119,7 +124,8 @@ fn every_kernel_fits_its_launch_without_spilling() {
                 "gcm_open",
                 "gcm_seal",
                 "lz4_compress",
-                "lz4_decompress"
+                "lz4_decompress",
+                "lz4_decompress_warp"
             ],
             "{sm}: the kernels reported"
         );

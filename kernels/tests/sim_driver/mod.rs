@@ -35,11 +35,13 @@ pub struct Stats {
 
 type InjectFn = unsafe extern "C" fn(i32, u32, u32);
 type StatsFn = unsafe extern "C" fn(*mut u64);
+type LaunchesOfFn = unsafe extern "C" fn(*const std::ffi::c_char) -> u64;
 
 /// The loaded stand-in.
 pub struct Sim {
     inject: InjectFn,
     stats: StatsFn,
+    launches_of: LaunchesOfFn,
     serial: Mutex<()>,
 }
 
@@ -64,10 +66,14 @@ pub fn sim() -> &'static Sim {
             let stats = *handle
                 .get::<StatsFn>(b"dwcp_sim_stats\0")
                 .expect("dwcp_sim_stats");
+            let launches_of = *handle
+                .get::<LaunchesOfFn>(b"dwcp_sim_launches_of\0")
+                .expect("dwcp_sim_launches_of");
             std::mem::forget(handle);
             Sim {
                 inject,
                 stats,
+                launches_of,
                 serial: Mutex::new(()),
             }
         }
@@ -97,6 +103,13 @@ impl Sim {
             kernel_streams: v[4],
             deepest_queue: v[5],
         }
+    }
+    /// Launches of the kernel `name` so far.
+    pub fn launches_of(&self, name: &str) -> u64 {
+        let name = std::ffi::CString::new(name).expect("a kernel name");
+        // SAFETY: a plain C function of the stand-in reading a NUL-terminated string, which
+        // outlives the call.
+        unsafe { (self.launches_of)(name.as_ptr()) }
     }
 }
 
