@@ -4,7 +4,8 @@
 // 32 lanes looking up 32 positions at once in the packet's hash table in shared memory (sized
 // to the packet, up to 4096 entries); its output is byte for byte that of the serial
 // `lz4_compress_block` below, which the host check builds. A warp decompresses a packet
-// (`lz4_decompress_warp`), or one thread does (`lz4_decompress`, kept to compare on a GPU).
+// (`lz4_decompress_warp`), or one thread does (`lz4_decompress`, kept to compare on a GPU),
+// both by `lz4_decompress_lanes`.
 
 #define LZ4_HASH_LOG_MAX 12
 // Warps per block of lz4_compress: each has its own table of 1 << LZ4_HASH_LOG_MAX u16.
@@ -100,42 +101,75 @@ DEV int lz4_compress_block(const u8* src, u32 len, u8* dst, u32 cap, u16* table)
     return (int)op;
 }
 
-// Decompresses `src[..len]` into `dst[..cap]`; the output length, or -1 for malformed input
-// or output that does not fit.
-DEV int lz4_decompress_block(const u8* src, u32 len, u8* dst, u32 cap) {
+// Reads a run length's extra bytes (after the 15 in the token) into `*r`; false when the
+// input ends first.
+DEV bool lz4_get_len(const u8* src, u32 len, u32* ip, u32* r) {
+    u32 b;
+    do {
+        if (*ip >= len) return false;
+        b = src[(*ip)++];
+        *r += b;
+    } while (b == 255);
+    return true;
+}
+
+// A barrier among the `lanes` threads sharing a packet: a warp's, or none for one thread
+// (and none in the host check's build, which has no warps).
+DEV void lz4_lanes_sync(u32 lanes) {
+#ifdef DWCP_HOST_CHECK
+    (void)lanes;
+#else
+    if (lanes > 1) __syncwarp();
+#endif
+}
+
+// Decompresses `src[..len]` into `dst[..cap]` with `lanes` threads (1, or a warp's 32), this
+// one `lane`; the output length, or -1 for malformed input or output that does not fit.
+// Every lane parses the tokens, lengths and offsets alike (for a warp: the same bytes, one
+// load for all; the same branches, so it never splits, and a refusal is the whole warp's);
+// the lanes share each sequence's copies, lane l taking bytes l, l + lanes, …. A match's byte
+// i is the byte `offset` back of it, and for i ≥ offset that byte is itself a copy: the
+// repeat of the last `offset` bytes before the match, byte i mod offset of them, read from
+// output that was there before the match started — so the lanes copy a match, overlapping or
+// not, without waiting on each other inside it. The barrier after each sequence's literals
+// makes every lane's writes so far seen by the match reads that follow (the only reads of the
+// output).
+DEV int lz4_decompress_lanes(const u8* src, u32 len, u8* dst, u32 cap, u32 lane, u32 lanes) {
     u32 ip = 0, op = 0;
     for (;;) {
         if (ip >= len) return -1;
         u32 token = src[ip++];
         u32 lit = token >> 4;
-        if (lit == 15) {
-            u32 b;
-            do {
-                if (ip >= len) return -1;
-                b = src[ip++];
-                lit += b;
-            } while (b == 255);
-        }
+        if (lit == 15 && !lz4_get_len(src, len, &ip, &lit)) return -1;
         if (lit > len - ip || lit > cap - op) return -1;
-        for (u32 i = 0; i < lit; i++) dst[op++] = src[ip++];
+        for (u32 i = lane; i < lit; i += lanes) dst[op + i] = src[ip + i];
+        ip += lit;
+        op += lit;
         if (ip == len) return (int)op;
         if (len - ip < 2) return -1;
         u32 offset = (u32)src[ip] | ((u32)src[ip + 1] << 8);
         ip += 2;
         if (offset == 0 || offset > op) return -1;
         u32 ml = token & 15;
-        if (ml == 15) {
-            u32 b;
-            do {
-                if (ip >= len) return -1;
-                b = src[ip++];
-                ml += b;
-            } while (b == 255);
-        }
+        if (ml == 15 && !lz4_get_len(src, len, &ip, &ml)) return -1;
         ml += 4;
         if (ml > cap - op) return -1;
-        for (u32 i = 0; i < ml; i++, op++) dst[op] = dst[op - offset];
+        lz4_lanes_sync(lanes);
+        const u8* from = dst + op - offset;
+        // r = i mod offset for this lane's i, kept by adding lanes mod offset per step.
+        u32 r = lane % offset, step = lanes % offset;
+        for (u32 i = lane; i < ml; i += lanes) {
+            dst[op + i] = from[r];
+            r += step;
+            if (r >= offset) r -= offset;
+        }
+        op += ml;
     }
+}
+
+// The serial decompressor (one thread), which the host check builds.
+DEV int lz4_decompress_block(const u8* src, u32 len, u8* dst, u32 cap) {
+    return lz4_decompress_lanes(src, len, dst, cap, 0, 1);
 }
 
 #ifndef DWCP_HOST_CHECK
@@ -275,60 +309,6 @@ extern "C" __global__ void lz4_compress(const u8* src, const u32* src_off, const
     }
 }
 
-// Reads a run length's extra bytes (after the 15 in the token) into `*r`; false when the
-// input ends first.
-DEV bool lz4_get_len(const u8* src, u32 len, u32* ip, u32* r) {
-    u32 b;
-    do {
-        if (*ip >= len) return false;
-        b = src[(*ip)++];
-        *r += b;
-    } while (b == 255);
-    return true;
-}
-
-// lz4_decompress_block by one warp, with the same result: every lane parses the tokens,
-// lengths and offsets alike (the same bytes, one load for the warp; the same branches, so
-// the warp never splits), and the lanes share each sequence's copies, lane l taking bytes
-// l, l + 32, …. A match's byte i is the byte `offset` back of it, and for i ≥ offset that
-// byte is itself a copy: the repeat of the last `offset` bytes before the match, byte
-// i mod offset of them, read from output that was there before the match started — so the
-// lanes copy a match, overlapping or not, without waiting on each other inside it. The
-// barrier after each sequence's literals makes every lane's writes so far seen by the match
-// reads that follow (the only reads of the output).
-DEV int lz4_decompress_warp_block(const u8* src, u32 len, u8* dst, u32 cap, u32 lane) {
-    u32 ip = 0, op = 0;
-    for (;;) {
-        if (ip >= len) return -1;
-        u32 token = src[ip++];
-        u32 lit = token >> 4;
-        if (lit == 15 && !lz4_get_len(src, len, &ip, &lit)) return -1;
-        if (lit > len - ip || lit > cap - op) return -1;
-        for (u32 i = lane; i < lit; i += 32) dst[op + i] = src[ip + i];
-        ip += lit;
-        op += lit;
-        if (ip == len) return (int)op;
-        if (len - ip < 2) return -1;
-        u32 offset = (u32)src[ip] | ((u32)src[ip + 1] << 8);
-        ip += 2;
-        if (offset == 0 || offset > op) return -1;
-        u32 ml = token & 15;
-        if (ml == 15 && !lz4_get_len(src, len, &ip, &ml)) return -1;
-        ml += 4;
-        if (ml > cap - op) return -1;
-        __syncwarp();
-        const u8* from = dst + op - offset;
-        // r = i mod offset for this lane's i, kept by adding 32 mod offset per step.
-        u32 r = lane % offset, step = 32 % offset;
-        for (u32 i = lane; i < ml; i += 32) {
-            dst[op + i] = from[r];
-            r += step;
-            if (r >= offset) r -= offset;
-        }
-        op += ml;
-    }
-}
-
 // Decompresses packet i like lz4_decompress, one warp per packet, blocks of
 // LZ4_DECOMPRESS_WARPS warps.
 extern "C" __global__ void lz4_decompress_warp(const u8* src, const u32* src_off,
@@ -337,8 +317,8 @@ extern "C" __global__ void lz4_decompress_warp(const u8* src, const u32* src_off
     u32 warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     for (u32 i = blockIdx.x * LZ4_DECOMPRESS_WARPS + warp; i < n;
          i += gridDim.x * LZ4_DECOMPRESS_WARPS) {
-        int r = lz4_decompress_warp_block(src + src_off[i], src_len[i], dst + dst_off[i],
-                                          dst_cap[i], lane);
+        int r = lz4_decompress_lanes(src + src_off[i], src_len[i], dst + dst_off[i],
+                                     dst_cap[i], lane, 32);
         if (lane == 0) out_len[i] = r < 0 ? LZ4_NONE : (u32)r;
     }
 }
