@@ -26,11 +26,26 @@ for l in sys.stdin:
     cp target/release/dwcp-dataplane "$dir/"
     # The GPU image's NVRTC (12.x, image/nvidia-pin.toml), xz'd to fit the device's 64 MiB:
     # run.sh compiles and runs the kernels with it too, as the GPU image's data plane would.
-    ver=$(sed -n '/^\[nvrtc\]/,/^\[/s/^version = "\(.*\)"/\1/p' image/nvidia-pin.toml)
-    nvrtc12="$HOME/.cache/dwcp/nvrtc/$ver/nvidia/cuda_nvrtc/lib"
-    [[ -d $nvrtc12 ]] || nvrtc12=
-    if [[ -z $nvrtc12 ]]; then
-        echo "gpu-test: no NVRTC $ver in ~/.cache/dwcp/nvrtc: build a GPU image first (dwcp image build --gpu)" >&2
+    pin() { sed -n "/^\[nvrtc\]/,/^\[/s/^$1 = \"\(.*\)\"/\1/p" image/nvidia-pin.toml; }
+    ver=$(pin version)
+    root="$HOME/.cache/dwcp/nvrtc/$ver"
+    nvrtc12="$root/nvidia/cuda_nvrtc/lib"
+    if [[ ! -f $root/.complete ]]; then
+        # Where `dwcp image build --gpu` unpacks it too (image/src/nvidia.rs, fetch_wheel).
+        echo "gpu-test: fetching $(pin wheel) $ver (the GPU image's NVRTC)"
+        dl=$(mktemp -d)
+        python3 -m pip download --quiet --no-deps --only-binary=:all: \
+            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            --platform manylinux1_x86_64 --python-version 3.11 -d "$dl" "$(pin wheel)==$ver"
+        whl=$(ls "$dl"/*.whl)
+        echo "$(pin sha256)  $whl" | sha256sum --check --quiet
+        rm -rf "$root"
+        python3 -m zipfile -e "$whl" "$root"
+        touch "$root/.complete"
+        rm -rf "$dl"
+    fi
+    if [[ ! -d $nvrtc12 ]]; then
+        echo "gpu-test: no $nvrtc12 in the unpacked $(pin wheel) $ver" >&2
         exit 1
     fi
     mkdir -p "$dir/nvrtc12"
