@@ -251,7 +251,9 @@ pub enum Path {
 /// What the dispatcher has done, for metrics and the console.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    /// Batches per operation ([`Op::index`]) and path ([`Path`] as index).
+    /// Batches per operation ([`Op::index`]) and path ([`Path`] as index). A batch both paths
+    /// ran part of — split, or one the accelerator failed or declined part-way, its finished
+    /// prefix its own — counts on both.
     pub batches: [[u64; 2]; 4],
     /// Payload bytes per operation and path.
     pub bytes: [[u64; 2]; 4],
@@ -677,6 +679,23 @@ impl Dispatcher {
             Err(f) => {
                 let done = f.done.min(k);
                 let left = (k - done) as u64;
+                let o = op.index();
+                // The accelerator's finished prefix is its work like any batch's: counted on
+                // its path, and checked as the whole batch would have been (the spot packet
+                // only if it lies there).
+                let wrong = if done > 0 {
+                    let prefix = &mut ours[..done];
+                    let prefix_bytes: usize = prefix.iter().map(J::size).sum();
+                    self.stats.batches[o][Path::Gpu as usize] += 1;
+                    self.stats.bytes[o][Path::Gpu as usize] += prefix_bytes as u64;
+                    if self.set.verify_every > 0 {
+                        self.examine(prefix, check, spot.filter(|&s| s < done))
+                    } else {
+                        None
+                    }
+                } else {
+                    None
+                };
                 match f.kind {
                     Stop::Declined => self.stats.declined_jobs += left,
                     Stop::Timeout | Stop::Error => {
@@ -690,9 +709,14 @@ impl Dispatcher {
                         self.stats.fallback_jobs += left;
                     }
                 }
-                cpu_call(&mut self.cpu, &mut ours[done..]);
-                let (o, p) = (op.index(), Path::Cpu as usize);
-                self.stats.batches[o][p] += 1;
+                let rest = &mut ours[done..];
+                let rest_bytes: usize = rest.iter().map(J::size).sum();
+                cpu_call(&mut self.cpu, rest);
+                self.stats.batches[o][Path::Cpu as usize] += 1;
+                self.stats.bytes[o][Path::Cpu as usize] += rest_bytes as u64;
+                if let Some(reason) = wrong {
+                    self.unhealthy(reason, Trouble::Wrong);
+                }
             }
         }
     }
@@ -801,6 +825,11 @@ pub mod testing {
         ErrorAfter(usize),
         /// Completes this many jobs, then runs past the deadline.
         HangAfter(usize),
+        /// Completes this many jobs, then declines the rest (as a packet too large for the
+        /// staging buffers does), staying in service.
+        DeclineAfter(usize),
+        /// As `DeclineAfter`, with one bit of the middle completed job's result wrong.
+        WrongThenDeclineAfter(usize),
         /// Completes the batch and reports success, but one bit of the middle job's result is
         /// wrong (a GPU giving a wrong answer without an error).
         Corrupt,
@@ -887,6 +916,20 @@ pub mod testing {
                         done: k,
                         reason: "injected error".into(),
                         kind: Stop::Error,
+                    })
+                }
+                Fault::DeclineAfter(k) | Fault::WrongThenDeclineAfter(k) => {
+                    let k = k.min(jobs.len());
+                    f(&mut CpuEngine, &mut jobs[..k]);
+                    if matches!(fault, Fault::WrongThenDeclineAfter(_))
+                        && let Some(j) = jobs[..k].get_mut(k / 2)
+                    {
+                        corrupt(j);
+                    }
+                    Err(Failure {
+                        done: k,
+                        reason: "injected decline".into(),
+                        kind: Stop::Declined,
                     })
                 }
                 Fault::HangAfter(k) => {
@@ -1121,17 +1164,60 @@ mod tests {
         assert!(!s.gpu_healthy);
         assert_eq!(s.last_error.as_deref(), Some("injected error"));
         assert_eq!(s.out_because, s.last_error);
+        // The 37 it finished count as its work, the 63 after them as the CPU's.
+        assert_eq!((s.batches[0], s.bytes[0]), ([1, 1], [63 * 1408, 37 * 1408]));
         // While unhealthy, batches go to the CPU.
         let (got, want) = seal_both(&mut d, 10, 2);
         assert!(got == want);
-        assert_eq!(d.stats().batches[0], [2, 0]);
+        assert_eq!(d.stats().batches[0], [2, 1]);
         // After the back-off, a probe goes to the accelerator, which works again.
         std::thread::sleep(Duration::from_millis(30));
         let (got, want) = seal_both(&mut d, 10, 3);
         assert!(got == want);
         let s = d.stats();
-        assert_eq!((s.probes, s.batches[0][1]), (1, 1));
+        assert_eq!((s.probes, s.batches[0][1]), (1, 2));
         assert!(s.gpu_healthy);
+    }
+
+    /// A batch the accelerator declined part-way (a packet too large for it): the prefix it
+    /// finished counts as its work, in batches and bytes, the rest as the CPU's, and the
+    /// prefix is checked as the batch would have been — a wrong packet there is corrected and
+    /// takes the accelerator out; a right prefix keeps it in.
+    #[test]
+    fn a_declined_batchs_finished_prefix_is_counted_and_checked() {
+        for wrong in [false, true] {
+            let fault = if wrong {
+                Fault::WrongThenDeclineAfter(30)
+            } else {
+                Fault::DeclineAfter(30)
+            };
+            let mut acc = TestAccelerator::new(fault, Duration::ZERO);
+            acc.fail_calls = 1;
+            let mut d = dispatcher(Mode::On, acc, Duration::from_millis(20));
+            d.set.verify_every = 1;
+            let (got, want) = seal_both(&mut d, 100, 31);
+            assert!(
+                got == want,
+                "wrong {wrong}: a packet left wrong, lost or sealed twice"
+            );
+            let s = d.stats().clone();
+            assert_eq!(s.declined_jobs, 70, "{s:?}");
+            assert_eq!(s.batches[0], [1, 1], "{s:?}");
+            assert_eq!(s.bytes[0], [70 * 1408, 30 * 1408], "{s:?}");
+            assert_eq!(s.verified_batches, 1, "{s:?}");
+            let n = u64::from(wrong);
+            assert_eq!((s.gpu_wrong_batches, s.corrected_jobs), (n, n), "{s:?}");
+            assert_eq!(s.gpu_healthy, !wrong, "{s:?}");
+            assert_eq!((s.gpu_errors, s.fallback_jobs), (0, 0), "{s:?}");
+            if wrong {
+                assert_eq!(
+                    s.out_because.as_deref(),
+                    Some(
+                        "1 of 30 packets in a checked batch were wrong, the first: seal of a 1408-byte packet (packet 15 of 30) differs from the CPU engine's at byte 704; they were given the CPU engine's results"
+                    )
+                );
+            }
+        }
     }
 
     #[test]

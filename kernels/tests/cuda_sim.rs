@@ -425,11 +425,15 @@ fn sim_dispatcher_runs_a_declined_rest_on_the_cpu_and_keeps_the_gpu() {
     assert_eq!(st.declined_jobs, 150, "{st:?}");
     assert_eq!((st.gpu_errors, st.fallback_jobs), (0, 0), "{st:?}");
     assert!(st.gpu_healthy, "a declined job is no fault: {st:?}");
+    // The 150 before the packet were the GPU's (and checked, the first batch), the rest the
+    // CPU's.
+    assert_eq!(st.batches[0], [1, 1], "{st:?}");
+    assert_eq!(st.verified_batches, 1, "{st:?}");
     // The next batch goes to the GPU again, with no probe.
     let mut b = Batch::new(100, 24);
     d.seal(&mut b.jobs());
     let st = d.offload_stats().expect("stats");
-    assert_eq!((st.batches[0], st.probes), ([1, 1], 0), "{st:?}");
+    assert_eq!((st.batches[0], st.probes), ([1, 2], 0), "{st:?}");
 }
 
 /// Through the gathering thread: a worker's packet past a lane declines the rest of the
@@ -476,14 +480,15 @@ fn sim_a_declined_packet_in_a_gathered_batch_keeps_every_worker_on_the_gpu() {
                     "worker {w}: {st:?}"
                 );
                 assert!(st.gpu_healthy, "worker {w}: {st:?}");
-                // Worker 0's first batch always ends on the CPU; worker 1's did if it was
-                // gathered behind worker 0's.
+                // Worker 0's first batch always ends on the CPU, its 150 packets before the
+                // large one done on the GPU (counted as a GPU batch); worker 1's ended on the
+                // CPU if it was gathered behind worker 0's.
                 assert!(
                     st.batches[0][1] >= 1,
                     "worker {w}: the next batch on the GPU"
                 );
                 if w == 0 {
-                    assert_eq!(st.batches[0][1], 1, "{st:?}");
+                    assert_eq!(st.batches[0], [1, 2], "{st:?}");
                     assert!(st.declined_jobs >= 150, "{st:?}");
                 }
             });
