@@ -694,6 +694,10 @@ impl Dispatcher {
                         None
                     }
                 } else {
+                    // Nothing of the accelerator's to check: the check falls to its next batch.
+                    if check {
+                        self.since_check[o] = 0;
+                    }
                     None
                 };
                 match f.kind {
@@ -1218,6 +1222,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A batch due for a check that the accelerator declined before finishing any packet
+    /// passes the check on to its next batch.
+    #[test]
+    fn a_check_due_on_a_batch_declined_whole_falls_to_the_next() {
+        let mut acc = TestAccelerator::new(Fault::DeclineAfter(0), Duration::ZERO);
+        acc.fail_calls = 1;
+        let mut d = dispatcher(Mode::On, acc, Duration::from_millis(20));
+        d.set.verify_every = 4;
+        let (got, want) = seal_both(&mut d, 20, 41);
+        assert!(got == want);
+        let s = d.stats().clone();
+        assert_eq!((s.declined_jobs, s.batches[0]), (20, [1, 0]), "{s:?}");
+        assert_eq!(s.verified_batches, 0, "{s:?}");
+        let (got, want) = seal_both(&mut d, 20, 42);
+        assert!(got == want);
+        let s = d.stats().clone();
+        assert_eq!((s.batches[0], s.verified_batches), ([1, 1], 1), "{s:?}");
+        // Then one in 4 again: the next three are not checked whole.
+        for i in 0..3 {
+            seal_both(&mut d, 20, 43 + i);
+        }
+        assert_eq!(d.stats().verified_batches, 1, "{:?}", d.stats());
     }
 
     #[test]
