@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
+
 use crate::cpu::CpuEngine;
 use crate::cuda::{Capacity, CudaEngine, CudaError, Lz4Decompressor, Op};
 use crate::dispatch::Batch;
@@ -966,26 +968,27 @@ impl CpuReport {
 
     /// The same as JSON (`device` null).
     pub fn json(&self) -> String {
-        let mut s = format!(
-            "{{\"device\":null,\"why_no_gpu\":{:?},\"cpu_threads\":{},\"cpu_rows\":[",
-            self.why_no_gpu, self.threads
-        );
-        for (i, &(op, size, one, all, check)) in self.rows.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}{{\"op\":\"{}\",\"size\":{},\"cpu1_gbps\":{:.3},\"cpu_gbps\":{:.3},\"check1_gbps\":{:.3}}}",
-                if i == 0 { "" } else { "," },
-                op.name(),
-                size,
-                one,
-                all,
-                check
-            );
-        }
-        s.push_str("],\"stand_in\":");
-        gather_json(&mut s, &self.stand_in);
-        s.push_str("}\n");
-        s
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|&(op, size, one, all, check)| {
+                json!({
+                    "op": op.name(),
+                    "size": size,
+                    "cpu1_gbps": round_to(one, 3),
+                    "cpu_gbps": round_to(all, 3),
+                    "check1_gbps": round_to(check, 3),
+                })
+            })
+            .collect();
+        let v = json!({
+            "device": null,
+            "why_no_gpu": self.why_no_gpu,
+            "cpu_threads": self.threads,
+            "cpu_rows": rows,
+            "stand_in": gather_json(&self.stand_in),
+        });
+        format!("{v}\n")
     }
 }
 
@@ -1148,134 +1151,143 @@ impl Report {
 
     /// The same as JSON.
     pub fn json(&self) -> String {
-        let mut s = String::new();
-        let _ = write!(
-            s,
-            "{{\"device\":{:?},\"h2d_gbps\":{:.3},\"d2h_gbps\":{:.3},\"cpu_threads\":{},\"rows\":[",
-            self.device, self.h2d_gbps, self.d2h_gbps, self.cpu_threads
-        );
-        for (i, r) in self.rows.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}{{\"op\":\"{}\",\"size\":{},\"batch\":{},\"kernel_gbps\":{:.3},\"e2e_gbps\":{:.3},\"e2e_over_copy\":{:.3},\"cpu_gbps\":{:.3}}}",
-                if i == 0 { "" } else { "," },
-                r.op.name(),
-                r.size,
-                r.batch,
-                r.kernel_gbps,
-                r.e2e_gbps,
-                r.e2e_gbps / self.copy_ceiling_gbps(),
-                r.cpu_gbps
-            );
-        }
-        s.push_str("],\"kernels\":[");
-        for (i, k) in self.kernels.iter().flatten().enumerate() {
-            let r = &k.resources;
-            let _ = write!(
-                s,
-                "{}{{\"kernel\":{:?},\"sm\":{:?},\"block\":{},\"registers\":{},\"shared_bytes\":{},\"spill_bytes\":{},\"stack_bytes\":{},\"warps_per_sm\":{}}}",
-                if i == 0 { "" } else { "," },
-                r.kernel,
-                k.sm,
-                k.block,
-                r.registers,
-                r.shared_bytes,
-                r.spill_bytes,
-                r.stack_bytes,
-                k.warps_per_sm.map_or("null".to_owned(), |w| w.to_string())
-            );
-        }
-        s.push_str("],\"checks\":[");
-        for (i, c) in self.checks.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}{{\"op\":\"{}\",\"size\":{},\"check_gbps\":{:.3},\"best_e2e_gbps\":{:.3},\"every\":{CHECK_EVERY},\"worker_batch\":{WORKER_BATCH},\"cores\":{:.4}}}",
-                if i == 0 { "" } else { "," },
-                c.op.name(),
-                c.size,
-                c.check_gbps,
-                c.best_e2e_gbps,
-                c.cores(CHECK_EVERY, WORKER_BATCH)
-            );
-        }
-        s.push_str("],\"compression\":[");
-        for (i, r) in self.ratios.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}{{\"size\":{},\"gpu_ratio\":{:.4},\"cpu_ratio\":{:.4}}}",
-                if i == 0 { "" } else { "," },
-                r.size,
-                r.gpu,
-                r.cpu
-            );
-        }
-        let _ = write!(
-            s,
-            "],\"decompressor\":{:?},\"decompressors\":[",
-            self.decompressor.kernel()
-        );
-        for (i, d) in self.decompressors.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}{{\"size\":{},\"batch\":{},\"thread_gbps\":{:.3},\"warp_gbps\":{:.3}}}",
-                if i == 0 { "" } else { "," },
-                d.size,
-                d.batch,
-                d.thread_gbps,
-                d.warp_gbps
-            );
-        }
-        s.push_str("],\"latency\":[");
-        for (i, l) in self.latency.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}{{\"op\":\"{}\",\"size\":{},\"batch\":{},\"gpu_us\":{:.2},\"cpu_us\":{:.2}}}",
-                if i == 0 { "" } else { "," },
-                l.op.name(),
-                l.size,
-                l.batch,
-                l.gpu.as_secs_f64() * 1e6,
-                l.cpu.as_secs_f64() * 1e6
-            );
-        }
-        s.push_str("],\"break_even_burst\":{");
-        for (i, op) in Op::ALL.into_iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}\"{}\":{}",
-                if i == 0 { "" } else { "," },
-                op.name(),
-                break_even_burst(&self.latency, op).map_or("null".to_owned(), |b| b.to_string())
-            );
-        }
-        s.push_str("},\"gathered\":");
-        gather_json(&mut s, &self.gathered);
-        s.push_str("}\n");
-        s
+        let ceiling = self.copy_ceiling_gbps();
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "op": r.op.name(),
+                    "size": r.size,
+                    "batch": r.batch,
+                    "kernel_gbps": round_to(r.kernel_gbps, 3),
+                    "e2e_gbps": round_to(r.e2e_gbps, 3),
+                    "e2e_over_copy": round_to(r.e2e_gbps / ceiling, 3),
+                    "cpu_gbps": round_to(r.cpu_gbps, 3),
+                })
+            })
+            .collect();
+        let kernels: Vec<Value> = self
+            .kernels
+            .iter()
+            .flatten()
+            .map(|k| {
+                let r = &k.resources;
+                json!({
+                    "kernel": r.kernel,
+                    "sm": k.sm,
+                    "block": k.block,
+                    "registers": r.registers,
+                    "shared_bytes": r.shared_bytes,
+                    "spill_bytes": r.spill_bytes,
+                    "stack_bytes": r.stack_bytes,
+                    "warps_per_sm": k.warps_per_sm,
+                })
+            })
+            .collect();
+        let checks: Vec<Value> = self
+            .checks
+            .iter()
+            .map(|c| {
+                json!({
+                    "op": c.op.name(),
+                    "size": c.size,
+                    "check_gbps": round_to(c.check_gbps, 3),
+                    "best_e2e_gbps": round_to(c.best_e2e_gbps, 3),
+                    "every": CHECK_EVERY,
+                    "worker_batch": WORKER_BATCH,
+                    "cores": round_to(c.cores(CHECK_EVERY, WORKER_BATCH), 4),
+                })
+            })
+            .collect();
+        let compression: Vec<Value> = self
+            .ratios
+            .iter()
+            .map(|r| {
+                json!({
+                    "size": r.size,
+                    "gpu_ratio": round_to(r.gpu, 4),
+                    "cpu_ratio": round_to(r.cpu, 4),
+                })
+            })
+            .collect();
+        let decompressors: Vec<Value> = self
+            .decompressors
+            .iter()
+            .map(|d| {
+                json!({
+                    "size": d.size,
+                    "batch": d.batch,
+                    "thread_gbps": round_to(d.thread_gbps, 3),
+                    "warp_gbps": round_to(d.warp_gbps, 3),
+                })
+            })
+            .collect();
+        let latency: Vec<Value> = self
+            .latency
+            .iter()
+            .map(|l| {
+                json!({
+                    "op": l.op.name(),
+                    "size": l.size,
+                    "batch": l.batch,
+                    "gpu_us": round_to(l.gpu.as_secs_f64() * 1e6, 2),
+                    "cpu_us": round_to(l.cpu.as_secs_f64() * 1e6, 2),
+                })
+            })
+            .collect();
+        let break_even: serde_json::Map<String, Value> = Op::ALL
+            .into_iter()
+            .map(|op| {
+                (
+                    op.name().to_owned(),
+                    json!(break_even_burst(&self.latency, op)),
+                )
+            })
+            .collect();
+        let v = json!({
+            "device": self.device,
+            "h2d_gbps": round_to(self.h2d_gbps, 3),
+            "d2h_gbps": round_to(self.d2h_gbps, 3),
+            "cpu_threads": self.cpu_threads,
+            "rows": rows,
+            "kernels": kernels,
+            "checks": checks,
+            "compression": compression,
+            "decompressor": self.decompressor.kernel(),
+            "decompressors": decompressors,
+            "latency": latency,
+            "break_even_burst": break_even,
+            "gathered": gather_json(&self.gathered),
+        });
+        format!("{v}\n")
     }
 }
 
-/// Appends the gathered rows as a JSON array.
-fn gather_json(s: &mut String, rows: &[GatherRow]) {
-    s.push('[');
-    for (i, g) in rows.iter().enumerate() {
-        let _ = write!(
-            s,
-            "{}{{\"workers\":{},\"burst\":{},\"size\":{},\"gathered_gbps\":{:.3},\"mean_gather\":{:.1},\"largest\":{},\"fallbacks\":{},\"auto_gbps\":{:.3},\"auto_gpu_share\":{:.4},\"cpu_gbps\":{:.3}}}",
-            if i == 0 { "" } else { "," },
-            g.workers,
-            g.burst,
-            g.size,
-            g.gathered_gbps,
-            g.mean_gather,
-            g.largest,
-            g.fallbacks,
-            g.auto_gbps,
-            g.auto_gpu_share,
-            g.cpu_gbps
-        );
-    }
-    s.push(']');
+/// The gathered rows as a JSON array.
+fn gather_json(rows: &[GatherRow]) -> Value {
+    rows.iter()
+        .map(|g| {
+            json!({
+                "workers": g.workers,
+                "burst": g.burst,
+                "size": g.size,
+                "gathered_gbps": round_to(g.gathered_gbps, 3),
+                "mean_gather": round_to(g.mean_gather, 1),
+                "largest": g.largest,
+                "fallbacks": g.fallbacks,
+                "auto_gbps": round_to(g.auto_gbps, 3),
+                "auto_gpu_share": round_to(g.auto_gpu_share, 4),
+                "cpu_gbps": round_to(g.cpu_gbps, 3),
+            })
+        })
+        .collect()
+}
+
+/// `x` rounded to `places` decimals, for the JSON (a figure that is not finite becomes null).
+fn round_to(x: f64, places: i32) -> f64 {
+    let p = 10f64.powi(places);
+    (x * p).round() / p
 }
 
 /// The gathered rows as a table for people.
@@ -1414,5 +1426,15 @@ mod tests {
             "{j}"
         );
         assert!(j.ends_with("}]}\n"), "{j}");
+        // JSON a parser reads back, whatever a driver's message holds (quotes, controls).
+        let odd = "libcuda says \"no\"\u{1b}[0m \u{7}".to_owned();
+        let r = CpuReport {
+            why_no_gpu: odd.clone(),
+            ..r
+        };
+        let back: Value = serde_json::from_str(&r.json()).expect("valid JSON");
+        assert_eq!(back["why_no_gpu"], odd.as_str());
+        assert_eq!(back["cpu_rows"][7]["op"], "decompress");
+        assert_eq!(back["cpu_rows"][7]["size"], 1408);
     }
 }

@@ -872,6 +872,11 @@ fn sim_bench_offload_reports_every_cell_and_the_kernels() {
         j.contains("\"decompressor\":\"lz4_decompress_warp\",\"decompressors\":[{\"size\":64,\"batch\":256,\"thread_gbps\":"),
         "{j}"
     );
+    // And it parses.
+    let v: serde_json::Value = serde_json::from_str(&j).expect("valid JSON");
+    assert_eq!(v["device"], dwcp_kernels::sim::DEVICE_NAME);
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(4), "{v}");
+    assert!(v["rows"][3]["kernel_gbps"].is_f64(), "{v}");
 }
 
 /// The stand-in's own strictness, which the other tests rely on: a copy that runs past a
