@@ -51,6 +51,19 @@ fn toml_syntax_error() {
     );
 }
 
+/// A doubled `=` and then a dotted key under the same name: `toml_edit` 0.23 panicked on it
+/// (found by `scripts/fuzz.sh`'s `config` target), which would have powered a booting node off
+/// instead of leaving it in safe mode.
+#[test]
+fn dotted_key_after_a_doubled_equals_is_a_syntax_error() {
+    let got = errors_after(&[("mtu = 1500", "mtu == 1500\nmtu.x = 1")]);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("node.toml:24:6: (document): TOML syntax error"),
+        "{got:?}"
+    );
+}
+
 #[test]
 fn unknown_field_with_suggestion() {
     assert_errors(
