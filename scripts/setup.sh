@@ -31,6 +31,13 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+# cargo-fuzz for the fuzz targets (scripts/fuzz.sh), pinned; built from crates.io once.
+CARGO_FUZZ_VERSION=0.13.2
+if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+    echo "setup: installing cargo-fuzz $CARGO_FUZZ_VERSION (for scripts/fuzz.sh)"
+    cargo install --quiet --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
+fi
+
 # NVRTC for compiling the CUDA kernels (kernels/cuda) on machines without a GPU or driver:
 # NVIDIA's nvidia-cuda-nvrtc wheel, pinned by version and SHA-256, unpacked into the cache.
 NVRTC_VERSION=13.0.88

@@ -1,0 +1,18 @@
+//! Builds the CUDA kernels' LZ4 device functions for the host (`shim/lz4_device.cpp`), as the
+//! kernels' host check does, so the `lz4_device` target fuzzes the GPU's own code.
+
+fn main() {
+    println!("cargo:rerun-if-changed=shim/lz4_device.cpp");
+    println!("cargo:rerun-if-changed=../kernels/cuda/lz4.cu");
+    println!("cargo:rerun-if-changed=../kernels/cuda/common.cuh");
+    cc::Build::new()
+        .cpp(true)
+        .file("shim/lz4_device.cpp")
+        .include("../kernels/cuda")
+        .flag("-std=c++17")
+        .flag("-Wall")
+        .flag("-Wextra")
+        .warnings_into_errors(true)
+        .opt_level(2)
+        .compile("dwcp_lz4_device");
+}
