@@ -121,8 +121,8 @@ pub fn discover(root: &Path, partition: Option<&str>) -> ConfigState {
     for candidate in candidates(root, partition) {
         let path = candidate.path().to_path_buf();
         let path = &path;
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
                 let src = SourceFile::new(path.display().to_string(), "");
@@ -137,8 +137,10 @@ pub fn discover(root: &Path, partition: Option<&str>) -> ConfigState {
                 };
             }
         };
-        let src = SourceFile::new(path.display().to_string(), text);
-        return match dwcp_provisioning::check(&src) {
+        let checked = SourceFile::from_bytes(path.display().to_string(), bytes)
+            .map_err(|d| vec![d])
+            .and_then(|src| dwcp_provisioning::check(&src));
+        return match checked {
             Ok(config) => ConfigState::Provisioned {
                 source: candidate,
                 config: Box::new(config),
@@ -268,6 +270,23 @@ mod tests {
                 );
             }
             other => panic!("expected provisioned, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_config_that_is_not_utf8_is_invalid_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(INITRAMFS_CONFIG);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"# site A\nname = \"gw\xE91\"\n").unwrap();
+        match discover(dir.path(), None) {
+            ConfigState::Invalid { diagnostics, .. } => {
+                assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+                let d = &diagnostics[0];
+                assert_eq!((d.line, d.column), (2, 11), "{d}");
+                assert!(d.message.starts_with("not UTF-8 (byte 0xE9)"), "{d}");
+            }
+            other => panic!("expected invalid, got {other:?}"),
         }
     }
 

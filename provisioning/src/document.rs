@@ -214,6 +214,25 @@ impl SourceFile {
         }
     }
 
+    /// Wraps a file's bytes. A file that is not UTF-8 (saved in Latin-1, say) is refused with a
+    /// diagnostic at its first byte that is not.
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Result<Self, Diagnostic> {
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(Self::new(name, text)),
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let byte = e.as_bytes().get(at).copied().unwrap_or(0);
+                // The text up to `at` is the same in the lossy copy, so lines and columns are.
+                let src = Self::new(name, String::from_utf8_lossy(e.as_bytes()).into_owned());
+                Err(src.diagnostic(
+                    at,
+                    FieldPath::root(),
+                    format!("not UTF-8 (byte 0x{byte:02X}): save the file as UTF-8"),
+                ))
+            }
+        }
+    }
+
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());

@@ -41,11 +41,13 @@ pub enum LoadError {
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<NodeConfig, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    check(&SourceFile::new(path.display().to_string(), text)).map_err(LoadError::Invalid)
+    let src = SourceFile::from_bytes(path.display().to_string(), bytes)
+        .map_err(|d| LoadError::Invalid(vec![d]))?;
+    check(&src).map_err(LoadError::Invalid)
 }
 
 /// Validates a config's text; returns the config or every problem found, in file order.

@@ -50,6 +50,20 @@ fn example_piped_into_check_passes() {
 }
 
 #[test]
+fn check_names_the_line_of_a_byte_that_is_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, b"name = \"gw1\"\n# Z\xFCrich\n").unwrap();
+    let check = dwcp(&["config", "check", path.to_str().unwrap()], None);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check.stderr));
+    let err = text(&check.stderr);
+    assert!(
+        err.contains("node.toml:2:4: (document): not UTF-8 (byte 0xFC)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn examples_have_fresh_keys() {
     let a = text(&dwcp(&["config", "example"], None).stdout);
     let b = text(&dwcp(&["config", "example"], None).stdout);

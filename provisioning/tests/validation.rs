@@ -64,6 +64,22 @@ fn dotted_key_after_a_doubled_equals_is_a_syntax_error() {
     );
 }
 
+/// A file saved in Latin-1 (an `é` in a comment) is named at its first byte that is not UTF-8.
+#[test]
+fn a_file_that_is_not_utf8_is_named_at_its_first_bad_byte() {
+    let mut bytes = VALID
+        .replace("mtu = 1500", "mtu = 1500 # caf?")
+        .into_bytes();
+    let at = bytes.iter().position(|&b| b == b'?').unwrap();
+    bytes[at] = 0xE9;
+    let err = SourceFile::from_bytes(FILE, bytes).expect_err("not UTF-8");
+    assert_eq!(
+        err.to_string(),
+        "node.toml:24:17: (document): not UTF-8 (byte 0xE9): save the file as UTF-8"
+    );
+    assert!(SourceFile::from_bytes(FILE, VALID.as_bytes().to_vec()).is_ok());
+}
+
 #[test]
 fn unknown_field_with_suggestion() {
     assert_errors(

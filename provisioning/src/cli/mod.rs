@@ -549,18 +549,34 @@ fn read_input(file: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// The bytes of `file`, or of standard input for `-`.
+fn read_input_bytes(file: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context as _;
+    if file == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut b)
+            .context("cannot read standard input")?;
+        Ok(b)
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+    }
+}
+
 fn config_check(file: &Path, quiet: bool) -> anyhow::Result<Exit> {
     let name = if file == Path::new("-") {
         "<stdin>".to_owned()
     } else {
         file.display().to_string()
     };
-    let src = SourceFile::new(name, read_input(file)?);
-    match validate::check(&src) {
+    let checked = SourceFile::from_bytes(name.clone(), read_input_bytes(file)?)
+        .map_err(|d| vec![d])
+        .and_then(|src| validate::check(&src));
+    match checked {
         Ok(config) => {
             if !quiet {
                 print!("{}", summary::summary(&config));
-                println!("{}: OK", src.name);
+                println!("{name}: OK");
             }
             Ok(Exit::Ok)
         }
@@ -569,7 +585,7 @@ fn config_check(file: &Path, quiet: bool) -> anyhow::Result<Exit> {
             for d in &diags {
                 let _ = writeln!(err, "{d}");
             }
-            let _ = writeln!(err, "{}: {} problem(s) found", src.name, diags.len());
+            let _ = writeln!(err, "{name}: {} problem(s) found", diags.len());
             Ok(Exit::Invalid)
         }
     }

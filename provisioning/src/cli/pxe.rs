@@ -80,17 +80,21 @@ pub fn build(
             continue;
         }
         let path = base.join(&n.config);
-        let cfg_text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let src = match std::fs::read(&path) {
+            Ok(b) => SourceFile::from_bytes(path.display().to_string(), b),
             Err(e) => {
                 problems.push(format!("{}: cannot read: {e}", path.display()));
                 continue;
             }
         };
-        let cfg = match crate::validate::check(&SourceFile::new(
-            path.display().to_string(),
-            cfg_text.clone(),
-        )) {
+        let src = match src {
+            Ok(src) => src,
+            Err(d) => {
+                problems.push(d.to_string());
+                continue;
+            }
+        };
+        let cfg = match crate::validate::check(&src) {
             Ok(c) => c,
             Err(diags) => {
                 problems.extend(diags.iter().map(ToString::to_string));
@@ -98,7 +102,7 @@ pub fn build(
             }
         };
         let cpio = format!("node-{key}.cpio");
-        files.push((cpio.clone(), super::image_build::config_initrd(&cfg_text)?));
+        files.push((cpio.clone(), super::image_build::config_initrd(&src.text)?));
         let _ = writeln!(script, "iseq ${{mac:hexhyp}} {key} && goto n-{key} ||");
         let _ = write!(
             bodies,
