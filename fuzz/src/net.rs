@@ -28,18 +28,18 @@ pub const WAN_IP: [Ipv4Addr; 2] = [
 pub const PORT: u16 = 51900;
 /// Frames a gateway takes per burst.
 const BURST: usize = 32;
-/// Bursts after which a network that has not come to rest is a bug (frames that beget
-/// frames without end).
+/// Rounds (a burst each way on each gateway) after which a network that has not come to
+/// rest is a bug: frames that beget frames without end.
 const SETTLE: usize = 2000;
 
 /// The pair and their hosts.
 pub struct Net {
     gw: [Gateway; 2],
-    /// Frames waiting for each gateway, with the port they arrive on.
-    queue: [VecDeque<(Side, Vec<u8>)>; 2],
+    /// Frames waiting for each gateway: `[gateway][0 = LAN, 1 = WAN]`.
+    queue: [[VecDeque<Vec<u8>>; 2]; 2],
     tx: TxBatch,
     now: Duration,
-    /// WAN frames each gateway sent, for the fuzzer to replay and mutate.
+    /// WAN frames the gateways sent (the first 256), for the fuzzer to replay and mutate.
     pub wan_seen: Vec<Vec<u8>>,
     /// Frames each host received (other than ARP).
     pub delivered: [usize; 2],
@@ -96,6 +96,13 @@ fn gateway(me: usize, private: [u8; 32], peer_public: [u8; 32]) -> Gateway {
     Gateway::new(cfg, tunnel, Box::new(CpuEngine))
 }
 
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Lan => 0,
+        Side::Wan => 1,
+    }
+}
+
 impl Net {
     /// A fresh pair with fixed keys, no session yet.
     pub fn new() -> Self {
@@ -103,8 +110,9 @@ impl Net {
         let (b, b_pub) = secret(2);
         Self {
             gw: [gateway(0, a, b_pub), gateway(1, b, a_pub)],
-            queue: [VecDeque::new(), VecDeque::new()],
-            tx: TxBatch::new(4 * BURST),
+            queue: Default::default(),
+            // As a worker has: three bursts of output buffers.
+            tx: TxBatch::new(3 * BURST),
             now: Duration::from_secs(1),
             wan_seen: Vec::new(),
             delivered: [0; 2],
@@ -113,7 +121,7 @@ impl Net {
 
     /// Queues a frame for gateway `to` (0 = A, 1 = B) on port `side`.
     pub fn send(&mut self, to: usize, side: Side, frame: Vec<u8>) {
-        self.queue[to].push_back((side, frame));
+        self.queue[to][side_index(side)].push_back(frame);
     }
 
     /// Lets time pass and runs the gateways' timers.
@@ -121,63 +129,64 @@ impl Net {
         self.now += by;
         for g in 0..2 {
             self.gw[g].tick(&mut self.tx, self.now);
-            self.route_out(g);
+            self.send_all(g);
         }
     }
 
-    /// Runs bursts until no frame is waiting.
+    /// Runs the gateways' poll loops until no frame is waiting.
     pub fn settle(&mut self) {
         for _ in 0..SETTLE {
-            let mut idle = true;
             for g in 0..2 {
-                if self.queue[g].is_empty() {
-                    continue;
-                }
-                idle = false;
-                for _ in 0..BURST {
-                    let Some((side, frame)) = self.queue[g].pop_front() else {
-                        break;
-                    };
-                    match side {
-                        Side::Lan => self.gw[g].from_lan(&frame, &mut self.tx, self.now),
-                        Side::Wan => self.gw[g].from_wan(&frame, &mut self.tx, self.now),
-                    }
-                }
-                self.route_out(g);
+                self.poll(g);
             }
-            if idle {
+            if self.queue.iter().flatten().all(VecDeque::is_empty) {
                 return;
             }
         }
-        panic!("the network did not come to rest in {SETTLE} bursts");
+        panic!("the network did not come to rest in {SETTLE} rounds");
     }
 
-    /// Finishes gateway `g`'s burst and carries what it sent: WAN frames to the other
-    /// gateway, ARP requests for a host answered by it, the rest to the host.
-    fn route_out(&mut self, g: usize) {
-        self.gw[g].finish_burst(&mut self.tx, self.now);
-        let mut out = Vec::new();
-        for (side, f) in self.tx.frames() {
-            assert!(
-                (14..=FRAME_MAX).contains(&f.len()),
-                "a frame of {} bytes",
-                f.len()
-            );
-            out.push((side, f.to_vec()));
+    /// One turn of gateway `g`'s worker loop: a LAN burst, a WAN burst, the timers, then what
+    /// they made is sent (as `dataplane::worker` does).
+    fn poll(&mut self, g: usize) {
+        for side in [Side::Lan, Side::Wan] {
+            for _ in 0..BURST {
+                let Some(frame) = self.queue[g][side_index(side)].pop_front() else {
+                    break;
+                };
+                match side {
+                    Side::Lan => self.gw[g].from_lan(&frame, &mut self.tx, self.now),
+                    Side::Wan => self.gw[g].from_wan(&frame, &mut self.tx, self.now),
+                }
+            }
+            self.gw[g].finish_burst(&mut self.tx, self.now);
         }
-        self.tx.clear();
+        // Timers run every round: a packet for a peer with no session is staged until the
+        // tick sends the handshake.
+        self.gw[g].tick(&mut self.tx, self.now);
+        self.send_all(g);
+    }
+
+    /// Drains gateway `g`'s output and carries it: WAN frames to the other gateway, ARP
+    /// requests for a host answered by it, the rest to the host.
+    fn send_all(&mut self, g: usize) {
+        let mut out = Vec::new();
+        self.gw[g].drain(&mut self.tx, self.now, |side, buf, len| {
+            assert!((14..=FRAME_MAX).contains(&len), "a frame of {len} bytes");
+            out.push((side, buf.bytes()[..len].to_vec()));
+        });
         for (side, f) in out {
             match side {
                 Side::Wan => {
                     if self.wan_seen.len() < 256 {
                         self.wan_seen.push(f.clone());
                     }
-                    self.queue[1 - g].push_back((Side::Wan, f));
+                    self.send(1 - g, Side::Wan, f);
                 }
                 Side::Lan => match arp_request_for(&f, HOST[g]) {
                     Some((mac, ip)) => {
                         let reply = arp(2, HOST_MAC[g], HOST[g], mac, ip);
-                        self.queue[g].push_back((Side::Lan, eth(mac, HOST_MAC[g], 0x0806, &reply)));
+                        self.send(g, Side::Lan, eth(mac, HOST_MAC[g], 0x0806, &reply));
                     }
                     None => self.delivered[g] += 1,
                 },
