@@ -1,14 +1,15 @@
-//! The GPU's LZ4 code against `lz4_flex` on any bytes: both device decompressors (one thread a
-//! packet, and the warp's 32 lanes, emulated in order or in reverse order) refuse exactly the
-//! blocks `lz4_flex` refuses and otherwise write the same bytes (the live check of GPU batches
-//! counts any difference as a wrong GPU, so a peer's block must not make one), and the device
-//! compressor's and the CPU engine's blocks decompress with `lz4_flex` to the input.
+//! The GPU's LZ4 code against `lz4_flex` on any bytes: both decompress kernels (the
+//! thread-per-packet one's serial code, and the engine's `lz4_decompress_warp` on a warp under
+//! the SIMT emulator) refuse exactly the blocks `lz4_flex` refuses and otherwise write the same
+//! bytes (the live check of GPU batches counts any difference as a wrong GPU, so a peer's block
+//! must not make one); the `lz4_compress` kernel writes its serial reference's bytes, which
+//! decompress with `lz4_flex` to the input; and so do the CPU engine's blocks.
 //!
 //! Input: byte 0 picks the operation, bytes 1-2 the output capacity (little-endian), the rest
 //! is the block or the data.
 #![no_main]
 
-use dwcp_fuzz::{Device, device_compress, device_decompress, device_decompress_warp};
+use dwcp_fuzz::{Code, Device, device};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
@@ -16,41 +17,43 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let cap = usize::from(u16::from_le_bytes([*c0, *c1]));
-    match op % 4 {
-        0 => decompress(data, cap, false),
+    match op % 3 {
+        0 => decompress(data, cap),
         1 => compress_on_the_device(data, cap),
-        2 => compress_on_the_cpu(data, cap),
-        _ => decompress(data, cap, true),
+        _ => compress_on_the_cpu(data, cap),
     }
 });
 
-fn decompress(block: &[u8], cap: usize, reverse: bool) {
+fn decompress(block: &[u8], cap: usize) {
     let mut cpu = vec![0u8; cap];
     let flex = lz4_flex::block::decompress_into(block, &mut cpu);
     let mut gpu = vec![0u8; cap];
-    for kernel in ["lz4_decompress", "lz4_decompress_warp"] {
+    for code in [Code::Decompress, Code::DecompressWarp] {
         gpu.fill(0);
-        let device = if kernel == "lz4_decompress" {
-            device_decompress(block, &mut gpu)
-        } else {
-            device_decompress_warp(block, &mut gpu, reverse)
-        };
-        match (device, &flex) {
+        match (device(code, block, &mut gpu), &flex) {
             (Device::Wrote(n), Ok(m)) => {
-                assert_eq!(n, *m, "{kernel}: lengths differ");
-                assert!(gpu[..n] == cpu[..n], "{kernel}: outputs differ");
+                assert_eq!(n, *m, "{code:?}: lengths differ");
+                assert!(gpu[..n] == cpu[..n], "{code:?}: outputs differ");
             }
             (Device::Refused, Err(_)) => {}
-            (d, f) => panic!("{kernel} says {d:?}, lz4_flex {f:?}"),
+            (d, f) => panic!("{code:?} says {d:?}, lz4_flex {f:?}"),
         }
     }
 }
 
 fn compress_on_the_device(data: &[u8], cap: usize) {
-    let mut out = vec![0u8; cap];
-    match device_compress(data, &mut out) {
+    let mut reference = vec![0u8; cap];
+    let mut kernel = vec![0u8; cap];
+    let r = device(Code::Compress, data, &mut reference);
+    let k = device(Code::CompressWarp, data, &mut kernel);
+    assert_eq!(r, k, "the kernel and its serial reference disagree");
+    match r {
         Device::Wrote(n) => {
-            let back = lz4_flex::block::decompress(&out[..n], data.len())
+            assert!(
+                kernel[..n] == reference[..n],
+                "the kernel's bytes are not the reference's"
+            );
+            let back = lz4_flex::block::decompress(&reference[..n], data.len())
                 .expect("lz4_flex decompresses the device's block");
             assert!(
                 back == data,

@@ -24,8 +24,7 @@ def u16(v):
     return struct.pack("<H", v)
 
 
-# lz4_device: op (0 decompress, 3 in reverse lane order; 1 device compress, 2 CPU compress),
-# capacity, data.
+# lz4_device: op (0 decompress, 1 device compress, 2 CPU compress), capacity, data.
 text = (repo / "README.md").read_bytes()[:9216]
 literals = bytes([0x50]) + b"hello"  # five literals, end of block
 overlap = bytes([0x14]) + b"a" + u16(1) + bytes([0x50]) + b"bcdef"  # a, then 'a' x4 (offset 1)
@@ -33,7 +32,7 @@ long_match = bytes([0x2F]) + b"ab" + u16(2) + bytes([200]) + bytes([0x50]) + b"v
 seed("lz4_device", "literals", [0] + list(u16(64)) + list(literals))
 seed("lz4_device", "overlap", [0] + list(u16(64)) + list(overlap))
 seed("lz4_device", "long_match", [0] + list(u16(512)) + list(long_match))
-seed("lz4_device", "too_small", [3] + list(u16(3)) + list(overlap))
+seed("lz4_device", "too_small", [0] + list(u16(3)) + list(overlap))
 seed("lz4_device", "empty", [0, 0, 0])
 for op, name in ((1, "device"), (2, "cpu")):
     seed("lz4_device", f"{name}_text_1408", [op] + list(u16(1408)) + list(text[:1408]))

@@ -1,26 +1,15 @@
-// The GPU's LZ4 device functions (kernels/cuda/lz4.cu) built for the host, for the fuzzer.
-// Each call's input ends at, and its output buffer ends at, a page the process may not touch,
-// so a read or write one byte past them faults (libFuzzer reports it as a crash).
-//
-// The warp decompressor (`lz4_decompress_warp`: 32 lanes, a `__syncwarp` per sequence) is
-// emulated with one fiber per lane: each lane runs until it reaches the barrier, then the
-// next lane runs, and after the last one the first goes on. A lane that reaches the barrier
-// when another has returned, or lanes that return different results, are reported as a
-// divergence; running the lanes in reverse order as well shows a read of bytes another lane
-// writes between the same two barriers (a race on a GPU).
-#define DWCP_HOST_CHECK 1
-#define DWCP_HOST_LANES_SYNC(lanes) lanes_sync(lanes)
+// The GPU's LZ4 code (kernels/cuda/lz4.cu) built for the host, for the fuzzer: the serial device
+// functions, and the real kernels `lz4_decompress_warp` and `lz4_compress` run on one warp by
+// the simulated driver's SIMT emulator (kernels/cuda/simt.h: each lane a fiber, votes,
+// shuffles and barriers by switching; a barrier not every lane reaches at the same place is a
+// divergence). Each call's input ends at, and its output buffer ends at, a page the process may
+// not touch, so a read or write one byte past them faults (libFuzzer reports it as a crash).
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <cstring>
 
-#include "common.cuh"
-
-static void lanes_sync(unsigned lanes);
-
-#include "lz4.cu"
+#include "simt.h"
 
 // Largest input and output a call takes.
 static const size_t LIMIT = 1 << 17;
@@ -53,109 +42,49 @@ static const u8* stage(const u8* src, u32 len, u32 cap) {
     return at;
 }
 
-// The emulated warp.
-static const u32 WARP = 32;
-static ucontext_t scheduler;
-static ucontext_t lane_ctx[WARP];
-static char lane_stack[WARP][64 * 1024];
-static u32 running;
-static u32 barriers[WARP];
-static int lane_result[WARP];
-static bool lane_done[WARP];
-static const u8* warp_src;
-static u32 warp_len;
-static u8* warp_dst;
-static u32 warp_cap;
-
-static void lanes_sync(unsigned lanes) {
-    if (lanes <= 1) return;
-    barriers[running]++;
-    swapcontext(&lane_ctx[running], &scheduler);
+// Runs an LZ4 kernel (the simulated driver's argument layout) on one packet with one warp;
+// the output length, -1 for LZ4_NONE, or -3 when the warp's lanes diverged.
+static int run_warp(void (*kernel)(const u64*), const u8* s, u32 len, u8* d, u32 cap) {
+    u32 src_off = 0, src_len = len, dst_off = 0, dst_cap = cap, out_len = 0;
+    const void* args[8] = {s, &src_off, &src_len, d, &dst_off, &dst_cap, &out_len, nullptr};
+    for (int i = 0; i < 7; i++) simt::body_args[i] = (u64)(uintptr_t)args[i];
+    simt::body_args[7] = 1;  // n: one packet
+    simt::body = kernel;
+    blockDim = SimDim3{32, 1, 1};
+    gridDim = SimDim3{1, 1, 1};
+    blockIdx = SimDim3{0, 0, 0};
+    if (!simt::run_block(32)) return -3;
+    return out_len == LZ4_NONE ? -1 : (int)out_len;
 }
 
-static void lane_main(int lane) {
-    lane_result[lane] = lz4_decompress_lanes(warp_src, warp_len, warp_dst, warp_cap, (u32)lane, WARP);
-    lane_done[lane] = true;
+static void decompress_warp_kernel(const u64* a) {
+    lz4_decompress_warp((const u8*)a[0], (const u32*)a[1], (const u32*)a[2], (u8*)a[3],
+                        (const u32*)a[4], (const u32*)a[5], (u32*)a[6], (u32)a[7]);
 }
 
-// Runs the 32 lanes on `s`, `d`; the warp's result, or -3 when the lanes diverged.
-static int run_warp(const u8* s, u32 len, u8* d, u32 cap, bool reverse) {
-    warp_src = s;
-    warp_len = len;
-    warp_dst = d;
-    warp_cap = cap;
-    for (u32 l = 0; l < WARP; l++) {
-        getcontext(&lane_ctx[l]);
-        lane_ctx[l].uc_stack.ss_sp = lane_stack[l];
-        lane_ctx[l].uc_stack.ss_size = sizeof lane_stack[l];
-        lane_ctx[l].uc_link = &scheduler;
-        makecontext(&lane_ctx[l], (void (*)())lane_main, 1, (int)l);
-        barriers[l] = 0;
-        lane_done[l] = false;
-    }
-    bool diverged = false;
-    for (u32 round = 0;; round++) {
-        u32 ran = 0;
-        for (u32 k = 0; k < WARP; k++) {
-            u32 l = reverse ? WARP - 1 - k : k;
-            if (lane_done[l]) continue;
-            running = l;
-            swapcontext(&scheduler, &lane_ctx[l]);
-            ran++;
-        }
-        if (ran == 0) break;
-        // After a round every lane has returned, or every lane waits at barrier round + 1.
-        u32 done = 0;
-        for (u32 l = 0; l < WARP; l++) done += lane_done[l];
-        if (done != 0 && done != WARP) diverged = true;
-        for (u32 l = 0; l < WARP; l++)
-            if (!lane_done[l] && barriers[l] != round + 1) diverged = true;
-        if (diverged) {
-            // Let the rest finish (they see no more barriers waiting on them).
-            for (u32 l = 0; l < WARP; l++)
-                while (!lane_done[l]) {
-                    running = l;
-                    swapcontext(&scheduler, &lane_ctx[l]);
-                }
-            break;
-        }
-    }
-    for (u32 l = 1; l < WARP; l++)
-        if (lane_result[l] != lane_result[0]) diverged = true;
-    return diverged ? -3 : lane_result[0];
+static void compress_kernel(const u64* a) {
+    lz4_compress((const u8*)a[0], (const u32*)a[1], (const u32*)a[2], (u8*)a[3], (const u32*)a[4],
+                 (const u32*)a[5], (u32*)a[6], (u32)a[7]);
 }
 
 extern "C" {
 
-// `lz4_decompress_block` (the device decompressor's serial form) of `src[..len]` into an
-// output of `cap` bytes ending at a guard page, copied to `out`; its result, or -2 when the
-// sizes are past LIMIT.
-int dwcp_fuzz_lz4_decompress(const u8* src, u32 len, u8* out, u32 cap) {
+// One of the device's LZ4 codes on `src[..len]` into an output of `cap` bytes ending at a
+// guard page, copied to `out`: 0 `lz4_decompress_block` (serial), 1 the `lz4_decompress_warp`
+// kernel, 2 `lz4_compress_block` (serial), 3 the `lz4_compress` kernel. Its result (bytes
+// written, or -1), -2 when a size is past LIMIT, -3 when the warp's lanes diverged.
+int dwcp_fuzz_lz4(int which, const u8* src, u32 len, u8* out, u32 cap) {
     const u8* s = stage(src, len, cap);
     if (!s) return -2;
     u8* d = dst_buf + LIMIT - cap;
-    int r = lz4_decompress_block(s, len, d, cap);
-    if (r > 0) memcpy(out, d, (size_t)r);
-    return r;
-}
-
-// `lz4_decompress_warp`'s work on one packet, its 32 lanes emulated (in reverse order when
-// `reverse`), likewise; -3 when the lanes diverged.
-int dwcp_fuzz_lz4_decompress_warp(const u8* src, u32 len, u8* out, u32 cap, int reverse) {
-    const u8* s = stage(src, len, cap);
-    if (!s) return -2;
-    u8* d = dst_buf + LIMIT - cap;
-    int r = run_warp(s, len, d, cap, reverse != 0);
-    if (r > 0) memcpy(out, d, (size_t)r);
-    return r;
-}
-
-// `lz4_compress_block` (the serial form of the GPU's compressor) likewise.
-int dwcp_fuzz_lz4_compress(const u8* src, u32 len, u8* out, u32 cap) {
-    const u8* s = stage(src, len, cap);
-    if (!s) return -2;
-    u8* d = dst_buf + LIMIT - cap;
-    int r = lz4_compress_block(s, len, d, cap, table);
+    int r;
+    switch (which) {
+        case 0: r = lz4_decompress_block(s, len, d, cap); break;
+        case 1: r = run_warp(decompress_warp_kernel, s, len, d, cap); break;
+        case 2: r = lz4_compress_block(s, len, d, cap, table); break;
+        case 3: r = run_warp(compress_kernel, s, len, d, cap); break;
+        default: return -2;
+    }
     if (r > 0) memcpy(out, d, (size_t)r);
     return r;
 }

@@ -114,12 +114,9 @@ DEV bool lz4_get_len(const u8* src, u32 len, u32* ip, u32* r) {
 }
 
 // A barrier among the `lanes` threads sharing a packet: a warp's, or none for one thread
-// (and none in the host check's build, which has no warps, unless it emulates one: the fuzz
-// shim defines DWCP_HOST_LANES_SYNC to switch between its lanes).
+// (and none in the host check's build, which has no warps).
 DEV void lz4_lanes_sync(u32 lanes) {
-#if defined(DWCP_HOST_LANES_SYNC)
-    DWCP_HOST_LANES_SYNC(lanes);
-#elif defined(DWCP_HOST_CHECK)
+#ifdef DWCP_HOST_CHECK
     (void)lanes;
 #else
     if (lanes > 1) __syncwarp();

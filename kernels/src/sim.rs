@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The stand-in's source, and the kernel sources it includes.
-const FILES: [(&str, &str); 4] = [
+const FILES: [(&str, &str); 5] = [
     ("sim_driver.cpp", include_str!("../cuda/sim_driver.cpp")),
+    ("simt.h", include_str!("../cuda/simt.h")),
     ("common.cuh", crate::cuda::COMMON_SOURCE),
     ("gcm.cu", crate::cuda::GCM_SOURCE),
     ("lz4.cu", crate::cuda::LZ4_SOURCE),
