@@ -32,7 +32,9 @@ for t in "${targets[@]}"; do
     dirs=("$work/corpus/$t" "$work/seeds/$t")
     [[ -d "regressions/$t" ]] && dirs+=("regressions/$t")
     echo "== fuzz: $t for ${seconds}s from $(find "${dirs[@]:1}" -type f | wc -l) seed and regression inputs"
-    if cargo fuzz run "${flags[@]}" "$t" "${dirs[@]}" -- \
+    dict=()
+    [[ -f "$work/seeds/$t.dict" ]] && dict=(-dict="$work/seeds/$t.dict")
+    if cargo fuzz run "${flags[@]}" "$t" "${dirs[@]}" -- "${dict[@]}" \
         -max_total_time="$seconds" -max_len=20000 -timeout=20 -rss_limit_mb=4096 \
         -print_final_stats=1 >"$work/$t.log" 2>&1; then
         grep -E '^stat::number_of_executed_units|^Done' "$work/$t.log" | sed "s/^/  $t: /"

@@ -6,6 +6,7 @@ reaches a part of the code random bytes rarely reach: valid LZ4 blocks and overl
 matches, the example configs, and for the gateways TCP SYNs to clamp, packets too big for
 the tunnel, DWCP messages of each type, replayed and mutated WAN frames, and timers.
 """
+import base64
 import pathlib
 import struct
 import sys
@@ -40,9 +41,33 @@ for op, name in ((1, "device"), (2, "cpu")):
     seed("lz4_device", f"{name}_zeros", [op] + list(u16(100)) + [0] * 300)
     seed("lz4_device", f"{name}_tight", [op] + list(u16(40)) + list(text[:64]))
 
-# config: the example configs.
-for f in sorted((repo / "provisioning/src/example").glob("*.toml")):
-    seed("config", f.stem, f.read_bytes())
+# config: the example configs, and a dictionary of their section headers, keys and values
+# (libFuzzer splices them in; scripts/fuzz.sh passes DIR/config.dict).
+# The examples' key placeholders get keys (any 32 bytes in base64 are an X25519 key), so the
+# seeds are valid and the fuzzer starts past the field checks, at the rules across fields.
+keys = {
+    "@PRIVATE_KEY@": base64.b64encode(bytes(range(32))).decode(),
+    "@PEER_PUBLIC_KEY@": base64.b64encode(bytes(range(32, 64))).decode(),
+    "@PRESHARED_KEY@": base64.b64encode(bytes(range(64, 96))).decode(),
+}
+examples = sorted((repo / "provisioning/src/example").glob("*.toml"))
+tokens = set()
+for f in examples + [repo / "provisioning/tests/fixtures/valid.toml"]:
+    conf = f.read_text()
+    for placeholder, key in keys.items():
+        conf = conf.replace(placeholder, key)
+    seed("config", f.stem, conf.encode())
+    for line in conf.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("["):
+            tokens.add(line)
+        elif "=" in line:
+            key, value = (part.strip() for part in line.split("=", 1))
+            tokens.update([key + " =", value])
+with open(out / "config.dict", "w") as d:
+    for t in sorted(tokens):
+        if t:
+            d.write('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"\n')
 
 
 # gateway: actions (fuzz_targets/gateway.rs); the top bit of an action byte picks gateway B.
