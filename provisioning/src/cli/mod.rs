@@ -536,17 +536,10 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
     }
 }
 
+/// The text of `file`, or of standard input for `-`.
 fn read_input(file: &Path) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    if file == Path::new("-") {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("cannot read standard input")?;
-        Ok(s)
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
-    }
+    String::from_utf8(read_input_bytes(file)?)
+        .map_err(|e| anyhow::anyhow!("{}: not UTF-8: {e}", file.display()))
 }
 
 /// The bytes of `file`, or of standard input for `-`.
