@@ -41,6 +41,12 @@ for op, name in ((1, "device"), (2, "cpu")):
     seed("lz4_device", f"{name}_zeros", [op] + list(u16(100)) + [0] * 300)
     seed("lz4_device", f"{name}_tight", [op] + list(u16(40)) + list(text[:64]))
 
+# gcm_device: key, nonce, AAD length, change (low bit: change a byte), where, AAD, payload.
+for size in (0, 1, 15, 16, 17, 64, 1408):
+    for change in (0, 0x81):
+        head = bytes(range(32)) + bytes(range(12)) + bytes([16, change]) + u16(size // 2 + 3)
+        seed("gcm_device", f"size_{size}_change_{change}", head + bytes(16) + text[:size])
+
 # config: the example configs, and a dictionary of their section headers, keys and values
 # (libFuzzer splices them in; scripts/fuzz.sh passes DIR/config.dict).
 # The examples' key placeholders get keys (any 32 bytes in base64 are an X25519 key), so the

@@ -58,3 +58,75 @@ pub fn device(code: Code, src: &[u8], out: &mut [u8]) -> Device {
         }
     }
 }
+
+unsafe extern "C" {
+    fn dwcp_fuzz_gcm(
+        seal: c_int,
+        key: *const u8,
+        nonce: *const u8,
+        aad: *const u8,
+        aad_len: u32,
+        buf: *mut u8,
+        len: u32,
+        ok: *mut u8,
+    ) -> c_int;
+}
+
+/// The GPU's `gcm_seal` kernel on one packet (its key expanded by `gcm_key_setup`), under the
+/// SIMT emulator: the kernel's ok flag, and the ciphertext and tag.
+pub fn device_seal(
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> (bool, Vec<u8>) {
+    let mut buf = plaintext.to_vec();
+    buf.resize(plaintext.len() + 16, 0);
+    let ok = gcm(true, key, nonce, aad, &mut buf, plaintext.len());
+    (ok, buf)
+}
+
+/// The GPU's `gcm_open` kernel on one packet of ciphertext and tag: the kernel's ok flag, and
+/// the plaintext (zeroed when the tag does not verify).
+pub fn device_open(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], sealed: &[u8]) -> (bool, Vec<u8>) {
+    let mut buf = sealed.to_vec();
+    let ok = gcm(false, key, nonce, aad, &mut buf, sealed.len());
+    buf.truncate(sealed.len().saturating_sub(16));
+    (ok, buf)
+}
+
+fn gcm(
+    seal: bool,
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    aad: &[u8],
+    buf: &mut [u8],
+    len: usize,
+) -> bool {
+    assert!(aad.len() + buf.len() <= DEVICE_LIMIT, "past DEVICE_LIMIT");
+    let aad_len = u32::try_from(aad.len()).expect("under DEVICE_LIMIT");
+    let len_u32 = u32::try_from(len).expect("under DEVICE_LIMIT");
+    let mut ok = 0u8;
+    // SAFETY: `key` is 32 bytes and `nonce` 12, `aad` readable for `aad_len` bytes; `buf` is
+    // readable for `len` bytes and writable for `len + 16` when sealing (the tag), `len`
+    // when opening, which is what the shim copies back.
+    let r = unsafe {
+        dwcp_fuzz_gcm(
+            c_int::from(seal),
+            key.as_ptr(),
+            nonce.as_ptr(),
+            aad.as_ptr(),
+            aad_len,
+            buf.as_mut_ptr(),
+            len_u32,
+            &raw mut ok,
+        )
+    };
+    match r {
+        0 => {}
+        -3 => panic!("gcm (seal {seal}): the warp's lanes diverged (a barrier or shuffle)"),
+        _ => panic!("the shim refused ({r})"),
+    }
+    assert!(ok <= 1, "the kernel left its ok flag unset ({ok:#x})");
+    ok == 1
+}
