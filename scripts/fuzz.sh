@@ -16,7 +16,7 @@ command -v cargo-fuzz >/dev/null || {
 mapfile -t targets < <(if (($#)); then printf '%s\n' "$@"; else cargo fuzz list; fi)
 
 # cargo fuzz on the pinned stable toolchain: no sanitizer (they need nightly), so the
-# targets check their own bounds (the LZ4 shim puts guard pages after its buffers).
+# targets check their own bounds (the device shim puts guard pages after its buffers).
 flags=(--sanitizer none --debug-assertions)
 echo "== fuzz: building ${targets[*]}"
 cargo fuzz build "${flags[@]}"
