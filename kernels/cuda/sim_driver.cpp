@@ -14,10 +14,15 @@
 //     goes on streams the engine created (not the legacy default stream);
 //   - a barrier or shuffle that not every thread of its warp or block reaches is a deadlock,
 //     reported as a launch failure;
+//   - each block's shared memory starts as bytes it did not write, and the threads between
+//     two barriers can run backwards or in random orders (DWCP_SIM_ORDER, dwcp_sim_order), so
+//     a kernel reading what another thread writes without a barrier between gets other bytes;
 //   - the PTX a module is loaded from must come from NVRTC and hold the kernel asked for.
-// What it cannot show: timing, the GPU memory model, register or shared-memory limits, and
-// the driver's PTX JIT. `dwcp_sim_*` below let a test inject failures and read counters;
-// DWCP_SIM_INJECT does the same for a whole process (see inject_from_env).
+// What it cannot show: timing, the GPU memory model (a vote or shuffle is a barrier here, for
+// memory too, which it is not on a GPU: a __syncwarp missing beside one goes unnoticed),
+// register or shared-memory limits, and the driver's PTX JIT. `dwcp_sim_*` below let a test inject failures and read counters;
+// DWCP_SIM_INJECT does the same for a whole process (see inject_from_env), and
+// DWCP_SIM_ORDER changes the order the threads of a block run in (see order_from_env).
 //
 // Its SIMT emulator and the kernels it runs are in simt.h.
 //
@@ -322,6 +327,31 @@ u64 dwcp_sim_launches_of(const char* name) {
     return 0;
 }
 
+// The order the SIMT emulator runs each block's threads in between barriers (simt::order):
+// 0 by thread index (the default), 1 backwards, anything else the seed of random orders.
+void dwcp_sim_order(u64 order) {
+    std::lock_guard<std::mutex> g(sim::lock);
+    simt::set_order(order);
+}
+
+// DWCP_SIM_ORDER=forward|reverse|random[:SEED], for a whole process under test.
+static void order_from_env() {
+    const char* v = getenv("DWCP_SIM_ORDER");
+    if (!v) return;
+    unsigned long long seed = 0x9e3779b97f4a7c15ull;
+    if (!strcmp(v, "forward")) {
+        simt::set_order(0);
+    } else if (!strcmp(v, "reverse")) {
+        simt::set_order(1);
+    } else if (!strcmp(v, "random") || sscanf(v, "random:%llu", &seed) == 1) {
+        simt::set_order(seed > 1 ? seed : seed + 2);
+    } else {
+        fprintf(stderr, "dwcp-sim-cuda: DWCP_SIM_ORDER=%s: want forward|reverse|random[:SEED]\n", v);
+        return;
+    }
+    fprintf(stderr, "dwcp-sim-cuda: threads run in %s order\n", v);
+}
+
 // Reads an injection from the environment, for a whole process under test:
 // DWCP_SIM_INJECT=refuse|fault|hang|corrupt:AT[:MS] (as dwcp_sim_inject, counted from start-up).
 static void inject_from_env() {
@@ -350,6 +380,7 @@ CUresult cuInit(unsigned flags) {
     std::lock_guard<std::mutex> g(sim::lock);
     if (!initialised) {
         inject_from_env();
+        order_from_env();
         watch_guard_pages();
     }
     initialised = true;

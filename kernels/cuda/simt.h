@@ -3,13 +3,16 @@
 // kernels use, the kernels of gcm.cu and lz4.cu compiled for the host, and `simt::run_block`,
 // which runs one block with every CUDA thread a fiber, warp shuffles, votes and barriers by
 // cooperative switching. A barrier or shuffle that not every thread of its warp or block
-// reaches at the same place in the source is a deadlock, reported by run_block.
+// reaches at the same place in the source is a deadlock, reported by run_block. Shared memory
+// starts as bytes no thread wrote, and `order` picks the order threads run in between barriers.
 #ifndef DWCP_SIMT_H
 #define DWCP_SIMT_H
 
 #include <ucontext.h>
 
 #include <cstdint>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 // ---- The CUDA built-ins the kernels use ------------------------------------------------------
@@ -22,21 +25,27 @@ static SimDim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __device__
 #define __forceinline__ inline
 #define __global__
-#define __shared__ static
+// A block's shared memory starts with bytes it did not write, as on a GPU (where they are
+// often an earlier block's): every __shared__ variable lies in one section, which run_block
+// fills with 0xA5 before each block.
+#define __shared__ static __attribute__((section("dwcp_simt_shared")))
+extern "C" char __start_dwcp_simt_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_dwcp_simt_shared[] __attribute__((weak, visibility("hidden")));
 
 // Barriers, shuffles and votes take the place in the kernel source they are called from (an
 // object unique to each expansion of SIM_SITE): threads of one warp or block must wait at the
 // same one. Not the return address, which differs where the compiler duplicates a call into
 // both arms of a branch the lanes of a warp take apart.
 #define SIM_SITE ([]() -> const void* { static const char site = 0; return &site; }())
-static void sim_syncthreads(const void* site);
-static void sim_syncwarp(const void* site, unsigned mask = 0xffffffffu);
+// [[maybe_unused]]: a kernel edit that drops the last use of one is still built.
+[[maybe_unused]] static void sim_syncthreads(const void* site);
+[[maybe_unused]] static void sim_syncwarp(const void* site, unsigned mask = 0xffffffffu);
 template <class T>
 static T sim_shfl_xor_sync(const void* site, unsigned mask, T v, int lane_mask);
 template <class T>
 static T sim_shfl_sync(const void* site, unsigned mask, T v, int src_lane);
-static unsigned sim_ballot_sync(const void* site, unsigned mask, int pred);
-static unsigned sim_match_any_sync(const void* site, unsigned mask, unsigned v);
+[[maybe_unused]] static unsigned sim_ballot_sync(const void* site, unsigned mask, int pred);
+[[maybe_unused]] static unsigned sim_match_any_sync(const void* site, unsigned mask, unsigned v);
 #define __syncthreads() sim_syncthreads(SIM_SITE)
 #define __syncwarp() sim_syncwarp(SIM_SITE)
 #define __shfl_xor_sync(mask, v, lane_mask) sim_shfl_xor_sync(SIM_SITE, mask, v, lane_mask)
@@ -100,6 +109,15 @@ static std::vector<u64> slots, stamps;
 static void (*body)(const u64*);
 static u64 body_args[9];
 static bool bad_mask;  // a partial mask, or threads of one group waiting at different places
+// The order run_block takes a block's ready threads in: 0 by thread index, each until it
+// waits (the last to reach a barrier goes on at once); 1 the same backwards; anything else
+// seeds a fresh random order every sweep, each thread running only to its next wait. A GPU
+// promises no order between two barriers, so a kernel without races writes the same bytes in
+// every order, and one where a thread reads or writes what another writes between the same
+// two barriers shows it as bytes that depend on the order.
+static u64 order;
+static u64 order_state;  // the random orders' xorshift state
+static std::vector<unsigned> sweep;
 
 #if SIM_FAST_SWITCH
 // Saves the callee-saved registers on the running stack and its stack pointer in *save, then
@@ -207,22 +225,43 @@ static bool run_block(unsigned n) {
         f.tid = i;
         start(f.ctx, stacks[i], STACK, entry);
     }
+    if (__start_dwcp_simt_shared) {
+        memset(__start_dwcp_simt_shared, 0xA5,
+               (size_t)(__stop_dwcp_simt_shared - __start_dwcp_simt_shared));
+    }
     bad_mask = false;
+    bool random = order > 1;
+    if (random && order_state == 0) order_state = order;
+    sweep.resize(n);
     for (;;) {
+        for (unsigned k = 0; k < n; k++) sweep[k] = order == 1 ? n - 1 - k : k;
+        for (unsigned k = n; random && k > 1; k--) {
+            order_state ^= order_state << 13;
+            order_state ^= order_state >> 7;
+            order_state ^= order_state << 17;
+            std::swap(sweep[k - 1], sweep[order_state % k]);
+        }
         bool ran = false, all_done = true;
-        for (unsigned i = 0; i < n; i++) {
+        for (unsigned i : sweep) {
             while (fibers[i].state == READY) {
                 current = i;
                 threadIdx = SimDim3{fibers[i].tid, 0, 0};
                 swap(scheduler, fibers[i].ctx);
                 ran = true;
                 if (bad_mask) return false;
+                if (random) break;
             }
             if (fibers[i].state != DONE) all_done = false;
         }
         if (all_done) return true;
         if (!ran) return false;
     }
+}
+
+// Sets the order (see `order`); a random order's sequence starts again from its seed.
+static void set_order(u64 o) {
+    order = o;
+    order_state = o;
 }
 
 template <class T>

@@ -18,7 +18,7 @@ use dwcp_kernels::gather::GatherSettings;
 use dwcp_kernels::selftest;
 use dwcp_kernels::suite::{self, Rng};
 use dwcp_kernels::{AeadKey, CompressJob, Engine, OpenJob, SealJob, TAG_LEN};
-use sim_driver::{Fault, engine, sim};
+use sim_driver::{Fault, Order, engine, sim};
 
 #[test]
 fn sim_gcm_vectors_and_random_packets_match_the_cpu() {
@@ -94,21 +94,17 @@ fn sim_both_lz4_decompressors_give_lz4_flex_output_and_refusals() {
     assert_eq!(e.failures(), (0, None));
 }
 
-/// The kernel compresses a packet with a whole warp, 32 positions a step; its output is the
-/// serial reference compressor's (`lz4_compress_block`, built for the host by host_check.cpp)
-/// byte for byte: at the edge sizes, on text, on random bytes (not compressed) and on the
-/// synthetic packets, up to 9216 bytes, in batches that put several packets on each block.
-#[test]
-fn sim_lz4_compress_is_the_serial_reference_byte_for_byte() {
-    let _one = sim().serial();
-    let mut rng = Rng(0x5e1a1);
+/// The compress tests' inputs: the edge sizes, text, random bytes (not compressed) and the
+/// synthetic packets, up to 9216 bytes; `n` of the random sizes.
+fn compress_inputs(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let mut rng = Rng(seed);
     let mut inputs: Vec<Vec<u8>> = suite::EDGE_SIZES
         .iter()
         .map(|&n| suite::compressible(&mut rng, n))
         .collect();
     inputs.extend(host_check::text_chunks(9216, 12));
     inputs.extend(host_check::text_chunks(1408, 40));
-    for i in 0..60 {
+    for i in 0..n {
         let size = rng.below(9217);
         inputs.push(if i % 4 == 3 {
             let mut v = vec![0; size];
@@ -118,31 +114,92 @@ fn sim_lz4_compress_is_the_serial_reference_byte_for_byte() {
             suite::compressible(&mut rng, size)
         });
     }
-    let want = host_check::reference_compress(&inputs);
-    let mut e = engine(Capacity::for_batch(256, 9216));
+    inputs
+}
+
+/// `inputs` compressed by the engine's `lz4_compress` kernel in one batch: each one's block,
+/// `None` where it did not shrink.
+fn gpu_compress(e: &mut CudaEngine, inputs: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
     let mut dst: Vec<Vec<u8>> = inputs
         .iter()
         .map(|i| vec![0; dwcp_kernels::compress_bound(i.len())])
         .collect();
-    let mut jobs = CompressJob::batch(&inputs, &mut dst);
+    let mut jobs = CompressJob::batch(inputs, &mut dst);
     e.try_compress(&mut jobs, Instant::now() + Duration::from_secs(60))
         .expect("compressed");
-    let mut compressed = 0;
-    for (i, (job, want)) in jobs.iter().zip(&want).enumerate() {
-        let got = job.out_len.map(|n| &job.dst[..n]);
-        assert_eq!(
-            got,
-            want.as_deref(),
-            "packet {i} ({} bytes)",
-            inputs[i].len()
-        );
-        compressed += usize::from(got.is_some());
+    jobs.iter()
+        .map(|job| job.out_len.map(|n| job.dst[..n].to_vec()))
+        .collect()
+}
+
+/// The kernel compresses a packet with a whole warp, 32 positions a step; its output is the
+/// serial reference compressor's (`lz4_compress_block`, built for the host by host_check.cpp)
+/// byte for byte: at the edge sizes, on text, on random bytes (not compressed) and on the
+/// synthetic packets, up to 9216 bytes, in batches that put several packets on each block.
+#[test]
+fn sim_lz4_compress_is_the_serial_reference_byte_for_byte() {
+    let _one = sim().serial();
+    let inputs = compress_inputs(0x5e1a1, 60);
+    let want = host_check::reference_compress(&inputs);
+    let mut e = engine(Capacity::for_batch(256, 9216));
+    let got = gpu_compress(&mut e, &inputs);
+    for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(got, want, "packet {i} ({} bytes)", inputs[i].len());
     }
+    let compressed = got.iter().filter(|g| g.is_some()).count();
     assert!(
         compressed > 60,
         "only {compressed} of {} compressed",
         inputs.len()
     );
+}
+
+/// A GPU promises no order among a warp's or a block's threads between two barriers, so the
+/// kernels must write the same bytes in every order: a thread reading or writing what another
+/// writes between the same two barriers (a race) would make them depend on it. The emulator
+/// runs the threads backwards and in random orders (a fresh one every sweep, each thread only
+/// to its next barrier, vote or shuffle) through the start-up check, the GCM vectors and random
+/// packets, both decompressors (overlapping matches, round trips, mutated blocks) and the
+/// compressor against its serial reference.
+#[test]
+fn sim_kernels_write_the_same_bytes_whatever_order_their_threads_run_in() {
+    /// Sets the emulator back to its default order, also when an assertion fails.
+    struct Forward;
+    impl Drop for Forward {
+        fn drop(&mut self) {
+            sim().set_order(Order::Forward);
+        }
+    }
+    let _one = sim().serial();
+    let _forward = Forward;
+    let inputs = compress_inputs(0x0bde5, 24);
+    let want = host_check::reference_compress(&inputs);
+    for (i, order) in [
+        Order::Reverse,
+        Order::Random(0x5eed_0001),
+        Order::Random(0x0ddf_00d5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        eprintln!("threads run in {order:?} order");
+        sim().set_order(order);
+        let seed = 0x0de5 + i as u64;
+        let mut e = engine(Capacity::for_batch(256, 9216));
+        suite::gcm_vectors(&mut e);
+        suite::gcm_random(&mut e, 300, 150, seed);
+        for d in Lz4Decompressor::ALL {
+            e.set_decompressor(d);
+            suite::lz4_overlapping_matches(&mut e, seed);
+            suite::lz4_round_trips(&mut e, 150, 150, seed);
+            suite::lz4_mutated_blocks(&mut e, 200, seed);
+        }
+        assert!(
+            gpu_compress(&mut e, &inputs) == want,
+            "{order:?}: the compressor's bytes are not its serial reference's"
+        );
+        assert_eq!(e.failures(), (0, None), "{order:?}");
+    }
 }
 
 /// One packet to seal: its buffer holds the plaintext and room for the tag.

@@ -22,6 +22,28 @@ pub enum Fault {
     Corrupt = 4,
 }
 
+/// The order the stand-in's SIMT emulator runs a block's threads in between two barriers
+/// (`simt::order`).
+#[derive(Clone, Copy, Debug)]
+pub enum Order {
+    /// By thread index, each until it waits (the default).
+    Forward,
+    /// Backwards.
+    Reverse,
+    /// A fresh random order every sweep from this seed, each thread only to its next wait.
+    Random(u64),
+}
+
+impl Order {
+    fn code(self) -> u64 {
+        match self {
+            Self::Forward => 0,
+            Self::Reverse => 1,
+            Self::Random(seed) => seed.max(2),
+        }
+    }
+}
+
 /// The stand-in's counters (`dwcp_sim_stats`).
 #[derive(Clone, Copy, Debug)]
 pub struct Stats {
@@ -36,12 +58,14 @@ pub struct Stats {
 type InjectFn = unsafe extern "C" fn(i32, u32, u32);
 type StatsFn = unsafe extern "C" fn(*mut u64);
 type LaunchesOfFn = unsafe extern "C" fn(*const std::ffi::c_char) -> u64;
+type OrderFn = unsafe extern "C" fn(u64);
 
 /// The loaded stand-in.
 pub struct Sim {
     inject: InjectFn,
     stats: StatsFn,
     launches_of: LaunchesOfFn,
+    order: OrderFn,
     serial: Mutex<()>,
 }
 
@@ -52,7 +76,7 @@ pub fn sim() -> &'static Sim {
         let dir = std::env::temp_dir().join(format!("dwcp-sim-cuda-{}", std::process::id()));
         let lib = dwcp_kernels::sim::build(&dir).unwrap_or_else(|e| panic!("{e}"));
         dwcp_kernels::cuda::use_driver(&lib).expect("load the stand-in");
-        // SAFETY: the library was just built from sim_driver.cpp, whose two controls have
+        // SAFETY: the library was just built from sim_driver.cpp, whose controls have
         // exactly these C signatures; the handle is leaked so the pointers stay valid.
         unsafe {
             let handle = libloading::os::unix::Library::open(
@@ -69,11 +93,15 @@ pub fn sim() -> &'static Sim {
             let launches_of = *handle
                 .get::<LaunchesOfFn>(b"dwcp_sim_launches_of\0")
                 .expect("dwcp_sim_launches_of");
+            let order = *handle
+                .get::<OrderFn>(b"dwcp_sim_order\0")
+                .expect("dwcp_sim_order");
             std::mem::forget(handle);
             Sim {
                 inject,
                 stats,
                 launches_of,
+                order,
                 serial: Mutex::new(()),
             }
         }
@@ -103,6 +131,12 @@ impl Sim {
             kernel_streams: v[4],
             deepest_queue: v[5],
         }
+    }
+    /// Runs every block's threads in `order` from now on (the default is [`Order::Forward`];
+    /// a test that changes it holds [`Sim::serial`] and sets it back).
+    pub fn set_order(&self, order: Order) {
+        // SAFETY: a plain C function of the stand-in taking an integer.
+        unsafe { (self.order)(order.code()) }
     }
     /// Launches of the kernel `name` so far.
     pub fn launches_of(&self, name: &str) -> u64 {
