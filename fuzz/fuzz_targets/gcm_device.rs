@@ -5,7 +5,8 @@
 //!
 //! Input: key (32 bytes), nonce (12), AAD length (1), what to change (1: its low bit says
 //! whether to change a byte, and the byte XOR-ed in is it with the low bit set), where (2,
-//! little-endian), then the AAD and the payload.
+//! little-endian), then the AAD and the payload. The warp's lanes run in the order a hash of the
+//! whole input picks ([`dwcp_fuzz::schedule`]).
 #![no_main]
 
 use dwcp_fuzz::{device_open, device_seal};
@@ -14,6 +15,7 @@ use dwcp_kernels::{AeadKey, Engine, OpenJob, SealJob};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
+    dwcp_fuzz::schedule(input);
     if input.len() < 48 {
         return;
     }

@@ -6,13 +6,15 @@
 //! decompress with `lz4_flex` to the input; and so do the CPU engine's blocks.
 //!
 //! Input: byte 0 picks the operation, bytes 1-2 the output capacity (little-endian), the rest
-//! is the block or the data.
+//! is the block or the data. The warp's lanes run in the order a hash of the whole input picks
+//! ([`dwcp_fuzz::schedule`]).
 #![no_main]
 
 use dwcp_fuzz::{Code, Device, device};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
+    dwcp_fuzz::schedule(input);
     let [op, c0, c1, data @ ..] = input else {
         return;
     };

@@ -92,6 +92,10 @@ static void compress_kernel(const u64* a) {
 
 extern "C" {
 
+// The order the emulator runs a warp's lanes in between barriers (simt::order): 0 by lane,
+// 1 backwards, anything else the seed of a random order every sweep.
+void dwcp_fuzz_order(u64 order) { simt::set_order(order); }
+
 // One of the device's LZ4 codes on `src[..len]` into an output of `cap` bytes ending at a
 // guard page, copied to `out`: 0 `lz4_decompress_block` (serial), 1 the `lz4_decompress_warp`
 // kernel, 2 `lz4_compress_block` (serial), 3 the `lz4_compress` kernel. Its result (bytes

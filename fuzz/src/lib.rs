@@ -6,7 +6,27 @@ pub mod net;
 use std::os::raw::c_int;
 
 unsafe extern "C" {
+    fn dwcp_fuzz_order(order: u64);
     fn dwcp_fuzz_lz4(which: c_int, src: *const u8, len: u32, out: *mut u8, cap: u32) -> c_int;
+}
+
+/// Sets the order the SIMT emulator runs a warp's lanes in between two barriers from a hash
+/// of `input`: by lane, backwards, or (half the inputs) a random order every sweep seeded by
+/// the hash. A GPU promises none, so the kernels must write the same bytes in every order;
+/// the targets compare them with order-free references, and the input names its order, so a
+/// crash reruns as it happened.
+pub fn schedule(input: &[u8]) {
+    // FNV-1a.
+    let h = input.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let order = match h % 4 {
+        0 => 0,
+        1 => 1,
+        _ => h | 2,
+    };
+    // SAFETY: only sets the emulator's order; no kernel runs concurrently (one fuzz thread).
+    unsafe { dwcp_fuzz_order(order) };
 }
 
 /// Largest input or output the device functions are called with here.
