@@ -275,9 +275,13 @@ DEV void gcm_batch(u8* data, const u32* off, const u32* aad_len, const u32* len,
         }
         good = __shfl_sync(0xffffffffu, good, 0);
         if (!good) {
+            // Lane 0 read the tag, and every lane its share of the ciphertext, that this
+            // zeroing overwrites: a shuffle orders no memory, a barrier does (`good` is the
+            // warp's, so the whole warp is here). No barrier after: the next packet's bytes
+            // are others (the sim tests' race check holds both).
+            __syncwarp();
             for (u32 i = lane; i < l; i += 32) payload[i] = 0;
         }
-        __syncwarp();
     }
 }
 

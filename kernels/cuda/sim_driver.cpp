@@ -18,15 +18,18 @@
 //     two barriers can run backwards or in random orders (DWCP_SIM_ORDER, dwcp_sim_order), so
 //     a kernel reading what another thread writes without a barrier between gets other bytes;
 //   - the PTX a module is loaded from must come from NVRTC and hold the kernel asked for.
-// What it cannot show: timing, the GPU memory model (a vote or shuffle is a barrier here, for
-// memory too, which it is not on a GPU: a __syncwarp missing beside one goes unnoticed),
-// register or shared-memory limits, and the driver's PTX JIT. `dwcp_sim_*` below let a test inject failures and read counters;
+// What it cannot show: timing, register or shared-memory limits, and the driver's PTX JIT. A
+// vote or shuffle waits for every lane here, so it orders memory too, which it does not on a
+// GPU: built with the race check (simt.h) it does not, and ThreadSanitizer reports a
+// __syncwarp missing beside one. `dwcp_sim_*` below let a test inject failures and read counters;
 // DWCP_SIM_INJECT does the same for a whole process (see inject_from_env), and
 // DWCP_SIM_ORDER changes the order the threads of a block run in (see order_from_env).
 //
 // Its SIMT emulator and the kernels it runs are in simt.h.
 //
 // Build: c++ -O2 -std=c++17 -shared -fPIC -Wl,-soname,libcuda.so -o libcuda.so sim_driver.cpp
+// With the race check (simt.h): add -fsanitize=thread -DDWCP_SIMT_TSAN, and load the process
+// with ThreadSanitizer's runtime (LD_PRELOAD=$(c++ -print-file-name=libtsan.so)).
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -379,6 +382,9 @@ CUresult cuInit(unsigned flags) {
     if (flags != 0) return INVALID_VALUE;
     std::lock_guard<std::mutex> g(sim::lock);
     if (!initialised) {
+#ifdef DWCP_SIMT_TSAN
+        fprintf(stderr, "dwcp-sim-cuda: race check on: ThreadSanitizer sees only the barriers' ordering\n");
+#endif
         inject_from_env();
         order_from_env();
         watch_guard_pages();

@@ -9,11 +9,13 @@
 #define DWCP_SIMT_H
 
 #include <ucontext.h>
+#ifdef DWCP_SIMT_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
 
 #include <cstdint>
 #include <cstring>
 #include <utility>
-#include <vector>
 
 // ---- The CUDA built-ins the kernels use ------------------------------------------------------
 
@@ -61,6 +63,21 @@ static int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
 
 // ---- SIMT: one block at a time, each thread a fiber -------------------------------------------
 
+// The race check (built with -fsanitize=thread -DDWCP_SIMT_TSAN, see sim_driver.cpp): each CUDA
+// thread is a ThreadSanitizer fiber, switched to without synchronising, and the only
+// happens-before edges between threads are those CUDA gives: the launch before every thread,
+// every thread before the launch's end, and __syncwarp / __syncthreads among the threads they
+// wait for. Votes and shuffles exchange their values but order no memory, as on a GPU. So
+// ThreadSanitizer reports any two threads' accesses to the same bytes, one a write, with no
+// barrier between them: a race on a GPU, whatever order the emulator ran them in. The
+// emulator's own code (SIMT_UNCHECKED) is not instrumented: its scheduling state is shared by
+// design.
+#ifdef DWCP_SIMT_TSAN
+#define SIMT_UNCHECKED __attribute__((no_sanitize_thread))
+#else
+#define SIMT_UNCHECKED
+#endif
+
 namespace simt {
 
 // A fiber's saved registers. On x86-64 a switch is a few instructions (dwcp_sim_switch below);
@@ -77,7 +94,11 @@ struct Ctx {
 };
 #endif
 
+#ifdef DWCP_SIMT_TSAN
+constexpr size_t STACK = 256 * 1024;  // instrumented frames are larger
+#else
 constexpr size_t STACK = 64 * 1024;
+#endif
 enum State { READY, WAITING, DONE };
 struct Fiber {
     Ctx ctx;
@@ -94,18 +115,27 @@ struct Group {
     u64 gen;
 };
 
-static std::vector<Fiber> fibers;
-static std::vector<char*> stacks;
+// Plain arrays, sized for CUDA's largest block: the race check leaves the emulator's own code
+// uninstrumented, and std::vector's accessors would be instrumented functions of their own.
+constexpr unsigned MAX_THREADS = 1024, MAX_WARPS = MAX_THREADS / 32;
+static Fiber fibers[MAX_THREADS];
+static unsigned nfibers;
+static char* stacks[MAX_THREADS];
 static Ctx scheduler;
 static unsigned current;
 static Group block_group;
-static std::vector<Group> warps;
+static Group warps[MAX_WARPS];
 // Two banks of 32 per warp, for shuffles and votes, used in turn: a lane can write one bank
 // while a slower lane still reads the other from the exchange before, and never the bank that
 // lane reads, as the exchange in between is a barrier. So each exchange is one barrier. Beside
 // each slot, the number of the exchange that wrote it (a lane's count of its exchanges): a vote
 // counts the lanes that took part in it, not those that have ended since, or had before.
-static std::vector<u64> slots, stamps;
+static u64 slots[MAX_WARPS * 64], stamps[MAX_WARPS * 64];
+#ifdef DWCP_SIMT_TSAN
+static void* tsan_fibers[MAX_THREADS];  // each thread's, kept from block to block
+static void* tsan_scheduler;
+static char launch_sync, end_sync;  // addresses standing for the launch's start and end
+#endif
 static void (*body)(const u64*);
 static u64 body_args[9];
 static bool bad_mask;  // a partial mask, or threads of one group waiting at different places
@@ -117,7 +147,7 @@ static bool bad_mask;  // a partial mask, or threads of one group waiting at dif
 // two barriers shows it as bytes that depend on the order.
 static u64 order;
 static u64 order_state;  // the random orders' xorshift state
-static std::vector<unsigned> sweep;
+static unsigned sweep[MAX_THREADS];
 
 #if SIM_FAST_SWITCH
 // Saves the callee-saved registers on the running stack and its stack pointer in *save, then
@@ -146,10 +176,10 @@ dwcp_sim_switch:
     ret
     .size dwcp_sim_switch, .-dwcp_sim_switch
 )");
-static void swap(Ctx& from, Ctx& to) { dwcp_sim_switch(&from.sp, to.sp); }
+SIMT_UNCHECKED static void swap(Ctx& from, Ctx& to) { dwcp_sim_switch(&from.sp, to.sp); }
 // A context that runs `fn` (which must never return) on `stack` when first switched to: its
 // start address and six zeroed registers, with the stack aligned as at a call.
-static void start(Ctx& c, char* stack, size_t size, void (*fn)()) {
+SIMT_UNCHECKED static void start(Ctx& c, char* stack, size_t size, void (*fn)()) {
     void** sp = (void**)(((uintptr_t)(stack + size)) & ~(uintptr_t)15);
     *--sp = nullptr;  // fn's return address: it never returns
     *--sp = (void*)fn;
@@ -157,8 +187,8 @@ static void start(Ctx& c, char* stack, size_t size, void (*fn)()) {
     c.sp = sp;
 }
 #else
-static void swap(Ctx& from, Ctx& to) { swapcontext(&from.uc, &to.uc); }
-static void start(Ctx& c, char* stack, size_t size, void (*fn)()) {
+SIMT_UNCHECKED static void swap(Ctx& from, Ctx& to) { swapcontext(&from.uc, &to.uc); }
+SIMT_UNCHECKED static void start(Ctx& c, char* stack, size_t size, void (*fn)()) {
     getcontext(&c.uc);
     c.uc.uc_stack.ss_sp = stack;
     c.uc.uc_stack.ss_size = size;
@@ -167,13 +197,32 @@ static void start(Ctx& c, char* stack, size_t size, void (*fn)()) {
 }
 #endif
 
-static Group& group(int g) { return g < 0 ? block_group : warps[(size_t)g]; }
+SIMT_UNCHECKED static Group& group(int g) { return g < 0 ? block_group : warps[(size_t)g]; }
 
-static void release_if_complete(int g) {
+// The running thread gives the CPU back to run_block.
+SIMT_UNCHECKED static void to_scheduler() {
+#ifdef DWCP_SIMT_TSAN
+    __tsan_switch_to_fiber(tsan_scheduler, __tsan_switch_to_fiber_no_sync);
+#endif
+    swap(fibers[current].ctx, scheduler);
+}
+
+// run_block runs thread i until it waits.
+SIMT_UNCHECKED static void to_thread(unsigned i) {
+    current = i;
+    threadIdx = SimDim3{fibers[i].tid, 0, 0};
+#ifdef DWCP_SIMT_TSAN
+    __tsan_switch_to_fiber(tsan_fibers[i], __tsan_switch_to_fiber_no_sync);
+#endif
+    swap(scheduler, fibers[i].ctx);
+}
+
+SIMT_UNCHECKED static void release_if_complete(int g) {
     Group& gr = group(g);
     if (gr.arrived == 0 || gr.arrived < gr.live) return;
     const void* site = nullptr;
-    for (auto& f : fibers) {
+    for (unsigned i = 0; i < nfibers; i++) {
+        Fiber& f = fibers[i];
         if (f.state == WAITING && f.group == g && f.gen == gr.gen) {
             if (site && f.site != site) bad_mask = true;
             site = f.site;
@@ -184,7 +233,9 @@ static void release_if_complete(int g) {
     gr.gen++;
 }
 
-static void arrive(int g, const void* site) {
+// The running thread waits at `site` for the other threads of group `g`; a barrier
+// (`orders_memory`) also makes each one's writes before it seen by every one's reads after.
+SIMT_UNCHECKED static void arrive(int g, const void* site, bool orders_memory) {
     Fiber& f = fibers[current];
     Group& gr = group(g);
     f.state = WAITING;
@@ -192,12 +243,26 @@ static void arrive(int g, const void* site) {
     f.gen = gr.gen;
     f.site = site;
     gr.arrived++;
+#ifdef DWCP_SIMT_TSAN
+    if (orders_memory) __tsan_release(&gr);
+#endif
     release_if_complete(g);
-    swap(f.ctx, scheduler);
+    to_scheduler();
+#ifdef DWCP_SIMT_TSAN
+    if (orders_memory) __tsan_acquire(&group(g));
+#else
+    (void)orders_memory;
+#endif
 }
 
-static void entry() {
+SIMT_UNCHECKED static void entry() {
+#ifdef DWCP_SIMT_TSAN
+    __tsan_acquire(&launch_sync);
+#endif
     body(body_args);
+#ifdef DWCP_SIMT_TSAN
+    __tsan_release(&end_sync);
+#endif
     Fiber& f = fibers[current];
     f.state = DONE;
     int w = (int)(f.tid / 32);
@@ -205,18 +270,41 @@ static void entry() {
     block_group.live--;
     release_if_complete(w);
     release_if_complete(-1);
-    swap(f.ctx, scheduler);  // never resumed
+    to_scheduler();  // never resumed
+}
+
+// The end of run_block: with the race check, what the threads wrote is seen from here on.
+SIMT_UNCHECKED static bool finish(bool ok) {
+#ifdef DWCP_SIMT_TSAN
+    __tsan_acquire(&end_sync);
+    if (!ok) {  // threads left mid-kernel: new fibers for the next block
+        for (void*& f : tsan_fibers) {
+            if (f) __tsan_destroy_fiber(f);
+            f = nullptr;
+        }
+    }
+#endif
+    return ok;
 }
 
 // Runs one block of `n` threads to the end; false on a deadlock (a barrier or shuffle that
 // not every live thread of its group reached) or a shuffle with a partial mask.
-static bool run_block(unsigned n) {
-    while (stacks.size() < n) stacks.push_back(new char[STACK]);
-    fibers.assign(n, Fiber{});
+SIMT_UNCHECKED static bool run_block(unsigned n) {
+    if (n == 0 || n > MAX_THREADS) return false;
+    for (unsigned i = 0; i < n; i++) {
+        if (!stacks[i]) stacks[i] = new char[STACK];
+#ifdef DWCP_SIMT_TSAN
+        if (!tsan_fibers[i]) tsan_fibers[i] = __tsan_create_fiber(0);
+#endif
+        fibers[i] = Fiber{};
+    }
+#ifdef DWCP_SIMT_TSAN
+    tsan_scheduler = __tsan_get_current_fiber();
+#endif
+    nfibers = n;
     unsigned nw = (n + 31) / 32;
-    warps.assign(nw, Group{});
-    slots.assign(nw * 64, 0);
-    stamps.assign(nw * 64, 0);
+    for (unsigned w = 0; w < nw; w++) warps[w] = Group{};
+    for (unsigned i = 0; i < nw * 64; i++) slots[i] = stamps[i] = 0;
     block_group = Group{n, 0, 0};
     for (unsigned i = 0; i < n; i++) {
         Fiber& f = fibers[i];
@@ -229,10 +317,12 @@ static bool run_block(unsigned n) {
         memset(__start_dwcp_simt_shared, 0xA5,
                (size_t)(__stop_dwcp_simt_shared - __start_dwcp_simt_shared));
     }
+#ifdef DWCP_SIMT_TSAN
+    __tsan_release(&launch_sync);
+#endif
     bad_mask = false;
     bool random = order > 1;
     if (random && order_state == 0) order_state = order;
-    sweep.resize(n);
     for (;;) {
         for (unsigned k = 0; k < n; k++) sweep[k] = order == 1 ? n - 1 - k : k;
         for (unsigned k = n; random && k > 1; k--) {
@@ -242,39 +332,38 @@ static bool run_block(unsigned n) {
             std::swap(sweep[k - 1], sweep[order_state % k]);
         }
         bool ran = false, all_done = true;
-        for (unsigned i : sweep) {
+        for (unsigned k = 0; k < n; k++) {
+            unsigned i = sweep[k];
             while (fibers[i].state == READY) {
-                current = i;
-                threadIdx = SimDim3{fibers[i].tid, 0, 0};
-                swap(scheduler, fibers[i].ctx);
+                to_thread(i);
                 ran = true;
-                if (bad_mask) return false;
+                if (bad_mask) return finish(false);
                 if (random) break;
             }
             if (fibers[i].state != DONE) all_done = false;
         }
-        if (all_done) return true;
-        if (!ran) return false;
+        if (all_done) return finish(true);
+        if (!ran) return finish(false);
     }
 }
 
 // Sets the order (see `order`); a random order's sequence starts again from its seed.
-static void set_order(u64 o) {
+SIMT_UNCHECKED static void set_order(u64 o) {
     order = o;
     order_state = o;
 }
 
 template <class T>
-static T exchange(unsigned mask, T v, unsigned from_lane_of(unsigned lane, int arg), int arg,
+SIMT_UNCHECKED static T exchange(unsigned mask, T v, unsigned from_lane_of(unsigned lane, int arg), int arg,
                   const void* site) {
     if (mask != 0xffffffffu) {
         bad_mask = true;
-        swap(fibers[current].ctx, scheduler);
+        to_scheduler();
     }
     unsigned lane = threadIdx.x & 31, w = threadIdx.x / 32;
     u64* bank = &slots[w * 64 + 32 * (fibers[current].bank++ & 1)];
     bank[lane] = (u64)v;
-    arrive((int)w, site);
+    arrive((int)w, site, false);
     return (T)bank[from_lane_of(lane, arg) & 31];
 }
 
@@ -282,17 +371,18 @@ static T exchange(unsigned mask, T v, unsigned from_lane_of(unsigned lane, int a
 
 // Every lane's `v`, and the mask of the warp's lanes for which `pick(theirs, ours)` holds.
 namespace simt {
-static unsigned vote(unsigned mask, u64 v, bool pick(u64, u64), const void* site) {
+SIMT_UNCHECKED static unsigned vote(unsigned mask, u64 v, bool pick(u64, u64),
+                                    const void* site) {
     if (mask != 0xffffffffu) {
         bad_mask = true;
-        swap(fibers[current].ctx, scheduler);
+        to_scheduler();
     }
     unsigned lane = threadIdx.x & 31, w = threadIdx.x / 32;
     unsigned at = w * 64 + 32 * (fibers[current].bank++ & 1);
     u64 *bank = &slots[at], *stamp = &stamps[at], mine = fibers[current].bank;
     bank[lane] = v;
     stamp[lane] = mine;
-    arrive((int)w, site);
+    arrive((int)w, site, false);
     unsigned r = 0;
     for (unsigned i = 0; i < 32; i++) {
         if (stamp[i] == mine && pick(bank[i], v)) r |= 1u << i;
@@ -303,13 +393,13 @@ static bool is_set(u64 theirs, u64) { return theirs != 0; }
 static bool equal(u64 theirs, u64 ours) { return theirs == ours; }
 }  // namespace simt
 
-static void sim_syncthreads(const void* site) { simt::arrive(-1, site); }
+static void sim_syncthreads(const void* site) { simt::arrive(-1, site, true); }
 static void sim_syncwarp(const void* site, unsigned mask) {
     if (mask != 0xffffffffu) {
         simt::bad_mask = true;
-        simt::swap(simt::fibers[simt::current].ctx, simt::scheduler);
+        simt::to_scheduler();
     }
-    simt::arrive((int)(threadIdx.x / 32), site);
+    simt::arrive((int)(threadIdx.x / 32), site, true);
 }
 static unsigned xor_lane(unsigned lane, int m) { return lane ^ (unsigned)m; }
 static unsigned src_lane(unsigned, int s) { return (unsigned)s; }

@@ -202,6 +202,61 @@ fn sim_kernels_write_the_same_bytes_whatever_order_their_threads_run_in() {
     }
 }
 
+/// The kernels have no data race under CUDA's memory model: this binary's kernel tests run
+/// again in a child process on the stand-in built with the race check (`simt.h`:
+/// ThreadSanitizer, each CUDA thread a fiber, told only of the ordering the launch and
+/// `__syncwarp` / `__syncthreads` give; votes and shuffles pass values but order no memory, as
+/// on a GPU), and ThreadSanitizer must report nothing. A `__syncwarp` missing beside a vote,
+/// which no order of the threads shows (the emulator's votes wait for every lane), is a
+/// report here.
+#[test]
+fn sim_kernels_have_no_data_race_between_barriers() {
+    const KERNEL_TESTS: [&str; 6] = [
+        "sim_gcm_vectors_and_random_packets_match_the_cpu",
+        "sim_gcm_small_batches_and_single_packets",
+        "sim_both_lz4_decompressors_give_lz4_flex_output_and_refusals",
+        "sim_lz4_compress_is_the_serial_reference_byte_for_byte",
+        "sim_lz4_blocks_past_64_kib_round_trip_both_ways",
+        "sim_mutated_lz4_blocks_decompress_as_lz4_flex_does",
+    ];
+    let tsan = dwcp_kernels::sim::tsan_runtime().unwrap_or_else(|e| panic!("{e}"));
+    let exe = std::env::current_exe().expect("this test binary");
+    let out = std::process::Command::new(exe)
+        .args(KERNEL_TESTS)
+        .args(["--exact", "--test-threads", "1"])
+        .env(sim_driver::RACE_CHECK, "1")
+        .env("LD_PRELOAD", tsan)
+        // Only the stand-in is instrumented: the Rust side's memcpy and allocations are not
+        // watched (its threads synchronise in ways ThreadSanitizer cannot see).
+        .env(
+            "TSAN_OPTIONS",
+            "ignore_noninstrumented_modules=1 exitcode=66 halt_on_error=0",
+        )
+        .output()
+        .expect("run the kernel tests under the race check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("dwcp-sim-cuda: race check on"),
+        "the child did not run on the race-checked stand-in:\n{stderr}"
+    );
+    let races = stderr.matches("WARNING: ThreadSanitizer").count();
+    assert_eq!(
+        races, 0,
+        "ThreadSanitizer reported {races} race(s) between CUDA threads with no barrier between:\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "the kernel tests failed under the race check ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let passed = format!("test result: ok. {} passed", KERNEL_TESTS.len());
+    assert!(
+        stdout.contains(&passed),
+        "the child did not run every kernel test:\n{stdout}"
+    );
+}
+
 /// One packet to seal: its buffer holds the plaintext and room for the tag.
 struct Pkt {
     nonce: [u8; 12],

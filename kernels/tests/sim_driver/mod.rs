@@ -69,12 +69,21 @@ pub struct Sim {
     serial: Mutex<()>,
 }
 
+/// Set (by the race-check test, in the child it runs) to build the stand-in with the race
+/// check ([`dwcp_kernels::sim::Build::RaceCheck`]).
+pub const RACE_CHECK: &str = "DWCP_SIM_RACE_CHECK";
+
 /// Builds and loads the stand-in once per test binary.
 pub fn sim() -> &'static Sim {
     static SIM: OnceLock<Sim> = OnceLock::new();
     SIM.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("dwcp-sim-cuda-{}", std::process::id()));
-        let lib = dwcp_kernels::sim::build(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let how = if std::env::var_os(RACE_CHECK).is_some() {
+            dwcp_kernels::sim::Build::RaceCheck
+        } else {
+            dwcp_kernels::sim::Build::Plain
+        };
+        let lib = dwcp_kernels::sim::build_as(&dir, how).unwrap_or_else(|e| panic!("{e}"));
         dwcp_kernels::cuda::use_driver(&lib).expect("load the stand-in");
         // SAFETY: the library was just built from sim_driver.cpp, whose controls have
         // exactly these C signatures; the handle is leaked so the pointers stay valid.
