@@ -42,10 +42,7 @@ pub fn tsan_runtime() -> Result<PathBuf, String> {
     if path.is_absolute() && path.exists() {
         Ok(path)
     } else {
-        Err(
-            "c++ has no libtsan.so (Debian: apt-get install libgcc-12-dev, which g++ pulls in)"
-                .into(),
-        )
+        Err("c++ has no libtsan.so (scripts/setup.sh installs it: apt-get install libtsan2)".into())
     }
 }
 
