@@ -223,7 +223,10 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     stats: Vec<Arc<WorkerStats>>,
-    listener: TcpListener,
+    /// The metrics endpoint (taken out of `self` while it runs a turn, which renders `self`).
+    scrape: Option<crate::scrape::Server>,
+    /// Its counters after its last turn.
+    scrape_stats: crate::scrape::ScrapeStats,
     labels: (String, String, String, usize),
     offload: (&'static str, String),
     gpu: Option<dwcp_kernels::monitor::GpuMonitor>,
@@ -321,7 +324,10 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         addr: cfg.metrics.listen.to_string(),
         source,
     })?;
-    let _ = listener.set_nonblocking(true);
+    let scrape = crate::scrape::Server::new(listener).map_err(|source| StartError::Metrics {
+        addr: cfg.metrics.listen.to_string(),
+        source,
+    })?;
 
     let private = *cfg.tunnel.private_key.expose_secret();
     let wall = SystemTime::now()
@@ -465,7 +471,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         stop,
         threads,
         stats: all_stats,
-        listener,
+        scrape: Some(scrape),
+        scrape_stats: crate::scrape::ScrapeStats::default(),
         labels: (
             cfg.name.to_string(),
             lan.name.to_string(),
@@ -650,6 +657,7 @@ impl Running {
         if let Some(g) = &self.gather {
             text.push_str(&metrics::render_gather(&g.stats(), node));
         }
+        text.push_str(&metrics::render_scrape(&self.scrape_stats, node));
         let hist = stats::sum_histograms(self.stats.iter().map(|s| &**s));
         text.push_str(&metrics::render_histograms(&hist, node));
         if !self.dpdk.is_empty() {
@@ -714,24 +722,28 @@ impl Running {
                 self.watch_gpu_failures();
                 let _ = crate::readiness::notify_status(&self.offload_status());
             }
-            let (sig_ready, conn_ready) = {
-                let mut fds = [
-                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                ];
-                let _ = poll(&mut fds, PollTimeout::from(500u16));
-                let r = |i: usize| {
-                    fds[i]
-                        .revents()
-                        .is_some_and(|r| r.contains(PollFlags::POLLIN))
-                };
-                (r(0), r(1))
-            };
-            if conn_ready {
-                while let Ok((stream, _)) = self.listener.accept() {
-                    let _ = stream.set_nonblocking(false);
-                    metrics::serve(stream, || self.metrics_text());
+            let sig_ready = {
+                let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+                if let Some(srv) = &self.scrape {
+                    fds.extend(srv.fds().map(|(fd, writing)| {
+                        let want = if writing {
+                            PollFlags::POLLOUT
+                        } else {
+                            PollFlags::POLLIN
+                        };
+                        PollFd::new(fd, want)
+                    }));
                 }
+                let _ = poll(&mut fds, PollTimeout::from(500u16));
+                fds[0]
+                    .revents()
+                    .is_some_and(|r| r.contains(PollFlags::POLLIN))
+            };
+            // The metrics endpoint never blocks the loop (crate::scrape).
+            if let Some(mut srv) = self.scrape.take() {
+                srv.turn(Instant::now(), || self.metrics_text());
+                self.scrape_stats = srv.stats();
+                self.scrape = Some(srv);
             }
             if sig_ready {
                 while let Ok(Some(info)) = sfd.read_signal() {

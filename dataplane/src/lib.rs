@@ -19,6 +19,7 @@ pub mod offload;
 #[allow(unsafe_code)]
 pub mod pool;
 pub mod readiness;
+pub mod scrape;
 pub mod stats;
 pub mod tunnel;
 pub mod wire;

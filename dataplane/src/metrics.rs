@@ -1,10 +1,7 @@
-//! The Prometheus endpoint: text exposition format 0.0.4 over plain HTTP, served by the
-//! control thread on the management address only.
+//! The Prometheus exposition: the text format 0.0.4 of the counters, gauges and histograms
+//! the management endpoint (`crate::scrape`, on the control thread) serves.
 
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::time::Duration;
 
 use crate::stats::{self, COUNT};
 
@@ -497,23 +494,26 @@ fn family_f(o: &mut String, node: &str, name: &str, help: &str, value: f64) {
     let _ = writeln!(o, "{name}{{node=\"{node}\"}} {value}");
 }
 
-/// Answers one HTTP connection: `GET /metrics` gets the text, anything else 404.
-pub fn serve(mut stream: TcpStream, body: impl FnOnce() -> String) {
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
-    let mut req = [0u8; 1024];
-    let n = stream.read(&mut req).unwrap_or(0);
-    let line = String::from_utf8_lossy(&req[..n]);
-    let response = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
-        let b = body();
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
-            b.len()
-        )
-    } else {
-        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-    };
-    let _ = stream.write_all(response.as_bytes());
+/// The metrics endpoint's own counters (`crate::scrape`).
+pub fn render_scrape(st: &crate::scrape::ScrapeStats, node: &str) -> String {
+    let mut o = String::new();
+    for (metric, help, v) in [
+        (
+            "dwcp_metrics_requests_total",
+            "Requests the metrics endpoint answered.",
+            st.answered,
+        ),
+        (
+            "dwcp_metrics_connections_dropped_total",
+            "Connections to the metrics endpoint closed unanswered: to make room, or past their deadline.",
+            st.dropped,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {metric} {help}");
+        let _ = writeln!(o, "# TYPE {metric} counter");
+        let _ = writeln!(o, "{metric}{{node=\"{node}\"}} {v}");
+    }
+    o
 }
 
 #[cfg(test)]

@@ -375,10 +375,42 @@ fn tunnel(dpdk: bool) {
         &format!("[[tunnel.peers]]\nname = \"site-c\"\npublic_key = \"{extra}\"\nallowed_prefixes = [\"10.3.0.0/16\"]\n[metrics]"),
     );
     std::fs::write(&cfg_a, text).unwrap();
+    // Meanwhile 32 idle connections to A's metrics endpoint (four times what it serves at
+    // once): the control loop must not wait on them. (Its first server read each with a
+    // 500 ms timeout, which held a reload back 16 s.)
+    let mut idle = lab
+        .command(&mg, "python3")
+        .args([
+            "-c",
+            "import socket, time\n\
+             s = [socket.create_connection(('192.0.2.10', 9100)) for _ in range(32)]\n\
+             print('open', flush=True)\n\
+             time.sleep(30)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(idle.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "open", "the idle connections did not open");
     let pid = lab.pid(gw_a).to_string();
     dwcp_tests::netns::run("kill", &["-HUP", &pid]);
-    let reloaded = wait_for_line(&log_a, "reloaded peers", Duration::from_secs(10));
+    let reloaded = wait_for_line(&log_a, "reloaded peers", Duration::from_secs(3));
     assert!(reloaded.contains("2 (1 added, 0 removed"), "{reloaded}");
+    let dropped = metric(
+        &scrape_a(),
+        "dwcp_metrics_connections_dropped_total{node=\"gw-a\"}",
+    );
+    assert!(
+        dropped >= 24,
+        "{dropped} idle connections dropped to make room"
+    );
+    let _ = idle.kill();
+    let _ = idle.wait();
     std::thread::sleep(Duration::from_millis(100));
     let ping = lab
         .command(&ha, "ping")
