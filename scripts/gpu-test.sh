@@ -7,8 +7,9 @@
 # `bench offload`.
 #
 #   scripts/gpu-test.sh                 build and run here (needs cargo)
-#   scripts/gpu-test.sh --bundle DIR    build here, put the binaries and a run.sh in DIR
-#                                       (for a GPU machine without a Rust toolchain)
+#   scripts/gpu-test.sh --bundle DIR    build here, put the binaries, a run.sh and a
+#                                       sanitize.sh (scripts/gpu-sanitize.sh) in DIR (for a
+#                                       GPU machine without a Rust toolchain)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ for l in sys.stdin:
         print(m["executable"])')
     cargo build --release --locked -p dwcp-dataplane --bin dwcp-dataplane
     cp "$test_bin" "$dir/gpu-tests"
+    cp scripts/gpu-sanitize.sh "$dir/sanitize.sh"
     cp target/release/dwcp-dataplane "$dir/"
     # The GPU image's NVRTC (12.x, image/nvidia-pin.toml), xz'd to fit the device's 64 MiB:
     # run.sh compiles and runs the kernels with it too, as the GPU image's data plane would.
@@ -99,7 +101,7 @@ rm -rf "$n12"
 exit $status
 RUN
     chmod +x "$dir/run.sh"
-    echo "bundle in $dir: run $dir/run.sh on the GPU machine"
+    echo "bundle in $dir: run $dir/run.sh on the GPU machine, then $dir/sanitize.sh (compute-sanitizer)"
     exit 0
 fi
 

@@ -143,6 +143,30 @@ fn gpu_lz4_round_trips_with_lz4_flex_both_ways() {
     no_failures(&e);
 }
 
+/// A small run of every kernel, for NVIDIA's compute-sanitizer (`scripts/gpu-sanitize.sh`:
+/// racecheck, synccheck, memcheck, initcheck), under which kernels run many times slower: the
+/// start-up check, the GCM vectors, mixed GCM batches with tampered packets, LZ4 round trips,
+/// mutated blocks, blocks past 64 KiB, both decompressors.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_small_run_of_every_kernel() {
+    use dwcp_kernels::cuda::Lz4Decompressor;
+    let mut e = CudaEngine::new(0, Capacity::for_batch(256, 9216))
+        .unwrap_or_else(|e| panic!("the CUDA engine is not available: {e}"));
+    selftest::check(&mut e, 9216, std::time::Duration::from_secs(120))
+        .unwrap_or_else(|why| panic!("{why}"));
+    suite::gcm_vectors(&mut e);
+    suite::gcm_random(&mut e, 300, 100, 0x5a);
+    for d in Lz4Decompressor::ALL {
+        e.set_decompressor(d);
+        suite::lz4_overlapping_matches(&mut e, 0x5b);
+        suite::lz4_round_trips(&mut e, 200, 100, 0x5c);
+        suite::lz4_mutated_blocks(&mut e, 200, 0x5d);
+    }
+    suite::lz4_past_64_kib(&mut e, 0x5e);
+    no_failures(&e);
+}
+
 /// Both decompress kernels, the warp per packet the engine uses and the thread per packet
 /// kept to compare, give `lz4_flex`'s output and refusals on the GPU's memory model: matches
 /// overlapping their own output at every offset up to 40, round trips, mutated blocks.
