@@ -186,6 +186,8 @@ fn sim_kernels_write_the_same_bytes_whatever_order_their_threads_run_in() {
         sim().set_order(order);
         let seed = 0x0de5 + i as u64;
         let mut e = engine(Capacity::for_batch(256, 9216));
+        selftest::check(&mut e, 9216, Duration::from_secs(60))
+            .unwrap_or_else(|why| panic!("{order:?}: {why}"));
         suite::gcm_vectors(&mut e);
         suite::gcm_random(&mut e, 300, 150, seed);
         for d in Lz4Decompressor::ALL {
