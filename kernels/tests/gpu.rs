@@ -51,6 +51,43 @@ fn no_failures(e: &CudaEngine) {
     assert_eq!(n, 0, "batches fell back to the CPU: {last:?}");
 }
 
+/// The GPU tests themselves, checked where there is no GPU so that a GPU session's minutes do
+/// not find a broken test: this binary runs its quicker GPU tests again in a child on the
+/// simulated driver (`DWCP_LIBCUDA`, `dwcp_kernels::sim`), and they must pass. (The whole
+/// suite passes there too, in about four minutes: `DWCP_LIBCUDA=… gpu-tests --ignored`.)
+#[test]
+fn the_quicker_gpu_tests_pass_on_the_simulated_driver() {
+    const QUICK: [&str; 6] = [
+        "gpu_gcm_test_vectors",
+        "gpu_passes_the_data_planes_start_up_check",
+        "gpu_gcm_small_batches_and_single_packets",
+        "gpu_lz4_compresses_text_as_small_as_the_cpu_engine",
+        "gpu_small_run_of_every_kernel",
+        "gpu_engine_allocates_nothing_per_batch",
+    ];
+    let dir = std::env::temp_dir().join(format!("dwcp-gpu-sim-{}", std::process::id()));
+    let sim = dwcp_kernels::sim::build(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args(QUICK)
+        .args(["--ignored", "--exact", "--test-threads", "1", "--nocapture"])
+        .env("DWCP_LIBCUDA", &sim)
+        .output()
+        .expect("run the GPU tests");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(dwcp_kernels::sim::DEVICE_NAME),
+        "the child did not run on the simulated driver:\n{stderr}"
+    );
+    assert!(
+        out.status.success()
+            && stdout.contains(&format!("test result: ok. {} passed", QUICK.len())),
+        "GPU tests failed on the simulated driver ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
 fn gpu_gcm_test_vectors() {
