@@ -251,14 +251,17 @@ DEV int lz4_compress_warp(const u8* src, u32 len, u8* dst, u32 cap, u16* table, 
             bool hit = act && cand != 0 && load_le32(src + base + cand - 1) == seq;
             u32 hits = __ballot_sync(LZ4_ALL, hit);
             u32 last = hits ? (u32)__ffs(hits) - 1 : w - 1;
-            // A barrier between the lanes' table reads and these writes: a vote orders no
-            // memory (CUDA's guide: shuffles and votes "do not imply a memory barrier"), even
-            // though each read's value went into the ballot. The barrier after them makes the
-            // writes seen by the next step's reads. The sim tests' race check holds both.
+            // Each hash among the lanes up to `last` gets the position of its last such lane,
+            // written by the lane that read its entry (its first lane, `earlier` empty): a
+            // vote orders no memory (CUDA's guide: shuffles and votes "do not imply a memory
+            // barrier"), so a read and another lane's write of one entry would need a barrier
+            // between them; one lane's read and write are in program order. The barrier after
+            // makes the writes seen by the next step's reads. The sim tests' race check holds
+            // both.
             u32 upto = last == 31 ? LZ4_ALL : (2u << last) - 1;
-            __syncwarp();
-            if (act && lane <= last && ((same & upto) >> lane) == 1) {
-                table[h] = (u16)(pos - base + 1);
+            u32 mine = same & upto;
+            if (act && !earlier && mine) {
+                table[h] = (u16)(ip + (u32)(31 - __clz((int)mine)) - base + 1);
             }
             __syncwarp();
             if (!hits) {
