@@ -239,6 +239,11 @@ fn sim_kernels_have_no_data_race_between_barriers() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
+        !stderr.contains("unexpected memory mapping"),
+        "ThreadSanitizer cannot start under this kernel's address-space randomisation (as root: \
+         sysctl vm.mmap_rnd_bits=28):\n{stderr}"
+    );
+    assert!(
         stderr.contains("dwcp-sim-cuda: race check on"),
         "the child did not run on the race-checked stand-in:\n{stderr}"
     );
