@@ -193,9 +193,7 @@ pub fn render_gather(g: &dwcp_kernels::gather::GatherStats, node: &str) -> Strin
             g.most_workers,
         ),
     ] {
-        let _ = writeln!(o, "# HELP {metric} {help}");
-        let _ = writeln!(o, "# TYPE {metric} {kind}");
-        let _ = writeln!(o, "{metric}{{node=\"{node}\"}} {v}");
+        family(&mut o, node, metric, kind, help, v);
     }
     let metric = "dwcp_offload_gather_running_seconds";
     let _ = writeln!(
@@ -489,8 +487,20 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
 }
 
 fn family_f(o: &mut String, node: &str, name: &str, help: &str, value: f64) {
+    family(o, node, name, "gauge", help, value);
+}
+
+/// One family of one sample labelled with the node: its HELP, TYPE and value lines.
+fn family(
+    o: &mut String,
+    node: &str,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl std::fmt::Display,
+) {
     let _ = writeln!(o, "# HELP {name} {help}");
-    let _ = writeln!(o, "# TYPE {name} gauge");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
     let _ = writeln!(o, "{name}{{node=\"{node}\"}} {value}");
 }
 
@@ -509,9 +519,7 @@ pub fn render_scrape(st: &crate::scrape::ScrapeStats, node: &str) -> String {
             st.dropped,
         ),
     ] {
-        let _ = writeln!(o, "# HELP {metric} {help}");
-        let _ = writeln!(o, "# TYPE {metric} counter");
-        let _ = writeln!(o, "{metric}{{node=\"{node}\"}} {v}");
+        family(&mut o, node, metric, "counter", help, v);
     }
     o
 }
@@ -519,6 +527,18 @@ pub fn render_scrape(st: &crate::scrape::ScrapeStats, node: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_the_endpoints_own_counters() {
+        let st = crate::scrape::ScrapeStats {
+            answered: 5,
+            dropped: 2,
+        };
+        let t = render_scrape(&st, "gw1");
+        assert!(t.contains("# TYPE dwcp_metrics_requests_total counter\n"));
+        assert!(t.contains("dwcp_metrics_requests_total{node=\"gw1\"} 5\n"));
+        assert!(t.contains("dwcp_metrics_connections_dropped_total{node=\"gw1\"} 2\n"));
+    }
 
     #[test]
     fn renders_the_gathering_threads_counters() {
