@@ -385,7 +385,19 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     );
     let offload_kind = offload.kind;
     let offload_why = offload.why.clone();
-    let gpu_monitor = offload.monitor;
+    let gpu_monitor = match offload.monitor {
+        Some(Ok(m)) => {
+            println!("dwcp-dataplane: GPU status {}", m.describe());
+            Some(m)
+        }
+        Some(Err(why)) => {
+            eprintln!(
+                "dwcp-dataplane: WARNING: no GPU status (name, memory, utilisation, temperature) for metrics and the console: {why}"
+            );
+            None
+        }
+        None => None,
+    };
     let gatherer = offload.gatherer;
     if let Some(g) = &gatherer
         && let Err(e) = watch_gpu(g.watch())

@@ -130,7 +130,7 @@ pub fn render_gpu(s: &dwcp_kernels::monitor::GpuSnapshot, node: &str) -> String 
     gauge(
         "dwcp_gpu_info",
         "The offload GPU.",
-        &format!(",name=\"{name}\""),
+        &format!(",name=\"{name}\",pci_bus_id=\"{}\"", s.pci_bus_id),
         1,
     );
     gauge(
@@ -608,6 +608,7 @@ mod tests {
         let gpu = render_gpu(
             &dwcp_kernels::monitor::GpuSnapshot {
                 name: "NVIDIA \"H100\"".into(),
+                pci_bus_id: "0000:41:00.0".into(),
                 memory_total: 100,
                 memory_free: 60,
                 utilization_pct: Some(12),
@@ -616,7 +617,9 @@ mod tests {
             "n1",
         );
         assert!(
-            gpu.contains("dwcp_gpu_info{node=\"n1\",name=\"NVIDIA _H100_\"} 1"),
+            gpu.contains(
+                "dwcp_gpu_info{node=\"n1\",name=\"NVIDIA _H100_\",pci_bus_id=\"0000:41:00.0\"} 1"
+            ),
             "{gpu}"
         );
         assert!(gpu.contains("dwcp_gpu_utilization_percent{node=\"n1\"} 12"));

@@ -35,8 +35,9 @@ pub struct Engines {
     pub kind: &'static str,
     /// Why, in words, for the start-up line and the console.
     pub why: String,
-    /// The GPU's monitor, when a GPU engine runs.
-    pub monitor: Option<GpuMonitor>,
+    /// The GPU's status for operators when a GPU engine runs: NVML on its device, or why
+    /// there is none.
+    pub monitor: Option<Result<GpuMonitor, String>>,
     /// The thread that gathers the workers' GPU batches, when a GPU engine runs; the workers'
     /// GPU path ends with it (they then finish everything on their CPUs).
     pub gatherer: Option<Gatherer>,
@@ -94,6 +95,7 @@ pub fn engines(
         Err(e) => return cpu_only(format!("offload.gpu = {mode}, but no GPU engine: {e}")),
     };
     let described = dwcp_kernels::dispatch::Accelerator::describe(&gpu);
+    let pci_bus_id = gpu.info().pci_bus_id.clone();
     // A GPU that gives wrong answers would seal packets every peer drops: it gets no traffic.
     let checked = match selftest::check(&mut gpu, MAX_PACKET, SELF_TEST_TIMEOUT) {
         Ok(passed) => passed,
@@ -133,7 +135,7 @@ pub fn engines(
             cfg.max_delay_us,
             gatherer.placement()
         ),
-        monitor: GpuMonitor::new(cfg.device),
+        monitor: Some(GpuMonitor::open(&pci_bus_id)),
         gatherer: Some(gatherer),
     }
 }

@@ -430,6 +430,9 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice d) {
         case 76: *v = 0; break;
         case 1: *v = 1024; break;  // max threads per block
         case 10: *v = 32; break;   // warp size
+        case 33: *v = 0x41; break; // PCI bus: 0000:41:00.0, where the NVML stand-in
+        case 34: *v = 0; break;    // (sim_nvml.cpp) has this device as its second
+        case 50: *v = 0; break;    // PCI domain
         default: *v = 0; break;
     }
     return SUCCESS;

@@ -388,12 +388,26 @@ pub struct DeviceInfo {
     pub multiprocessors: u32,
     /// Total device memory, bytes.
     pub memory_total: u64,
+    /// Where the device is, `domain:bus:device.function` as `cuDeviceGetPCIBusId` writes it
+    /// (`0000:41:00.0`): how NVML finds the same device (its indices need not be CUDA's).
+    pub pci_bus_id: String,
     /// The architecture the kernels were compiled for.
     pub arch: &'static str,
     /// The CUDA version the driver supports (`cuDriverGetVersion`), e.g. (12, 2).
     pub driver_cuda: (i32, i32),
     /// The NVRTC that compiled the kernels (`nvrtcVersion`), e.g. (13, 0).
     pub nvrtc: (i32, i32),
+}
+
+/// The device's PCI address from its attributes, formatted as `cuDeviceGetPCIBusId` does.
+fn pci_bus_id(ctx: &CudaContext) -> Result<String, DriverError> {
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    Ok(format!(
+        "{:04x}:{:02x}:{:02x}.0",
+        ctx.attribute(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?,
+        ctx.attribute(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?,
+        ctx.attribute(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?
+    ))
 }
 
 /// The CUDA version the loaded driver supports, (major, minor); (0, 0) if it does not say.
@@ -789,6 +803,7 @@ impl CudaEngine {
             )?)
             .unwrap_or(1),
             memory_total: u64::try_from(ctx.total_mem()?).unwrap_or(0),
+            pci_bus_id: pci_bus_id(&ctx)?,
             arch,
             driver_cuda: driver_cuda_version(),
             nvrtc: nvrtc_version(),

@@ -189,11 +189,12 @@ impl Accelerator for CudaEngine {
             Err(e) => format!("memory unknown ({e})"),
         };
         format!(
-            "{} (compute {}.{}, {} SMs), {mem}, driver for CUDA {}.{}, kernels compiled by NVRTC {}.{} for {}",
+            "{} (compute {}.{}, {} SMs, PCI {}), {mem}, driver for CUDA {}.{}, kernels compiled by NVRTC {}.{} for {}",
             i.name,
             i.compute_capability.0,
             i.compute_capability.1,
             i.multiprocessors,
+            i.pci_bus_id,
             i.driver_cuda.0,
             i.driver_cuda.1,
             i.nvrtc.0,

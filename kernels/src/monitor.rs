@@ -1,14 +1,23 @@
 //! GPU status for operators through NVIDIA's management library (NVML, loaded at run time
-//! when present): name, memory, utilisation and temperature, sampled by the control thread.
+//! when present): name, memory, utilisation and temperature of the GPU the CUDA engine runs
+//! on, found by its PCI address, sampled by the control thread.
+
+use std::path::Path;
 
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+
+/// Names the NVML library to load instead of the driver's `libnvidia-ml.so.1` (the tests'
+/// stand-in, `crate::sim::build_nvml`), as `DWCP_LIBCUDA` does for the CUDA driver.
+pub const LIBRARY_ENV: &str = "DWCP_LIBNVML";
 
 /// One sample of a GPU's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GpuSnapshot {
     /// Device name.
     pub name: String,
+    /// Where it is (`0000:41:00.0`).
+    pub pci_bus_id: String,
     /// Total memory, bytes.
     pub memory_total: u64,
     /// Free memory, bytes.
@@ -24,8 +33,9 @@ impl GpuSnapshot {
     pub fn line(&self) -> String {
         let opt = |v: Option<u32>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v}{unit}"));
         format!(
-            "{} | memory {} MiB free of {} MiB | utilisation {} | temperature {}",
+            "{} at PCI {} | memory {} MiB free of {} MiB | utilisation {} | temperature {}",
             self.name,
+            self.pci_bus_id,
             self.memory_free >> 20,
             self.memory_total >> 20,
             opt(self.utilization_pct, "%"),
@@ -34,36 +44,76 @@ impl GpuSnapshot {
     }
 }
 
-/// An NVML handle on one device.
+/// An NVML handle on one device, the one at a PCI address. (NVML numbers devices by PCI
+/// order; CUDA's ordinals follow `CUDA_VISIBLE_DEVICES` and put the fastest first, so on a
+/// node with several GPUs the same number can be two different GPUs.)
 pub struct GpuMonitor {
     nvml: Nvml,
-    index: u32,
+    library: String,
+    pci_bus_id: String,
 }
 
 impl GpuMonitor {
-    /// Opens NVML for device `index`; `None` when NVML or the device is not there.
-    pub fn new(index: u32) -> Option<Self> {
+    /// Opens NVML on the GPU at `pci_bus_id` (the CUDA engine's
+    /// [`crate::cuda::DeviceInfo::pci_bus_id`]): the library [`LIBRARY_ENV`] names, else the
+    /// driver's. Says why not when there is no NVML or it does not know that GPU.
+    pub fn open(pci_bus_id: &str) -> Result<Self, String> {
         if crate::cuda::STATIC_BUILD {
-            return None;
+            return Err("a statically linked binary loads no NVML".into());
         }
-        let nvml = ["libnvidia-ml.so.1", "libnvidia-ml.so"]
-            .iter()
-            .find_map(|lib| {
-                Nvml::builder()
-                    .lib_path(std::ffi::OsStr::new(lib))
-                    .init()
-                    .ok()
-            })?;
-        nvml.device_by_index(index).ok()?;
-        Some(Self { nvml, index })
+        if let Some(path) = std::env::var_os(LIBRARY_ENV) {
+            let path = Path::new(&path);
+            if !path.is_file() {
+                return Err(format!(
+                    "{LIBRARY_ENV}: no NVML library at {}",
+                    path.display()
+                ));
+            }
+            return Self::open_with(path, pci_bus_id).map_err(|e| format!("{LIBRARY_ENV}: {e}"));
+        }
+        Self::open_with(Path::new("libnvidia-ml.so.1"), pci_bus_id).or_else(|first| {
+            Self::open_with(Path::new("libnvidia-ml.so"), pci_bus_id).map_err(|_| first)
+        })
+    }
+
+    /// Opens the NVML library `library` (a path, or a name the loader searches for) on the GPU
+    /// at `pci_bus_id`.
+    pub fn open_with(library: &Path, pci_bus_id: &str) -> Result<Self, String> {
+        let nvml = Nvml::builder()
+            .lib_path(library.as_os_str())
+            .init()
+            .map_err(|e| format!("NVML ({}) did not start: {e}", library.display()))?;
+        nvml.device_by_pci_bus_id(pci_bus_id).map_err(|e| {
+            format!(
+                "NVML ({}) has no GPU at PCI {pci_bus_id}: {e}",
+                library.display()
+            )
+        })?;
+        Ok(Self {
+            nvml,
+            library: library.display().to_string(),
+            pci_bus_id: pci_bus_id.to_owned(),
+        })
+    }
+
+    /// Where the status comes from, for the start-up line.
+    pub fn describe(&self) -> String {
+        format!(
+            "from NVML ({}) for the GPU at PCI {}",
+            self.library, self.pci_bus_id
+        )
     }
 
     /// Samples the device now.
     pub fn snapshot(&self) -> Option<GpuSnapshot> {
-        let d = self.nvml.device_by_index(self.index).ok()?;
+        let d = self
+            .nvml
+            .device_by_pci_bus_id(self.pci_bus_id.as_str())
+            .ok()?;
         let mem = d.memory_info().ok();
         Some(GpuSnapshot {
             name: d.name().unwrap_or_else(|_| "unknown GPU".into()),
+            pci_bus_id: self.pci_bus_id.clone(),
             memory_total: mem.as_ref().map_or(0, |m| m.total),
             memory_free: mem.as_ref().map_or(0, |m| m.free),
             utilization_pct: d.utilization_rates().ok().map(|u| u.gpu),
@@ -75,11 +125,13 @@ impl GpuMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::{NVML_DEVICE, build_nvml};
 
     #[test]
     fn snapshot_line_says_what_is_unknown() {
         let s = GpuSnapshot {
             name: "NVIDIA H100 80GB HBM3".into(),
+            pci_bus_id: "0000:41:00.0".into(),
             memory_total: 80 << 30,
             memory_free: 79 << 30,
             utilization_pct: Some(3),
@@ -87,18 +139,81 @@ mod tests {
         };
         assert_eq!(
             s.line(),
-            "NVIDIA H100 80GB HBM3 | memory 80896 MiB free of 81920 MiB | utilisation 3% | temperature n/a"
+            "NVIDIA H100 80GB HBM3 at PCI 0000:41:00.0 | memory 80896 MiB free of 81920 MiB | utilisation 3% | temperature n/a"
         );
     }
 
     #[test]
-    fn no_nvml_is_none_not_a_panic() {
-        match GpuMonitor::new(0) {
-            Some(m) => assert!(m.snapshot().is_some(), "NVML opened but gave no sample"),
-            None => assert!(
-                !crate::cuda::driver_present(),
-                "the NVIDIA driver is here but NVML did not open"
-            ),
+    fn no_nvml_says_why_not_a_panic() {
+        match GpuMonitor::open("0000:41:00.0") {
+            Ok(m) => assert!(m.snapshot().is_some(), "NVML opened but gave no sample"),
+            Err(why) => assert!(why.contains("NVML"), "{why}"),
         }
+    }
+
+    /// The NVML stand-in, built once per test process.
+    fn stand_in() -> &'static Path {
+        static LIB: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+        LIB.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("dwcp-sim-nvml-{}", std::process::id()));
+            build_nvml(&dir).unwrap_or_else(|e| panic!("{e}"))
+        })
+    }
+
+    #[test]
+    fn the_gpu_is_found_by_its_pci_address_not_by_number() {
+        let m = GpuMonitor::open_with(stand_in(), NVML_DEVICE.pci_bus_id).unwrap();
+        let s = m.snapshot().unwrap();
+        assert_eq!(
+            s,
+            GpuSnapshot {
+                name: NVML_DEVICE.name.into(),
+                pci_bus_id: NVML_DEVICE.pci_bus_id.into(),
+                memory_total: NVML_DEVICE.memory_total,
+                memory_free: NVML_DEVICE.memory_free,
+                utilization_pct: Some(NVML_DEVICE.utilization_pct),
+                temperature_c: Some(NVML_DEVICE.temperature_c),
+            }
+        );
+        assert!(
+            m.describe().ends_with("for the GPU at PCI 0000:41:00.0"),
+            "{}",
+            m.describe()
+        );
+        // NVML's first GPU is another one: its number, CUDA's only ordinal, would be wrong.
+        let nvml = Nvml::builder()
+            .lib_path(stand_in().as_os_str())
+            .init()
+            .unwrap();
+        let first = nvml.device_by_index(0).unwrap().name().unwrap();
+        assert_ne!(first, NVML_DEVICE.name);
+        // The forms of a bus id NVML takes.
+        for id in ["0000:41:00", "41:00.0", "00000000:41:00.0"] {
+            let s = GpuMonitor::open_with(stand_in(), id)
+                .unwrap()
+                .snapshot()
+                .unwrap();
+            assert_eq!(s.name, NVML_DEVICE.name, "{id}");
+        }
+    }
+
+    #[test]
+    fn a_missing_library_or_gpu_is_named() {
+        let why = GpuMonitor::open_with(stand_in(), "0000:99:00.0")
+            .err()
+            .unwrap();
+        assert!(why.contains("has no GPU at PCI 0000:99:00.0"), "{why}");
+        let why = GpuMonitor::open_with(stand_in(), "not a bus id")
+            .err()
+            .unwrap();
+        assert!(why.contains("no GPU at PCI not a bus id"), "{why}");
+        let why =
+            GpuMonitor::open_with(Path::new("/nonexistent/libnvidia-ml.so.1"), "0000:41:00.0")
+                .err()
+                .unwrap();
+        assert!(
+            why.contains("NVML (/nonexistent/libnvidia-ml.so.1) did not start"),
+            "{why}"
+        );
     }
 }

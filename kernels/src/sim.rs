@@ -2,7 +2,9 @@
 //! system C++ compiler, so that the CUDA engine's whole host side, with the real kernels run
 //! by a SIMT emulator, can be exercised on machines without a GPU — the tests do, and an
 //! operator can point `DWCP_LIBCUDA` at the built library to try `offload.gpu = on` anywhere.
-//! It says what it is in the device name; it is for checking, not for speed.
+//! It says what it is in the device name; it is for checking, not for speed. Beside it, a
+//! stand-in for NVIDIA's management library (`kernels/cuda/sim_nvml.cpp`), for the GPU status
+//! the data plane reports.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,16 +56,78 @@ pub fn build(dir: &Path) -> Result<PathBuf, String> {
 
 /// [`build`], as `how` says.
 pub fn build_as(dir: &Path, how: Build) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for (name, text) in FILES {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    let lib = dir.join("libcuda.so");
+    write_sources(dir, &FILES)?;
     let flags: &[&str] = match how {
         Build::Plain => &["-O2"],
         Build::RaceCheck => &["-O1", "-g", "-fsanitize=thread", "-DDWCP_SIMT_TSAN"],
     };
+    compile(dir, "sim_driver.cpp", "libcuda.so", "libcuda.so", flags)
+}
+
+/// The CUDA stand-in's device as the NVML stand-in reports it ([`build_nvml`]), for tests that
+/// read the GPU status back; its other device differs in each field.
+pub const NVML_DEVICE: NvmlDevice = NvmlDevice {
+    pci_bus_id: "0000:41:00.0",
+    name: DEVICE_NAME,
+    memory_total: 1 << 30,
+    memory_free: (1 << 30) - (96 << 20),
+    utilization_pct: 7,
+    temperature_c: 41,
+};
+
+/// A device of the NVML stand-in.
+#[derive(Clone, Copy, Debug)]
+pub struct NvmlDevice {
+    /// Where it is (`cuDeviceGetAttribute`'s PCI domain, bus and device on the CUDA stand-in).
+    pub pci_bus_id: &'static str,
+    /// Its name.
+    pub name: &'static str,
+    /// Total memory, bytes.
+    pub memory_total: u64,
+    /// Free memory, bytes.
+    pub memory_free: u64,
+    /// GPU utilisation, percent.
+    pub utilization_pct: u32,
+    /// Core temperature, °C.
+    pub temperature_c: u32,
+}
+
+/// Writes the stand-in for NVIDIA's management library (`kernels/cuda/sim_nvml.cpp`: two GPUs,
+/// the second where the CUDA stand-in's device is, [`NVML_DEVICE`]) into `dir` and builds
+/// `dir/libnvidia-ml.so` (soname `libnvidia-ml.so.1`); returns its path, or why it could not
+/// be built. `DWCP_LIBNVML` pointed at it gives the data plane GPU status to report.
+pub fn build_nvml(dir: &Path) -> Result<PathBuf, String> {
+    write_sources(
+        dir,
+        &[("sim_nvml.cpp", include_str!("../cuda/sim_nvml.cpp"))],
+    )?;
+    compile(
+        dir,
+        "sim_nvml.cpp",
+        "libnvidia-ml.so",
+        "libnvidia-ml.so.1",
+        &["-O2"],
+    )
+}
+
+fn write_sources(dir: &Path, files: &[(&str, &str)]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Builds `dir/source` into the shared library `dir/lib` with soname `soname`.
+fn compile(
+    dir: &Path,
+    source: &str,
+    lib: &str,
+    soname: &str,
+    flags: &[&str],
+) -> Result<PathBuf, String> {
+    let lib = dir.join(lib);
     let out = Command::new("c++")
         .args(flags)
         .args([
@@ -74,15 +138,15 @@ pub fn build_as(dir: &Path, how: Build) -> Result<PathBuf, String> {
             "-shared",
             "-fPIC",
         ])
-        .arg("-Wl,-soname,libcuda.so")
+        .arg(format!("-Wl,-soname,{soname}"))
         .arg("-o")
         .arg(&lib)
-        .arg(dir.join("sim_driver.cpp"))
+        .arg(dir.join(source))
         .output()
         .map_err(|e| format!("cannot run c++ (scripts/setup.sh installs g++): {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "sim_driver.cpp does not compile:\n{}",
+            "{source} does not compile:\n{}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }

@@ -15,7 +15,9 @@ use dwcp_kernels::cpu::CpuEngine;
 use dwcp_kernels::cuda::{Capacity, CudaEngine, CudaError, Lz4Decompressor};
 use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
 use dwcp_kernels::gather::GatherSettings;
+use dwcp_kernels::monitor::GpuMonitor;
 use dwcp_kernels::selftest;
+use dwcp_kernels::sim::NVML_DEVICE;
 use dwcp_kernels::suite::{self, Rng};
 use dwcp_kernels::{AeadKey, CompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 use sim_driver::{Fault, Order, engine, sim};
@@ -52,6 +54,27 @@ fn sim_gcm_small_batches_and_single_packets() {
     suite::gcm_random(&mut e, 40, 1, 11);
     suite::gcm_random(&mut e, 300, 37, 12);
     assert_eq!(e.failures(), (0, None));
+}
+
+#[test]
+fn sim_gpu_status_comes_from_nvml_for_the_engine_s_own_device() {
+    let _one = sim().serial();
+    let e = engine(Capacity::for_batch(64, 9216));
+    let info = e.info();
+    assert_eq!(info.pci_bus_id, NVML_DEVICE.pci_bus_id);
+    let dir = std::env::temp_dir().join(format!("dwcp-sim-nvml-it-{}", std::process::id()));
+    let nvml = dwcp_kernels::sim::build_nvml(&dir).unwrap_or_else(|e| panic!("{e}"));
+    // NVML lists another GPU first: found by the engine's PCI address, not its ordinal (0).
+    let s = GpuMonitor::open_with(&nvml, &info.pci_bus_id)
+        .unwrap()
+        .snapshot()
+        .unwrap();
+    assert_eq!(
+        (s.name.as_str(), s.memory_total),
+        (info.name.as_str(), info.memory_total),
+        "NVML reports the GPU the engine runs on"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -57,8 +57,9 @@ fn no_failures(e: &CudaEngine) {
 /// suite passes there too, in about four minutes: `DWCP_LIBCUDA=… gpu-tests --ignored`.)
 #[test]
 fn the_quicker_gpu_tests_pass_on_the_simulated_driver() {
-    const QUICK: [&str; 6] = [
+    const QUICK: [&str; 7] = [
         "gpu_gcm_test_vectors",
+        "gpu_status_from_nvml_is_the_engine_s_own_device",
         "gpu_passes_the_data_planes_start_up_check",
         "gpu_gcm_small_batches_and_single_packets",
         "gpu_lz4_compresses_text_as_small_as_the_cpu_engine",
@@ -67,10 +68,12 @@ fn the_quicker_gpu_tests_pass_on_the_simulated_driver() {
     ];
     let dir = std::env::temp_dir().join(format!("dwcp-gpu-sim-{}", std::process::id()));
     let sim = dwcp_kernels::sim::build(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let nvml = dwcp_kernels::sim::build_nvml(&dir).unwrap_or_else(|e| panic!("{e}"));
     let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
         .args(QUICK)
         .args(["--ignored", "--exact", "--test-threads", "1", "--nocapture"])
         .env("DWCP_LIBCUDA", &sim)
+        .env(dwcp_kernels::monitor::LIBRARY_ENV, &nvml)
         .output()
         .expect("run the GPU tests");
     let _ = std::fs::remove_dir_all(&dir);
@@ -94,6 +97,28 @@ fn gpu_gcm_test_vectors() {
     let mut e = engine();
     suite::gcm_vectors(&mut e);
     no_failures(&e);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu-test.sh on a GPU machine"]
+fn gpu_status_from_nvml_is_the_engine_s_own_device() {
+    let e = engine();
+    let info = e.info();
+    let m = dwcp_kernels::monitor::GpuMonitor::open(&info.pci_bus_id)
+        .unwrap_or_else(|why| panic!("no GPU status: {why}"));
+    let s = m.snapshot().expect("an NVML sample");
+    eprintln!("NVML: {}", s.line());
+    assert_eq!(
+        s.name, info.name,
+        "NVML describes another GPU than CUDA runs on"
+    );
+    // NVML and CUDA count memory their own ways (reserved memory); the same card agrees
+    // within a few per cent.
+    let (a, b) = (s.memory_total, info.memory_total);
+    assert!(
+        a.abs_diff(b) <= a.max(b) / 20,
+        "NVML says {a} B, CUDA {b} B: another GPU?"
+    );
 }
 
 #[test]

@@ -147,14 +147,14 @@ fn gpu_image_carries_the_driver_built_for_its_kernel() {
     assert!(dir.join("disk.img").exists());
 }
 
-/// The `cu*` functions a shared library exports.
-fn driver_exports(path: &Path) -> BTreeSet<String> {
+/// The functions whose names start with `prefix` that a shared library exports.
+fn exports(path: &Path, prefix: &str) -> BTreeSet<String> {
     let data = std::fs::read(path).unwrap();
     let file = object::File::parse(&*data).unwrap();
     file.dynamic_symbols()
         .filter(|s| s.is_definition())
         .filter_map(|s| s.name().ok().map(str::to_owned))
-        .filter(|n| n.starts_with("cu"))
+        .filter(|n| n.starts_with(prefix))
         .collect()
 }
 
@@ -168,14 +168,14 @@ fn the_cuda_engine_calls_nothing_the_image_s_libcuda_lacks() {
     let (root, _) = dwcp_tests::unpack_initramfs(dir);
     let sim_dir = tempfile::tempdir().unwrap();
     let sim = dwcp_kernels::sim::build(sim_dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let needed = driver_exports(&sim);
+    let needed = exports(&sim, "cu");
     assert!(
         needed.len() > 20 && needed.contains("cuLaunchKernel"),
         "{needed:?}"
     );
     let libcuda =
         std::fs::canonicalize(root.path().join("usr/lib/x86_64-linux-gnu/libcuda.so.1")).unwrap();
-    let has = driver_exports(&libcuda);
+    let has = exports(&libcuda, "cu");
     // Where the engine falls back to an older entry point, the older one will do.
     let missing: Vec<&String> = needed
         .difference(&has)
@@ -189,6 +189,34 @@ fn the_cuda_engine_calls_nothing_the_image_s_libcuda_lacks() {
         missing.is_empty(),
         "the image's libcuda ({}) lacks {missing:?}",
         libcuda.display()
+    );
+}
+
+#[test]
+fn the_gpu_monitor_calls_nothing_the_image_s_nvml_lacks() {
+    // The NVML stand-in implements the calls the GPU monitor makes through nvml-wrapper and
+    // no more (a call it lacks fails the monitor's tests), so the image's NVML must export
+    // every one of them.
+    let dir = dwcp_tests::gpu_artifacts();
+    let (root, _) = dwcp_tests::unpack_initramfs(dir);
+    let sim_dir = tempfile::tempdir().unwrap();
+    let sim = dwcp_kernels::sim::build_nvml(sim_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let needed = exports(&sim, "nvml");
+    assert!(
+        needed.len() >= 8 && needed.contains("nvmlDeviceGetHandleByPciBusId_v2"),
+        "{needed:?}"
+    );
+    let nvml = std::fs::canonicalize(
+        root.path()
+            .join("usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"),
+    )
+    .unwrap();
+    let has = exports(&nvml, "nvml");
+    let missing: Vec<&String> = needed.difference(&has).collect();
+    assert!(
+        missing.is_empty(),
+        "the image's NVML ({}) lacks {missing:?}",
+        nvml.display()
     );
 }
 

@@ -43,6 +43,9 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     let dir = tempfile::tempdir().unwrap();
     let sim = dwcp_kernels::sim::build(&dir.path().join("sim")).unwrap_or_else(|e| panic!("{e}"));
     let libcuda = format!("DWCP_LIBCUDA={}", sim.display());
+    let nvml =
+        dwcp_kernels::sim::build_nvml(&dir.path().join("nvml")).unwrap_or_else(|e| panic!("{e}"));
+    let libnvml = format!("DWCP_LIBNVML={}", nvml.display());
     let mut lab = Lab::new("g");
     let Sites {
         ha,
@@ -104,18 +107,38 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     let (cfg_a, cfg_b) = (cfg_a.to_str().unwrap(), cfg_b.to_str().unwrap());
     let log_a = dir.path().join("gw-a.log");
     let log_b = dir.path().join("gw-b.log");
-    let gw_a = lab.spawn(&ga, "env", &[&libcuda, dp, "--config", cfg_a], &log_a);
+    // Gateway A has NVML (the stand-in) for its GPU status, gateway B none.
+    let gw_a = lab.spawn(
+        &ga,
+        "env",
+        &[&libcuda, &libnvml, dp, "--config", cfg_a],
+        &log_a,
+    );
     lab.spawn(&gb, "env", &[&libcuda, dp, "--config", cfg_b], &log_b);
     for log in [&log_a, &log_b] {
         let line = wait_for_line(log, "offload engine", Duration::from_secs(60));
         assert!(
             line.contains("offload engine gpu")
                 && line.contains(dwcp_kernels::sim::DEVICE_NAME)
+                && line.contains("PCI 0000:41:00.0")
                 && line.contains("passed its start-up check against the CPU engine"),
             "the GPU engine on the simulated device, checked: {line}"
         );
         wait_for_line(log, "dwcp-dataplane: ready", Duration::from_secs(60));
     }
+    let status = wait_for_line(&log_a, "GPU status", Duration::from_secs(1));
+    assert!(
+        status.ends_with(&format!(
+            "GPU status from NVML ({}) for the GPU at PCI 0000:41:00.0",
+            nvml.display()
+        )),
+        "{status}"
+    );
+    let status = wait_for_line(&log_b, "GPU status", Duration::from_secs(1));
+    assert!(
+        status.contains("WARNING: no GPU status") && status.contains("NVML"),
+        "{status}"
+    );
 
     let (ok, text) = ping(&lab, &ha, "5");
     assert!(
@@ -164,6 +187,27 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         0
     );
     assert!(metric(&m, "dwcp_compressed_packets_total{node=\"gw-a\"}") > 100);
+    // The GPU's status from NVML: the engine's own device (NVML lists another GPU first).
+    let gpu = dwcp_kernels::sim::NVML_DEVICE;
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "dwcp_gpu_info{{node=\"gw-a\",name=\"{}\",pci_bus_id=\"{}\"}}",
+                gpu.name, gpu.pci_bus_id
+            )
+        ),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "dwcp_gpu_memory_total_bytes{node=\"gw-a\"}"),
+        gpu.memory_total
+    );
+    assert_eq!(
+        metric(&m, "dwcp_gpu_temperature_celsius{node=\"gw-a\"}"),
+        u64::from(gpu.temperature_c)
+    );
     // A sample of the GPU's batches was checked against the CPU engine whole, one packet of
     // the others, and all were right.
     assert!(metric(&m, "dwcp_offload_gpu_checked_batches_total{node=\"gw-a\"}") >= 3);
