@@ -3,7 +3,8 @@
 //! has no GPU; the data plane loads the image's libcuda, hears from the driver that there is
 //! no device, and comes up READY on the CPU engine, saying why. Then the same image with the
 //! simulated driver (decision 0013) in libcuda's place: the appliance's data plane compiles
-//! the kernels with the image's NVRTC inside the VM and comes up READY on the GPU engine.
+//! the kernels with the image's NVRTC inside the VM and comes up READY on the GPU engine, and
+//! with a stand-in NVML in its place too, the console's `status` reports that GPU.
 
 // Integration tests are their own crate: the lint is for tests inside library code.
 #![allow(clippy::tests_outside_test_module)]
@@ -61,14 +62,18 @@ fn gpu_image_on_the_simulated_driver_boots_ready_on_the_gpu_engine() {
     let artifacts = gpu_artifacts();
     let sim_dir = tempfile::tempdir().unwrap();
     let sim = dwcp_kernels::sim::build(sim_dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    // The stand-in takes the place of the image's libcuda (the file its links name).
+    let nvml = dwcp_kernels::sim::build_nvml(sim_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    // The stand-ins take the place of the image's libcuda and NVML (the files their links
+    // name).
     let driver = dwcp_image::nvidia::NvidiaPin::committed().driver;
     let mut layer = dwcp_image::initramfs::Initramfs::new();
-    layer.file(
-        &format!("usr/lib/x86_64-linux-gnu/libcuda.so.{driver}"),
-        std::fs::read(&sim).unwrap(),
-        0o755,
-    );
+    for (lib, path) in [("libcuda", &sim), ("libnvidia-ml", &nvml)] {
+        layer.file(
+            &format!("usr/lib/x86_64-linux-gnu/{lib}.so.{driver}"),
+            std::fs::read(path).unwrap(),
+            0o755,
+        );
+    }
     let layer = layer.to_gzip().unwrap();
     let _one = qemu_lock();
     let config =
@@ -104,4 +109,18 @@ fn gpu_image_on_the_simulated_driver_boots_ready_on_the_gpu_engine() {
         .wait_for("status: offload", std::time::Duration::from_secs(30))
         .unwrap();
     assert!(offload.contains("status: offload gpu"), "{offload}");
+    // With the GPU's status from NVML, for the device the engine runs on.
+    let gpu = dwcp_kernels::sim::NVML_DEVICE;
+    assert!(
+        offload.contains(&format!(
+            "| gpu {} at PCI {} | memory {} MiB free of {} MiB | utilisation {}% | temperature {}C |",
+            gpu.name,
+            gpu.pci_bus_id,
+            gpu.memory_free >> 20,
+            gpu.memory_total >> 20,
+            gpu.utilization_pct,
+            gpu.temperature_c
+        )),
+        "{offload}"
+    );
 }
