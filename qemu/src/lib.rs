@@ -72,6 +72,9 @@ pub struct VmSpec {
     pub pxe: Option<PxeBoot>,
     /// Boot this disk image (virtio-blk) through UEFI firmware instead of `kernel`/`initrd`.
     pub disk: Option<PathBuf>,
+    /// More disk images (virtio-blk), attached before `disk` and never booted from: another
+    /// node's disk, a USB stick left in.
+    pub other_disks: Vec<PathBuf>,
 }
 
 impl VmSpec {
@@ -104,7 +107,7 @@ impl VmSpec {
             push("-device");
             push("intel-iommu,intremap=on");
         }
-        if let Some(disk) = &self.disk {
+        if self.disk.is_some() {
             push("-drive");
             push(&format!(
                 "if=pflash,format=raw,readonly=on,file={OVMF_CODE}"
@@ -114,8 +117,6 @@ impl VmSpec {
                 "if=pflash,format=raw,file={}",
                 monitor.with_file_name("OVMF_VARS.fd").display()
             ));
-            push("-drive");
-            push(&format!("file={},format=raw,if=virtio", disk.display()));
         } else if self.pxe.is_some() {
             push("-boot");
             push("n");
@@ -154,6 +155,25 @@ impl VmSpec {
                 .unwrap_or_default();
             push("-device");
             push(&format!("{},netdev=n{i},mac={}{addr}", nic.model, nic.mac));
+        }
+        // Disks after the NICs, whose slots are fixed, so that theirs are the free ones: the
+        // other disks first (vda, …), the one to boot from last and first in the firmware's
+        // boot order.
+        let disks = self
+            .other_disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("other{i}"), d, ""))
+            .chain(
+                self.disk
+                    .iter()
+                    .map(|d| ("boot".to_owned(), d, ",bootindex=0")),
+            );
+        for (id, d, boot) in disks {
+            push("-drive");
+            push(&format!("file={},format=raw,if=none,id={id}", d.display()));
+            push("-device");
+            push(&format!("virtio-blk-pci,drive={id}{boot}"));
         }
         a
     }
@@ -467,6 +487,7 @@ mod tests {
             console_log: None,
             pxe: None,
             disk: None,
+            other_disks: Vec::new(),
         };
         let a = spec.args(Path::new("/tmp/m.sock")).join(" ");
         assert!(a.contains("-accel tcg"), "{a}");
@@ -477,5 +498,27 @@ mod tests {
             "{a}"
         );
         assert!(!a.contains("kvm"), "{a}");
+        // A disk boot with another disk attached first: the firmware boots `disk`.
+        let spec = VmSpec {
+            disk: Some("/boot.img".into()),
+            other_disks: vec!["/other.img".into()],
+            ..spec
+        };
+        let a = spec.args(Path::new("/tmp/m.sock")).join(" ");
+        let other = a
+            .find("file=/other.img,format=raw,if=none,id=other0")
+            .unwrap();
+        let boot = a.find("file=/boot.img,format=raw,if=none,id=boot").unwrap();
+        assert!(other < boot, "{a}");
+        assert!(
+            a.contains("-device virtio-blk-pci,drive=boot,bootindex=0"),
+            "{a}"
+        );
+        assert!(a.contains("-device virtio-blk-pci,drive=other0 "), "{a}");
+        assert!(
+            a.find("-device e1000e").unwrap() < other,
+            "disks after the NICs: {a}"
+        );
+        assert!(!a.contains("-kernel"), "{a}");
     }
 }

@@ -517,6 +517,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             console_log: Some(dir.path().join(format!("console-{site}.log"))),
             pxe: None,
             disk: None,
+            other_disks: Vec::new(),
         };
         say(
             opts,

@@ -64,6 +64,7 @@ pub fn vm_spec(name: &str, c: &NodeConfig, artifacts: &Path, initrd: PathBuf) ->
         console_log: None,
         pxe: None,
         disk: None,
+        other_disks: Vec::new(),
     }
 }
 
