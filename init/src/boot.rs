@@ -25,7 +25,7 @@ use crate::config_source::{ConfigState, discover};
 use crate::console::{self, Command};
 use crate::supervise::{Decision, Policy, Supervisor};
 use crate::sys::{RootedFs, SysFs};
-use crate::{cpus, hugepages, irq, management, modules, say, vfio};
+use crate::{boot_disk, cpus, hugepages, irq, management, modules, say, vfio};
 
 /// The data-plane binary in the image.
 pub const DATAPLANE: &str = "/usr/bin/dwcp-dataplane";
@@ -149,9 +149,34 @@ fn save_last_good(text: &str) -> Result<bool, String> {
     written.map(|()| true)
 }
 
-/// Finds the config partition by GPT name and mounts it read-only; returns its device.
-fn mount_config_partition(fs: &dyn SysFs) -> Option<String> {
-    let dev = crate::config_source::find_config_partition(fs)?;
+/// Mounts efivarfs when the kernel was booted through UEFI and says which disk it booted
+/// from.
+fn find_boot_disk(fs: &dyn SysFs, partitions: &[boot_disk::Partition]) -> boot_disk::BootDisk {
+    if fs.exists("/sys/firmware/efi") {
+        let flags =
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(
+            Some("efivarfs"),
+            boot_disk::EFIVARS,
+            Some("efivarfs"),
+            flags,
+            None::<&str>,
+        ) && e != nix::errno::Errno::EBUSY
+        {
+            say!("mount {} (efivarfs): {}", boot_disk::EFIVARS, e.desc());
+        }
+    }
+    let boot = boot_disk::detect(fs, partitions);
+    say!("boot disk: {boot}");
+    boot
+}
+
+/// Mounts the config partition `choice` names read-only; returns its device.
+fn mount_config_partition(choice: boot_disk::Choice) -> Option<String> {
+    if let Some(note) = &choice.note {
+        say!("config partition: {note}");
+    }
+    let dev = choice.dev?;
     let target = Path::new("/").join(crate::config_source::PARTITION_MOUNT);
     let _ = std::fs::create_dir_all(&target);
     let source = format!("/dev/{dev}");
@@ -360,6 +385,8 @@ struct Init {
     notify: Option<UnixDatagram>,
     /// The booted slot was marked good (after the first READY).
     marked_good: bool,
+    /// The EFI system partition whose loader entries say which slot is good: the boot disk's.
+    esp: boot_disk::Choice,
     /// The config came from the partition: keep a last-known-good copy there after READY.
     save_last_good: bool,
     /// The data plane's latest `STATUS=` line (offload engine and GPU state).
@@ -598,7 +625,7 @@ impl Init {
                 if !self.marked_good {
                     self.marked_good = true;
                     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-                    match crate::boot_assessment::mark_good(&RootedFs::new("/"), &cmdline) {
+                    match crate::boot_assessment::mark_good(&self.esp, &cmdline) {
                         Ok(Some((from, to))) => say!("boot: slot marked good ({from} -> {to})"),
                         Ok(None) => {}
                         Err(e) => say!("boot: could not mark the slot good: {e}"),
@@ -840,6 +867,10 @@ pub fn run() -> ! {
         expected_exit: false,
         notify,
         marked_good: false,
+        esp: boot_disk::Choice {
+            dev: None,
+            note: None,
+        },
         save_last_good: false,
         plane_status: None,
         plane_error: None,
@@ -847,7 +878,14 @@ pub fn run() -> ! {
         gpu_driver,
     };
 
-    let partition = mount_config_partition(&fs);
+    let partitions = boot_disk::partitions(&fs);
+    let boot = find_boot_disk(&fs, &partitions);
+    let partition = mount_config_partition(boot_disk::choose(
+        &partitions,
+        boot_disk::CONFIG_PARTITION,
+        &boot,
+    ));
+    init.esp = boot_disk::choose(&partitions, boot_disk::EFI_PARTITION, &boot);
     match discover(Path::new("/"), partition.as_deref()) {
         ConfigState::Unprovisioned => init.enter_safe_mode(SafeReason::Unprovisioned),
         ConfigState::Invalid {

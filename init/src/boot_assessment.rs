@@ -7,8 +7,6 @@ use std::path::Path;
 
 use nix::mount::{MsFlags, mount, umount};
 
-use crate::sys::SysFs;
-
 /// Where the ESP is mounted while the entry is renamed.
 pub const ESP_MOUNT: &str = "/run/dwcp/esp";
 
@@ -32,20 +30,20 @@ pub fn good_name(entry: &str, slot: char) -> Option<String> {
     counter_ok.then(|| format!("slot-{slot}.conf"))
 }
 
-/// Renames the booted slot's counted entry on the ESP; returns what was renamed.
-pub fn mark_good(fs: &dyn SysFs, cmdline: &str) -> Result<Option<(String, String)>, String> {
+/// Renames the booted slot's counted entry on the EFI system partition `esp` (the boot
+/// disk's, [`crate::boot_disk::choose`]); returns what was renamed.
+pub fn mark_good(
+    esp: &crate::boot_disk::Choice,
+    cmdline: &str,
+) -> Result<Option<(String, String)>, String> {
     let Some(slot) = slot_from_cmdline(cmdline) else {
         return Ok(None);
     };
-    let dev = fs
-        .list("/sys/class/block")
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|d| {
-            fs.read(&format!("/sys/class/block/{d}/uevent"))
-                .is_ok_and(|u| u.lines().any(|l| l.trim() == "PARTNAME=EFI-SYSTEM"))
-        })
-        .ok_or("no EFI-SYSTEM partition")?;
+    let dev = match (&esp.dev, &esp.note) {
+        (Some(dev), _) => dev,
+        (None, Some(note)) => return Err(format!("no EFI system partition to use: {note}")),
+        (None, None) => return Err("no EFI-SYSTEM partition".into()),
+    };
     let _ = std::fs::create_dir_all(ESP_MOUNT);
     let source = format!("/dev/{dev}");
     mount(

@@ -1,9 +1,9 @@
 //! Finding and validating the node config at boot: the first candidate that exists wins, and
 //! an invalid config is reported with every error instead of booting the data plane.
 //!
-//! Candidates, in order (DESIGN §3 step 4): the `DWCP-CONFIG` partition (arrives with the
-//! provisioning issue, as a new [`Candidate`] kind), then `/etc/dwcp/dwcp.toml` in the
-//! initramfs. None present: the node is unprovisioned.
+//! Candidates, in order (DESIGN §3 step 4): the `DWCP-CONFIG` partition on the boot disk
+//! (`crate::boot_disk` chooses it), then `/etc/dwcp/dwcp.toml` in the initramfs. None
+//! present: the node is unprovisioned.
 
 use std::path::{Path, PathBuf};
 
@@ -28,14 +28,6 @@ pub enum Candidate {
 
 /// Where init mounts the config partition (read-only).
 pub const PARTITION_MOUNT: &str = "run/dwcp/config-partition";
-
-/// The block device holding the config partition, found by GPT partition name.
-pub fn find_config_partition(fs: &dyn crate::sys::SysFs) -> Option<String> {
-    fs.list("/sys/class/block").ok()?.into_iter().find(|dev| {
-        fs.read(&format!("/sys/class/block/{dev}/uevent"))
-            .is_ok_and(|u| u.lines().any(|l| l.trim() == "PARTNAME=DWCP-CONFIG"))
-    })
-}
 
 impl Candidate {
     /// The file the config is read from.
@@ -202,19 +194,6 @@ mod tests {
                 ..
             }
         ));
-        // Finding the partition by its GPT name.
-        let fs = crate::sys::RootedFs::new(dir.path());
-        for (dev, name) in [("vda1", "EFI-SYSTEM"), ("vda2", "DWCP-CONFIG")] {
-            let d = fs.path(&format!("/sys/class/block/{dev}"));
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(
-                d.join("uevent"),
-                format!("MAJOR=253\nDEVNAME={dev}\nDEVTYPE=partition\nPARTNAME={name}\n"),
-            )
-            .unwrap();
-        }
-        std::fs::create_dir_all(fs.path("/sys/class/block/vda")).unwrap();
-        assert_eq!(find_config_partition(&fs).as_deref(), Some("vda2"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod boot_assessment;
+pub mod boot_disk;
 pub mod config_source;
 pub mod console;
 pub mod cpus;

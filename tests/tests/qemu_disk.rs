@@ -177,6 +177,86 @@ fn disk_boots_with_its_config_partition_and_set_partition_changes_it() {
 }
 
 #[test]
+fn another_node_s_disk_attached_first_is_passed_over() {
+    if !require_qemu("another_node_s_disk_attached_first_is_passed_over") {
+        return;
+    }
+    let _one = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dwcp_provisioning::example::qemu_example().unwrap();
+    // Two nodes' disks: this node's, and another's attached before it (it becomes vda).
+    let disk = |name: &str| {
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&cfg, base.replace("qemu-node", name)).unwrap();
+        let out = dir.path().join(name);
+        image_build::build(Some(&cfg), &out, dwcp_tests::binaries()).unwrap();
+        out
+    };
+    let (mine, other) = (disk("disk-mine"), disk("disk-other"));
+    let (mine_img, other_img) = (mine.join("disk.img"), other.join("disk.img"));
+    let other_entries = dwcp_image::disk::loader_entries(&other_img).unwrap();
+    let log = dwcp_tests::workspace_root().join("target/console-two-disks-uefi.log");
+    let mut spec = qemu_boot::disk_spec("disk", &mine_img).unwrap();
+    spec.other_disks = vec![other_img.clone()];
+    spec.console_log = Some(log);
+    let mut vm = dwcp_qemu::Vm::start(&spec).unwrap();
+    let ready = vm.wait_for("DWCP READY", BOOT_TIMEOUT).unwrap();
+    assert!(ready.contains("node=disk-mine"), "{ready}");
+    let console = vm.console();
+    for line in [
+        "boot disk: vdb (the boot loader was started from vdb1)",
+        "config partition: passed over /dev/vda2 on other disks than the boot disk vdb",
+        "config: node disk-mine from config partition /dev/vdb2 (DWCP-CONFIG)",
+    ] {
+        assert!(
+            console.contains(line),
+            "`{line}` not on the console:\n{console}"
+        );
+    }
+    vm.wait_for("slot marked good", Duration::from_secs(30))
+        .unwrap();
+    vm.monitor("system_powerdown").unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+    // This node's slot was marked good on its own disk; the other disk is as it was.
+    assert_eq!(
+        dwcp_image::disk::loader_entries(&mine_img).unwrap(),
+        ["slot-a.conf"]
+    );
+    assert_eq!(
+        dwcp_image::disk::loader_entries(&other_img).unwrap(),
+        other_entries
+    );
+    assert!(dwcp_image::disk::read_config_partition(&other_img, "dwcp.last-good.toml").is_err());
+
+    // Booted without UEFI (a kernel started directly, as PXE does) with both disks attached:
+    // which disk is this node's cannot be told, so neither partition is used; the config the
+    // initramfs carries is.
+    let (mut vm, _d) = dwcp_tests::boot_from(
+        &mine,
+        "two-disks-no-uefi",
+        &base.replace("qemu-node", "disk-initramfs"),
+        &[],
+        |spec| spec.other_disks = vec![other_img.clone(), mine_img.clone()],
+    )
+    .unwrap();
+    let ready = vm.wait_for("DWCP READY", BOOT_TIMEOUT).unwrap();
+    assert!(ready.contains("node=disk-initramfs"), "{ready}");
+    let console = vm.console();
+    for line in [
+        "boot disk: unknown: not booted through UEFI",
+        "config partition: 2 partitions named DWCP-CONFIG (/dev/vda2, /dev/vdb2) and the boot disk is unknown (not booted through UEFI): using none of them",
+        "config: node disk-initramfs from initramfs file",
+    ] {
+        assert!(
+            console.contains(line),
+            "`{line}` not on the console:\n{console}"
+        );
+    }
+    vm.monitor("system_powerdown").unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+}
+
+#[test]
 fn flash_refuses_bad_input_verifies_and_the_flashed_file_boots() {
     if !require_qemu("flash_refuses_bad_input_verifies_and_the_flashed_file_boots") {
         return;

@@ -11,7 +11,7 @@ use dwcp_image::{ImageSpec, KernelPin, Manifest};
 use crate::document::SourceFile;
 
 /// Modules the image loads at boot (their dependencies come along): paravirtual and common
-/// data-centre NICs, vfio, the FAT config partition, and the ACPI power button.
+/// data-centre NICs, vfio, the FAT config partition, EFI variables, and the ACPI power button.
 pub const IMAGE_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
@@ -26,6 +26,9 @@ pub const IMAGE_MODULES: &[&str] = &[
     // modprobe cannot answer: load it explicitly or DPDK finds "no supported IOMMU extensions".
     "vfio_iommu_type1",
     "vfat",
+    // systemd-boot's LoaderDevicePartUUID names the partition it started from: how init
+    // tells the boot disk from others that are attached.
+    "efivarfs",
     "nls_cp437",
     "nls_iso8859-1",
     "button",
