@@ -105,7 +105,13 @@ fn load_modules() -> crate::gpu::Outcome {
         say!("modules: no {}/modules.dep, none loaded", dir.display());
         return crate::gpu::Outcome::NotInImage;
     };
-    let order = modules::load_order(&modules::parse_dep(&dep));
+    // efivarfs refuses to load (no such device) where the kernel was not booted through
+    // UEFI, and is only there to read the boot loader's variables: left out then.
+    let efi = Path::new("/sys/firmware/efi").exists();
+    let (order, left_out): (Vec<String>, Vec<String>) =
+        modules::load_order(&modules::parse_dep(&dep))
+            .into_iter()
+            .partition(|rel| efi || !rel.ends_with("/efivarfs.ko"));
     let (mut loaded, mut failed) = (0, Vec::new());
     for rel in &order {
         match modules::load(&dir.join(rel)) {
@@ -114,7 +120,12 @@ fn load_modules() -> crate::gpu::Outcome {
             modules::Loaded::Failed(e) => failed.push(format!("{rel}: {e}")),
         }
     }
-    say!("modules: {loaded} of {} loaded", order.len());
+    let note = if left_out.is_empty() {
+        ""
+    } else {
+        " (efivarfs left out: not booted through UEFI)"
+    };
+    say!("modules: {loaded} of {} loaded{note}", order.len());
     for f in failed {
         say!("modules: FAILED {f}");
     }

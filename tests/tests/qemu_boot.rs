@@ -33,8 +33,14 @@ fn valid_config_boots_ready_and_is_supervised() {
     let boot_ms: u64 = fact(&ready, "boot_ms").parse().unwrap();
     eprintln!("boot time (kernel start to READY, guest clock): {boot_ms} ms");
     let first_pid = fact(&ready, "dataplane_pid").to_owned();
-    // The management interface came up over netlink, and the kernel's route table says so.
+    // Every module loaded; efivarfs, for UEFI boots only, is left out of this direct boot.
     let console = vm.console();
+    assert!(
+        console.contains("(efivarfs left out: not booted through UEFI)")
+            && !console.contains("modules: FAILED"),
+        "{console}"
+    );
+    // The management interface came up over netlink, and the kernel's route table says so.
     let mgmt = console
         .lines()
         .find(|l| l.contains("management:"))

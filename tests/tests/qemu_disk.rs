@@ -203,6 +203,7 @@ fn another_node_s_disk_attached_first_is_passed_over() {
     let ready = vm.wait_for("DWCP READY", BOOT_TIMEOUT).unwrap();
     assert!(ready.contains("node=disk-mine"), "{ready}");
     let console = vm.console();
+    assert!(!console.contains("modules: FAILED"), "{console}");
     for line in [
         "boot disk: vdb (the boot loader was started from vdb1)",
         "config partition: passed over /dev/vda2 on other disks than the boot disk vdb",
