@@ -158,66 +158,56 @@ fn exports(path: &Path, prefix: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// What the stand-in `stand_in` exports (functions starting with `prefix`) and the image's
+/// library `lib` does not, unless the image has the older entry point `fallbacks` names for it.
+fn lacking(
+    root: &Path,
+    lib: &str,
+    stand_in: &Path,
+    prefix: &str,
+    fallbacks: &[(&str, &str)],
+) -> (BTreeSet<String>, Vec<String>) {
+    let needed = exports(stand_in, prefix);
+    let lib = std::fs::canonicalize(root.join("usr/lib/x86_64-linux-gnu").join(lib)).unwrap();
+    let has = exports(&lib, prefix);
+    let missing = needed
+        .difference(&has)
+        .filter(|n| {
+            !fallbacks
+                .iter()
+                .any(|(preferred, fallback)| preferred == n && has.contains(*fallback))
+        })
+        .cloned()
+        .collect();
+    (needed, missing)
+}
+
 #[test]
-fn the_cuda_engine_calls_nothing_the_image_s_libcuda_lacks() {
-    // The simulated driver implements exactly the driver calls the engine and cudarc make
-    // (it is built to refuse anything else, decision 0013), so its exports are the engine's
-    // needs; the image's libcuda (an older driver than the engine's CUDA 13 bindings) must
-    // export every one.
+fn the_cuda_engine_and_gpu_monitor_call_nothing_the_image_s_driver_lacks() {
+    // The stand-ins implement exactly the driver calls the engine and cudarc make (built to
+    // refuse anything else, decision 0013) and the NVML calls the GPU monitor makes through
+    // nvml-wrapper (a call it lacks fails the monitor's tests), so their exports are what the
+    // data plane needs; the image's libcuda and NVML (an older driver than the engine's CUDA
+    // 13 bindings) must export every one.
     let dir = dwcp_tests::gpu_artifacts();
     let (root, _) = dwcp_tests::unpack_initramfs(dir);
     let sim_dir = tempfile::tempdir().unwrap();
     let sim = dwcp_kernels::sim::build(sim_dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let needed = exports(&sim, "cu");
+    let nvml = dwcp_kernels::sim::build_nvml(sim_dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    // Where the engine falls back to an older entry point, the older one will do.
+    let fallbacks = dwcp_kernels::cuda::DRIVER_FALLBACKS;
+    let (needed, missing) = lacking(root.path(), "libcuda.so.1", &sim, "cu", fallbacks);
     assert!(
         needed.len() > 20 && needed.contains("cuLaunchKernel"),
         "{needed:?}"
     );
-    let libcuda =
-        std::fs::canonicalize(root.path().join("usr/lib/x86_64-linux-gnu/libcuda.so.1")).unwrap();
-    let has = exports(&libcuda, "cu");
-    // Where the engine falls back to an older entry point, the older one will do.
-    let missing: Vec<&String> = needed
-        .difference(&has)
-        .filter(|n| {
-            !dwcp_kernels::cuda::DRIVER_FALLBACKS
-                .iter()
-                .any(|(preferred, fallback)| preferred == n && has.contains(*fallback))
-        })
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "the image's libcuda ({}) lacks {missing:?}",
-        libcuda.display()
-    );
-}
-
-#[test]
-fn the_gpu_monitor_calls_nothing_the_image_s_nvml_lacks() {
-    // The NVML stand-in implements the calls the GPU monitor makes through nvml-wrapper and
-    // no more (a call it lacks fails the monitor's tests), so the image's NVML must export
-    // every one of them.
-    let dir = dwcp_tests::gpu_artifacts();
-    let (root, _) = dwcp_tests::unpack_initramfs(dir);
-    let sim_dir = tempfile::tempdir().unwrap();
-    let sim = dwcp_kernels::sim::build_nvml(sim_dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let needed = exports(&sim, "nvml");
+    assert!(missing.is_empty(), "the image's libcuda lacks {missing:?}");
+    let (needed, missing) = lacking(root.path(), "libnvidia-ml.so.1", &nvml, "nvml", &[]);
     assert!(
         needed.len() >= 8 && needed.contains("nvmlDeviceGetHandleByPciBusId_v2"),
         "{needed:?}"
     );
-    let nvml = std::fs::canonicalize(
-        root.path()
-            .join("usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"),
-    )
-    .unwrap();
-    let has = exports(&nvml, "nvml");
-    let missing: Vec<&String> = needed.difference(&has).collect();
-    assert!(
-        missing.is_empty(),
-        "the image's NVML ({}) lacks {missing:?}",
-        nvml.display()
-    );
+    assert!(missing.is_empty(), "the image's NVML lacks {missing:?}");
 }
 
 #[test]
