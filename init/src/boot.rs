@@ -878,10 +878,7 @@ pub fn run() -> ! {
         expected_exit: false,
         notify,
         marked_good: false,
-        esp: boot_disk::Choice {
-            dev: None,
-            note: None,
-        },
+        esp: boot_disk::Choice::default(),
         save_last_good: false,
         plane_status: None,
         plane_error: None,

@@ -97,4 +97,24 @@ mod tests {
         assert_eq!(good_name("slot-b+1-2.conf", 'a'), None);
         assert_eq!(good_name("slot-a+x.conf", 'a'), None);
     }
+
+    #[test]
+    fn no_esp_of_the_boot_disk_is_no_renaming() {
+        use crate::boot_disk::Choice;
+        // Not a slot boot (PXE, a kernel started directly): nothing to mark.
+        assert_eq!(mark_good(&Choice::default(), "console=ttyS0"), Ok(None));
+        let passed_over = Choice {
+            dev: None,
+            note: Some("passed over /dev/vda1 on other disks than the boot disk vdb".into()),
+        };
+        let why = mark_good(&passed_over, "dwcp.slot=a").unwrap_err();
+        assert!(
+            why.ends_with("passed over /dev/vda1 on other disks than the boot disk vdb"),
+            "{why}"
+        );
+        assert_eq!(
+            mark_good(&Choice::default(), "dwcp.slot=a"),
+            Err("no EFI-SYSTEM partition".into())
+        );
+    }
 }

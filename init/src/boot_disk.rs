@@ -217,7 +217,7 @@ pub fn detect(fs: &dyn SysFs, partitions: &[Partition]) -> BootDisk {
 }
 
 /// Which partition named `name` init uses, and what the console should hear about it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Choice {
     /// The partition to use (`vdb2`), if any.
     pub dev: Option<String>,
