@@ -229,7 +229,8 @@ pub struct Running {
     scrape_stats: crate::scrape::ScrapeStats,
     labels: (String, String, String, usize),
     offload: (&'static str, String),
-    gpu: Option<dwcp_kernels::monitor::GpuMonitor>,
+    /// The GPU's latest status from NVML, sampled off the control loop.
+    gpu: Option<dwcp_kernels::monitor::GpuSampler>,
     /// The thread gathering the workers' GPU batches (dropped after the workers stop).
     gather: Option<dwcp_kernels::gather::Gatherer>,
     /// DPDK ports: (config name, port id, last link state seen).
@@ -387,8 +388,19 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     let offload_why = offload.why.clone();
     let gpu_monitor = match offload.monitor {
         Some(Ok(m)) => {
-            println!("dwcp-dataplane: GPU status {}", m.describe());
-            Some(m)
+            let from = m.describe();
+            match dwcp_kernels::monitor::GpuSampler::start(m) {
+                Ok(s) => {
+                    println!("dwcp-dataplane: GPU status {from}");
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "dwcp-dataplane: WARNING: no GPU status: no thread to sample NVML: {e}"
+                    );
+                    None
+                }
+            }
         }
         Some(Err(why)) => {
             eprintln!(
@@ -612,8 +624,12 @@ impl Running {
                 .map(|op| g(&format!("offload_{op}_{path}_batches")))
                 .sum()
         };
-        let gpu = match self.gpu.as_ref().and_then(|m| m.snapshot()) {
-            Some(s) => format!(" | gpu {}", s.line()),
+        let gpu = match self.gpu.as_ref().and_then(|m| m.latest()) {
+            // A sample this old says NVML has stopped answering.
+            Some((s, age)) if age > 5 * dwcp_kernels::monitor::SAMPLE_PERIOD => {
+                format!(" | gpu {} (sampled {} s ago)", s.line(), age.as_secs())
+            }
+            Some((s, _)) => format!(" | gpu {}", s.line()),
             None => String::new(),
         };
         let gathered = match self.gather.as_ref().map(|g| g.stats()) {
@@ -663,8 +679,8 @@ impl Running {
             engine: self.offload.0,
         };
         let mut text = metrics::render(&self.totals(), &labels);
-        if let Some(snap) = self.gpu.as_ref().and_then(|g| g.snapshot()) {
-            text.push_str(&metrics::render_gpu(&snap, node));
+        if let Some((snap, age)) = self.gpu.as_ref().and_then(|g| g.latest()) {
+            text.push_str(&metrics::render_gpu(&snap, age, node));
         }
         if let Some(g) = &self.gather {
             text.push_str(&metrics::render_gather(&g.stats(), node));

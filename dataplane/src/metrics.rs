@@ -118,8 +118,12 @@ pub fn render_dpdk(ports: &[DpdkPort], node: &str) -> String {
     o
 }
 
-/// Renders the GPU's state (from NVML) as metrics.
-pub fn render_gpu(s: &dwcp_kernels::monitor::GpuSnapshot, node: &str) -> String {
+/// Renders the GPU's state (from NVML, sampled `age` ago) as metrics.
+pub fn render_gpu(
+    s: &dwcp_kernels::monitor::GpuSnapshot,
+    age: std::time::Duration,
+    node: &str,
+) -> String {
     let mut o = String::new();
     let name = s.name.replace(['"', '\\', '\n'], "_");
     let mut gauge = |metric: &str, help: &str, labels: &str, v: u64| {
@@ -161,6 +165,12 @@ pub fn render_gpu(s: &dwcp_kernels::monitor::GpuSnapshot, node: &str) -> String 
             u64::from(t),
         );
     }
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_gpu_status_age_seconds How old the GPU samples above are (NVML is sampled every {} s; older says it stopped answering).\n# TYPE dwcp_gpu_status_age_seconds gauge\ndwcp_gpu_status_age_seconds{{node=\"{node}\"}} {:.3}",
+        dwcp_kernels::monitor::SAMPLE_PERIOD.as_secs(),
+        age.as_secs_f64()
+    );
     o
 }
 
@@ -614,6 +624,7 @@ mod tests {
                 utilization_pct: Some(12),
                 temperature_c: None,
             },
+            std::time::Duration::from_millis(1500),
             "n1",
         );
         assert!(
@@ -625,6 +636,10 @@ mod tests {
         assert!(gpu.contains("dwcp_gpu_utilization_percent{node=\"n1\"} 12"));
         assert!(gpu.contains("dwcp_gpu_memory_free_bytes{node=\"n1\"} 60"));
         assert!(!gpu.contains("temperature"), "no reading, no sample");
+        assert!(
+            gpu.contains("\ndwcp_gpu_status_age_seconds{node=\"n1\"} 1.500\n"),
+            "{gpu}"
+        );
         let d = render_dpdk(
             &[DpdkPort {
                 name: "wan0".into(),

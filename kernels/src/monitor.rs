@@ -3,6 +3,8 @@
 //! on, found by its PCI address, sampled by the control thread.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
@@ -122,6 +124,56 @@ impl GpuMonitor {
     }
 }
 
+/// How often [`GpuSampler`] samples the GPU.
+pub const SAMPLE_PERIOD: Duration = Duration::from_secs(2);
+
+/// The latest sample of a GPU, taken by a thread of its own: NVML calls can wait on the
+/// driver (seconds while a GPU is being reset or has fallen off the bus), and the control
+/// loop that reads the samples for metrics and the console must not wait with them.
+pub struct GpuSampler {
+    latest: Arc<Mutex<Option<(GpuSnapshot, Instant)>>>,
+}
+
+impl GpuSampler {
+    /// Starts the sampling thread on `monitor`, every [`SAMPLE_PERIOD`].
+    pub fn start(monitor: GpuMonitor) -> std::io::Result<Self> {
+        Self::start_with(move || monitor.snapshot(), SAMPLE_PERIOD)
+    }
+
+    /// Starts a thread that calls `sample` every `period` and keeps its latest answer.
+    pub fn start_with(
+        mut sample: impl FnMut() -> Option<GpuSnapshot> + Send + 'static,
+        period: Duration,
+    ) -> std::io::Result<Self> {
+        let latest = Arc::new(Mutex::new(None));
+        let shared = Arc::downgrade(&latest);
+        std::thread::Builder::new()
+            .name("dwcp-gpu-status".into())
+            .spawn(move || {
+                loop {
+                    let s = sample();
+                    // The sampler was dropped: nobody reads the samples any more.
+                    let Some(latest) = shared.upgrade() else {
+                        return;
+                    };
+                    if let Some(s) = s {
+                        *latest.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some((s, Instant::now()));
+                    }
+                    drop(latest);
+                    std::thread::sleep(period);
+                }
+            })?;
+        Ok(Self { latest })
+    }
+
+    /// The latest sample and how old it is, without waiting for NVML; `None` before the first.
+    pub fn latest(&self) -> Option<(GpuSnapshot, Duration)> {
+        let l = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        l.as_ref().map(|(s, at)| (s.clone(), at.elapsed()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +247,43 @@ mod tests {
                 .unwrap();
             assert_eq!(s.name, NVML_DEVICE.name, "{id}");
         }
+    }
+
+    #[test]
+    fn a_sample_is_read_without_waiting_for_nvml() {
+        let s = GpuSnapshot {
+            name: "slow GPU".into(),
+            ..GpuSnapshot::default()
+        };
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = Arc::clone(&calls);
+        let sampler = GpuSampler::start_with(
+            move || {
+                // The first answers at once, every later one after 2 s (a GPU being reset).
+                if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                Some(s.clone())
+            },
+            Duration::from_millis(10),
+        )
+        .unwrap();
+        let t = Instant::now();
+        while sampler.latest().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(5), "no first sample");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The thread is now inside a slow call: reading still does not wait.
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        let (got, age) = sampler.latest().unwrap();
+        assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+        assert_eq!(got.name, "slow GPU");
+        assert!(
+            age >= Duration::from_millis(90),
+            "the sample's age: {age:?}"
+        );
+        assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     }
 
     #[test]

@@ -208,6 +208,9 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         metric(&m, "dwcp_gpu_temperature_celsius{node=\"gw-a\"}"),
         u64::from(gpu.temperature_c)
     );
+    // Sampled by its own thread every 2 s: the sample is fresh.
+    let age = metric_f(&m, "dwcp_gpu_status_age_seconds{node=\"gw-a\"}");
+    assert!((0.0..5.0).contains(&age), "GPU status {age} s old");
     // A sample of the GPU's batches was checked against the CPU engine whole, one packet of
     // the others, and all were right.
     assert!(metric(&m, "dwcp_offload_gpu_checked_batches_total{node=\"gw-a\"}") >= 3);
