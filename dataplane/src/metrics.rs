@@ -165,6 +165,32 @@ pub fn render_gpu(
             u64::from(t),
         );
     }
+    if let Some(mw) = s.power_mw {
+        let _ = writeln!(
+            o,
+            "# HELP dwcp_gpu_power_watts GPU power draw.\n# TYPE dwcp_gpu_power_watts gauge\ndwcp_gpu_power_watts{{node=\"{node}\"}} {:.3}",
+            f64::from(mw) / 1000.0
+        );
+    }
+    if let Some(bits) = s.clock_events {
+        let _ = writeln!(
+            o,
+            "# HELP dwcp_gpu_clock_event_reason Why the GPU's clocks are below their maximum (NVML's clock event reasons), 1 while it holds.\n# TYPE dwcp_gpu_clock_event_reason gauge"
+        );
+        for (bit, reason) in dwcp_kernels::monitor::CLOCK_EVENT_REASONS {
+            let _ = writeln!(
+                o,
+                "dwcp_gpu_clock_event_reason{{node=\"{node}\",reason=\"{reason}\"}} {}",
+                u8::from(bits & bit != 0)
+            );
+        }
+    }
+    if let Some((corrected, uncorrected)) = s.ecc_errors {
+        let _ = writeln!(
+            o,
+            "# HELP dwcp_gpu_ecc_errors_total GPU memory ECC errors since the driver loaded.\n# TYPE dwcp_gpu_ecc_errors_total counter\ndwcp_gpu_ecc_errors_total{{node=\"{node}\",kind=\"corrected\"}} {corrected}\ndwcp_gpu_ecc_errors_total{{node=\"{node}\",kind=\"uncorrected\"}} {uncorrected}"
+        );
+    }
     let _ = writeln!(
         o,
         "# HELP dwcp_gpu_status_age_seconds How old the GPU samples above are (NVML is sampled every {} s; older says it stopped answering).\n# TYPE dwcp_gpu_status_age_seconds gauge\ndwcp_gpu_status_age_seconds{{node=\"{node}\"}} {:.3}",
@@ -623,6 +649,9 @@ mod tests {
                 memory_free: 60,
                 utilization_pct: Some(12),
                 temperature_c: None,
+                power_mw: Some(312_456),
+                clock_events: Some(0x20),
+                ecc_errors: None,
             },
             std::time::Duration::from_millis(1500),
             "n1",
@@ -636,6 +665,21 @@ mod tests {
         assert!(gpu.contains("dwcp_gpu_utilization_percent{node=\"n1\"} 12"));
         assert!(gpu.contains("dwcp_gpu_memory_free_bytes{node=\"n1\"} 60"));
         assert!(!gpu.contains("temperature"), "no reading, no sample");
+        assert!(!gpu.contains("ecc"), "no ECC, no sample: {gpu}");
+        assert!(
+            gpu.contains("\ndwcp_gpu_power_watts{node=\"n1\"} 312.456\n"),
+            "{gpu}"
+        );
+        assert!(gpu.contains(
+            "\ndwcp_gpu_clock_event_reason{node=\"n1\",reason=\"sw_thermal_slowdown\"} 1\n"
+        ));
+        assert_eq!(gpu.matches("dwcp_gpu_clock_event_reason{").count(), 9);
+        assert_eq!(gpu.matches("_reason{node=\"n1\",reason=").count(), 9);
+        assert_eq!(
+            gpu.matches("} 1\n").count(),
+            2,
+            "info and one reason: {gpu}"
+        );
         assert!(
             gpu.contains("\ndwcp_gpu_status_age_seconds{node=\"n1\"} 1.500\n"),
             "{gpu}"

@@ -21,6 +21,7 @@ enum : int {
     NVML_SUCCESS = 0,
     NVML_ERROR_UNINITIALIZED = 1,
     NVML_ERROR_INVALID_ARGUMENT = 2,
+    NVML_ERROR_NOT_SUPPORTED = 3,
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
@@ -32,6 +33,10 @@ struct nvmlDevice_st {
     unsigned long long memory_total, memory_used;
     unsigned utilization_gpu, utilization_memory;
     unsigned temperature_c;
+    unsigned power_mw;
+    unsigned long long clock_events;  // nvmlClocksThrottleReason* bits
+    bool ecc;                         // ECC on (else its counters are not supported)
+    unsigned long long ecc_corrected, ecc_uncorrected;
 };
 typedef nvmlDevice_st* nvmlDevice_t;
 
@@ -48,10 +53,11 @@ struct nvmlUtilization_t {
 
 static nvmlDevice_st devices[] = {
     {0, 0x17, 0, "DWCP simulated GPU at 0000:17:00.0 (NVML stand-in; not the CUDA stand-in's)",
-     2ull << 30, 1ull << 30, 93, 40, 77},
-    // The CUDA stand-in's device: its name (kernels::sim::DEVICE_NAME) and memory (1 GiB).
+     2ull << 30, 1ull << 30, 93, 40, 77, 301000, 0x1, false, 0, 0},
+    // The CUDA stand-in's device: its name (kernels::sim::DEVICE_NAME) and memory (1 GiB),
+    // slowed by its software thermal limit (0x20), with three corrected ECC errors.
     {0, 0x41, 0, "DWCP simulated GPU (host CPU, libcuda stand-in)", 1ull << 30, 96ull << 20, 7,
-     3, 41},
+     3, 41, 87250, 0x20, true, 3, 0},
 };
 static const unsigned DEVICES = sizeof(devices) / sizeof(devices[0]);
 static int initialised = 0;
@@ -80,6 +86,7 @@ const char* nvmlErrorString(nvmlReturn_t r) {
         case NVML_SUCCESS: return "Success";
         case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
         case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+        case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
         case NVML_ERROR_NOT_FOUND: return "Not Found";
         case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
         case NVML_ERROR_ARGUMENT_VERSION_MISMATCH: return "Argument Version Mismatch";
@@ -155,6 +162,31 @@ nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned* temp
     if (!initialised) return NVML_ERROR_UNINITIALIZED;
     if (!known(d) || !temp || sensor != 0) return NVML_ERROR_INVALID_ARGUMENT;
     *temp = d->temperature_c;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned* mw) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (!known(d) || !mw) return NVML_ERROR_INVALID_ARGUMENT;
+    *mw = d->power_mw;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t d, unsigned long long* r) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (!known(d) || !r) return NVML_ERROR_INVALID_ARGUMENT;
+    *r = d->clock_events;
+    return NVML_SUCCESS;
+}
+
+// errorType 0 corrected, 1 uncorrected; counterType 0 volatile, 1 aggregate.
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t d, int type, int counter,
+                                         unsigned long long* count) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (!known(d) || !count || (type != 0 && type != 1) || (counter != 0 && counter != 1))
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (!d->ecc) return NVML_ERROR_NOT_SUPPORTED;
+    *count = type == 0 ? d->ecc_corrected : d->ecc_uncorrected;
     return NVML_SUCCESS;
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nvml_wrapper::Nvml;
-use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError, TemperatureSensor};
 
 /// Names the NVML library to load instead of the driver's `libnvidia-ml.so.1` (the tests'
 /// stand-in, `crate::sim::build_nvml`), as `DWCP_LIBCUDA` does for the CUDA driver.
@@ -28,21 +28,67 @@ pub struct GpuSnapshot {
     pub utilization_pct: Option<u32>,
     /// Core temperature, °C.
     pub temperature_c: Option<u32>,
+    /// Power draw, milliwatts.
+    pub power_mw: Option<u32>,
+    /// Why the clocks are below their maximum now (NVML's clock event reasons, a bit mask:
+    /// [`CLOCK_EVENT_REASONS`]).
+    pub clock_events: Option<u64>,
+    /// ECC errors since the driver loaded: (corrected, uncorrected); `None` with ECC off.
+    pub ecc_errors: Option<(u64, u64)>,
 }
 
+/// NVML's clock event ("throttle") reasons, bit and name. A GPU slowed by heat or power does
+/// the offload's work more slowly; these say why.
+pub const CLOCK_EVENT_REASONS: [(u64, &str); 9] = [
+    (0x1, "gpu_idle"),
+    (0x2, "applications_clocks_setting"),
+    (0x4, "sw_power_cap"),
+    (0x8, "hw_slowdown"),
+    (0x10, "sync_boost"),
+    (0x20, "sw_thermal_slowdown"),
+    (0x40, "hw_thermal_slowdown"),
+    (0x80, "hw_power_brake_slowdown"),
+    (0x100, "display_clock_setting"),
+];
+
 impl GpuSnapshot {
+    /// The clock event reasons active in this sample, by name.
+    pub fn clock_event_names(&self) -> Vec<&'static str> {
+        let bits = self.clock_events.unwrap_or(0);
+        CLOCK_EVENT_REASONS
+            .iter()
+            .filter(|(bit, _)| bits & bit != 0)
+            .map(|(_, name)| *name)
+            .collect()
+    }
+
     /// One line for the console.
     pub fn line(&self) -> String {
         let opt = |v: Option<u32>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v}{unit}"));
-        format!(
-            "{} at PCI {} | memory {} MiB free of {} MiB | utilisation {} | temperature {}",
+        let mut line = format!(
+            "{} at PCI {} | memory {} MiB free of {} MiB | utilisation {} | temperature {} | power {}",
             self.name,
             self.pci_bus_id,
             self.memory_free >> 20,
             self.memory_total >> 20,
             opt(self.utilization_pct, "%"),
-            opt(self.temperature_c, "C")
-        )
+            opt(self.temperature_c, "C"),
+            opt(self.power_mw.map(|mw| (mw + 500) / 1000), " W")
+        );
+        let slowed: Vec<&str> = self
+            .clock_event_names()
+            .into_iter()
+            .filter(|n| *n != "gpu_idle")
+            .collect();
+        if !slowed.is_empty() {
+            line.push_str(&format!(" | clocks held down by {}", slowed.join(", ")));
+        }
+        if let Some((corrected, uncorrected)) = self.ecc_errors {
+            line.push_str(&format!(
+                " | ECC errors {corrected} corrected, {uncorrected} uncorrected"
+            ));
+        }
+        line
     }
 }
 
@@ -120,6 +166,15 @@ impl GpuMonitor {
             memory_free: mem.as_ref().map_or(0, |m| m.free),
             utilization_pct: d.utilization_rates().ok().map(|u| u.gpu),
             temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
+            power_mw: d.power_usage().ok(),
+            clock_events: d.current_throttle_reasons().ok().map(|r| r.bits()),
+            ecc_errors: d
+                .total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)
+                .and_then(|c| {
+                    d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+                        .map(|u| (c, u))
+                })
+                .ok(),
         })
     }
 }
@@ -188,10 +243,25 @@ mod tests {
             memory_free: 79 << 30,
             utilization_pct: Some(3),
             temperature_c: None,
+            power_mw: Some(312_600),
+            clock_events: Some(0x1 | 0x4 | 0x40),
+            ecc_errors: None,
         };
         assert_eq!(
             s.line(),
-            "NVIDIA H100 80GB HBM3 at PCI 0000:41:00.0 | memory 80896 MiB free of 81920 MiB | utilisation 3% | temperature n/a"
+            "NVIDIA H100 80GB HBM3 at PCI 0000:41:00.0 | memory 80896 MiB free of 81920 MiB | utilisation 3% | temperature n/a | power 313 W | clocks held down by sw_power_cap, hw_thermal_slowdown"
+        );
+        let s = GpuSnapshot {
+            clock_events: Some(0x1),
+            ecc_errors: Some((2, 1)),
+            power_mw: None,
+            ..s
+        };
+        assert!(
+            s.line()
+                .ends_with("| power n/a | ECC errors 2 corrected, 1 uncorrected"),
+            "an idle GPU is not held down: {}",
+            s.line()
         );
     }
 
@@ -225,8 +295,12 @@ mod tests {
                 memory_free: NVML_DEVICE.memory_free,
                 utilization_pct: Some(NVML_DEVICE.utilization_pct),
                 temperature_c: Some(NVML_DEVICE.temperature_c),
+                power_mw: Some(NVML_DEVICE.power_mw),
+                clock_events: Some(NVML_DEVICE.clock_events),
+                ecc_errors: Some(NVML_DEVICE.ecc_errors),
             }
         );
+        assert_eq!(s.clock_event_names(), ["sw_thermal_slowdown"]);
         assert!(
             m.describe().ends_with("for the GPU at PCI 0000:41:00.0"),
             "{}",
@@ -239,6 +313,9 @@ mod tests {
             .unwrap();
         let first = nvml.device_by_index(0).unwrap().name().unwrap();
         assert_ne!(first, NVML_DEVICE.name);
+        // A GPU without ECC has no counts rather than zeros.
+        let other = GpuMonitor::open_with(stand_in(), "0000:17:00.0").unwrap();
+        assert_eq!(other.snapshot().unwrap().ecc_errors, None);
         // The forms of a bus id NVML takes.
         for id in ["0000:41:00", "41:00.0", "00000000:41:00.0"] {
             let s = GpuMonitor::open_with(stand_in(), id)

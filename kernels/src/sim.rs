@@ -73,6 +73,9 @@ pub const NVML_DEVICE: NvmlDevice = NvmlDevice {
     memory_free: (1 << 30) - (96 << 20),
     utilization_pct: 7,
     temperature_c: 41,
+    power_mw: 87_250,
+    clock_events: 0x20,
+    ecc_errors: (3, 0),
 };
 
 /// A device of the NVML stand-in.
@@ -90,6 +93,12 @@ pub struct NvmlDevice {
     pub utilization_pct: u32,
     /// Core temperature, °C.
     pub temperature_c: u32,
+    /// Power draw, milliwatts.
+    pub power_mw: u32,
+    /// NVML's clock event reasons (`0x20`: software thermal slowdown).
+    pub clock_events: u64,
+    /// ECC errors, (corrected, uncorrected).
+    pub ecc_errors: (u64, u64),
 }
 
 /// Writes the stand-in for NVIDIA's management library (`kernels/cuda/sim_nvml.cpp`: two GPUs,

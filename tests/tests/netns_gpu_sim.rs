@@ -208,6 +208,25 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         metric(&m, "dwcp_gpu_temperature_celsius{node=\"gw-a\"}"),
         u64::from(gpu.temperature_c)
     );
+    assert_eq!(
+        metric(
+            &m,
+            "dwcp_gpu_ecc_errors_total{node=\"gw-a\",kind=\"corrected\"}"
+        ),
+        gpu.ecc_errors.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "dwcp_gpu_clock_event_reason{node=\"gw-a\",reason=\"sw_thermal_slowdown\"}"
+        ),
+        1
+    );
+    let watts = metric_f(&m, "dwcp_gpu_power_watts{node=\"gw-a\"}");
+    assert!(
+        (watts - f64::from(gpu.power_mw) / 1000.0).abs() < 1e-6,
+        "{watts} W"
+    );
     // Sampled by its own thread every 2 s: the sample is fresh.
     let age = metric_f(&m, "dwcp_gpu_status_age_seconds{node=\"gw-a\"}");
     assert!((0.0..5.0).contains(&age), "GPU status {age} s old");

@@ -113,13 +113,16 @@ fn gpu_image_on_the_simulated_driver_boots_ready_on_the_gpu_engine() {
     let gpu = dwcp_kernels::sim::NVML_DEVICE;
     assert!(
         offload.contains(&format!(
-            "| gpu {} at PCI {} | memory {} MiB free of {} MiB | utilisation {}% | temperature {}C |",
+            "| gpu {} at PCI {} | memory {} MiB free of {} MiB | utilisation {}% | temperature {}C | power {} W | clocks held down by sw_thermal_slowdown | ECC errors {} corrected, {} uncorrected |",
             gpu.name,
             gpu.pci_bus_id,
             gpu.memory_free >> 20,
             gpu.memory_total >> 20,
             gpu.utilization_pct,
-            gpu.temperature_c
+            gpu.temperature_c,
+            (gpu.power_mw + 500) / 1000,
+            gpu.ecc_errors.0,
+            gpu.ecc_errors.1
         )),
         "{offload}"
     );
