@@ -126,51 +126,45 @@ pub fn render_gpu(
 ) -> String {
     let mut o = String::new();
     let name = s.name.replace(['"', '\\', '\n'], "_");
-    let mut gauge = |metric: &str, help: &str, labels: &str, v: u64| {
-        let _ = writeln!(o, "# HELP {metric} {help}");
-        let _ = writeln!(o, "# TYPE {metric} gauge");
-        let _ = writeln!(o, "{metric}{{node=\"{node}\"{labels}}} {v}");
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_gpu_info The offload GPU.\n# TYPE dwcp_gpu_info gauge\ndwcp_gpu_info{{node=\"{node}\",name=\"{name}\",pci_bus_id=\"{}\"}} 1",
+        s.pci_bus_id
+    );
+    let gauge = |o: &mut String, name: &str, help: &str, v: &dyn std::fmt::Display| {
+        family(o, node, name, "gauge", help, v);
     };
     gauge(
-        "dwcp_gpu_info",
-        "The offload GPU.",
-        &format!(",name=\"{name}\",pci_bus_id=\"{}\"", s.pci_bus_id),
-        1,
-    );
-    gauge(
+        &mut o,
         "dwcp_gpu_memory_total_bytes",
         "GPU memory.",
-        "",
-        s.memory_total,
+        &s.memory_total,
     );
     gauge(
+        &mut o,
         "dwcp_gpu_memory_free_bytes",
         "GPU memory free.",
-        "",
-        s.memory_free,
+        &s.memory_free,
     );
     if let Some(u) = s.utilization_pct {
         gauge(
+            &mut o,
             "dwcp_gpu_utilization_percent",
             "GPU utilisation.",
-            "",
-            u64::from(u),
+            &u,
         );
     }
     if let Some(t) = s.temperature_c {
         gauge(
+            &mut o,
             "dwcp_gpu_temperature_celsius",
             "GPU temperature.",
-            "",
-            u64::from(t),
+            &t,
         );
     }
     if let Some(mw) = s.power_mw {
-        let _ = writeln!(
-            o,
-            "# HELP dwcp_gpu_power_watts GPU power draw.\n# TYPE dwcp_gpu_power_watts gauge\ndwcp_gpu_power_watts{{node=\"{node}\"}} {:.3}",
-            f64::from(mw) / 1000.0
-        );
+        let w = format!("{:.3}", f64::from(mw) / 1000.0);
+        gauge(&mut o, "dwcp_gpu_power_watts", "GPU power draw.", &w);
     }
     if let Some(bits) = s.clock_events {
         let _ = writeln!(
@@ -191,12 +185,12 @@ pub fn render_gpu(
             "# HELP dwcp_gpu_ecc_errors_total GPU memory ECC errors since the driver loaded.\n# TYPE dwcp_gpu_ecc_errors_total counter\ndwcp_gpu_ecc_errors_total{{node=\"{node}\",kind=\"corrected\"}} {corrected}\ndwcp_gpu_ecc_errors_total{{node=\"{node}\",kind=\"uncorrected\"}} {uncorrected}"
         );
     }
-    let _ = writeln!(
-        o,
-        "# HELP dwcp_gpu_status_age_seconds How old the GPU samples above are (NVML is sampled every {} s; older says it stopped answering).\n# TYPE dwcp_gpu_status_age_seconds gauge\ndwcp_gpu_status_age_seconds{{node=\"{node}\"}} {:.3}",
-        dwcp_kernels::monitor::SAMPLE_PERIOD.as_secs(),
-        age.as_secs_f64()
+    let help = format!(
+        "How old the GPU samples above are (NVML is sampled every {} s; older says it stopped answering).",
+        dwcp_kernels::monitor::SAMPLE_PERIOD.as_secs()
     );
+    let age = format!("{:.3}", age.as_secs_f64());
+    gauge(&mut o, "dwcp_gpu_status_age_seconds", &help, &age);
     o
 }
 
