@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-cargo build --locked -q -p dwcp-provisioning --bin dwcp
+cargo build --locked -q -p dwcp-cli --bin dwcp
 exec ./target/debug/dwcp demo "$@"

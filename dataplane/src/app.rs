@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 use dwcp_provisioning::NodeConfig;
+use dwcp_provisioning::exit::DataplaneExit;
 use dwcp_provisioning::schema::{BURST_MAX, Backend, Compression, Port, PortRole};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -38,7 +39,7 @@ const INBOX_FRAMES: usize = 1024;
 pub const GPU_HANG: Duration = Duration::from_secs(5);
 /// The exit code that tells init the GPU hung: restart on the CPU engine
 /// ([`crate::offload::GPU_DISABLED_ENV`]).
-pub const EXIT_GPU_HUNG: i32 = 7;
+pub const EXIT_GPU_HUNG: i32 = DataplaneExit::GpuHung.code() as i32;
 
 /// Watches the GPU gathering thread from a thread of its own (not the control thread, which
 /// reads the GPU's state for the metrics and could block on a hung driver too): a gather

@@ -5,15 +5,14 @@
 //! `dwcp-dataplane bench pipeline [--json] [--seconds S]` runs the pipeline benchmark
 //! (`dwcp bench pipeline` calls it).
 //!
-//! Exit codes: 0 stopped on request, 2 bad arguments, 3 invalid config, 4 readiness failed,
-//! 5 could not start (the error names the port or address), 6 this node cannot run the
-//! config (no hugepages, a NIC not bound to vfio-pci, a PCI address that does not exist; told
-//! to init as `ERROR=`), 7 the GPU hung in a driver call (told to init as `ERROR=`; init
-//! restarts the data plane with `DWCP_GPU_DISABLED`, on the CPU engine).
+//! Exit statuses: [`DataplaneExit`], shared with init (0 stopped on request, 2 bad
+//! arguments, 3 invalid config, 4 readiness failed, 5 could not start, 6 this node cannot run
+//! the config, 7 the GPU hung; 6 and 7 tell init why as `ERROR=` first).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use dwcp_provisioning::exit::DataplaneExit;
 use nix::sys::signal::{SigSet, Signal};
 
 fn main() -> ExitCode {
@@ -26,7 +25,7 @@ fn main() -> ExitCode {
         (Some(flag), Some(path)) if flag == "--config" => PathBuf::from(path),
         _ => {
             eprintln!("usage: dwcp-dataplane --config FILE");
-            return ExitCode::from(2);
+            return DataplaneExit::Usage.into();
         }
     };
     // Block the control signals before any thread starts, so every thread inherits the mask
@@ -44,11 +43,11 @@ fn main() -> ExitCode {
             for d in diags {
                 eprintln!("dwcp-dataplane: {d}");
             }
-            return ExitCode::from(3);
+            return DataplaneExit::InvalidConfig.into();
         }
         Err(e) => {
             eprintln!("dwcp-dataplane: {e}");
-            return ExitCode::from(3);
+            return DataplaneExit::InvalidConfig.into();
         }
     };
     let running = match dwcp_dataplane::app::start(&cfg) {
@@ -65,9 +64,9 @@ fn main() -> ExitCode {
                 // The node cannot run this config: tell init why, and that restarting will
                 // not help.
                 let _ = dwcp_dataplane::readiness::notify_error(&e.to_string());
-                return ExitCode::from(6);
+                return DataplaneExit::CannotStart.into();
             }
-            return ExitCode::from(5);
+            return DataplaneExit::Failed.into();
         }
     };
     println!(
@@ -84,11 +83,11 @@ fn main() -> ExitCode {
     match running.control(&signals, &config) {
         Ok(()) => {
             println!("dwcp-dataplane: stopped");
-            ExitCode::SUCCESS
+            DataplaneExit::Stopped.into()
         }
         Err(e) => {
             eprintln!("dwcp-dataplane: {e}");
-            ExitCode::from(5)
+            DataplaneExit::Failed.into()
         }
     }
 }
@@ -105,7 +104,7 @@ fn ready() -> Result<(), ExitCode> {
         }
         Err(e) => {
             eprintln!("dwcp-dataplane: cannot tell init we are ready: {e}");
-            Err(ExitCode::from(4))
+            Err(DataplaneExit::ReadinessFailed.into())
         }
     }
 }

@@ -25,7 +25,7 @@ const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Set by init when it restarts the data plane after the GPU hung (exit code
 /// [`crate::app::EXIT_GPU_HUNG`]): why, in words. The data plane then runs on the CPU engine
 /// until the next boot.
-pub const GPU_DISABLED_ENV: &str = "DWCP_GPU_DISABLED";
+pub use dwcp_provisioning::exit::GPU_DISABLED_ENV;
 
 /// The engines for every worker and what was chosen.
 pub struct Engines {

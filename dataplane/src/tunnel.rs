@@ -1518,7 +1518,7 @@ mod tests {
         assert!(flow_gate(&short) < FLOW_GATES);
     }
 
-    /// The demo's mixed load (`dwcp_provisioning::cli::demo::MIXED_STREAMS`: TCP from
+    /// The demo's mixed load (`dwcp_cli::demo::MIXED_STREAMS`: TCP from
     /// 10.1.0.2 ports 40001 and 40002 to 10.2.0.2 ports 5201 and 5202) is two flows with gates
     /// of their own, so its report shows one backing off and the other compressed.
     #[test]

@@ -10,6 +10,7 @@ use std::process::{Child, Command as Process};
 use std::time::Duration;
 
 use dwcp_provisioning::NodeConfig;
+use dwcp_provisioning::exit::{DataplaneExit, GPU_DISABLED_ENV, NextStart};
 use dwcp_provisioning::schema::{Backend, GpuMode};
 use nix::mount::{MsFlags, mount};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -411,33 +412,38 @@ struct Init {
     gpu_driver: crate::gpu::Outcome,
 }
 
-/// The data plane's exit code when it cannot run the config on this node.
-const EXIT_CANNOT_START: i32 = 6;
-/// ... when the GPU hung in a driver call (`dwcp_dataplane::app::EXIT_GPU_HUNG`).
-const EXIT_GPU_HUNG: i32 = 7;
-/// Tells a restarted data plane to leave the GPU out, and why
-/// (`dwcp_dataplane::offload::GPU_DISABLED_ENV`).
-const GPU_DISABLED_ENV: &str = "DWCP_GPU_DISABLED";
-
-/// What a data plane exit (its status text) means for the next start.
-#[derive(Debug, PartialEq, Eq)]
-enum ExitMeaning {
-    /// It cannot run this config here: safe mode.
-    CannotStart,
-    /// The GPU hung: restart without it.
-    GpuHung,
-    /// Anything else: a crash, restarted with back-off.
-    Crash,
+/// How the data plane process ended, as the reaper saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PlaneEnd {
+    /// It exited with this code: one of [`DataplaneExit`]'s, or another (a panic's 101).
+    Exited(i32),
+    /// A signal killed it.
+    Killed(Signal),
+    /// It could not be started at all.
+    NotStarted,
 }
 
-fn exit_meaning(status: Option<&str>) -> ExitMeaning {
-    let code = status
-        .and_then(|s| s.strip_prefix("exit code "))
-        .and_then(|c| c.parse::<i32>().ok());
-    match code {
-        Some(EXIT_CANNOT_START) => ExitMeaning::CannotStart,
-        Some(EXIT_GPU_HUNG) => ExitMeaning::GpuHung,
-        _ => ExitMeaning::Crash,
+impl PlaneEnd {
+    /// What init does next when the data plane ended this way unasked.
+    fn next_start(&self) -> NextStart {
+        match self {
+            Self::Exited(code) => DataplaneExit::from_code(*code)
+                .map_or(NextStart::Restart, DataplaneExit::next_start),
+            Self::Killed(_) | Self::NotStarted => NextStart::Restart,
+        }
+    }
+}
+
+impl std::fmt::Display for PlaneEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(code) => match DataplaneExit::from_code(*code) {
+                Some(known) => write!(f, "{known}"),
+                None => write!(f, "exit code {code}"),
+            },
+            Self::Killed(sig) => write!(f, "killed by {sig}"),
+            Self::NotStarted => f.write_str("did not start"),
+        }
     }
 }
 
@@ -512,7 +518,7 @@ impl Init {
             }
             Err(e) => {
                 say!("dataplane: cannot start {DATAPLANE}: {e}");
-                self.on_exit(None);
+                self.on_exit(PlaneEnd::NotStarted);
             }
         }
     }
@@ -532,30 +538,27 @@ impl Init {
             .unwrap_or_else(|| otherwise.to_owned())
     }
 
-    /// The data plane exited (status text when known).
-    fn on_exit(&mut self, status: Option<String>) {
-        say!(
-            "dataplane: exited ({})",
-            status.as_deref().unwrap_or("did not start")
-        );
+    /// The data plane ended.
+    fn on_exit(&mut self, end: PlaneEnd) {
+        say!("dataplane: exited ({end})");
         self.plane = Plane::Down;
         if std::mem::take(&mut self.expected_exit) {
             self.start_dataplane();
             return;
         }
-        // Exit code 6: the node cannot run this config (no hugepages, a NIC not bound to
-        // vfio-pci, a PCI address that is not there); restarting will not help. Its reason
-        // came as `ERROR=` on the notify socket just before.
-        let meaning = exit_meaning(status.as_deref());
-        if meaning == ExitMeaning::CannotStart {
+        // The node cannot run this config (no hugepages, a NIC not bound to vfio-pci, a PCI
+        // address that is not there); restarting will not help. Its reason came as `ERROR=`
+        // on the notify socket just before.
+        let next = end.next_start();
+        if next == NextStart::SafeMode {
             let why = self.last_error_or("no reason given (see the lines above)");
             self.enter_safe_mode(SafeReason::CannotStart(why));
             return;
         }
-        // Exit code 7: a GPU batch never came back from the driver, and the workers waiting
-        // on it could not give up. Restart without the GPU (counted as a crash, so a data
-        // plane that keeps dying still ends in safe mode).
-        if meaning == ExitMeaning::GpuHung {
+        // A GPU batch never came back from the driver, and the workers waiting on it could
+        // not give up. Restart without the GPU (counted as a crash, so a data plane that
+        // keeps dying still ends in safe mode).
+        if next == NextStart::WithoutGpu {
             let why = self.last_error_or("the GPU hung (no details given)");
             say!("dataplane: {why}; it runs on the CPU engine from now until the next boot");
             self.gpu_disabled = Some(why);
@@ -582,13 +585,14 @@ impl Init {
                 Ok(status) => {
                     let pid = status.pid();
                     if pid.is_some() && pid == self.dataplane_pid() {
-                        let text = match status {
-                            WaitStatus::Exited(_, code) => format!("exit code {code}"),
-                            WaitStatus::Signaled(_, sig, _) => format!("killed by {sig}"),
-                            other => format!("{other:?}"),
+                        let end = match status {
+                            WaitStatus::Exited(_, code) => PlaneEnd::Exited(code),
+                            WaitStatus::Signaled(_, sig, _) => PlaneEnd::Killed(sig),
+                            // Stopped or continued: it has not ended.
+                            _ => continue,
                         };
                         // `Child` must not wait again: it is reaped already.
-                        self.on_exit(Some(text));
+                        self.on_exit(end);
                     }
                 }
             }
@@ -1066,16 +1070,26 @@ mod tests {
 
     #[test]
     fn exit_codes_6_and_7_are_not_crashes_like_the_others() {
-        assert_eq!(exit_meaning(Some("exit code 6")), ExitMeaning::CannotStart);
-        assert_eq!(exit_meaning(Some("exit code 7")), ExitMeaning::GpuHung);
+        assert_eq!(PlaneEnd::Exited(6).next_start(), NextStart::SafeMode);
+        assert_eq!(PlaneEnd::Exited(7).next_start(), NextStart::WithoutGpu);
         for other in [
-            Some("exit code 1"),
-            Some("exit code 70"),
-            Some("killed by SIGSEGV"),
-            None,
+            PlaneEnd::Exited(1),
+            PlaneEnd::Exited(5),
+            PlaneEnd::Exited(70),
+            PlaneEnd::Killed(Signal::SIGSEGV),
+            PlaneEnd::NotStarted,
         ] {
-            assert_eq!(exit_meaning(other), ExitMeaning::Crash, "{other:?}");
+            assert_eq!(other.next_start(), NextStart::Restart, "{other:?}");
         }
+        assert_eq!(
+            PlaneEnd::Exited(7).to_string(),
+            "exit code 7 (the GPU hung in a driver call)"
+        );
+        assert_eq!(PlaneEnd::Exited(70).to_string(), "exit code 70");
+        assert_eq!(
+            PlaneEnd::Killed(Signal::SIGKILL).to_string(),
+            "killed by SIGKILL"
+        );
     }
 
     #[test]

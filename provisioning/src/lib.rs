@@ -1,9 +1,9 @@
 //! DWCP node provisioning: the node configuration schema and its validation (the one source
-//! of truth for every config field), and — behind the default `cli` feature — the operator CLI
-//! `dwcp`.
+//! of truth for every config field), the generated config docs, example configs and the
+//! kernel command line a config asks for.
 //!
-//! `init` and `dataplane` depend on this crate with `default-features = false`: they get the
-//! schema, [`load_file`] and [`check`], and none of the CLI.
+//! `init`, `dataplane` and the operator CLI (`dwcp-cli`) all link it; it links none of them,
+//! nor the image builder or the QEMU harness.
 
 #![deny(unsafe_code)]
 
@@ -11,6 +11,7 @@ pub mod cmdline;
 pub mod docs;
 pub mod document;
 pub mod example;
+pub mod exit;
 pub mod schema;
 pub mod structure;
 pub mod summary;
@@ -20,6 +21,3 @@ pub mod validate;
 pub use document::{Diagnostic, FieldPath, SourceFile};
 pub use schema::NodeConfig;
 pub use validate::{LoadError, check, load_file};
-
-#[cfg(feature = "cli")]
-pub mod cli;

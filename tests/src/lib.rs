@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use dwcp_provisioning::cli::{image_build, qemu_boot};
+use dwcp_cli::{image_build, qemu_boot};
 use dwcp_qemu::Vm;
 
 /// The workspace root (where `Cargo.toml` with `[workspace]` is).

@@ -314,7 +314,7 @@ pub fn checked_transfer(
     mib: u32,
     kind: &str,
 ) -> Vec<String> {
-    use dwcp_provisioning::cli::demo::{MARKER, RECEIVER, SENDER};
+    use dwcp_cli::demo::{MARKER, RECEIVER, SENDER};
     let (receiver, sender) = (dir.join("rx.py"), dir.join("tx.py"));
     std::fs::write(&receiver, RECEIVER).expect("receiver script");
     std::fs::write(&sender, SENDER).expect("sender script");

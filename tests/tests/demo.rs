@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use dwcp_provisioning::cli::demo::{self, DemoOptions, NS_A, NS_B, TAPS};
+use dwcp_cli::demo::{self, DemoOptions, NS_A, NS_B, TAPS};
 
 fn leftovers() -> Vec<String> {
     let mut found = Vec::new();

@@ -1,6 +1,7 @@
-//! DESIGN §2's dependency rules, checked on the resolved graph (features included): the
-//! schema library and `init` link no CLI, image or QEMU code; `image` and `qemu` know nothing
-//! of DWCP.
+//! The crate graph's rules (docs/architecture.md), checked on the resolved graph: the CLI
+//! `dwcp-cli` is the top and nothing depends on it; the schema crate `dwcp-provisioning`,
+//! `init` and the data plane link no CLI, image or QEMU code; `image`, `qemu` and `kernels`
+//! know nothing of DWCP config.
 
 // Integration tests are their own crate: the lint is for tests inside library code.
 #![allow(clippy::tests_outside_test_module)]
@@ -52,7 +53,7 @@ fn assert_free_of(pkg: &str, extra: &[&str], forbidden: &[&str]) {
     }
 }
 
-const CLI_SIDE: &[&str] = &["clap", "anyhow", "dwcp-image", "dwcp-qemu"];
+const CLI_SIDE: &[&str] = &["dwcp-cli", "clap", "anyhow", "dwcp-image", "dwcp-qemu"];
 
 #[test]
 fn init_links_only_the_schema() {
@@ -66,7 +67,31 @@ fn init_links_only_the_schema() {
 
 #[test]
 fn schema_library_has_no_cli() {
-    assert_free_of("dwcp-provisioning", &["--no-default-features"], CLI_SIDE);
+    assert_free_of("dwcp-provisioning", &[], CLI_SIDE);
+    // Every feature too: no feature of the schema crate may bring the CLI side back.
+    assert_free_of("dwcp-provisioning", &["--all-features"], CLI_SIDE);
+}
+
+#[test]
+fn cli_is_the_top_of_the_graph() {
+    let deps = normal_deps("dwcp-cli", &[]);
+    for needed in ["dwcp-provisioning", "dwcp-image", "dwcp-qemu", "clap"] {
+        assert!(
+            deps.iter().any(|d| d == needed),
+            "dwcp-cli should link {needed}: {deps:?}"
+        );
+    }
+    // Nothing but the workspace's integration tests may depend on the CLI.
+    for pkg in [
+        "dwcp-provisioning",
+        "dwcp-init",
+        "dwcp-dataplane",
+        "dwcp-kernels",
+        "dwcp-image",
+        "dwcp-qemu",
+    ] {
+        assert_free_of(pkg, &[], &["dwcp-cli"]);
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 // Integration tests are their own crate: the lint is for tests inside library code.
 #![allow(clippy::tests_outside_test_module)]
 
-use dwcp_provisioning::cli::image_build;
+use dwcp_cli::image_build;
 
 #[test]
 fn two_builds_are_byte_identical() {

@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
+use dwcp_cli::image_build;
 use dwcp_image::nvidia::{self, NvidiaPin};
-use dwcp_provisioning::cli::image_build;
 use object::{Object as _, ObjectSymbol as _};
 
 /// The pinned NVRTC's `major.minor` (`12.4` of `12.4.127`).

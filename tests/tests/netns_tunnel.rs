@@ -13,7 +13,7 @@ use dwcp_tests::netns::{
     GatewayConfig, Lab, Sites, checked_transfer, is_root, metric, wait_for_line,
 };
 
-use dwcp_provisioning::cli::demo::MARKER;
+use dwcp_cli::demo::MARKER;
 
 /// Captures frames on an interface until a stop file appears; reports whether the marker
 /// was seen and saves A→B DWCP data frames (hex, one per line) for injection.

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use dwcp_provisioning::cli::{image_build, qemu_boot};
+use dwcp_cli::{image_build, qemu_boot};
 use dwcp_tests::{BOOT_TIMEOUT, qemu_lock, require_qemu};
 
 fn dwcp(args: &[&std::ffi::OsStr]) -> std::process::Output {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use dwcp_provisioning::cli::{pxe, qemu_boot};
+use dwcp_cli::{pxe, qemu_boot};
 use dwcp_tests::{BOOT_TIMEOUT, qemu_lock, require_qemu};
 
 #[test]

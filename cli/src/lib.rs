@@ -1,5 +1,5 @@
-//! The operator CLI `dwcp`: argument parsing and the commands. `src/bin/dwcp.rs` only calls
-//! [`main`].
+//! The operator CLI `dwcp`: argument parsing and the commands, the top of the crate graph.
+//! `src/main.rs` only calls [`main`].
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -14,9 +14,9 @@ pub mod pxe;
 pub mod qemu_boot;
 pub mod update;
 
-use crate::document::SourceFile;
-use crate::types::PrivateKey;
-use crate::{docs, example, summary, validate};
+use dwcp_provisioning::document::SourceFile;
+use dwcp_provisioning::types::PrivateKey;
+use dwcp_provisioning::{docs, example, summary, validate};
 
 /// Exit codes of `dwcp`, documented in `dwcp --help`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,7 +230,7 @@ enum QemuCommand {
         pxe: Option<PathBuf>,
         /// The MAC address the PXE-booting NIC has.
         #[arg(long, value_name = "MAC")]
-        mac: Option<crate::types::MacAddress>,
+        mac: Option<dwcp_provisioning::types::MacAddress>,
         /// Boot this disk image through UEFI (OVMF) instead.
         #[arg(long, value_name = "IMG", conflicts_with_all = ["artifacts", "pxe"])]
         disk: Option<PathBuf>,

@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use dwcp_image::{ImageSpec, KernelPin, Manifest};
 
-use crate::document::SourceFile;
+use dwcp_provisioning::document::SourceFile;
 
 /// Modules the image loads at boot (their dependencies come along): paravirtual and common
 /// data-centre NICs, vfio, the FAT config partition, EFI variables, and the ACPI power button.
@@ -128,9 +128,10 @@ pub fn runtime_libraries(binary: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>
 pub fn checked_config(path: &Path) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if let Err(diags) =
-        crate::validate::check(&SourceFile::new(path.display().to_string(), text.clone()))
-    {
+    if let Err(diags) = dwcp_provisioning::validate::check(&SourceFile::new(
+        path.display().to_string(),
+        text.clone(),
+    )) {
         for d in &diags {
             eprintln!("{d}");
         }
@@ -230,9 +231,12 @@ pub fn build_variant(
         ));
     }
     let cmdline = match &config_text {
-        Some(text) => crate::validate::check(&crate::SourceFile::new("config", text.clone()))
-            .map(|c| crate::cmdline::kernel_cmdline(&c))
-            .unwrap_or_else(|_| DEFAULT_CMDLINE.to_owned()),
+        Some(text) => dwcp_provisioning::validate::check(&dwcp_provisioning::SourceFile::new(
+            "config",
+            text.clone(),
+        ))
+        .map(|c| dwcp_provisioning::cmdline::kernel_cmdline(&c))
+        .unwrap_or_else(|_| DEFAULT_CMDLINE.to_owned()),
         None => DEFAULT_CMDLINE.to_owned(),
     };
     let mut manifest = dwcp_image::build(&kernel, &spec, out).context("image build failed")?;

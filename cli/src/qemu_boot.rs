@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use dwcp_qemu::{Nic, Vm, VmSpec};
 
-use crate::cmdline::kernel_cmdline;
-use crate::schema::{Backend, NodeConfig};
+use dwcp_provisioning::cmdline::kernel_cmdline;
+use dwcp_provisioning::schema::{Backend, NodeConfig};
 
 /// A VM for a node config: management NIC (virtio-net, user networking) by the config's MAC,
 /// one e1000e per DPDK port at the port's PCI slot (bus 0 only), one per other port.
@@ -77,10 +77,13 @@ pub fn boot(
 ) -> anyhow::Result<bool> {
     let text = match config {
         Some(p) => super::image_build::checked_config(p)?,
-        None => crate::example::qemu_example()?,
+        None => dwcp_provisioning::example::qemu_example()?,
     };
-    let cfg = crate::validate::check(&crate::SourceFile::new("config", text.clone()))
-        .map_err(|d| anyhow::anyhow!("config invalid: {}", d[0]))?;
+    let cfg = dwcp_provisioning::validate::check(&dwcp_provisioning::SourceFile::new(
+        "config",
+        text.clone(),
+    ))
+    .map_err(|d| anyhow::anyhow!("config invalid: {}", d[0]))?;
     let dir = tempfile::tempdir()?;
     let base = std::fs::read(artifacts.join("initrd.img")).with_context(|| {
         format!(
@@ -120,10 +123,14 @@ pub fn boot(
 
 /// A VM shaped like the QEMU example node that boots from a PXE tree with the given MAC on
 /// its management NIC (the one iPXE uses).
-pub fn pxe_spec(name: &str, tree: &Path, mac: &crate::types::MacAddress) -> anyhow::Result<VmSpec> {
-    let shape = crate::validate::check(&crate::SourceFile::new(
+pub fn pxe_spec(
+    name: &str,
+    tree: &Path,
+    mac: &dwcp_provisioning::types::MacAddress,
+) -> anyhow::Result<VmSpec> {
+    let shape = dwcp_provisioning::validate::check(&dwcp_provisioning::SourceFile::new(
         "shape",
-        crate::example::qemu_example()?,
+        dwcp_provisioning::example::qemu_example()?,
     ))
     .map_err(|d| anyhow::anyhow!("{}", d[0]))?;
     let mut spec = vm_spec(name, &shape, tree, PathBuf::new());
@@ -138,7 +145,7 @@ pub fn pxe_spec(name: &str, tree: &Path, mac: &crate::types::MacAddress) -> anyh
 /// Boots a node from a PXE tree, waits for READY or safe mode, powers it off.
 pub fn boot_pxe(
     tree: &Path,
-    mac: &crate::types::MacAddress,
+    mac: &dwcp_provisioning::types::MacAddress,
     timeout: Duration,
     kvm: bool,
 ) -> anyhow::Result<bool> {
@@ -158,12 +165,15 @@ pub fn disk_spec(name: &str, image: &Path) -> anyhow::Result<VmSpec> {
     let from_disk = dwcp_image::disk::read_config_partition(image, "dwcp.toml")
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|t| crate::validate::check(&crate::SourceFile::new("partition", t)).ok());
+        .and_then(|t| {
+            dwcp_provisioning::validate::check(&dwcp_provisioning::SourceFile::new("partition", t))
+                .ok()
+        });
     let shape = match from_disk {
         Some(c) => c,
-        None => crate::validate::check(&crate::SourceFile::new(
+        None => dwcp_provisioning::validate::check(&dwcp_provisioning::SourceFile::new(
             "shape",
-            crate::example::qemu_example()?,
+            dwcp_provisioning::example::qemu_example()?,
         ))
         .map_err(|d| anyhow::anyhow!("{}", d[0]))?,
     };

@@ -164,7 +164,7 @@ fn docs_md_is_up_to_date() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md")).unwrap();
     assert!(
         text(&out.stdout) == committed,
-        "docs/config.md is stale: run `cargo run -p dwcp-provisioning --bin dwcp -- config docs > docs/config.md`"
+        "docs/config.md is stale: run `cargo run -p dwcp-cli --bin dwcp -- config docs > docs/config.md`"
     );
 }
 

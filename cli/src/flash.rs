@@ -142,12 +142,12 @@ pub fn flash(
         &[("dwcp.toml".to_owned(), config_text.clone().into_bytes())],
     )?;
     // The kernel command line follows the config (hugepages, isolated cores, console, IOMMU).
-    let cfg = crate::validate::check(&crate::SourceFile::new(
+    let cfg = dwcp_provisioning::validate::check(&dwcp_provisioning::SourceFile::new(
         config.display().to_string(),
         config_text.clone(),
     ))
     .map_err(|d| anyhow::anyhow!("{}", d[0]))?;
-    let cmdline = crate::cmdline::kernel_cmdline(&cfg);
+    let cmdline = dwcp_provisioning::cmdline::kernel_cmdline(&cfg);
     let n = dwcp_image::disk::set_loader_options(target, &cmdline)?;
     println!("loader entries: {n} updated with `{cmdline}`");
     verify(image, target, &config_text)?;

@@ -16,8 +16,8 @@ use dwcp_qemu::{Nic, Vm, VmSpec};
 use serde::Serialize;
 
 use super::image_build;
-use crate::document::SourceFile;
-use crate::types::PrivateKey;
+use dwcp_provisioning::document::SourceFile;
+use dwcp_provisioning::types::PrivateKey;
 
 /// Site host B's receiver (Python, standard library only).
 pub const RECEIVER: &str = include_str!("sitehost/receiver.py");
@@ -448,7 +448,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     let mut cfgs = Vec::new();
     for (i, text) in configs.iter().enumerate() {
         let name = format!("site-{}.toml", ['a', 'b'][i]);
-        let cfg = crate::validate::check(&SourceFile::new(&name, text.clone()))
+        let cfg = dwcp_provisioning::validate::check(&SourceFile::new(&name, text.clone()))
             .map_err(|d| anyhow::anyhow!("generated config invalid: {}", d[0]))?;
         std::fs::write(dir.path().join(&name), text)?;
         cfgs.push(cfg);
@@ -477,7 +477,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             name: format!("site-{site}"),
             kernel: opts.artifacts.join("vmlinuz"),
             initrd: initrd_path,
-            append: crate::cmdline::kernel_cmdline(&cfgs[i]),
+            append: dwcp_provisioning::cmdline::kernel_cmdline(&cfgs[i]),
             // q35 with one 1 GiB hugepage: 2 GiB low RAM + the page + a spare gigabyte
             // (see qemu_boot::vm_spec).
             memory_mib: if opts.backend == DataPath::Dpdk {
@@ -1020,7 +1020,7 @@ mod tests {
         for path in [DataPath::Dpdk, DataPath::AfPacket] {
             for (site, own, peer) in [('a', &a, &b), ('b', &b, &a)] {
                 let text = node_config(site, own, peer, path);
-                crate::validate::check(&SourceFile::new("x", text))
+                dwcp_provisioning::validate::check(&SourceFile::new("x", text))
                     .unwrap_or_else(|d| panic!("{d:#?}"));
             }
         }

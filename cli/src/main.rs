@@ -1,5 +1,5 @@
 //! `dwcp`, the operator CLI for DWCP appliance nodes. See `dwcp --help`.
 
 fn main() -> std::process::ExitCode {
-    dwcp_provisioning::cli::main()
+    dwcp_cli::main()
 }

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::document::SourceFile;
-use crate::types::MacAddress;
+use dwcp_provisioning::document::SourceFile;
+use dwcp_provisioning::types::MacAddress;
 
 /// The inventory file: which config each MAC boots with.
 #[derive(Debug, Deserialize)]
@@ -56,7 +56,7 @@ pub fn build(
         let at = e.span().map_or(0, |s| s.start);
         let d = SourceFile::new(inventory.display().to_string(), text.clone()).diagnostic(
             at,
-            crate::FieldPath::root(),
+            dwcp_provisioning::FieldPath::root(),
             e.message().to_owned(),
         );
         anyhow::anyhow!("{d}")
@@ -94,7 +94,7 @@ pub fn build(
                 continue;
             }
         };
-        let cfg = match crate::validate::check(&src) {
+        let cfg = match dwcp_provisioning::validate::check(&src) {
             Ok(c) => c,
             Err(diags) => {
                 problems.extend(diags.iter().map(ToString::to_string));
@@ -108,7 +108,7 @@ pub fn build(
             bodies,
             ":n-{key}\necho DWCP PXE: booting node {name}\nkernel vmlinuz {cmdline}\ninitrd initrd.img\ninitrd {cpio}\nboot\n",
             name = cfg.name,
-            cmdline = crate::cmdline::kernel_cmdline(&cfg),
+            cmdline = dwcp_provisioning::cmdline::kernel_cmdline(&cfg),
         );
         nodes.insert(key, cfg.name.to_string());
     }
@@ -151,7 +151,7 @@ mod tests {
         std::fs::create_dir_all(&art).unwrap();
         std::fs::write(art.join("vmlinuz"), b"k").unwrap();
         std::fs::write(art.join("initrd.img"), b"i").unwrap();
-        let cfg = crate::example::qemu_example().unwrap();
+        let cfg = dwcp_provisioning::example::qemu_example().unwrap();
         std::fs::write(dir.path().join("a.toml"), cfg.replace("qemu-node", "pxe-a")).unwrap();
         std::fs::write(
             dir.path().join("bad.toml"),
