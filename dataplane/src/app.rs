@@ -22,6 +22,7 @@ use crate::io::PacketPort;
 use crate::io::af_packet::AfPacket;
 use crate::io::memory::Mailbox;
 use crate::metrics::{self, Labels};
+use crate::offload::GPU_HANG;
 use crate::stats::{self, WorkerStats};
 use crate::tunnel::{Params, PeerSpec, Tunnel};
 use crate::worker::{Reload, Worker};
@@ -34,9 +35,6 @@ fn tx_frames(burst: usize) -> usize {
 /// Frames another worker can hand over before they are processed locally instead.
 const INBOX_FRAMES: usize = 1024;
 
-/// A GPU gather running this long is stuck in a driver call (a batch's deadline is at most a
-/// few hundred milliseconds, at least 50 ms): the data plane exits with [`EXIT_GPU_HUNG`].
-pub const GPU_HANG: Duration = Duration::from_secs(5);
 /// The exit code that tells init the GPU hung: restart on the CPU engine
 /// ([`crate::offload::GPU_DISABLED_ENV`]).
 pub const EXIT_GPU_HUNG: i32 = DataplaneExit::GpuHung.code() as i32;
@@ -889,7 +887,7 @@ mod tests {
     #[test]
     fn a_stuck_gather_makes_the_process_leave_with_code_7() {
         use dwcp_kernels::dispatch::Accelerator as _;
-        use dwcp_kernels::dispatch::testing::{Fault, TestAccelerator};
+        use dwcp_kernels::fault_injector::{Fault, TestAccelerator};
         use dwcp_kernels::gather::{GatherSettings, Gatherer};
         use dwcp_kernels::{AeadKey, SealJob, TAG_LEN};
 

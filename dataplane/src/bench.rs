@@ -1,7 +1,7 @@
 //! `bench pipeline`: one core's DWCP encapsulation and decapsulation throughput on the
 //! `memory` backend (tunnel A seals into a memory port, tunnel B opens from it), per packet
 //! size and compression mode, beside `openssl speed -evp aes-256-gcm` at the same size
-//! measured in the same run — the ceiling for a crypto-bound path (DESIGN §8).
+//! measured in the same run — the ceiling for a crypto-bound path (docs/benchmarks.md).
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -123,7 +123,7 @@ pub struct GatewayCounters {
 /// Output frames of one burst, in buffers allocated once (from the hugepage pool in the
 /// data-plane process).
 pub struct TxBatch {
-    bufs: Vec<crate::pool::Buffer>,
+    bufs: Vec<crate::io::Buffer>,
     lens: Vec<(Side, usize)>,
     /// Committed WAN frames whose DWCP message (at `OUTER_HEADERS`) still holds plaintext:
     /// (slot, what its seal needs). Sealed in one engine batch by [`TxBatch::seal_pending`],
@@ -153,13 +153,13 @@ impl TxBatch {
     pub fn new(capacity: usize) -> Self {
         Self::with_buffers(
             (0..capacity)
-                .map(|_| crate::pool::Buffer::heap(FRAME_MAX))
+                .map(|_| crate::io::Buffer::heap(FRAME_MAX))
                 .collect(),
         )
     }
     /// Frames in the given buffers (each at least `FRAME_MAX` long).
-    pub fn with_buffers(bufs: Vec<crate::pool::Buffer>) -> Self {
-        let bufs: Vec<crate::pool::Buffer> = bufs
+    pub fn with_buffers(bufs: Vec<crate::io::Buffer>) -> Self {
+        let bufs: Vec<crate::io::Buffer> = bufs
             .into_iter()
             .filter(|b| b.bytes().len() >= FRAME_MAX)
             .collect();
@@ -261,7 +261,7 @@ impl TxBatch {
     pub fn drain(
         &mut self,
         engine: &mut dyn Engine,
-        mut f: impl FnMut(Side, &mut crate::pool::Buffer, usize),
+        mut f: impl FnMut(Side, &mut crate::io::Buffer, usize),
     ) -> usize {
         debug_assert!(self.opens.is_empty(), "drain() before finish_burst()");
         let unopened = self.opens.len();
@@ -1197,7 +1197,7 @@ impl Gateway {
         &mut self,
         tx: &mut TxBatch,
         now: Duration,
-        f: impl FnMut(Side, &mut crate::pool::Buffer, usize),
+        f: impl FnMut(Side, &mut crate::io::Buffer, usize),
     ) -> usize {
         self.finish_burst(tx, now) + tx.drain(&mut *self.engine, f)
     }
@@ -1722,7 +1722,7 @@ mod tests {
         let first = ipv4(HOST_A, HOST_B, IpProtocol::Udp, b"warm-up", true);
         n.inject(true, Side::Lan, eth(GW_A_LAN, HOST_A_MAC, 0x0800, &first));
         assert_eq!(n.to_host_b.len(), 1, "session up, host B's MAC known");
-        let mut rng = dwcp_kernels::suite::Rng(11);
+        let mut rng = dwcp_kernels::samples::Rng(11);
         let mut burst = |n: &mut Net, random: bool| {
             let mut tx = TxBatch::new(32);
             for i in 0..16u8 {

@@ -2,9 +2,8 @@
 //! poll-mode workers, the DWCP/1 protocol, the control thread and the metrics endpoint.
 //!
 //! It reads the node config through `dwcp-provisioning`'s schema (no CLI) and hands batch
-//! crypto and compression to `dwcp-kernels`. So far: the process shell init launches and
-//! supervises (config, readiness, clean stop); the packet path arrives with the data-plane
-//! issue.
+//! crypto and compression to `dwcp-kernels`. How a packet goes through:
+//! docs/architecture.md.
 
 #![deny(unsafe_code)]
 

@@ -229,7 +229,7 @@ pub fn render_gather(g: &dwcp_kernels::gather::GatherStats, node: &str) -> Strin
     let _ = writeln!(
         o,
         "# HELP {metric} How long the GPU gather now running has been running (0 between gathers; the data plane leaves at {}).\n# TYPE {metric} gauge\n{metric}{{node=\"{node}\"}} {:.6}",
-        crate::app::GPU_HANG.as_secs(),
+        crate::offload::GPU_HANG.as_secs(),
         g.running.as_secs_f64()
     );
     o

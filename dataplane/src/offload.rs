@@ -22,6 +22,11 @@ const MAX_PACKET: usize = selftest::MAX_PACKET;
 /// tenth of a second on the simulated one; a GPU that needs longer is not fit for traffic).
 const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A GPU gather running this long is stuck in a driver call (a batch's deadline is at most a
+/// few hundred milliseconds, at least 50 ms): the data plane exits with
+/// [`crate::app::EXIT_GPU_HUNG`].
+pub const GPU_HANG: Duration = Duration::from_secs(5);
+
 /// Set by init when it restarts the data plane after the GPU hung (exit code
 /// [`crate::app::EXIT_GPU_HUNG`]): why, in words. The data plane then runs on the CPU engine
 /// until the next boot.

@@ -5,6 +5,8 @@
 
 use std::io;
 
+use crate::io::Buffer;
+
 /// Where the buffers live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backing {
@@ -23,41 +25,6 @@ impl std::fmt::Display for Backing {
             Backing::Huge2M => "2 MiB hugepages",
             Backing::Regular => "regular pages (no free hugepages; slower)",
         })
-    }
-}
-
-/// A packet buffer: from the start-up pool, the heap (tests, benchmarks), or the data room of
-/// a DPDK mbuf that a DPDK port can send without copying.
-pub enum Buffer {
-    /// Owned heap memory.
-    Heap(Box<[u8]>),
-    /// A slice of the process-lifetime pool.
-    Pool(&'static mut [u8]),
-    /// An empty DPDK mbuf's data room (`data`), owned through `mbuf`; freed on drop unless a
-    /// port took it ([`crate::io::dpdk::TxMbuf`]).
-    Mbuf(crate::io::dpdk::TxMbuf),
-}
-
-impl Buffer {
-    /// A zeroed heap buffer.
-    pub fn heap(size: usize) -> Self {
-        Buffer::Heap(vec![0u8; size].into_boxed_slice())
-    }
-    /// The bytes.
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Buffer::Heap(b) => b,
-            Buffer::Pool(b) => b,
-            Buffer::Mbuf(m) => m.bytes(),
-        }
-    }
-    /// The bytes, writable.
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
-        match self {
-            Buffer::Heap(b) => b,
-            Buffer::Pool(b) => b,
-            Buffer::Mbuf(m) => m.bytes_mut(),
-        }
     }
 }
 

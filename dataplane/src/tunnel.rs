@@ -1457,7 +1457,7 @@ mod tests {
         l.send(true, &packet(0, 100));
         l.pump();
         let c0 = l.a.counters;
-        let mut rng = dwcp_kernels::suite::Rng(7);
+        let mut rng = dwcp_kernels::samples::Rng(7);
         for _ in 0..16 + 16 {
             let mut random = vec![0u8; 1400];
             rng.fill(&mut random);
@@ -1543,7 +1543,7 @@ mod tests {
         l.send(true, &packet(0, 100));
         l.pump();
         let c0 = l.a.counters;
-        let mut rng = dwcp_kernels::suite::Rng(9);
+        let mut rng = dwcp_kernels::samples::Rng(9);
         for i in 0..200 {
             let mut body = vec![0u8; 1000];
             rng.fill(&mut body);

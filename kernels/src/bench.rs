@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use crate::cpu::CpuEngine;
 use crate::cuda::{Capacity, CudaEngine, CudaError, Lz4Decompressor, Op};
 use crate::dispatch::Batch;
-use crate::dispatch::testing::{Fault, TestAccelerator};
-use crate::suite::{Rng, compressible};
+use crate::fault_injector::{Fault, TestAccelerator};
+use crate::samples::{Rng, compressible};
 use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
 /// Packet sizes measured.

@@ -1855,7 +1855,7 @@ ptxas info    : Used 26 registers, used 0 barriers
 
     #[test]
     fn staging_and_unstaging_match_the_cpu_engine_across_chunks() {
-        use crate::suite::Rng;
+        use crate::samples::Rng;
         let mut rng = Rng(77);
         let keys: Vec<crate::AeadKey> = (0..3)
             .map(|k: u8| crate::AeadKey::new(&[k + 1; 32]))
@@ -1952,7 +1952,7 @@ ptxas info    : Used 26 registers, used 0 barriers
         // LZ4 both ways through the same glue.
         let text: Vec<Vec<u8>> = sizes
             .iter()
-            .map(|&n| crate::suite::compressible(&mut rng, n))
+            .map(|&n| crate::samples::compressible(&mut rng, n))
             .collect();
         let mut outs: Vec<Vec<u8>> = text
             .iter()

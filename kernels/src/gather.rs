@@ -675,8 +675,8 @@ mod tests {
 
     use super::*;
     use crate::cpu::CpuEngine;
-    use crate::dispatch::testing::{Fault, TestAccelerator};
     use crate::dispatch::{Dispatcher, Mode, Settings};
+    use crate::fault_injector::{Fault, TestAccelerator};
     use crate::suite::{self, Rng};
     use crate::{AeadKey, Engine, TAG_LEN};
 

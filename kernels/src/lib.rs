@@ -9,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod accelerator;
 #[allow(unsafe_code)]
 pub mod alloc_count;
 pub mod bench;
@@ -16,11 +17,13 @@ pub mod cpu;
 #[allow(unsafe_code)]
 pub mod cuda;
 pub mod dispatch;
+pub mod fault_injector;
 #[allow(unsafe_code)]
 pub mod gather;
 #[allow(unsafe_code)]
 pub mod lz4;
 pub mod monitor;
+pub mod samples;
 pub mod selftest;
 pub mod sim;
 pub mod suite;

@@ -106,7 +106,7 @@ pub fn compress(src: &[u8], dst: &mut [u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::suite::Rng;
+    use crate::samples::Rng;
 
     #[test]
     fn blocks_decompress_with_lz4_flex_and_only_shorter_ones_are_kept() {

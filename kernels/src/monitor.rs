@@ -1,6 +1,7 @@
 //! GPU status for operators through NVIDIA's management library (NVML, loaded at run time
 //! when present): name, memory, utilisation and temperature of the GPU the CUDA engine runs
-//! on, found by its PCI address, sampled by the control thread.
+//! on, found by its PCI address, sampled by a thread of its own (the control loop reads the
+//! latest sample).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -8,9 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::accelerator::Accelerator;
 use crate::cpu::CpuEngine;
-use crate::dispatch::Accelerator;
-use crate::suite::{GCM_VECTORS, Rng, compressible, hex};
+use crate::samples::{GCM_VECTORS, Rng, compressible, hex};
 use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
 /// The largest packet the engines take (the data plane's jumbo frames' payload).
@@ -62,11 +62,11 @@ pub fn check(
     })
 }
 
-fn failed(op: &str, e: crate::dispatch::Failure) -> String {
+fn failed(op: &str, e: crate::accelerator::Failure) -> String {
     let how = match e.kind {
-        crate::dispatch::Stop::Timeout => "took too long",
-        crate::dispatch::Stop::Error => "failed",
-        crate::dispatch::Stop::Declined => "declined a job",
+        crate::accelerator::Stop::Timeout => "took too long",
+        crate::accelerator::Stop::Error => "failed",
+        crate::accelerator::Stop::Declined => "declined a job",
     };
     format!("{op} {how} after {} jobs: {}", e.done, e.reason)
 }
@@ -395,8 +395,8 @@ fn lz4(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::Failure;
-    use crate::dispatch::testing::{Fault, TestAccelerator};
+    use crate::accelerator::Failure;
+    use crate::fault_injector::{Fault, TestAccelerator};
 
     /// A wrong answer the accelerator gives.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -404,7 +404,7 @@ impl Checked for DecompressJob<'_> {
 mod tests {
     use super::*;
     use crate::AeadKey;
-    use crate::suite::Rng;
+    use crate::samples::Rng;
 
     fn packets(sizes: &[usize], seed: u64) -> Vec<Vec<u8>> {
         let mut rng = Rng(seed);

@@ -312,7 +312,7 @@ pub fn tx_buffers(
     count: usize,
     size: usize,
     queues: usize,
-) -> Result<Vec<crate::pool::Buffer>, DpdkError> {
+) -> Result<Vec<crate::io::Buffer>, DpdkError> {
     let room = u32::try_from(size + 128).map_err(|_| DpdkError("TX buffer size".into()))?;
     let n = count + queues * usize::from(RING) + 1024;
     let name = CString::new(format!("dwcp_tx_{room}")).map_err(|_| DpdkError("pool".into()))?;
@@ -336,7 +336,7 @@ pub fn tx_buffers(
         .map(|_| {
             TxMbuf::alloc(pool)
                 .filter(|m| m.room >= size)
-                .map(crate::pool::Buffer::Mbuf)
+                .map(crate::io::Buffer::Mbuf)
                 .ok_or_else(|| DpdkError("transmit mbuf pool too small".into()))
         })
         .collect()
@@ -513,8 +513,8 @@ impl PacketPort for DpdkQueue {
         true
     }
 
-    fn tx_buffer(&mut self, buf: &mut crate::pool::Buffer, len: usize) -> bool {
-        let crate::pool::Buffer::Mbuf(lent) = buf else {
+    fn tx_buffer(&mut self, buf: &mut crate::io::Buffer, len: usize) -> bool {
+        let crate::io::Buffer::Mbuf(lent) = buf else {
             return buf.bytes().get(..len).is_some_and(|f| self.tx(f));
         };
         let Ok(n) = u16::try_from(len) else {
@@ -531,8 +531,7 @@ impl PacketPort for DpdkQueue {
         if self.tx_len == TX_QUEUE {
             self.flush();
         }
-        let crate::pool::Buffer::Mbuf(sent) =
-            std::mem::replace(buf, crate::pool::Buffer::Mbuf(fresh))
+        let crate::io::Buffer::Mbuf(sent) = std::mem::replace(buf, crate::io::Buffer::Mbuf(fresh))
         else {
             return false;
         };

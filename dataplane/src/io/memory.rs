@@ -10,7 +10,7 @@ use super::PacketPort;
 /// Largest frame a memory port or mailbox carries.
 pub const FRAME_MAX: usize = 9472;
 
-use crate::pool::Buffer;
+use crate::io::Buffer;
 
 type Buf = (Buffer, usize);
 

@@ -9,6 +9,41 @@ pub mod af_packet;
 pub mod dpdk;
 pub mod memory;
 
+/// A packet buffer: from the start-up pool, the heap (tests, benchmarks), or the data room of
+/// a DPDK mbuf that a DPDK port can send without copying.
+pub enum Buffer {
+    /// Owned heap memory.
+    Heap(Box<[u8]>),
+    /// A slice of the process-lifetime pool.
+    Pool(&'static mut [u8]),
+    /// An empty DPDK mbuf's data room (`data`), owned through `mbuf`; freed on drop unless a
+    /// port took it ([`dpdk::TxMbuf`]).
+    Mbuf(dpdk::TxMbuf),
+}
+
+impl Buffer {
+    /// A zeroed heap buffer.
+    pub fn heap(size: usize) -> Self {
+        Buffer::Heap(vec![0u8; size].into_boxed_slice())
+    }
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Buffer::Heap(b) => b,
+            Buffer::Pool(b) => b,
+            Buffer::Mbuf(m) => m.bytes(),
+        }
+    }
+    /// The bytes, writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Buffer::Heap(b) => b,
+            Buffer::Pool(b) => b,
+            Buffer::Mbuf(m) => m.bytes_mut(),
+        }
+    }
+}
+
 /// A port a worker polls.
 pub trait PacketPort: Send {
     /// Receives up to `max` frames, handing each to `f` (borrowed from the backend's
@@ -20,7 +55,7 @@ pub trait PacketPort: Send {
     /// Queues the first `len` bytes of `buf` for sending. A backend that can send the buffer
     /// itself (DPDK, for an mbuf buffer) takes it and puts a fresh one in its place; the
     /// others copy, as [`PacketPort::tx`].
-    fn tx_buffer(&mut self, buf: &mut crate::pool::Buffer, len: usize) -> bool {
+    fn tx_buffer(&mut self, buf: &mut Buffer, len: usize) -> bool {
         buf.bytes().get(..len).is_some_and(|f| self.tx(f))
     }
     /// Hands the queued frames to the device (one system call for `af_packet`).
