@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU test command (README): on a machine with an NVIDIA GPU and driver, runs the GPU half
+# The GPU test command (docs/gpu.md): on a machine with an NVIDIA GPU and driver, runs the GPU half
 # of the kernels' correctness suite (GPU AES-256-GCM byte-identical to the CPU engine on
 # 100,000 random packets, NIST vectors, tampering, LZ4 both ways with lz4_flex), the pipeline
 # through the offload engine with offload.gpu = on against the CPU engine (with the kernels

@@ -1,5 +1,6 @@
-//! The boot flow on a real machine (DESIGN §3) and init's event loop: signals, the console,
-//! the power button, the data plane's readiness and its supervision.
+//! The boot flow on a real machine (docs/architecture.md, "Boot flow") and init's event
+//! loop: signals, the console, the power button, the data plane's readiness and its
+//! supervision.
 
 use std::collections::BTreeSet;
 use std::io::Read as _;

@@ -1,6 +1,6 @@
 //! Which disk the node booted from, so that init takes its config partition and EFI system
 //! partition from that disk and not from another one that happens to be attached (a USB stick,
-//! another node's old disk: DESIGN §9). systemd-boot names the partition it was started from
+//! another node's old disk: decision 0025). systemd-boot names the partition it was started from
 //! in the EFI variable `LoaderDevicePartUUID`; the disk whose GPT holds that partition is the
 //! boot disk. Where the boot disk is unknown (PXE, a kernel booted directly) and several disks
 //! offer a partition, init takes none of them and says why: running with another node's

@@ -1,7 +1,7 @@
 //! Finding and validating the node config at boot: the first candidate that exists wins, and
 //! an invalid config is reported with every error instead of booting the data plane.
 //!
-//! Candidates, in order (DESIGN §3 step 4): the `DWCP-CONFIG` partition on the boot disk
+//! Candidates, in order (docs/architecture.md, "Boot flow"): the `DWCP-CONFIG` partition on the boot disk
 //! (`crate::boot_disk` chooses it), then `/etc/dwcp/dwcp.toml` in the initramfs. None
 //! present: the node is unprovisioned.
 

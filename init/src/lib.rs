@@ -1,8 +1,8 @@
-//! The appliance's PID 1 (DESIGN §3): mounts, console, modules, config discovery and
-//! validation, hugepages, cores and IRQs, vfio binding, the NVIDIA driver of a GPU image,
-//! data-plane supervision and clean shutdown.
+//! The appliance's PID 1: mounts, console, modules, config discovery and validation,
+//! hugepages, cores and IRQs, vfio binding, the NVIDIA driver of a GPU image, data-plane
+//! supervision and clean shutdown (docs/architecture.md, "Boot flow").
 //!
-//! Links the config schema only (`dwcp-provisioning` without its CLI). Everything that reads
+//! Links the config schema only (`dwcp-provisioning`). Everything that reads
 //! or writes sysfs/procfs goes through [`sys::SysFs`], so the logic is unit-tested on a fake
 //! tree; [`boot`] is the real-machine flow, tested under QEMU.
 
