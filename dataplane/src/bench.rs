@@ -12,7 +12,7 @@ use dwcp_kernels::cuda::Op;
 
 use crate::io::PacketPort;
 use crate::io::memory;
-use crate::tunnel::{Action, MAX_INNER, Params, PeerSpec, Tunnel};
+use crate::tunnel::{Action, Burst, MAX_INNER, Params, PeerSpec, Tunnel};
 
 /// Payload kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,8 +287,9 @@ pub struct OffloadCheck {
     pub offload: dwcp_kernels::dispatch::Stats,
 }
 
-/// Encapsulates `inputs` for peer 0 in bursts of `burst`, as a worker does: each burst's
-/// compressions in one engine batch, then its seals in another. `None` for a packet not sent.
+/// Encapsulates `inputs` for peer 0 in bursts of `burst` through the tunnel's burst API, as
+/// a worker does ([`Tunnel::seal_burst`]: each burst's compressions in one engine batch, then
+/// its seals in another). `None` for a packet not sent.
 fn encap_bursts(
     t: &mut Tunnel,
     engine: &mut dyn Engine,
@@ -297,70 +298,38 @@ fn encap_bursts(
     now: Duration,
 ) -> Vec<Option<Vec<u8>>> {
     let mut bufs = vec![vec![0u8; MAX_INNER + 128]; burst];
-    let mut lz4_out = vec![vec![0u8; dwcp_kernels::compress_bound(MAX_INNER)]; burst];
+    let mut b = Burst::with_capacity(burst);
     let mut sent = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(burst) {
-        let mut deferred = Vec::with_capacity(chunk.len());
-        for (p, buf) in chunk.iter().zip(bufs.iter_mut()) {
-            deferred.push(match t.encapsulate_deferred(0, p, buf, now) {
-                (Action::Send { len, .. }, Some(d)) => Some((len, d)),
-                _ => None,
-            });
+        let mut queued = Vec::with_capacity(chunk.len());
+        for (slot, (p, buf)) in chunk.iter().zip(bufs.iter_mut()).enumerate() {
+            let d = match t.encapsulate_deferred(0, p, buf, now) {
+                (Action::Send { .. }, Some(d)) => d,
+                _ => {
+                    queued.push(false);
+                    continue;
+                }
+            };
+            b.push_seal(slot, d);
+            queued.push(true);
         }
-        let mut jobs: Vec<_> = deferred
-            .iter()
-            .zip(&bufs)
-            .zip(lz4_out.iter_mut())
-            .filter_map(|((d, buf), dst)| {
-                let (_, d) = d.as_ref().filter(|(_, d)| d.compress)?;
-                let at = crate::wire::DATA_HEADER_LEN;
-                Some(dwcp_kernels::CompressJob {
-                    src: &buf[at..at + d.len],
-                    dst,
-                    out_len: None,
-                })
-            })
-            .collect();
-        if !jobs.is_empty() {
-            engine.compress(&mut jobs);
-        }
-        let mut lens = jobs
-            .iter()
-            .map(|j| j.out_len)
-            .collect::<Vec<_>>()
-            .into_iter();
-        drop(jobs);
-        for ((d, buf), out) in deferred.iter_mut().zip(bufs.iter_mut()).zip(&lz4_out) {
-            if let Some((len, d)) = d.as_mut().filter(|(_, d)| d.compress) {
-                let before = d.len;
-                let n = lens.next().flatten();
-                let saved = d.apply_compressed(buf, n.map(|n| &out[..n]));
-                t.record_deferred_compression(d, before, saved);
-                *len -= saved;
-            }
-        }
-        let mut jobs: Vec<_> = deferred
-            .iter()
-            .zip(bufs.iter_mut())
-            .filter_map(|(d, buf)| d.as_ref().map(|(_, d)| d.job(buf)))
-            .collect();
-        engine.seal(&mut jobs);
-        let sealed: Vec<bool> = jobs.iter().map(|j| j.ok).collect();
-        drop(jobs);
-        let mut ok = sealed.into_iter();
-        for (d, buf) in deferred.iter().zip(&bufs) {
-            sent.push(match d {
-                Some((len, _)) if ok.next() == Some(true) => Some(buf[..*len].to_vec()),
-                _ => None,
-            });
+        t.seal_burst(engine, &mut b, &mut bufs, 0);
+        let mut results = b.sealed().iter();
+        for (was_queued, buf) in queued.iter().zip(&bufs) {
+            let len = was_queued
+                .then(|| results.next())
+                .flatten()
+                .and_then(|s| s.len);
+            sent.push(len.map(|n| buf[..n].to_vec()));
         }
     }
     sent
 }
 
-/// Decapsulates `msgs` in bursts of `burst`, as a worker does: each burst's opens in one
-/// engine batch, then each message accepted in order, then the burst's LZ4 payloads
-/// decompressed in one batch. `None` for a message not delivered.
+/// Decapsulates `msgs` in bursts of `burst` through the tunnel's burst API, as a worker does
+/// ([`Tunnel::open_burst`]: each burst's opens in one engine batch, each message accepted in
+/// order, then the burst's LZ4 payloads decompressed in one batch). `None` for a message not
+/// delivered.
 fn decap_bursts(
     t: &mut Tunnel,
     engine: &mut dyn Engine,
@@ -369,66 +338,19 @@ fn decap_bursts(
     now: Duration,
 ) -> Vec<Option<Vec<u8>>> {
     let mut bufs = vec![vec![0u8; MAX_INNER + 128]; burst];
-    let mut lz4_in = vec![vec![0u8; MAX_INNER + 128]; burst];
+    let mut b = Burst::with_capacity(burst);
     let mut delivered = Vec::with_capacity(msgs.len());
     for chunk in msgs.chunks(burst) {
-        let deferred: Vec<_> = chunk
-            .iter()
-            .zip(bufs.iter_mut())
-            .map(|(m, buf)| t.receive_deferred(m, None, buf, now).1)
-            .collect();
-        let mut jobs: Vec<_> = deferred
-            .iter()
-            .zip(bufs.iter_mut())
-            .filter_map(|(d, buf)| d.as_ref().and_then(|d| t.open_job(d, buf)))
-            .collect();
-        engine.open(&mut jobs);
-        let mut ok = jobs.iter().map(|j| j.ok).collect::<Vec<_>>().into_iter();
-        drop(jobs);
-        // Every deferred message has its job here (no session changes in between).
-        let mut accepted: Vec<_> = deferred
-            .iter()
-            .map(|d| {
-                let d = d.as_ref()?;
-                t.accept_open(d, ok.next() == Some(true), now).ok()
-            })
-            .collect();
-        let mut jobs: Vec<_> = accepted
-            .iter()
-            .zip(bufs.iter_mut())
-            .zip(lz4_in.iter_mut())
-            .filter_map(|((a, buf), src)| {
-                let a = a.filter(|a| a.compressed)?;
-                src[..a.len].copy_from_slice(&buf[..a.len]);
-                Some(dwcp_kernels::DecompressJob {
-                    src: &src[..a.len],
-                    dst: &mut buf[..MAX_INNER],
-                    out_len: None,
-                })
-            })
-            .collect();
-        if !jobs.is_empty() {
-            engine.decompress(&mut jobs);
+        for (slot, (m, buf)) in chunk.iter().zip(bufs.iter_mut()).enumerate() {
+            if let (_, Some(d)) = t.receive_deferred(m, None, buf, now) {
+                b.push_open(slot, d);
+            }
         }
-        let mut lens = jobs
-            .iter()
-            .map(|j| j.out_len)
-            .collect::<Vec<_>>()
-            .into_iter();
-        drop(jobs);
-        for (a, buf) in accepted.iter_mut().zip(&bufs) {
-            let action = match a {
-                None => Action::None,
-                Some(a) if a.compressed => match lens.next().flatten() {
-                    Some(n) => t.delivered(a.peer, n),
-                    None => t.undecodable(),
-                },
-                Some(a) => t.delivered(a.peer, a.len),
-            };
-            delivered.push(match action {
-                Action::Deliver { len, .. } => Some(buf[..len].to_vec()),
-                _ => None,
-            });
+        t.open_burst(engine, &mut b, &mut bufs, 0, now);
+        let mut got = b.delivered().iter().peekable();
+        for (slot, buf) in bufs.iter().enumerate().take(chunk.len()) {
+            let d = got.next_if(|d| d.slot == slot);
+            delivered.push(d.map(|d| buf[..d.len].to_vec()));
         }
     }
     delivered

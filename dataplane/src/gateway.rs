@@ -9,15 +9,14 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use dwcp_kernels::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
+use dwcp_kernels::Engine;
 use ipnet::Ipv4Net;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
     Ipv4Packet, TcpPacket, UdpPacket,
 };
 
-use crate::tunnel::{Accepted, Action, DeferredOpen, DeferredSeal, MAX_INNER, OVERHEAD, Tunnel};
-use crate::wire::DATA_HEADER_LEN;
+use crate::tunnel::{Action, Burst, DeferredSeal, MAX_INNER, OVERHEAD, Sealed, Tunnel};
 
 /// Ethernet header.
 pub const ETH_LEN: usize = 14;
@@ -121,31 +120,18 @@ pub struct GatewayCounters {
 }
 
 /// Output frames of one burst, in buffers allocated once (from the hugepage pool in the
-/// data-plane process).
+/// data-plane process), and the burst's DWCP messages in them, which the tunnel seals and
+/// opens a burst at a time ([`Burst`]).
 pub struct TxBatch {
     bufs: Vec<crate::io::Buffer>,
     lens: Vec<(Side, usize)>,
-    /// Committed WAN frames whose DWCP message (at `OUTER_HEADERS`) still holds plaintext:
-    /// (slot, what its seal needs). Sealed in one engine batch by [`TxBatch::seal_pending`],
-    /// which [`TxBatch::drain`] — the only way out — runs first.
-    pending: Vec<(usize, DeferredSeal)>,
-    /// The job list's allocation, kept between bursts.
-    spare_jobs: Vec<SealJob<'static>>,
-    /// Received DWCP messages waiting to be opened, each in its reserved slot (committed
-    /// with length 0) at `OUTER_HEADERS`: opened in one engine batch, then finished by
-    /// [`Gateway::finish_burst`].
-    opens: Vec<(usize, DeferredOpen)>,
-    /// Whether each of `opens` authenticated (set by [`TxBatch::open_pending`]).
-    opened: Vec<bool>,
-    /// The open job list's allocation, kept between bursts.
-    spare_open_jobs: Vec<OpenJob<'static>>,
+    /// The DWCP messages in the frames (at `OUTER_HEADERS`): outgoing ones still in
+    /// plaintext, sealed by [`Gateway::finish_burst`], which [`Gateway::drain`] — the only
+    /// way out — runs first; received ones in reserved slots (committed with length 0),
+    /// opened there.
+    burst: Burst,
     /// Frames not built because every buffer was taken (counted, never silent).
     no_room: u64,
-}
-
-/// The seal job for a deferred DWCP message at `OUTER_HEADERS` in `frame`.
-fn deferred_job<'a>(frame: &'a mut [u8], d: &'a DeferredSeal) -> SealJob<'a> {
-    d.job(&mut frame[OUTER_HEADERS..])
 }
 
 impl TxBatch {
@@ -167,119 +153,49 @@ impl TxBatch {
         Self {
             bufs,
             lens: Vec::with_capacity(n),
-            pending: Vec::with_capacity(n),
-            spare_jobs: Vec::with_capacity(n),
-            opens: Vec::with_capacity(n),
-            opened: Vec::with_capacity(n),
-            spare_open_jobs: Vec::with_capacity(n),
+            burst: Burst::with_capacity(n),
             no_room: 0,
         }
     }
 
-    /// Opens every deferred received message in one engine batch, in place in its slot, with
-    /// its session's key from `tunnel`; whether each authenticated goes to `opened`.
-    fn open_pending(&mut self, tunnel: &Tunnel, engine: &mut dyn Engine) {
-        self.opened.clear();
-        if self.opens.is_empty() {
-            return;
-        }
-        // As in `seal_pending`: one allocation for the job list, reused.
-        let mut jobs: Vec<OpenJob<'_>> = std::mem::take(&mut self.spare_open_jobs)
-            .into_iter()
-            .map(|_| unreachable!("the spare list is empty"))
-            .collect();
-        // `opened` first says which messages have a job (a session gone since has none and
-        // fails), then whether each authenticated.
-        let mut want = self.opens.iter().peekable();
-        for (slot, buf) in self.bufs.iter_mut().enumerate() {
-            let Some((_, d)) = want.next_if(|(s, _)| *s == slot) else {
-                continue;
-            };
-            let job = tunnel.open_job(d, &mut buf.bytes_mut()[OUTER_HEADERS..]);
-            self.opened.push(job.is_some());
-            jobs.extend(job);
-        }
-        engine.open(&mut jobs);
-        let mut results = jobs.iter().map(|j| j.ok);
-        for ok in self.opened.iter_mut().filter(|has_job| **has_job) {
-            *ok = results.next().unwrap_or(false);
-        }
-        jobs.clear();
-        self.spare_open_jobs = jobs.into_iter().map(|_| unreachable!("cleared")).collect();
-    }
-
-    /// Seals every deferred message in one engine batch. A message the engine refuses is not
-    /// sent (its frame is emptied) and counted in `refused`.
-    pub fn seal_pending(&mut self, engine: &mut dyn Engine) -> usize {
-        if self.pending.is_empty() {
-            return 0;
-        }
-        // Reuse one allocation for the job list (an empty Vec of the same layout, collected
-        // in place).
-        let mut jobs: Vec<SealJob<'_>> = std::mem::take(&mut self.spare_jobs)
-            .into_iter()
-            .map(|_| unreachable!("the spare list is empty"))
-            .collect();
-        let mut want = self.pending.iter().peekable();
-        for (slot, buf) in self.bufs.iter_mut().enumerate() {
-            let Some((_, d)) = want.next_if(|(s, _)| *s == slot) else {
-                continue;
-            };
-            jobs.push(deferred_job(buf.bytes_mut(), d));
-        }
-        engine.seal(&mut jobs);
-        let mut refused = 0;
-        for (job, (slot, _)) in jobs.iter().zip(&self.pending) {
-            if !job.ok {
-                // Never send a message that was not sealed.
-                refused += 1;
-                if let Some(l) = self.lens.get_mut(*slot) {
-                    l.1 = 0;
-                }
-            }
-        }
-        jobs.clear();
-        self.spare_jobs = jobs.into_iter().map(|_| unreachable!("cleared")).collect();
-        self.pending.clear();
-        refused
-    }
-    /// The frames queued, in order (call [`TxBatch::seal_pending`] first: a frame whose
-    /// message is not sealed yet is not listed).
+    /// The frames queued, in order (after [`Gateway::finish_burst`]: a frame whose message
+    /// is not sealed yet is not listed).
     pub fn frames(&self) -> impl Iterator<Item = (Side, &[u8])> {
-        debug_assert!(self.pending.is_empty(), "frames() before seal_pending()");
+        debug_assert!(
+            self.burst.seals_pending() == 0,
+            "frames() before finish_burst()"
+        );
         self.lens
             .iter()
             .zip(&self.bufs)
             .filter(|((_, len), _)| *len > 0)
             .map(|(&(side, len), b)| (side, &b.bytes()[..len]))
     }
-    /// Seals what is pending with `engine`, then hands each queued frame's buffer and length
-    /// to `f`, in order (a port may take the buffer and leave a fresh one), then forgets them.
-    /// Returns the messages the engine refused to seal (not sent). Received messages still
-    /// waiting to be opened need the gateway: call [`Gateway::finish_burst`] first (any left
-    /// here are dropped and counted in the return value).
-    pub fn drain(
-        &mut self,
-        engine: &mut dyn Engine,
-        mut f: impl FnMut(Side, &mut crate::io::Buffer, usize),
-    ) -> usize {
-        debug_assert!(self.opens.is_empty(), "drain() before finish_burst()");
-        let unopened = self.opens.len();
-        self.opens.clear();
-        let refused = self.seal_pending(engine) + unopened;
+    /// Hands each queued frame's buffer and length to `f`, in order (a port may take the
+    /// buffer and leave a fresh one), then forgets them. Messages still waiting for the
+    /// tunnel (call [`Gateway::finish_burst`] first) are dropped, not sent, and counted in
+    /// the return value.
+    pub fn drain(&mut self, mut f: impl FnMut(Side, &mut crate::io::Buffer, usize)) -> usize {
+        let unfinished = self.burst.seals_pending() + self.burst.opens_pending();
+        debug_assert!(unfinished == 0, "drain() before finish_burst()");
+        if unfinished > 0 {
+            // Never send a message that was not sealed.
+            self.lens.clear();
+            self.burst.clear();
+            return unfinished;
+        }
         for (&(side, len), buf) in self.lens.iter().zip(self.bufs.iter_mut()) {
             if len > 0 {
                 f(side, buf, len);
             }
         }
         self.lens.clear();
-        refused
+        0
     }
     /// Forgets the frames (after they were sent), sealed or not.
     pub fn clear(&mut self) {
         self.lens.clear();
-        self.pending.clear();
-        self.opens.clear();
+        self.burst.clear();
     }
     /// Number of frames.
     pub fn len(&self) -> usize {
@@ -344,15 +260,6 @@ pub struct Gateway {
     parked: Vec<Parked>,
     spare: Vec<Box<[u8; FRAME_MAX]>>,
     scratch: Box<[u8; FRAME_MAX]>,
-    /// Scratch for a burst's LZ4 jobs, one per message (grows to the largest burst): the
-    /// compressed output of outgoing payloads, a copy of incoming compressed payloads.
-    lz4_out: Vec<Box<[u8]>>,
-    /// The LZ4 job lists' allocations and the results, kept between bursts.
-    spare_compress_jobs: Vec<CompressJob<'static>>,
-    spare_decompress_jobs: Vec<DecompressJob<'static>>,
-    lz4_lens: Vec<Option<usize>>,
-    /// A WAN burst's accepted messages by slot (`None`: dropped), kept between bursts.
-    accepted: Vec<(usize, Option<Accepted>)>,
     ident: u16,
     /// Counters.
     pub counters: GatewayCounters,
@@ -394,11 +301,6 @@ impl Gateway {
                 .map(|_| Box::new([0u8; FRAME_MAX]))
                 .collect(),
             scratch: Box::new([0u8; FRAME_MAX]),
-            lz4_out: Vec::new(),
-            spare_compress_jobs: Vec::new(),
-            spare_decompress_jobs: Vec::new(),
-            lz4_lens: Vec::new(),
-            accepted: Vec::new(),
             ident: 1,
             counters: GatewayCounters::default(),
         }
@@ -810,35 +712,20 @@ impl Gateway {
             .is_some();
         if !resolved {
             // Compressed and sealed alone, now: it will wait outside the batch.
-            let mut d = d;
             let Some(buf) = tx.next_buf() else { return };
-            let msg = &mut buf[OUTER_HEADERS..];
-            if d.compress {
-                let before = d.len;
-                let mut job = [CompressJob {
-                    src: &msg[DATA_HEADER_LEN..DATA_HEADER_LEN + before],
-                    dst: &mut self.scratch[..],
-                    out_len: None,
-                }];
-                self.engine.compress(&mut job);
-                let out = job[0].out_len.map(|n| &self.scratch[..n]);
-                let saved = d.apply_compressed(msg, out);
-                self.tunnel.record_deferred_compression(&d, before, saved);
-            }
-            let mut job = [d.job(msg)];
-            self.engine.seal(&mut job);
-            if job[0].ok {
-                let len = DATA_HEADER_LEN + d.len + TAG_LEN;
-                self.after_tunnel(tx, Action::Send { peer, len }, None, now);
-            } else {
-                self.counters.too_big += 1;
+            match self
+                .tunnel
+                .seal_alone(&mut *self.engine, d, &mut buf[OUTER_HEADERS..])
+            {
+                Some(len) => self.after_tunnel(tx, Action::Send { peer, len }, None, now),
+                None => self.counters.too_big += 1,
             }
             return;
         }
         let slot = tx.len();
         self.after_tunnel(tx, action, None, now);
         if tx.len() == slot + 1 {
-            tx.pending.push((slot, d));
+            tx.burst.push_seal(slot, d);
         }
     }
 
@@ -1023,7 +910,7 @@ impl Gateway {
                 ) {
                     (_, Some(d)) => {
                         tx.commit(Side::Lan, 0);
-                        tx.opens.push((slot, d));
+                        tx.burst.push_open(slot, d);
                     }
                     (action, None) => self.after_tunnel(tx, action, Some(port), now),
                 }
@@ -1032,163 +919,61 @@ impl Gateway {
         }
     }
 
-    /// Finishes the burst so far: opens the received DWCP messages in one engine batch and
-    /// sends each inner packet on the LAN (in its reserved slot, so the order holds), then
-    /// seals the outgoing messages in one engine batch. Returns the messages the engine
-    /// refused to seal (not sent). [`Gateway::drain`] runs it before frames leave.
+    /// Finishes the burst so far through the tunnel, one call each way: the received DWCP
+    /// messages are opened, accepted and decompressed ([`Tunnel::open_burst`]) and each inner
+    /// packet goes to the LAN in its reserved slot (so the order holds); then the outgoing
+    /// messages are compressed and sealed ([`Tunnel::seal_burst`]) and each frame's outer
+    /// headers take the message's final length. Returns the messages the engine refused to
+    /// seal (not sent). [`Gateway::drain`] runs it before frames leave.
     pub fn finish_burst(&mut self, tx: &mut TxBatch, now: Duration) -> usize {
-        if !tx.opens.is_empty() {
-            tx.open_pending(&self.tunnel, &mut *self.engine);
-            self.accepted.clear();
-            for (&(slot, ref d), &ok) in tx.opens.iter().zip(&tx.opened) {
-                let a = self.tunnel.accept_open(d, ok, now).ok();
-                self.accepted.push((slot, a));
+        if tx.burst.opens_pending() > 0 {
+            self.tunnel.open_burst(
+                &mut *self.engine,
+                &mut tx.burst,
+                &mut tx.bufs,
+                OUTER_HEADERS,
+                now,
+            );
+            for i in 0..tx.burst.delivered().len() {
+                let d = tx.burst.delivered()[i];
+                self.deliver(tx, d.slot, d.peer, d.len, now);
             }
-            tx.opens.clear();
-            self.decompress_accepted(tx);
-            let mut accepted = std::mem::take(&mut self.accepted);
-            for &(slot, a) in &accepted {
-                let Some(a) = a else { continue };
-                if let Action::Deliver { peer, len } = self.tunnel.delivered(a.peer, a.len) {
-                    self.deliver(tx, slot, peer, len, now);
-                }
-            }
-            accepted.clear();
-            self.accepted = accepted;
         }
-        self.compress_pending(tx);
-        tx.seal_pending(&mut *self.engine)
+        if tx.burst.seals_pending() == 0 {
+            return 0;
+        }
+        let refused = self.tunnel.seal_burst(
+            &mut *self.engine,
+            &mut tx.burst,
+            &mut tx.bufs,
+            OUTER_HEADERS,
+        );
+        for i in 0..tx.burst.sealed().len() {
+            let sealed = tx.burst.sealed()[i];
+            self.outer_headers_for(tx, sealed);
+        }
+        refused
     }
 
-    /// Decompresses the accepted messages' LZ4 payloads in one engine batch, each from a copy
-    /// into its own slot; a payload that does not decompress is dropped and counted.
-    fn decompress_accepted(&mut self, tx: &mut TxBatch) {
-        let n = self
-            .accepted
-            .iter()
-            .filter(|(_, a)| a.is_some_and(|a| a.compressed))
-            .count();
-        if n == 0 {
+    /// A sealed message's frame takes its final length: a refused message's frame is emptied
+    /// (never sent); one that compression shrank has its IPv4 and UDP lengths shrunk with it.
+    fn outer_headers_for(&mut self, tx: &mut TxBatch, sealed: Sealed) {
+        let Some(l) = tx.lens.get_mut(sealed.slot) else {
+            return;
+        };
+        let Some(len) = sealed.len else {
+            l.1 = 0;
+            return;
+        };
+        let saved = l.1.saturating_sub(OUTER_HEADERS + len);
+        if saved == 0 {
             return;
         }
-        self.grow_lz4_scratch(n);
-        let mut jobs: Vec<DecompressJob<'_>> = std::mem::take(&mut self.spare_decompress_jobs)
-            .into_iter()
-            .map(|_| unreachable!("the spare list is empty"))
-            .collect();
-        let mut scratch = self.lz4_out.iter_mut();
-        let mut want = self
-            .accepted
-            .iter()
-            .filter_map(|&(slot, a)| a.filter(|a| a.compressed).map(|a| (slot, a.len)))
-            .peekable();
-        for (slot, buf) in tx.bufs.iter_mut().enumerate() {
-            let Some((_, len)) = want.next_if(|&(s, _)| s == slot) else {
-                continue;
-            };
-            let Some(src) = scratch.next() else { break };
-            let msg = &mut buf.bytes_mut()[OUTER_HEADERS..];
-            if len > src.len() {
-                // Longer than any payload that decompresses to an inner packet.
-                jobs.push(DecompressJob {
-                    src: &[],
-                    dst: &mut msg[..0],
-                    out_len: None,
-                });
-                continue;
-            }
-            src[..len].copy_from_slice(&msg[..len]);
-            jobs.push(DecompressJob {
-                src: &src[..len],
-                dst: &mut msg[..MAX_INNER],
-                out_len: None,
-            });
+        l.1 -= saved;
+        if let Some(frame) = tx.bufs.get_mut(sealed.slot) {
+            shrink_udp(&mut frame.bytes_mut()[ETH_LEN..], len);
         }
-        self.engine.decompress(&mut jobs);
-        self.lz4_lens.clear();
-        self.lz4_lens.extend(jobs.iter().map(|j| j.out_len));
-        jobs.clear();
-        self.spare_decompress_jobs = jobs.into_iter().map(|_| unreachable!("cleared")).collect();
-        let mut results = self.lz4_lens.iter();
-        for (_, a) in &mut self.accepted {
-            let Some(acc) = a.as_mut().filter(|a| a.compressed) else {
-                continue;
-            };
-            match results.next().copied().flatten() {
-                Some(n) => {
-                    acc.len = n;
-                    acc.compressed = false;
-                }
-                None => {
-                    self.tunnel.undecodable();
-                    *a = None;
-                }
-            }
-        }
-    }
-
-    /// Makes room for `n` LZ4 jobs' scratch buffers (grows to the largest burst, once).
-    fn grow_lz4_scratch(&mut self, n: usize) {
-        while self.lz4_out.len() < n {
-            self.lz4_out
-                .push(vec![0u8; dwcp_kernels::compress_bound(MAX_INNER)].into_boxed_slice());
-        }
-    }
-
-    /// Compresses the payloads of the burst's deferred messages whose peer wants compression,
-    /// in one engine batch; a smaller result replaces the payload and the frame's IPv4 and UDP
-    /// lengths shrink with it.
-    fn compress_pending(&mut self, tx: &mut TxBatch) {
-        let n = tx.pending.iter().filter(|(_, d)| d.compress).count();
-        if n == 0 {
-            return;
-        }
-        self.grow_lz4_scratch(n);
-        // As in `TxBatch::seal_pending`: one allocation for the job list, reused.
-        let mut jobs: Vec<CompressJob<'_>> = std::mem::take(&mut self.spare_compress_jobs)
-            .into_iter()
-            .map(|_| unreachable!("the spare list is empty"))
-            .collect();
-        let mut outs = self.lz4_out.iter_mut();
-        let mut want = tx.pending.iter().filter(|(_, d)| d.compress).peekable();
-        for (slot, buf) in tx.bufs.iter().enumerate() {
-            let Some((_, d)) = want.next_if(|(s, _)| *s == slot) else {
-                continue;
-            };
-            let Some(dst) = outs.next() else { break };
-            let at = OUTER_HEADERS + DATA_HEADER_LEN;
-            jobs.push(CompressJob {
-                src: &buf.bytes()[at..at + d.len],
-                dst,
-                out_len: None,
-            });
-        }
-        self.engine.compress(&mut jobs);
-        self.lz4_lens.clear();
-        self.lz4_lens.extend(jobs.iter().map(|j| j.out_len));
-        jobs.clear();
-        self.spare_compress_jobs = jobs.into_iter().map(|_| unreachable!("cleared")).collect();
-        let mut results = self.lz4_lens.iter().zip(&self.lz4_out);
-        for (slot, d) in tx.pending.iter_mut().filter(|(_, d)| d.compress) {
-            let Some((&out_len, out)) = results.next() else {
-                d.compress = false;
-                continue;
-            };
-            let before = d.len;
-            let Some(frame) = tx.bufs.get_mut(*slot).map(|b| b.bytes_mut()) else {
-                continue;
-            };
-            let saved = d.apply_compressed(&mut frame[OUTER_HEADERS..], out_len.map(|n| &out[..n]));
-            self.tunnel.record_deferred_compression(d, before, saved);
-            if saved == 0 {
-                continue;
-            }
-            shrink_udp(&mut frame[ETH_LEN..], DATA_HEADER_LEN + d.len + TAG_LEN);
-            if let Some(l) = tx.lens.get_mut(*slot) {
-                l.1 -= saved;
-            }
-            self.counters.wan_tx_bytes = self.counters.wan_tx_bytes.saturating_sub(saved as u64);
-        }
+        self.counters.wan_tx_bytes = self.counters.wan_tx_bytes.saturating_sub(saved as u64);
     }
 
     /// Finishes the burst ([`Gateway::finish_burst`]), then hands each frame to `f` and
@@ -1199,7 +984,7 @@ impl Gateway {
         now: Duration,
         f: impl FnMut(Side, &mut crate::io::Buffer, usize),
     ) -> usize {
-        self.finish_burst(tx, now) + tx.drain(&mut *self.engine, f)
+        self.finish_burst(tx, now) + tx.drain(f)
     }
 
     /// An inner packet is in TX slot `slot` at `OUTER_HEADERS`: check it and send it on the
@@ -1859,11 +1644,11 @@ mod tests {
             n.a.from_lan(&eth(GW_A_LAN, HOST_A_MAC, 0x0800, &pkt), &mut tx, n.now);
         }
         // Break message 1 before it is sealed: flag says LZ4, payload is not an LZ4 block.
-        let (slot, d) = &mut tx.pending[1];
+        let (slot, d) = tx.burst.seal_mut(1);
         d.compress = false;
         let msg = &mut tx.bufs[*slot].bytes_mut()[OUTER_HEADERS..];
         msg[1] |= crate::wire::FLAG_LZ4;
-        msg[DATA_HEADER_LEN..DATA_HEADER_LEN + d.len].fill(0xf0);
+        msg[crate::wire::DATA_HEADER_LEN..crate::wire::DATA_HEADER_LEN + d.len].fill(0xf0);
         assert_eq!(n.a.finish_burst(&mut tx, n.now), 0);
         let wire: Vec<Vec<u8>> = tx.frames().map(|(_, f)| f.to_vec()).collect();
         let before = n.b.tunnel.counters;

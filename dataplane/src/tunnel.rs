@@ -2,17 +2,23 @@
 //!
 //! Owns no I/O and no clock: datagrams and the time come in, datagrams and inner packets go
 //! out through the caller's buffer. Crypto and compression go through the batch
-//! [`Engine`]. On the data path nothing is allocated; handshakes (control path) may allocate.
+//! [`Engine`], a burst at a time ([`burst`]: [`Tunnel::seal_burst`] and
+//! [`Tunnel::open_burst`]). On the data path nothing is allocated; handshakes (control path)
+//! may allocate.
+
+pub mod burst;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use dwcp_kernels::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
+use dwcp_kernels::{AeadKey, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
 use crate::anti_replay::ReplayWindow;
 use crate::handshake::{self, Pending, SessionKeys, TIMESTAMP_LEN};
 use crate::wire::{self, DATA_HEADER_LEN, DataHeader, FLAG_LZ4, Init, Response};
+
+pub use burst::{Burst, Delivered, Sealed};
 
 /// Largest inner packet (the largest MTU the config allows).
 pub const MAX_INNER: usize = 9216;
@@ -363,30 +369,31 @@ impl Peer {
 /// What sealing a deferred message needs (see [`Tunnel::encapsulate_deferred`]): the session's
 /// send key, the nonce, and the plaintext payload length. The message's first
 /// [`DATA_HEADER_LEN`] bytes are the AAD; the payload follows, with room for the tag after it.
+/// The caller only hands it back to the tunnel ([`Burst::push_seal`], [`Tunnel::seal_alone`]).
 #[derive(Clone, Debug)]
 pub struct DeferredSeal {
     /// The peer it goes to.
-    pub peer: usize,
+    peer: usize,
     /// Its flow's compression gate at that peer.
     gate: usize,
     /// The session's send key.
-    pub key: std::sync::Arc<AeadKey>,
+    key: std::sync::Arc<AeadKey>,
     /// The nonce (from the message counter).
-    pub nonce: [u8; dwcp_kernels::NONCE_LEN],
+    nonce: [u8; dwcp_kernels::NONCE_LEN],
     /// Plaintext payload length.
-    pub len: usize,
+    pub(crate) len: usize,
     /// The peer wants payloads compressed and this one has not been tried yet: the payload is
     /// the inner packet as is, and the header says uncompressed. Compress it in a batch and
     /// apply the result with [`DeferredSeal::apply_compressed`] before sealing; sealed
     /// without that, it is a valid uncompressed message.
-    pub compress: bool,
+    pub(crate) compress: bool,
 }
 
 impl DeferredSeal {
     /// Applies the result of compressing this message's payload (`compressed`: the LZ4 block,
     /// when it came out smaller) to the message at the start of `msg`: the payload is replaced
     /// and the header says LZ4. Returns the bytes saved (0 when not smaller).
-    pub fn apply_compressed(&mut self, msg: &mut [u8], compressed: Option<&[u8]>) -> usize {
+    fn apply_compressed(&mut self, msg: &mut [u8], compressed: Option<&[u8]>) -> usize {
         self.compress = false;
         let Some(c) = compressed.filter(|c| c.len() < self.len) else {
             return 0;
@@ -402,7 +409,7 @@ impl DeferredSeal {
 impl DeferredSeal {
     /// The seal job for this message, which starts (with its header, the AAD) at the start
     /// of `msg`.
-    pub fn job<'a>(&'a self, msg: &'a mut [u8]) -> SealJob<'a> {
+    fn job<'a>(&'a self, msg: &'a mut [u8]) -> SealJob<'a> {
         let (aad, body) = msg.split_at_mut(DATA_HEADER_LEN);
         SealJob {
             key: &self.key,
@@ -416,9 +423,10 @@ impl DeferredSeal {
 }
 
 /// A received data message whose opening is deferred (see [`Tunnel::receive_deferred`]): its
-/// body (ciphertext and tag) waits in the caller's buffer; [`Tunnel::open_job`] opens it
-/// there, in one engine batch with the rest of the burst, and [`Tunnel::finish_open`] then
-/// accepts it (replay window, endpoint, session confirmation) and decompresses it.
+/// body (ciphertext and tag) waits in the caller's buffer until [`Tunnel::open_burst`] opens
+/// it there, in one engine batch with the rest of the burst, accepts it (replay window,
+/// endpoint, session confirmation) and decompresses it. The caller only hands it back
+/// ([`Burst::push_open`]).
 #[derive(Clone, Debug)]
 pub struct DeferredOpen {
     /// The message header as received (the AAD).
@@ -433,7 +441,7 @@ pub struct DeferredOpen {
 
 /// A deferred data message that authenticated and was accepted ([`Tunnel::accept_open`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Accepted {
+struct Accepted {
     /// The peer it came from.
     pub peer: usize,
     /// Its plaintext payload length.
@@ -596,7 +604,9 @@ impl Tunnel {
         self.counters.handshakes_completed += 1;
     }
 
-    /// Encapsulates one inner packet for `peer` into `out` (at least `len + OVERHEAD` long).
+    /// Encapsulates one inner packet for `peer` into `out` (at least `len + OVERHEAD` long),
+    /// compressed and sealed now: [`Tunnel::encapsulate_deferred`], then
+    /// [`Tunnel::seal_alone`]. A burst's packets go through [`Tunnel::seal_burst`] instead.
     pub fn encapsulate(
         &mut self,
         engine: &mut dyn Engine,
@@ -605,30 +615,31 @@ impl Tunnel {
         out: &mut [u8],
         now: Duration,
     ) -> Action {
-        self.encapsulate_maybe_deferred(Some(engine), peer, inner, out, now)
-            .0
+        let (action, deferred) = self.encapsulate_deferred(peer, inner, out, now);
+        let Some(d) = deferred else { return action };
+        match self.seal_alone(engine, d, out) {
+            Some(len) => Action::Send { peer, len },
+            None => {
+                // Never sent: take it off the wire count again.
+                self.counters.tx_messages -= 1;
+                self.counters.tx_wire_bytes = self
+                    .counters
+                    .tx_wire_bytes
+                    .saturating_sub((DATA_HEADER_LEN + inner.len() + TAG_LEN) as u64);
+                self.drop_counted(DropReason::TooBig)
+            }
+        }
     }
 
-    /// As [`Tunnel::encapsulate`], but runs no engine: the payload is the inner packet as is
-    /// (to be compressed in the burst's batch when [`DeferredSeal::compress`] says so) and in
-    /// plaintext, and what its seal needs comes back, so a caller can seal a whole burst in
-    /// one engine batch. `out` holds the header and the plaintext payload; it must not leave
-    /// the process before it is sealed with the returned [`DeferredSeal`] (the gateway's
-    /// `TxBatch` enforces this).
+    /// Writes the message for one inner packet to `peer` into `out`: the header (with the
+    /// next counter of the sending session) and the payload as is, in plaintext; what its
+    /// compression and seal need comes back, for [`Burst::push_seal`] (then
+    /// [`Tunnel::seal_burst`] does the whole burst in one engine batch each) or
+    /// [`Tunnel::seal_alone`]. `out` must not leave the process before it is sealed (the
+    /// gateway's `TxBatch` enforces this). Without a usable session the packet is staged for
+    /// the handshake (or dropped when the stage is full), with no token.
     pub fn encapsulate_deferred(
         &mut self,
-        peer: usize,
-        inner: &[u8],
-        out: &mut [u8],
-        now: Duration,
-    ) -> (Action, Option<DeferredSeal>) {
-        self.encapsulate_maybe_deferred(None, peer, inner, out, now)
-    }
-
-    /// Encapsulates with `engine` now, or defers compression and seal when it is `None`.
-    fn encapsulate_maybe_deferred(
-        &mut self,
-        mut engine: Option<&mut dyn Engine>,
         peer: usize,
         inner: &[u8],
         out: &mut [u8],
@@ -671,30 +682,7 @@ impl Tunnel {
             self.counters.compress_skipped += u64::from(!admitted);
             admitted
         };
-        // A deferred message is compressed later, in the burst's batch.
-        let (payload_len, flags) = if let Some(engine) = engine.as_mut().filter(|_| compress) {
-            let mut job = [CompressJob {
-                src: inner,
-                dst: &mut self.scratch[..],
-                out_len: None,
-            }];
-            engine.compress(&mut job);
-            let n = job[0].out_len.filter(|&n| n < inner.len());
-            self.record_compression(peer, gate, inner.len(), n.map_or(0, |n| inner.len() - n));
-            match n {
-                Some(n) => {
-                    out[DATA_HEADER_LEN..DATA_HEADER_LEN + n].copy_from_slice(&self.scratch[..n]);
-                    (n, FLAG_LZ4)
-                }
-                None => {
-                    out[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
-                    (inner.len(), 0)
-                }
-            }
-        } else {
-            out[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
-            (inner.len(), 0)
-        };
+        out[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
         let p = &mut self.peers[peer];
         let Some(s) = p.slot_mut(slot) else {
             return action(Action::Dropped(DropReason::NoSession));
@@ -702,47 +690,28 @@ impl Tunnel {
         let counter = s.send_counter;
         s.send_counter += 1;
         let header = DataHeader {
-            flags,
+            flags: 0,
             receiver: s.remote,
             counter,
         };
-        let (hdr, body) = out.split_at_mut(DATA_HEADER_LEN);
-        let Ok(hdr) = <&mut [u8; DATA_HEADER_LEN]>::try_from(hdr) else {
+        let Ok(hdr) = <&mut [u8; DATA_HEADER_LEN]>::try_from(&mut out[..DATA_HEADER_LEN]) else {
             return action(Action::Dropped(DropReason::TooBig));
         };
         header.emit(hdr);
-        let deferred = match engine {
-            None => Some(DeferredSeal {
-                peer,
-                gate,
-                key: std::sync::Arc::clone(&s.send),
-                nonce: dwcp_kernels::nonce(counter),
-                len: payload_len,
-                compress,
-            }),
-            Some(engine) => {
-                let mut job = [SealJob {
-                    key: &s.send,
-                    nonce: dwcp_kernels::nonce(counter),
-                    aad: &hdr[..],
-                    buf: body,
-                    len: payload_len,
-                    ok: false,
-                }];
-                engine.seal(&mut job);
-                if !job[0].ok {
-                    self.counters.too_big += 1;
-                    return action(Action::Dropped(DropReason::TooBig));
-                }
-                None
-            }
+        let deferred = DeferredSeal {
+            peer,
+            gate,
+            key: std::sync::Arc::clone(&s.send),
+            nonce: dwcp_kernels::nonce(counter),
+            len: inner.len(),
+            compress,
         };
         p.last_sent = now;
-        let len = DATA_HEADER_LEN + payload_len + TAG_LEN;
+        let len = DATA_HEADER_LEN + inner.len() + TAG_LEN;
         self.counters.tx_messages += 1;
         self.counters.tx_inner_bytes += inner.len() as u64;
         self.counters.tx_wire_bytes += len as u64;
-        (Action::Send { peer, len }, deferred)
+        (Action::Send { peer, len }, Some(deferred))
     }
 
     /// Records how compressing a payload for `peer` in the flow of `gate` went: `before`
@@ -766,7 +735,7 @@ impl Tunnel {
     /// fewer after: what [`DeferredSeal::apply_compressed`] returned): counts it, tells its
     /// flow's [`CompressGate`], and takes the saving off the wire bytes counted uncompressed
     /// when it was encapsulated.
-    pub fn record_deferred_compression(&mut self, d: &DeferredSeal, before: usize, saved: usize) {
+    fn record_deferred_compression(&mut self, d: &DeferredSeal, before: usize, saved: usize) {
         self.record_compression(d.peer, d.gate, before, saved);
         let c = &mut self.counters;
         c.tx_wire_bytes = c.tx_wire_bytes.saturating_sub(saved as u64);
@@ -970,7 +939,7 @@ impl Tunnel {
     /// of the session it names now; `None` when that session has gone since (then
     /// [`Tunnel::finish_open`] drops the message as unknown).
     #[inline]
-    pub fn open_job<'a>(&'a self, d: &'a DeferredOpen, buf: &'a mut [u8]) -> Option<OpenJob<'a>> {
+    fn open_job<'a>(&'a self, d: &'a DeferredOpen, buf: &'a mut [u8]) -> Option<OpenJob<'a>> {
         let p = self.peers.get(d.peer)?;
         let s = p.slot(p.find(d.header.receiver)?)?;
         Some(OpenJob {
@@ -995,7 +964,7 @@ impl Tunnel {
     /// plaintext is at the start of `out`): [`Tunnel::accept_open`], then decompression when
     /// the payload is LZ4, then [`Tunnel::delivered`]. Returns [`Action::Deliver`] with the
     /// inner packet at the start of `out`, [`Action::None`] for a keepalive, or a counted drop.
-    pub fn finish_open(
+    fn finish_open(
         &mut self,
         engine: &mut dyn Engine,
         d: &DeferredOpen,
@@ -1033,7 +1002,7 @@ impl Tunnel {
     /// the sender's endpoint and confirms a responder session. Its plaintext payload (LZ4 when
     /// the answer says so) is then at the start of the caller's buffer. A drop is counted and
     /// returned as the error.
-    pub fn accept_open(
+    fn accept_open(
         &mut self,
         d: &DeferredOpen,
         ok: bool,
@@ -1083,7 +1052,7 @@ impl Tunnel {
 
     /// An accepted message's inner packet, `len` bytes after decompression, is ready: counts
     /// it and says to deliver it ([`Action::None`] for a keepalive).
-    pub fn delivered(&mut self, peer: usize, len: usize) -> Action {
+    fn delivered(&mut self, peer: usize, len: usize) -> Action {
         if len == 0 {
             return Action::None; // keepalive
         }
@@ -1094,7 +1063,7 @@ impl Tunnel {
 
     /// An accepted message's LZ4 payload did not decompress: authentic, so the sender is
     /// broken; counted as malformed.
-    pub fn undecodable(&mut self) -> Action {
+    fn undecodable(&mut self) -> Action {
         self.drop_counted(DropReason::Malformed)
     }
 

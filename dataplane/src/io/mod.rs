@@ -44,6 +44,12 @@ impl Buffer {
     }
 }
 
+impl AsMut<[u8]> for Buffer {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.bytes_mut()
+    }
+}
+
 /// A port a worker polls.
 pub trait PacketPort: Send {
     /// Receives up to `max` frames, handing each to `f` (borrowed from the backend's
