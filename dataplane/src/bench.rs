@@ -12,7 +12,7 @@ use dwcp_kernels::cuda::Op;
 
 use crate::io::PacketPort;
 use crate::io::memory;
-use crate::tunnel::{Action, Burst, MAX_INNER, Params, PeerSpec, Tunnel};
+use crate::proto::tunnel::{Action, Burst, MAX_INNER, Params, PeerSpec, Tunnel};
 
 /// Payload kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,7 +369,7 @@ pub fn offload_check(
         gpu: mode,
         ..Default::default()
     };
-    let built = crate::offload::engines(&cfg, None, 1, None);
+    let built = crate::control::offload::engines(&cfg, None, 1, None);
     let (kind, why) = (built.kind, built.why);
     // The GPU path ends with the gathering thread: keep it until the end.
     let _gatherer = built.gatherer;

@@ -7,21 +7,11 @@
 
 #![deny(unsafe_code)]
 
-pub mod anti_replay;
-pub mod app;
 pub mod bench;
+pub mod control;
 pub mod gateway;
-pub mod handshake;
 pub mod io;
-pub mod metrics;
-pub mod offload;
-#[allow(unsafe_code)]
-pub mod pool;
-pub mod readiness;
-pub mod scrape;
-pub mod stats;
-pub mod tunnel;
-pub mod wire;
+pub mod proto;
 pub mod worker;
 
 pub use dwcp_kernels as kernels;

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             return DataplaneExit::InvalidConfig.into();
         }
     };
-    let running = match dwcp_dataplane::app::start(&cfg) {
+    let running = match dwcp_dataplane::control::app::start(&cfg) {
         Ok(r) => r,
         Err(e) => {
             let mut msg = format!("dwcp-dataplane: {e}");
@@ -60,10 +60,10 @@ fn main() -> ExitCode {
                 src = s.source();
             }
             eprintln!("{msg}");
-            if matches!(e, dwcp_dataplane::app::StartError::Dpdk(_)) {
+            if matches!(e, dwcp_dataplane::control::app::StartError::Dpdk(_)) {
                 // The node cannot run this config: tell init why, and that restarting will
                 // not help.
-                let _ = dwcp_dataplane::readiness::notify_error(&e.to_string());
+                let _ = dwcp_dataplane::control::readiness::notify_error(&e.to_string());
                 return DataplaneExit::CannotStart.into();
             }
             return DataplaneExit::Failed.into();
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
 }
 
 fn ready() -> Result<(), ExitCode> {
-    match dwcp_dataplane::readiness::notify_ready() {
+    match dwcp_dataplane::control::readiness::notify_ready() {
         Ok(true) => {
             println!("dwcp-dataplane: ready");
             Ok(())

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::control::stats::{Histogram, LoopCounters, STAGES, WorkerStats, flatten};
 use crate::gateway::{Gateway, Side, TxBatch, wan_owner};
 use crate::io::PacketPort;
 use crate::io::memory::Mailbox;
-use crate::stats::{Histogram, LoopCounters, STAGES, WorkerStats, flatten};
 
 /// Frames taken from a port per poll unless `dataplane.burst` says otherwise.
 pub const BURST: usize = 32;
@@ -24,7 +24,7 @@ const PUBLISH: Duration = Duration::from_millis(10);
 /// A new peer list for a worker (config reload), prepared by the control thread.
 pub struct Reload {
     /// Peers in config order.
-    pub peers: Vec<crate::tunnel::PeerSpec>,
+    pub peers: Vec<crate::proto::tunnel::PeerSpec>,
     /// Their allowed prefixes, same order.
     pub allowed: Vec<Vec<ipnet::Ipv4Net>>,
 }

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use dwcp_dataplane::gateway::{FRAME_MAX, Gateway, GatewayConfig, PortAddr, Side, TxBatch};
-use dwcp_dataplane::tunnel::{Params, PeerSpec, Tunnel};
+use dwcp_dataplane::proto::tunnel::{Params, PeerSpec, Tunnel};
 use dwcp_kernels::cpu::CpuEngine;
 
 /// Each gateway's LAN host.

@@ -8,6 +8,8 @@ pub mod af_packet;
 #[allow(unsafe_code)]
 pub mod dpdk;
 pub mod memory;
+#[allow(unsafe_code)]
+pub mod pool;
 
 /// A packet buffer: from the start-up pool, the heap (tests, benchmarks), or the data room of
 /// a DPDK mbuf that a DPDK port can send without copying.

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use dwcp_kernels::{AeadKey, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
-use crate::anti_replay::ReplayWindow;
-use crate::handshake::{self, Pending, SessionKeys, TIMESTAMP_LEN};
-use crate::wire::{self, DATA_HEADER_LEN, DataHeader, FLAG_LZ4, Init, Response};
+use crate::proto::anti_replay::ReplayWindow;
+use crate::proto::handshake::{self, Pending, SessionKeys, TIMESTAMP_LEN};
+use crate::proto::wire::{self, DATA_HEADER_LEN, DataHeader, FLAG_LZ4, Init, Response};
 
 pub use burst::{Burst, Delivered, Sealed};
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::gateway::GatewayCounters;
-use crate::tunnel::Counters;
+use crate::proto::tunnel::Counters;
 
 /// Every counter a worker publishes, in order: (metric name suffix, label).
 pub const NAMES: &[&str] = &[

@@ -1,9 +1,9 @@
 //! The Prometheus exposition: the text format 0.0.4 of the counters, gauges and histograms
-//! the management endpoint (`crate::scrape`, on the control thread) serves.
+//! the management endpoint (`crate::control::scrape`, on the control thread) serves.
 
 use std::fmt::Write as _;
 
-use crate::stats::{self, COUNT};
+use crate::control::stats::{self, COUNT};
 
 /// What the exposition needs besides the counters.
 pub struct Labels<'a> {
@@ -229,7 +229,7 @@ pub fn render_gather(g: &dwcp_kernels::gather::GatherStats, node: &str) -> Strin
     let _ = writeln!(
         o,
         "# HELP {metric} How long the GPU gather now running has been running (0 between gathers; the data plane leaves at {}).\n# TYPE {metric} gauge\n{metric}{{node=\"{node}\"}} {:.6}",
-        crate::offload::GPU_HANG.as_secs(),
+        crate::control::offload::GPU_HANG.as_secs(),
         g.running.as_secs_f64()
     );
     o
@@ -534,8 +534,8 @@ fn family(
     let _ = writeln!(o, "{name}{{node=\"{node}\"}} {value}");
 }
 
-/// The metrics endpoint's own counters (`crate::scrape`).
-pub fn render_scrape(st: &crate::scrape::ScrapeStats, node: &str) -> String {
+/// The metrics endpoint's own counters (`crate::control::scrape`).
+pub fn render_scrape(st: &crate::control::scrape::ScrapeStats, node: &str) -> String {
     let mut o = String::new();
     for (metric, help, v) in [
         (
@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn renders_the_endpoints_own_counters() {
-        let st = crate::scrape::ScrapeStats {
+        let st = crate::control::scrape::ScrapeStats {
             answered: 5,
             dropped: 2,
         };

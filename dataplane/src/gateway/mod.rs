@@ -16,7 +16,13 @@ use smoltcp::wire::{
     Ipv4Packet, TcpPacket, UdpPacket,
 };
 
-use crate::tunnel::{Action, Burst, DeferredSeal, MAX_INNER, OVERHEAD, Sealed, Tunnel};
+use crate::proto::tunnel::{Action, DeferredSeal, MAX_INNER, OVERHEAD, Sealed, Tunnel};
+
+mod frames;
+mod headers;
+
+pub use frames::TxBatch;
+use headers::{ip_checksum, shrink_udp, write_ipv4, write_udp};
 
 /// Ethernet header.
 pub const ETH_LEN: usize = 14;
@@ -119,121 +125,6 @@ pub struct GatewayCounters {
     pub mss_clamped: u64,
 }
 
-/// Output frames of one burst, in buffers allocated once (from the hugepage pool in the
-/// data-plane process), and the burst's DWCP messages in them, which the tunnel seals and
-/// opens a burst at a time ([`Burst`]).
-pub struct TxBatch {
-    bufs: Vec<crate::io::Buffer>,
-    lens: Vec<(Side, usize)>,
-    /// The DWCP messages in the frames (at `OUTER_HEADERS`): outgoing ones still in
-    /// plaintext, sealed by [`Gateway::finish_burst`], which [`Gateway::drain`] — the only
-    /// way out — runs first; received ones in reserved slots (committed with length 0),
-    /// opened there.
-    burst: Burst,
-    /// Frames not built because every buffer was taken (counted, never silent).
-    no_room: u64,
-}
-
-impl TxBatch {
-    /// Room for `capacity` frames on the heap (tests, benchmarks).
-    pub fn new(capacity: usize) -> Self {
-        Self::with_buffers(
-            (0..capacity)
-                .map(|_| crate::io::Buffer::heap(FRAME_MAX))
-                .collect(),
-        )
-    }
-    /// Frames in the given buffers (each at least `FRAME_MAX` long).
-    pub fn with_buffers(bufs: Vec<crate::io::Buffer>) -> Self {
-        let bufs: Vec<crate::io::Buffer> = bufs
-            .into_iter()
-            .filter(|b| b.bytes().len() >= FRAME_MAX)
-            .collect();
-        let n = bufs.len();
-        Self {
-            bufs,
-            lens: Vec::with_capacity(n),
-            burst: Burst::with_capacity(n),
-            no_room: 0,
-        }
-    }
-
-    /// The frames queued, in order (after [`Gateway::finish_burst`]: a frame whose message
-    /// is not sealed yet is not listed).
-    pub fn frames(&self) -> impl Iterator<Item = (Side, &[u8])> {
-        debug_assert!(
-            self.burst.seals_pending() == 0,
-            "frames() before finish_burst()"
-        );
-        self.lens
-            .iter()
-            .zip(&self.bufs)
-            .filter(|((_, len), _)| *len > 0)
-            .map(|(&(side, len), b)| (side, &b.bytes()[..len]))
-    }
-    /// Hands each queued frame's buffer and length to `f`, in order (a port may take the
-    /// buffer and leave a fresh one), then forgets them. Messages still waiting for the
-    /// tunnel (call [`Gateway::finish_burst`] first) are dropped, not sent, and counted in
-    /// the return value.
-    pub fn drain(&mut self, mut f: impl FnMut(Side, &mut crate::io::Buffer, usize)) -> usize {
-        let unfinished = self.burst.seals_pending() + self.burst.opens_pending();
-        debug_assert!(unfinished == 0, "drain() before finish_burst()");
-        if unfinished > 0 {
-            // Never send a message that was not sealed.
-            self.lens.clear();
-            self.burst.clear();
-            return unfinished;
-        }
-        for (&(side, len), buf) in self.lens.iter().zip(self.bufs.iter_mut()) {
-            if len > 0 {
-                f(side, buf, len);
-            }
-        }
-        self.lens.clear();
-        0
-    }
-    /// Forgets the frames (after they were sent), sealed or not.
-    pub fn clear(&mut self) {
-        self.lens.clear();
-        self.burst.clear();
-    }
-    /// Number of frames.
-    pub fn len(&self) -> usize {
-        self.lens.len()
-    }
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.lens.is_empty()
-    }
-    fn next_buf(&mut self) -> Option<&mut [u8; FRAME_MAX]> {
-        self.buf_at(self.lens.len())
-    }
-    fn buf_at(&mut self, slot: usize) -> Option<&mut [u8; FRAME_MAX]> {
-        let buf = self
-            .bufs
-            .get_mut(slot)
-            .and_then(|b| <&mut [u8; FRAME_MAX]>::try_from(&mut b.bytes_mut()[..FRAME_MAX]).ok());
-        if buf.is_none() {
-            self.no_room += 1;
-        }
-        buf
-    }
-    /// Frames dropped so far because the batch had no free buffer.
-    pub fn no_room(&self) -> u64 {
-        self.no_room
-    }
-    fn commit(&mut self, side: Side, len: usize) {
-        self.lens.push((side, len));
-    }
-    /// Commits the frame in `slot`: the next one, or one reserved earlier.
-    fn place(&mut self, slot: usize, side: Side, len: usize) {
-        match self.lens.get_mut(slot) {
-            Some(l) => *l = (side, len),
-            None => self.commit(side, len),
-        }
-    }
-}
-
 #[derive(Clone, Copy)]
 struct Neighbour {
     ip: Ipv4Addr,
@@ -263,18 +154,6 @@ pub struct Gateway {
     ident: u16,
     /// Counters.
     pub counters: GatewayCounters,
-}
-
-fn ip_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for pair in header.chunks(2) {
-        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).unwrap_or(0)
 }
 
 impl Gateway {
@@ -761,7 +640,7 @@ impl Gateway {
             }
             Action::Established { peer } => {
                 let mut guard = 0;
-                while guard < crate::tunnel::STAGED_MAX {
+                while guard < crate::proto::tunnel::STAGED_MAX {
                     guard += 1;
                     let Some(buf) = tx.next_buf() else { return };
                     let Some(a) = self.tunnel.flush_staged(
@@ -1065,69 +944,11 @@ pub fn wan_owner(frame: &[u8]) -> Option<u8> {
     let hl = usize::from(ip[0] & 0x0f) * 4;
     let msg = ip.get(hl + UDP_LEN..)?;
     let index_at = match *msg.first()? {
-        crate::wire::TYPE_DATA => 4,
-        crate::wire::TYPE_RESPONSE => 8,
+        crate::proto::wire::TYPE_DATA => 4,
+        crate::proto::wire::TYPE_RESPONSE => 8,
         _ => return None,
     };
     msg.get(index_at).copied()
-}
-
-/// Writes a 20-byte IPv4 header (DF set, no options) for `payload_len` bytes of payload.
-fn write_ipv4(
-    buf: &mut [u8],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: IpProtocol,
-    payload_len: usize,
-    ident: u16,
-    ttl: u8,
-) {
-    let total = u16::try_from(IP_LEN + payload_len).unwrap_or(u16::MAX);
-    let mut p = Ipv4Packet::new_unchecked(&mut buf[..IP_LEN]);
-    p.set_version(4);
-    p.set_header_len(u8::try_from(IP_LEN).unwrap_or(20));
-    p.set_dscp(0);
-    p.set_ecn(0);
-    p.set_total_len(total);
-    p.set_ident(ident);
-    p.clear_flags();
-    p.set_dont_frag(true);
-    p.set_frag_offset(0);
-    p.set_hop_limit(ttl);
-    p.set_next_header(proto);
-    p.set_src_addr(src);
-    p.set_dst_addr(dst);
-    p.fill_checksum();
-}
-
-/// Sets the lengths (and the IPv4 checksum) of IPv4 and UDP headers written by [`write_udp`]
-/// at the start of `buf` for a payload now `payload_len` bytes long.
-fn shrink_udp(buf: &mut [u8], payload_len: usize) {
-    let udp_len = u16::try_from(UDP_LEN + payload_len).unwrap_or(u16::MAX);
-    buf[IP_LEN + 4..IP_LEN + 6].copy_from_slice(&udp_len.to_be_bytes());
-    let mut p = Ipv4Packet::new_unchecked(&mut buf[..IP_LEN]);
-    p.set_total_len(u16::try_from(IP_LEN + UDP_LEN + payload_len).unwrap_or(u16::MAX));
-    p.fill_checksum();
-}
-
-/// Writes IPv4 and UDP headers before a `payload_len`-byte payload already in place.
-/// The UDP checksum is left zero (allowed for IPv4; the AEAD tag covers the payload).
-fn write_udp(buf: &mut [u8], src: SocketAddrV4, dst: SocketAddrV4, payload_len: usize, ident: u16) {
-    write_ipv4(
-        buf,
-        *src.ip(),
-        *dst.ip(),
-        IpProtocol::Udp,
-        UDP_LEN + payload_len,
-        ident,
-        64,
-    );
-    let udp = &mut buf[IP_LEN..IP_LEN + UDP_LEN];
-    udp[0..2].copy_from_slice(&src.port().to_be_bytes());
-    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    let len = u16::try_from(UDP_LEN + payload_len).unwrap_or(u16::MAX);
-    udp[4..6].copy_from_slice(&len.to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]);
 }
 
 #[cfg(test)]
@@ -1137,7 +958,7 @@ mod tests {
     use dwcp_kernels::cpu::CpuEngine;
 
     use super::*;
-    use crate::tunnel::{Params, PeerSpec};
+    use crate::proto::tunnel::{Params, PeerSpec};
 
     const HOST_A_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 2];
     const HOST_B_MAC: [u8; 6] = [2, 0, 0, 0, 0xb, 2];
@@ -1582,8 +1403,8 @@ mod tests {
                 f.len()
             );
             assert_eq!(
-                f[OUTER_HEADERS + 1] & crate::wire::FLAG_LZ4,
-                crate::wire::FLAG_LZ4
+                f[OUTER_HEADERS + 1] & crate::proto::wire::FLAG_LZ4,
+                crate::proto::wire::FLAG_LZ4
             );
         }
         // Message 2 again (a replay inside the burst), message 5 tampered.
@@ -1647,8 +1468,9 @@ mod tests {
         let (slot, d) = tx.burst.seal_mut(1);
         d.compress = false;
         let msg = &mut tx.bufs[*slot].bytes_mut()[OUTER_HEADERS..];
-        msg[1] |= crate::wire::FLAG_LZ4;
-        msg[crate::wire::DATA_HEADER_LEN..crate::wire::DATA_HEADER_LEN + d.len].fill(0xf0);
+        msg[1] |= crate::proto::wire::FLAG_LZ4;
+        msg[crate::proto::wire::DATA_HEADER_LEN..crate::proto::wire::DATA_HEADER_LEN + d.len]
+            .fill(0xf0);
         assert_eq!(n.a.finish_burst(&mut tx, n.now), 0);
         let wire: Vec<Vec<u8>> = tx.frames().map(|(_, f)| f.to_vec()).collect();
         let before = n.b.tunnel.counters;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use dwcp_kernels::{CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
 use super::{Accepted, Action, DeferredOpen, DeferredSeal, MAX_INNER, Tunnel};
-use crate::wire::DATA_HEADER_LEN;
+use crate::proto::wire::DATA_HEADER_LEN;
 
 /// A received message's inner packet, ready in its frame at the burst's offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

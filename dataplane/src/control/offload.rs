@@ -24,11 +24,11 @@ const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A GPU gather running this long is stuck in a driver call (a batch's deadline is at most a
 /// few hundred milliseconds, at least 50 ms): the data plane exits with
-/// [`crate::app::EXIT_GPU_HUNG`].
+/// [`crate::control::app::EXIT_GPU_HUNG`].
 pub const GPU_HANG: Duration = Duration::from_secs(5);
 
 /// Set by init when it restarts the data plane after the GPU hung (exit code
-/// [`crate::app::EXIT_GPU_HUNG`]): why, in words. The data plane then runs on the CPU engine
+/// [`crate::control::app::EXIT_GPU_HUNG`]): why, in words. The data plane then runs on the CPU engine
 /// until the next boot.
 pub use dwcp_provisioning::exit::GPU_DISABLED_ENV;
 

@@ -17,14 +17,14 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::control::metrics::{self, Labels};
+use crate::control::offload::GPU_HANG;
+use crate::control::stats::{self, WorkerStats};
 use crate::gateway::{Gateway, GatewayConfig, PortAddr, TxBatch};
 use crate::io::PacketPort;
 use crate::io::af_packet::AfPacket;
 use crate::io::memory::Mailbox;
-use crate::metrics::{self, Labels};
-use crate::offload::GPU_HANG;
-use crate::stats::{self, WorkerStats};
-use crate::tunnel::{Params, PeerSpec, Tunnel};
+use crate::proto::tunnel::{Params, PeerSpec, Tunnel};
 use crate::worker::{Reload, Worker};
 
 /// Output frames per worker for bursts of `burst` frames (a LAN burst, a WAN burst and
@@ -36,7 +36,7 @@ fn tx_frames(burst: usize) -> usize {
 const INBOX_FRAMES: usize = 1024;
 
 /// The exit code that tells init the GPU hung: restart on the CPU engine
-/// ([`crate::offload::GPU_DISABLED_ENV`]).
+/// ([`crate::control::offload::GPU_DISABLED_ENV`]).
 pub const EXIT_GPU_HUNG: i32 = DataplaneExit::GpuHung.code() as i32;
 
 /// Watches the GPU gathering thread from a thread of its own (not the control thread, which
@@ -59,7 +59,7 @@ fn watch_gpu(watch: dwcp_kernels::gather::GatherWatch) -> std::io::Result<()> {
                     eprintln!(
                         "dwcp-dataplane: {why}; exiting (code {EXIT_GPU_HUNG}) so init restarts it without the GPU"
                     );
-                    let _ = crate::readiness::notify_error(&why);
+                    let _ = crate::control::readiness::notify_error(&why);
                     std::process::exit(EXIT_GPU_HUNG);
                 }
             }
@@ -223,9 +223,9 @@ pub struct Running {
     threads: Vec<std::thread::JoinHandle<()>>,
     stats: Vec<Arc<WorkerStats>>,
     /// The metrics endpoint (taken out of `self` while it runs a turn, which renders `self`).
-    scrape: Option<crate::scrape::Server>,
+    scrape: Option<crate::control::scrape::Server>,
     /// Its counters after its last turn.
-    scrape_stats: crate::scrape::ScrapeStats,
+    scrape_stats: crate::control::scrape::ScrapeStats,
     labels: (String, String, String, usize),
     offload: (&'static str, String),
     /// The GPU's latest status from NVML, sampled off the control loop.
@@ -324,10 +324,11 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         addr: cfg.metrics.listen.to_string(),
         source,
     })?;
-    let scrape = crate::scrape::Server::new(listener).map_err(|source| StartError::Metrics {
-        addr: cfg.metrics.listen.to_string(),
-        source,
-    })?;
+    let scrape =
+        crate::control::scrape::Server::new(listener).map_err(|source| StartError::Metrics {
+            addr: cfg.metrics.listen.to_string(),
+            source,
+        })?;
 
     let private = *cfg.tunnel.private_key.expose_secret();
     let wall = SystemTime::now()
@@ -341,10 +342,12 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     let per_worker = tx_frames + INBOX_FRAMES;
     let size = crate::gateway::FRAME_MAX.max(crate::io::memory::FRAME_MAX);
     let (mut bufs, backing) =
-        crate::pool::buffers(per_worker * workers, size).map_err(|source| StartError::Open {
-            port: "buffers".into(),
-            interface: "memory".into(),
-            source,
+        crate::io::pool::buffers(per_worker * workers, size).map_err(|source| {
+            StartError::Open {
+                port: "buffers".into(),
+                interface: "memory".into(),
+                source,
+            }
         })?;
     println!(
         "dwcp-dataplane: {} packet buffers ({} MiB) on {backing}; bursts of up to {burst} frames per poll",
@@ -372,8 +375,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         inboxes.push(Mailbox::with_buffers(inbox));
     }
     let mut tx_batches = tx_batches.into_iter();
-    let gpu_disabled = std::env::var(crate::offload::GPU_DISABLED_ENV).ok();
-    let offload = crate::offload::engines(
+    let gpu_disabled = std::env::var(crate::control::offload::GPU_DISABLED_ENV).ok();
+    let offload = crate::control::offload::engines(
         &cfg.offload,
         cfg.offload.gather_core(&cfg.cores),
         workers,
@@ -495,7 +498,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         threads,
         stats: all_stats,
         scrape: Some(scrape),
-        scrape_stats: crate::scrape::ScrapeStats::default(),
+        scrape_stats: crate::control::scrape::ScrapeStats::default(),
         labels: (
             cfg.name.to_string(),
             lan.name.to_string(),
@@ -747,7 +750,7 @@ impl Running {
                 last_status = Some(Instant::now());
                 self.watch_links();
                 self.watch_gpu_failures();
-                let _ = crate::readiness::notify_status(&self.offload_status());
+                let _ = crate::control::readiness::notify_status(&self.offload_status());
             }
             let sig_ready = {
                 let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
@@ -766,7 +769,7 @@ impl Running {
                     .revents()
                     .is_some_and(|r| r.contains(PollFlags::POLLIN))
             };
-            // The metrics endpoint never blocks the loop (crate::scrape).
+            // The metrics endpoint never blocks the loop (crate::control::scrape).
             if let Some(mut srv) = self.scrape.take() {
                 srv.turn(Instant::now(), || self.metrics_text());
                 self.scrape_stats = srv.stats();
@@ -915,11 +918,11 @@ mod tests {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "app::tests::a_stuck_gather_makes_the_process_leave_with_code_7",
+                "control::app::tests::a_stuck_gather_makes_the_process_leave_with_code_7",
                 "--nocapture",
             ])
             .env(CHILD, "1")
-            .env_remove(crate::readiness::NOTIFY_ENV)
+            .env_remove(crate::control::readiness::NOTIFY_ENV)
             .output()
             .unwrap();
         let took = t.elapsed();

@@ -7,7 +7,7 @@
 //! accepts an initiation from a peer only if its timestamp is newer than the last one
 //! accepted, so a recorded initiation cannot be replayed.
 
-use crate::wire::{NOISE_INIT_LEN, NOISE_RESPONSE_LEN};
+use crate::proto::wire::{NOISE_INIT_LEN, NOISE_RESPONSE_LEN};
 
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_IKpsk2_25519_AESGCM_SHA256";
