@@ -7,11 +7,12 @@ fn main() {
     println!("cargo:rerun-if-changed=../kernels/cuda/lz4.cu");
     println!("cargo:rerun-if-changed=../kernels/cuda/common.cuh");
     println!("cargo:rerun-if-changed=../kernels/cuda/gcm.cu");
-    println!("cargo:rerun-if-changed=../kernels/cuda/simt.h");
+    println!("cargo:rerun-if-changed=../kernels/sim/simt.h");
     cc::Build::new()
         .cpp(true)
         .file("shim/device.cpp")
         .include("../kernels/cuda")
+        .include("../kernels/sim")
         .flag("-std=c++17")
         .flag("-Wall")
         .flag("-Wextra")

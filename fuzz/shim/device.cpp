@@ -1,7 +1,7 @@
 // The GPU's code (kernels/cuda/lz4.cu, gcm.cu) built for the host, for the fuzzer: the serial
 // LZ4 device functions, and the real kernels `lz4_decompress_warp`, `lz4_compress`,
 // `gcm_key_setup`, `gcm_seal` and `gcm_open` run on one warp by the simulated driver's SIMT
-// emulator (kernels/cuda/simt.h: each lane a fiber, votes, shuffles and barriers by switching; a
+// emulator (kernels/sim/simt.h: each lane a fiber, votes, shuffles and barriers by switching; a
 // barrier not every lane reaches at the same place is a divergence). Each call's input ends at,
 // and its output buffer ends at, a page the process may not touch, so a read or write one byte
 // past them faults (libFuzzer reports it as a crash).

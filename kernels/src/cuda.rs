@@ -137,7 +137,7 @@ pub fn ensure_nvrtc() -> Option<String> {
 }
 
 /// Makes the CUDA driver library at `path` the one the engine uses (a driver installed off the
-/// library path, or the CPU stand-in `kernels/cuda/sim_driver.cpp` that the tests build): it
+/// library path, or the CPU stand-in `kernels/sim/sim_driver.cpp` that the tests build): it
 /// is loaded globally, and cudarc's later load of `libcuda.so` by name finds it by its soname.
 /// Once loaded it stays for the life of the process.
 pub fn use_driver(path: &std::path::Path) -> Result<(), String> {

@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod accelerator;
+#[cfg(any(test, feature = "testing"))]
 #[allow(unsafe_code)]
 pub mod alloc_count;
 pub mod bench;
@@ -25,7 +26,9 @@ pub mod lz4;
 pub mod monitor;
 pub mod samples;
 pub mod selftest;
+#[cfg(any(test, feature = "testing"))]
 pub mod sim;
+#[cfg(any(test, feature = "testing"))]
 pub mod suite;
 pub mod verify;
 

@@ -1,9 +1,9 @@
-//! The CPU stand-in for the CUDA driver (`kernels/cuda/sim_driver.cpp`): builds it with the
+//! The CPU stand-in for the CUDA driver (`kernels/sim/sim_driver.cpp`): builds it with the
 //! system C++ compiler, so that the CUDA engine's whole host side, with the real kernels run
 //! by a SIMT emulator, can be exercised on machines without a GPU — the tests do, and an
 //! operator can point `DWCP_LIBCUDA` at the built library to try `offload.gpu = on` anywhere.
 //! It says what it is in the device name; it is for checking, not for speed. Beside it, a
-//! stand-in for NVIDIA's management library (`kernels/cuda/sim_nvml.cpp`), for the GPU status
+//! stand-in for NVIDIA's management library (`kernels/sim/sim_nvml.cpp`), for the GPU status
 //! the data plane reports.
 
 use std::path::{Path, PathBuf};
@@ -11,8 +11,8 @@ use std::process::Command;
 
 /// The stand-in's source, and the kernel sources it includes.
 const FILES: [(&str, &str); 5] = [
-    ("sim_driver.cpp", include_str!("../cuda/sim_driver.cpp")),
-    ("simt.h", include_str!("../cuda/simt.h")),
+    ("sim_driver.cpp", include_str!("../sim/sim_driver.cpp")),
+    ("simt.h", include_str!("../sim/simt.h")),
     ("common.cuh", crate::cuda::COMMON_SOURCE),
     ("gcm.cu", crate::cuda::GCM_SOURCE),
     ("lz4.cu", crate::cuda::LZ4_SOURCE),
@@ -26,7 +26,7 @@ pub const DEVICE_NAME: &str = "DWCP simulated GPU (host CPU, libcuda stand-in)";
 pub enum Build {
     /// Optimised, for running.
     Plain,
-    /// With the race check (`kernels/cuda/simt.h`): ThreadSanitizer, told only of the
+    /// With the race check (`kernels/sim/simt.h`): ThreadSanitizer, told only of the
     /// ordering CUDA's barriers give, reports two CUDA threads touching the same bytes (one
     /// writing) with no barrier between. The process that loads it must start with
     /// ThreadSanitizer's runtime preloaded ([`tsan_runtime`]).
@@ -101,14 +101,14 @@ pub struct NvmlDevice {
     pub ecc_errors: (u64, u64),
 }
 
-/// Writes the stand-in for NVIDIA's management library (`kernels/cuda/sim_nvml.cpp`: two GPUs,
+/// Writes the stand-in for NVIDIA's management library (`kernels/sim/sim_nvml.cpp`: two GPUs,
 /// the second where the CUDA stand-in's device is, [`NVML_DEVICE`]) into `dir` and builds
 /// `dir/libnvidia-ml.so` (soname `libnvidia-ml.so.1`); returns its path, or why it could not
 /// be built. `DWCP_LIBNVML` pointed at it gives the data plane GPU status to report.
 pub fn build_nvml(dir: &Path) -> Result<PathBuf, String> {
     write_sources(
         dir,
-        &[("sim_nvml.cpp", include_str!("../cuda/sim_nvml.cpp"))],
+        &[("sim_nvml.cpp", include_str!("../sim/sim_nvml.cpp"))],
     )?;
     compile(
         dir,

@@ -1,6 +1,6 @@
 //! The CUDA kernels' device functions (AES-256-GCM per lane, GHASH lane folding, LZ4 block
 //! compress and decompress), built for the host with the system C++ compiler from the very
-//! `.cu` files the GPU runs (`kernels/cuda/host_check.cpp` emulates the warp's 32 lanes), and
+//! `.cu` files the GPU runs (`kernels/sim/host_check.cpp` emulates the warp's 32 lanes), and
 //! checked against the CPU engine and `lz4_flex` on random packets. This checks the kernels'
 //! arithmetic on machines without a GPU; `tests/gpu.rs` checks the kernels themselves on one.
 #![allow(clippy::tests_outside_test_module)]

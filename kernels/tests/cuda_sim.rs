@@ -1,6 +1,6 @@
 //! The CUDA engine end to end on a machine with no GPU: its host side (NVRTC compilation,
 //! module loading, pinned staging, structure-of-arrays descriptors, the two streams, chunking,
-//! kernel parameters, error and deadline handling) against `kernels/cuda/sim_driver.cpp`, a
+//! kernel parameters, error and deadline handling) against `kernels/sim/sim_driver.cpp`, a
 //! stand-in for `libcuda.so` that runs the real kernels of `gcm.cu` and `lz4.cu` on the CPU
 //! under a SIMT emulator and is strict about waits, bounds and barriers (its header says how).
 //! The same suite runs on a real GPU in `tests/gpu.rs`; what only a GPU shows is listed there.

@@ -1,5 +1,5 @@
 //! The CUDA engine allocates nothing per batch, host or device: the check of `tests/gpu.rs`,
-//! run here on the simulated driver (`kernels/cuda/sim_driver.cpp`, see `tests/cuda_sim.rs`).
+//! run here on the simulated driver (`kernels/sim/sim_driver.cpp`, see `tests/cuda_sim.rs`).
 //! Alone in its binary, since every thread's allocations count.
 #![allow(clippy::tests_outside_test_module)]
 

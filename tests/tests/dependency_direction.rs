@@ -72,6 +72,64 @@ fn schema_library_has_no_cli() {
     assert_free_of("dwcp-provisioning", &["--all-features"], CLI_SIDE);
 }
 
+/// Test support in `dwcp-kernels` (the suite, the simulated driver, the counting allocator)
+/// is behind its `testing` feature, which no production build turns on.
+#[test]
+fn production_builds_leave_the_kernels_test_support_out() {
+    let dataplane = normal_deps_with_features("dwcp-dataplane");
+    assert!(
+        dataplane.iter().any(|d| d.starts_with("dwcp-kernels ")),
+        "cargo tree did not list dwcp-kernels: {dataplane:?}"
+    );
+    for pkg in ["dwcp-dataplane", "dwcp-init", "dwcp-cli"] {
+        let deps = normal_deps_with_features(pkg);
+        assert!(
+            !deps
+                .iter()
+                .any(|d| d.starts_with("dwcp-kernels") && d.contains("testing")),
+            "{pkg} builds dwcp-kernels with its test support: {deps:?}"
+        );
+    }
+    // The check can fail: the tests' own graph has it.
+    let deps = normal_deps_with_features("dwcp-tests");
+    assert!(
+        deps.iter()
+            .any(|d| d.starts_with("dwcp-kernels") && d.contains("testing")),
+        "{deps:?}"
+    );
+}
+
+/// Every package `pkg` pulls in for its normal build, each with the features it is built
+/// with (`name features`).
+fn normal_deps_with_features(pkg: &str) -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .current_dir(dwcp_tests::workspace_root())
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "-f",
+            "{p} {f}",
+            "-p",
+            pkg,
+        ])
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn cli_is_the_top_of_the_graph() {
     let deps = normal_deps("dwcp-cli", &[]);

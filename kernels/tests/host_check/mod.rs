@@ -1,4 +1,4 @@
-//! Runs `kernels/cuda/host_check.cpp`, the kernels' device functions built for the host: the
+//! Runs `kernels/sim/host_check.cpp`, the kernels' device functions built for the host: the
 //! serial reference of the GPU's LZ4 compressor and the GCM lanes (its header gives the
 //! record formats).
 #![allow(dead_code, reason = "each test binary uses part of this module")]
@@ -12,12 +12,14 @@ use std::sync::OnceLock;
 pub fn harness() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cuda");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let out = std::env::temp_dir().join(format!("dwcp-host-check-{}", std::process::id()));
         let status = Command::new("c++")
             .args(["-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-o"])
             .arg(&out)
-            .arg(src.join("host_check.cpp"))
+            .arg("-I")
+            .arg(root.join("cuda"))
+            .arg(root.join("sim/host_check.cpp"))
             .status()
             .unwrap_or_else(|e| panic!("cannot run c++ (scripts/setup.sh installs it): {e}"));
         assert!(status.success(), "host_check.cpp does not compile");
@@ -85,7 +87,7 @@ const TEXT: [&[u8]; 5] = [
     include_bytes!("../../src/dispatch.rs"),
     include_bytes!("../../src/cuda.rs"),
     include_bytes!("../../src/gather.rs"),
-    include_bytes!("../../cuda/sim_driver.cpp"),
+    include_bytes!("../../sim/sim_driver.cpp"),
     include_bytes!("../../cuda/gcm.cu"),
 ];
 
