@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::{CompressJob, DecompressJob, OpenJob, SealJob};
 
 /// An accelerator stopped part-way: `jobs[..done]` are complete, the rest untouched.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{} after {done} jobs: {reason}", kind.describe())]
 pub struct Failure {
     /// Completed leading jobs.
     pub done: usize,
@@ -26,6 +27,51 @@ pub enum Stop {
     /// The next job is one it cannot take (larger than its staging buffers). It is in order
     /// and stays in service; the CPU engine runs the rest of the batch.
     Declined,
+}
+
+impl Stop {
+    /// What the accelerator did, in words (`took too long`).
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Stop::Error => "failed",
+            Stop::Timeout => "took too long",
+            Stop::Declined => "declined a job",
+        }
+    }
+}
+
+/// Why an accelerator failed a check of its answers against the CPU engine (the start-up
+/// check, or its repeat after a recovery).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// It stopped part-way through one of the check's batches.
+    #[error("{op} {failure}")]
+    Stopped {
+        /// The operation (`seal`).
+        op: &'static str,
+        /// How far it got and why it stopped.
+        #[source]
+        failure: Failure,
+    },
+    /// An answer differed from the CPU engine's or the known answer: which operation,
+    /// packet and byte.
+    #[error("{0}")]
+    Wrong(String),
+}
+
+/// Why an accelerator could not be brought back into service.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The driver did not recover.
+    #[error("{0}")]
+    Driver(#[from] crate::cuda::CudaError),
+    /// It runs again, but its answers are still wrong (a fault can leave a GPU that runs but
+    /// computes wrong).
+    #[error("recovered, but failed the start-up check again: {0}")]
+    Recheck(#[source] CheckError),
+    /// The gathering thread's accelerator did not recover (its reason, as it reported it).
+    #[error("{}", .0.reason)]
+    Gathered(#[source] Failure),
 }
 
 /// An engine that can fail: the GPU. It must complete a prefix of each batch and leave the
@@ -53,7 +99,7 @@ pub trait Accelerator: Send {
     ) -> Result<(), Failure>;
     /// Gets ready again after a failure (waits out abandoned work); an error keeps it
     /// unhealthy.
-    fn recover(&mut self) -> Result<(), String>;
+    fn recover(&mut self) -> Result<(), RecoverError>;
     /// One line for operators: device, memory, and whatever else the driver tells.
     fn describe(&self) -> String;
 

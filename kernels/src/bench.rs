@@ -291,10 +291,10 @@ pub struct KernelLine {
 }
 
 /// Every kernel's resources built for `sm` (`sm_90`), through NVRTC.
-pub fn kernel_lines(sm: &str) -> Result<Vec<KernelLine>, String> {
+pub fn kernel_lines(sm: &str) -> Result<Vec<KernelLine>, CudaError> {
     let mut out = Vec::new();
     for (file, src) in crate::cuda::sources() {
-        for r in crate::cuda::resources(file, &src, sm).map_err(|e| e.to_string())? {
+        for r in crate::cuda::resources(file, &src, sm)? {
             let block = crate::cuda::launch_block(&r.kernel).unwrap_or(32);
             out.push(KernelLine {
                 sm: sm.to_owned(),
@@ -399,8 +399,8 @@ fn seal_gathered(
 ) -> Result<(Sealed, crate::gather::GatherStats), CudaError> {
     use crate::dispatch::{Dispatcher, Settings};
     use crate::gather::{GatherSettings, Gatherer};
-    let (g, clients) = Gatherer::start(acc, w, GatherSettings::default())
-        .map_err(|e| CudaError::Thread(e.to_string()))?;
+    let (g, clients) =
+        Gatherer::start(acc, w, GatherSettings::default()).map_err(CudaError::Thread)?;
     let mut clients = clients.into_iter();
     let settings = Settings {
         mode,
@@ -793,7 +793,8 @@ pub fn offload(
     };
     let mut gpu = CudaEngine::new(device, cap)?;
     let device_name = gpu.info().name.clone();
-    let kernels = kernel_lines(&gpu.info().arch.replace("compute_", "sm_"));
+    let kernels =
+        kernel_lines(&gpu.info().arch.replace("compute_", "sm_")).map_err(|e| e.to_string());
     let (h2d, d2h) = gpu.copy_bandwidth(256 << 20, 10)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rng = Rng(0x00ff_10ad);

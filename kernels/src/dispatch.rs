@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-pub use crate::accelerator::{Accelerator, Batch, Failure, Stop};
+pub use crate::accelerator::{Accelerator, Batch, CheckError, Failure, RecoverError, Stop};
 use crate::cpu::CpuEngine;
 use crate::cuda::{CudaEngine, Op};
 use crate::verify::{Checked, Scratch};
@@ -68,13 +68,13 @@ impl Accelerator for CudaEngine {
     ) -> Result<(), Failure> {
         CudaEngine::try_decompress(self, jobs, deadline).map_err(failure)
     }
-    fn recover(&mut self) -> Result<(), String> {
-        CudaEngine::recover(self).map_err(|e| e.to_string())?;
+    fn recover(&mut self) -> Result<(), RecoverError> {
+        CudaEngine::recover(self)?;
         // Back only once its answers are right again (a fault can leave a GPU that runs but
         // computes wrong).
         crate::selftest::check(self, crate::selftest::MAX_PACKET, RECHECK_TIMEOUT)
             .map(|_| ())
-            .map_err(|why| format!("recovered, but failed the start-up check again: {why}"))
+            .map_err(RecoverError::Recheck)
     }
     fn describe(&self) -> String {
         let i = self.info();
@@ -319,7 +319,7 @@ impl Dispatcher {
             self.stats.probes += 1;
             let recovered = self.gpu.as_mut().map(|g| g.recover());
             if let Some(Err(e)) = recovered {
-                self.unhealthy(e, Trouble::Error);
+                self.unhealthy(e.to_string(), Trouble::Error);
                 return 0;
             }
             self.retry_at = None;
@@ -807,7 +807,7 @@ mod tests {
         ) -> Result<(), Failure> {
             self.0.try_decompress(j, d)
         }
-        fn recover(&mut self) -> Result<(), String> {
+        fn recover(&mut self) -> Result<(), RecoverError> {
             Ok(())
         }
         fn describe(&self) -> String {

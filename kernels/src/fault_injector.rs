@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::accelerator::{Accelerator, Failure, Stop};
+use crate::accelerator::{Accelerator, Failure, RecoverError, Stop};
 use crate::cpu::CpuEngine;
 use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob};
 
@@ -195,7 +195,7 @@ impl Accelerator for TestAccelerator {
             |j| j.out_len = None,
         )
     }
-    fn recover(&mut self) -> Result<(), String> {
+    fn recover(&mut self) -> Result<(), RecoverError> {
         self.recovers += 1;
         Ok(())
     }

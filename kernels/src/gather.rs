@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+use crate::accelerator::RecoverError;
 use crate::dispatch::{Accelerator, Batch, Failure, Stop};
 use crate::{CompressJob, DecompressJob, OpenJob, SealJob};
 
@@ -421,11 +422,11 @@ impl Accelerator for GatherClient {
         self.try_beside(Batch::Decompress(jobs), deadline, &mut || {})
             .map(drop)
     }
-    fn recover(&mut self) -> Result<(), String> {
+    fn recover(&mut self) -> Result<(), RecoverError> {
         let far = Instant::now() + Duration::from_secs(3600);
         self.hand(Work::Recover, std::ptr::null_mut(), 0, far, &mut || {})
             .map(drop)
-            .map_err(|f| f.reason)
+            .map_err(RecoverError::Gathered)
     }
     fn describe(&self) -> String {
         self.shared.describe.clone()
@@ -542,9 +543,9 @@ fn run(s: &Shared, mut acc: Box<dyn Accelerator>, set: GatherSettings) {
             // SAFETY: taken while HANDED; the thread alone touches the request until DONE.
             let r = unsafe { &mut *s.slots[w].req.get() };
             if r.work == Work::Recover {
-                r.result = acc.recover().map_err(|reason| Failure {
+                r.result = acc.recover().map_err(|e| Failure {
                     done: 0,
-                    reason,
+                    reason: e.to_string(),
                     kind: Stop::Error,
                 });
             }

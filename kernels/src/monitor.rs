@@ -102,23 +102,54 @@ pub struct GpuMonitor {
     pci_bus_id: String,
 }
 
+/// Why there is no GPU status from NVML.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// A statically linked binary cannot load NVML.
+    #[error("a statically linked binary loads no NVML")]
+    StaticBuild,
+    /// [`LIBRARY_ENV`] names a file that is not there.
+    #[error("{LIBRARY_ENV}: no NVML library at {}", .0.display())]
+    Missing(std::path::PathBuf),
+    /// The library [`LIBRARY_ENV`] names did not open.
+    #[error("{LIBRARY_ENV}: {0}")]
+    Env(#[source] Box<MonitorError>),
+    /// NVML did not initialise.
+    #[error("NVML ({}) did not start: {source}", library.display())]
+    Start {
+        /// The library.
+        library: std::path::PathBuf,
+        /// NVML's error.
+        #[source]
+        source: nvml_wrapper::error::NvmlError,
+    },
+    /// NVML knows no GPU at the CUDA engine's PCI address.
+    #[error("NVML ({}) has no GPU at PCI {pci_bus_id}: {source}", library.display())]
+    NoGpu {
+        /// The library.
+        library: std::path::PathBuf,
+        /// Where the CUDA engine's device is.
+        pci_bus_id: String,
+        /// NVML's error.
+        #[source]
+        source: nvml_wrapper::error::NvmlError,
+    },
+}
+
 impl GpuMonitor {
     /// Opens NVML on the GPU at `pci_bus_id` (the CUDA engine's
     /// [`crate::cuda::DeviceInfo::pci_bus_id`]): the library [`LIBRARY_ENV`] names, else the
     /// driver's. Says why not when there is no NVML or it does not know that GPU.
-    pub fn open(pci_bus_id: &str) -> Result<Self, String> {
+    pub fn open(pci_bus_id: &str) -> Result<Self, MonitorError> {
         if crate::cuda::STATIC_BUILD {
-            return Err("a statically linked binary loads no NVML".into());
+            return Err(MonitorError::StaticBuild);
         }
         if let Some(path) = std::env::var_os(LIBRARY_ENV) {
             let path = Path::new(&path);
             if !path.is_file() {
-                return Err(format!(
-                    "{LIBRARY_ENV}: no NVML library at {}",
-                    path.display()
-                ));
+                return Err(MonitorError::Missing(path.to_owned()));
             }
-            return Self::open_with(path, pci_bus_id).map_err(|e| format!("{LIBRARY_ENV}: {e}"));
+            return Self::open_with(path, pci_bus_id).map_err(|e| MonitorError::Env(Box::new(e)));
         }
         Self::open_with(Path::new("libnvidia-ml.so.1"), pci_bus_id).or_else(|first| {
             Self::open_with(Path::new("libnvidia-ml.so"), pci_bus_id).map_err(|_| first)
@@ -127,17 +158,20 @@ impl GpuMonitor {
 
     /// Opens the NVML library `library` (a path, or a name the loader searches for) on the GPU
     /// at `pci_bus_id`.
-    pub fn open_with(library: &Path, pci_bus_id: &str) -> Result<Self, String> {
+    pub fn open_with(library: &Path, pci_bus_id: &str) -> Result<Self, MonitorError> {
         let nvml = Nvml::builder()
             .lib_path(library.as_os_str())
             .init()
-            .map_err(|e| format!("NVML ({}) did not start: {e}", library.display()))?;
-        nvml.device_by_pci_bus_id(pci_bus_id).map_err(|e| {
-            format!(
-                "NVML ({}) has no GPU at PCI {pci_bus_id}: {e}",
-                library.display()
-            )
-        })?;
+            .map_err(|source| MonitorError::Start {
+                library: library.to_owned(),
+                source,
+            })?;
+        nvml.device_by_pci_bus_id(pci_bus_id)
+            .map_err(|source| MonitorError::NoGpu {
+                library: library.to_owned(),
+                pci_bus_id: pci_bus_id.to_owned(),
+                source,
+            })?;
         Ok(Self {
             nvml,
             library: library.display().to_string(),
@@ -270,7 +304,7 @@ mod tests {
     fn no_nvml_says_why_not_a_panic() {
         match GpuMonitor::open("0000:41:00.0") {
             Ok(m) => assert!(m.snapshot().is_some(), "NVML opened but gave no sample"),
-            Err(why) => assert!(why.contains("NVML"), "{why}"),
+            Err(why) => assert!(why.to_string().contains("NVML"), "{why}"),
         }
     }
 
@@ -368,16 +402,19 @@ mod tests {
     fn a_missing_library_or_gpu_is_named() {
         let why = GpuMonitor::open_with(stand_in(), "0000:99:00.0")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(why.contains("has no GPU at PCI 0000:99:00.0"), "{why}");
         let why = GpuMonitor::open_with(stand_in(), "not a bus id")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(why.contains("no GPU at PCI not a bus id"), "{why}");
         let why =
             GpuMonitor::open_with(Path::new("/nonexistent/libnvidia-ml.so.1"), "0000:41:00.0")
                 .err()
-                .unwrap();
+                .unwrap()
+                .to_string();
         assert!(
             why.contains("NVML (/nonexistent/libnvidia-ml.so.1) did not start"),
             "{why}"

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::accelerator::Accelerator;
+use crate::accelerator::{Accelerator, CheckError};
 use crate::cpu::CpuEngine;
 use crate::samples::{GCM_VECTORS, Rng, compressible, hex};
 use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
@@ -51,7 +51,7 @@ pub fn check(
     acc: &mut dyn Accelerator,
     max_packet: usize,
     timeout: Duration,
-) -> Result<Passed, String> {
+) -> Result<Passed, CheckError> {
     let start = Instant::now();
     let mut jobs = vectors(acc, timeout)?;
     jobs += aead(acc, max_packet, timeout)?;
@@ -62,13 +62,8 @@ pub fn check(
     })
 }
 
-fn failed(op: &str, e: crate::accelerator::Failure) -> String {
-    let how = match e.kind {
-        crate::accelerator::Stop::Timeout => "took too long",
-        crate::accelerator::Stop::Error => "failed",
-        crate::accelerator::Stop::Declined => "declined a job",
-    };
-    format!("{op} {how} after {} jobs: {}", e.done, e.reason)
+fn failed(op: &'static str, failure: crate::accelerator::Failure) -> CheckError {
+    CheckError::Stopped { op, failure }
 }
 
 /// The first differing byte of `a` and `b`, or where the shorter ends.
@@ -79,7 +74,7 @@ pub(crate) fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
         .or((a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
-fn vectors(acc: &mut dyn Accelerator, timeout: Duration) -> Result<usize, String> {
+fn vectors(acc: &mut dyn Accelerator, timeout: Duration) -> Result<usize, CheckError> {
     let keys: Vec<AeadKey> = GCM_VECTORS
         .iter()
         .map(|v| AeadKey::new(&hex(v.key).try_into().unwrap_or([0; 32])))
@@ -113,10 +108,10 @@ fn vectors(acc: &mut dyn Accelerator, timeout: Duration) -> Result<usize, String
         let mut want = hex(v.ct);
         want.extend_from_slice(&hex(v.tag));
         if !job.ok || job.buf[..] != want[..] {
-            return Err(format!(
+            return Err(CheckError::Wrong(format!(
                 "seal gives a wrong ciphertext or tag for McGrew–Viega GCM {}",
                 v.name
-            ));
+            )));
         }
     }
     Ok(GCM_VECTORS.len())
@@ -158,7 +153,11 @@ fn seal_jobs<'a>(
         .collect()
 }
 
-fn aead(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Result<usize, String> {
+fn aead(
+    acc: &mut dyn Accelerator,
+    max_packet: usize,
+    timeout: Duration,
+) -> Result<usize, CheckError> {
     let mut rng = Rng(0x5e1f_7e57);
     let keys: Vec<AeadKey> = (0..2)
         .map(|_| {
@@ -205,19 +204,19 @@ fn aead(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Resu
     for (i, ((g, w), p)) in got.iter().zip(&want).zip(&packets).enumerate() {
         let n = p.plain.len();
         if !oks[i] {
-            return Err(format!(
+            return Err(CheckError::Wrong(format!(
                 "seal refused a {n}-byte packet (packet {} of {})",
                 i + 1,
                 packets.len()
-            ));
+            )));
         }
         if let Some(at) = first_difference(g, w) {
-            return Err(format!(
+            return Err(CheckError::Wrong(format!(
                 "seal of a {n}-byte packet (packet {} of {}) differs from the CPU engine's at byte {at} ({})",
                 i + 1,
                 packets.len(),
                 if at < n { "ciphertext" } else { "tag" }
-            ));
+            )));
         }
     }
 
@@ -268,15 +267,15 @@ fn aead(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Resu
         let n = p.plain.len();
         match (how, ok) {
             (Tamper::None, false) => {
-                return Err(format!(
+                return Err(CheckError::Wrong(format!(
                     "open refused a valid {n}-byte packet sealed by the CPU engine"
-                ));
+                )));
             }
             (Tamper::None, true) if buf[..n] != p.plain[..] => {
-                return Err(format!(
+                return Err(CheckError::Wrong(format!(
                     "open of a {n}-byte packet gives a plaintext that differs at byte {}",
                     first_difference(&buf[..n], &p.plain).unwrap_or(0)
-                ));
+                )));
             }
             (Tamper::None, true) | (_, false) => {}
             (how, true) => {
@@ -285,16 +284,20 @@ fn aead(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Resu
                     Tamper::Ciphertext => "ciphertext",
                     _ => "header (AAD)",
                 };
-                return Err(format!(
+                return Err(CheckError::Wrong(format!(
                     "open accepted a {n}-byte packet whose {what} was tampered with"
-                ));
+                )));
             }
         }
     }
     Ok(packets.len() + opened)
 }
 
-fn lz4(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Result<usize, String> {
+fn lz4(
+    acc: &mut dyn Accelerator,
+    max_packet: usize,
+    timeout: Duration,
+) -> Result<usize, CheckError> {
     let mut rng = Rng(0x1204_c0de);
     let sizes = [1usize, 64, 512, 1408, 9000, 9216];
     let mut inputs: Vec<(&str, Vec<u8>)> = Vec::new();
@@ -327,20 +330,22 @@ fn lz4(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Resul
         let n = src.len();
         match len {
             None if *what == "zeros" && n >= 64 => {
-                return Err(format!("compress did not shrink {n} zero bytes"));
+                return Err(CheckError::Wrong(format!(
+                    "compress did not shrink {n} zero bytes"
+                )));
             }
             None => {}
             Some(m) if *m >= n => {
-                return Err(format!(
+                return Err(CheckError::Wrong(format!(
                     "compress made {n} bytes of {what} into {m}, not fewer"
-                ));
+                )));
             }
             Some(m) => {
                 let back = lz4_flex::block::decompress(&dst[..*m], n);
                 if back.ok().as_deref() != Some(&src[..]) {
-                    return Err(format!(
+                    return Err(CheckError::Wrong(format!(
                         "compress of {n} bytes of {what}: lz4_flex does not decompress its output to the input"
-                    ));
+                    )));
                 }
             }
         }
@@ -378,16 +383,20 @@ fn lz4(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Resul
     for (((what, src), out), len) in inputs.iter().zip(&outs).zip(&lens) {
         let n = src.len();
         if *len != Some(n) || out[..] != src[..] {
-            return Err(format!(
+            return Err(CheckError::Wrong(format!(
                 "decompress of the CPU engine's block of {n} bytes of {what} does not give the input back"
-            ));
+            )));
         }
     }
     if lens[inputs.len()].is_some() {
-        return Err("decompress accepted a malformed LZ4 block".into());
+        return Err(CheckError::Wrong(
+            "decompress accepted a malformed LZ4 block".into(),
+        ));
     }
     if lens[inputs.len() + 1].is_some() {
-        return Err("decompress wrote a block into space too short for it".into());
+        return Err(CheckError::Wrong(
+            "decompress wrote a block into space too short for it".into(),
+        ));
     }
     Ok(compressed + decompressed)
 }
@@ -395,7 +404,7 @@ fn lz4(acc: &mut dyn Accelerator, max_packet: usize, timeout: Duration) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accelerator::Failure;
+    use crate::accelerator::{Failure, Stop};
     use crate::fault_injector::{Fault, TestAccelerator};
 
     /// A wrong answer the accelerator gives.
@@ -503,7 +512,7 @@ mod tests {
             }
             Ok(())
         }
-        fn recover(&mut self) -> Result<(), String> {
+        fn recover(&mut self) -> Result<(), crate::accelerator::RecoverError> {
             Ok(())
         }
         fn describe(&self) -> String {
@@ -518,7 +527,7 @@ mod tests {
     fn check_wrong(m: Mistake) -> String {
         match check(&mut Wrong(right(), m), 9216, Duration::from_secs(5)) {
             Ok(p) => panic!("{m:?} passed: {p}"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 
@@ -589,10 +598,17 @@ mod tests {
     fn an_accelerator_error_or_time_out_fails_the_check_with_the_reason() {
         let mut failing = TestAccelerator::new(Fault::ErrorAfter(2), Duration::ZERO);
         let e = check(&mut failing, 9216, Duration::from_secs(5)).unwrap_err();
-        assert_eq!(e, "seal failed after 2 jobs: injected error");
+        assert_eq!(e.to_string(), "seal failed after 2 jobs: injected error");
+        let CheckError::Stopped { op, failure } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!((op, failure.done, failure.kind), ("seal", 2, Stop::Error));
         let mut hanging = TestAccelerator::new(Fault::HangAfter(0), Duration::ZERO);
         let e = check(&mut hanging, 9216, Duration::from_millis(20)).unwrap_err();
-        assert_eq!(e, "seal took too long after 0 jobs: injected hang");
+        assert_eq!(
+            e.to_string(),
+            "seal took too long after 0 jobs: injected hang"
+        );
     }
 
     #[test]

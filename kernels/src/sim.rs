@@ -33,29 +33,57 @@ pub enum Build {
     RaceCheck,
 }
 
+/// Why a stand-in could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The system C++ compiler did not run.
+    #[error("cannot run c++ (scripts/setup.sh installs g++): {0}")]
+    NoCompiler(#[source] std::io::Error),
+    /// A source could not be written where it is built.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The compiler refused a source.
+    #[error("{file} does not compile:\n{stderr}")]
+    Compile {
+        /// The source file.
+        file: String,
+        /// What the compiler said.
+        stderr: String,
+    },
+    /// The compiler has no ThreadSanitizer runtime.
+    #[error("c++ has no libtsan.so (scripts/setup.sh installs it: apt-get install libtsan2)")]
+    NoTsan,
+}
+
 /// ThreadSanitizer's runtime library, which a process loading a [`Build::RaceCheck`] stand-in
 /// preloads (`LD_PRELOAD`): the path `c++` gives, or why there is none.
-pub fn tsan_runtime() -> Result<PathBuf, String> {
+pub fn tsan_runtime() -> Result<PathBuf, BuildError> {
     let out = Command::new("c++")
         .arg("-print-file-name=libtsan.so")
         .output()
-        .map_err(|e| format!("cannot run c++ (scripts/setup.sh installs g++): {e}"))?;
+        .map_err(BuildError::NoCompiler)?;
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if path.is_absolute() && path.exists() {
         Ok(path)
     } else {
-        Err("c++ has no libtsan.so (scripts/setup.sh installs it: apt-get install libtsan2)".into())
+        Err(BuildError::NoTsan)
     }
 }
 
 /// Writes the sources into `dir` and builds `dir/libcuda.so` (soname `libcuda.so`) with `c++`;
 /// returns the library's path, or why it could not be built.
-pub fn build(dir: &Path) -> Result<PathBuf, String> {
+pub fn build(dir: &Path) -> Result<PathBuf, BuildError> {
     build_as(dir, Build::Plain)
 }
 
 /// [`build`], as `how` says.
-pub fn build_as(dir: &Path, how: Build) -> Result<PathBuf, String> {
+pub fn build_as(dir: &Path, how: Build) -> Result<PathBuf, BuildError> {
     write_sources(dir, &FILES)?;
     let flags: &[&str] = match how {
         Build::Plain => &["-O2"],
@@ -105,7 +133,7 @@ pub struct NvmlDevice {
 /// the second where the CUDA stand-in's device is, [`NVML_DEVICE`]) into `dir` and builds
 /// `dir/libnvidia-ml.so` (soname `libnvidia-ml.so.1`); returns its path, or why it could not
 /// be built. `DWCP_LIBNVML` pointed at it gives the data plane GPU status to report.
-pub fn build_nvml(dir: &Path) -> Result<PathBuf, String> {
+pub fn build_nvml(dir: &Path) -> Result<PathBuf, BuildError> {
     write_sources(
         dir,
         &[("sim_nvml.cpp", include_str!("../sim/sim_nvml.cpp"))],
@@ -119,11 +147,17 @@ pub fn build_nvml(dir: &Path) -> Result<PathBuf, String> {
     )
 }
 
-fn write_sources(dir: &Path, files: &[(&str, &str)]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn write_sources(dir: &Path, files: &[(&str, &str)]) -> Result<(), BuildError> {
+    std::fs::create_dir_all(dir).map_err(|source| BuildError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
     for (name, text) in files {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, text).map_err(|source| BuildError::Write {
+            path: path.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -135,7 +169,7 @@ fn compile(
     lib: &str,
     soname: &str,
     flags: &[&str],
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, BuildError> {
     let lib = dir.join(lib);
     let out = Command::new("c++")
         .args(flags)
@@ -152,12 +186,12 @@ fn compile(
         .arg(&lib)
         .arg(dir.join(source))
         .output()
-        .map_err(|e| format!("cannot run c++ (scripts/setup.sh installs g++): {e}"))?;
+        .map_err(BuildError::NoCompiler)?;
     if !out.status.success() {
-        return Err(format!(
-            "{source} does not compile:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(BuildError::Compile {
+            file: source.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     Ok(lib)
 }

@@ -663,7 +663,9 @@ fn sim_the_start_up_check_passes_on_the_real_kernels_and_catches_a_gpu_giving_wr
     sim().inject(Fault::Corrupt, 1, 0);
     let wrong = selftest::check(&mut e, 9216, Duration::from_secs(30));
     sim().inject(Fault::None, 0, 0);
-    let why = wrong.expect_err("a GPU whose results come back with a bit flipped passed");
+    let why = wrong
+        .expect_err("a GPU whose results come back with a bit flipped passed")
+        .to_string();
     assert!(why.starts_with("seal "), "{why}");
     assert_eq!(
         e.failures(),

@@ -11,7 +11,7 @@ use dwcp_kernels::Engine;
 use dwcp_kernels::cuda::{Capacity, CudaEngine};
 use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
 use dwcp_kernels::gather::{GatherSettings, Gatherer};
-use dwcp_kernels::monitor::GpuMonitor;
+use dwcp_kernels::monitor::{GpuMonitor, MonitorError};
 use dwcp_kernels::selftest;
 use dwcp_provisioning::schema::{GpuMode, Offload};
 
@@ -42,7 +42,7 @@ pub struct Engines {
     pub why: String,
     /// The GPU's status for operators when a GPU engine runs: NVML on its device, or why
     /// there is none.
-    pub monitor: Option<Result<GpuMonitor, String>>,
+    pub monitor: Option<Result<GpuMonitor, MonitorError>>,
     /// The thread that gathers the workers' GPU batches, when a GPU engine runs; the workers'
     /// GPU path ends with it (they then finish everything on their CPUs).
     pub gatherer: Option<Gatherer>,

@@ -7,26 +7,50 @@ use super::*;
 /// library path, or the CPU stand-in `kernels/sim/sim_driver.cpp` that the tests build): it
 /// is loaded globally, and cudarc's later load of `libcuda.so` by name finds it by its soname.
 /// Once loaded it stays for the life of the process.
-pub fn use_driver(path: &std::path::Path) -> Result<(), String> {
+pub fn use_driver(path: &std::path::Path) -> Result<(), DriverLoadError> {
     use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
     if !path.is_file() {
-        return Err(format!("no CUDA driver library at {}", path.display()));
+        return Err(DriverLoadError::Missing(path.to_owned()));
     }
     // SAFETY: loads a CUDA driver library, whose initialisers are sound to run; the handle is
     // leaked so the library stays loaded for the process's lifetime.
-    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }
-        .map_err(|e| format!("cannot load the CUDA driver {}: {e}", path.display()))?;
+    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| {
+        DriverLoadError::Load {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    })?;
     std::mem::forget(lib);
     Ok(())
 }
 
+/// Why a CUDA driver library named by path did not load ([`use_driver`]).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DriverLoadError {
+    /// There is no file there.
+    #[error("no CUDA driver library at {}", .0.display())]
+    Missing(std::path::PathBuf),
+    /// The loader refused it.
+    #[error("cannot load the CUDA driver {}: {source}", path.display())]
+    Load {
+        /// The library.
+        path: std::path::PathBuf,
+        /// The loader's error.
+        #[source]
+        source: Arc<libloading::Error>,
+    },
+    /// The library `DWCP_LIBCUDA` names did not load.
+    #[error("DWCP_LIBCUDA: {0}")]
+    Env(#[source] Box<DriverLoadError>),
+}
+
 /// Loads the driver `DWCP_LIBCUDA` names, once per process; the error says why it failed.
-pub(super) fn driver_from_env() -> Result<(), String> {
-    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+pub(super) fn driver_from_env() -> Result<(), DriverLoadError> {
+    static LOADED: std::sync::OnceLock<Result<(), DriverLoadError>> = std::sync::OnceLock::new();
     LOADED
         .get_or_init(|| match std::env::var_os("DWCP_LIBCUDA") {
             Some(p) => {
-                use_driver(std::path::Path::new(&p)).map_err(|e| format!("DWCP_LIBCUDA: {e}"))
+                use_driver(std::path::Path::new(&p)).map_err(|e| DriverLoadError::Env(Box::new(e)))
             }
             None => Ok(()),
         })

@@ -49,7 +49,7 @@ pub enum CudaError {
     StaticBuild,
     /// The driver library `DWCP_LIBCUDA` names did not load.
     #[error("{0}")]
-    DriverLibrary(String),
+    DriverLibrary(#[from] DriverLoadError),
     /// No `libnvrtc.so`.
     #[error("no NVRTC library (libnvrtc.so.13 or .12) on this machine or in LD_LIBRARY_PATH")]
     NoNvrtc,
@@ -66,7 +66,7 @@ pub enum CudaError {
     Driver(#[from] DriverError),
     /// A thread the engine needs (the gathering thread) did not start.
     #[error("could not start a thread: {0}")]
-    Thread(String),
+    Thread(#[source] std::io::Error),
     /// NVRTC rejected a source.
     #[error("NVRTC could not compile {file}: {log}")]
     Compile {
@@ -250,7 +250,7 @@ impl CudaEngine {
         if STATIC_BUILD {
             return Err(CudaError::StaticBuild);
         }
-        driver_from_env().map_err(CudaError::DriverLibrary)?;
+        driver_from_env()?;
         if !driver_present() {
             return Err(CudaError::NoDriver);
         }
