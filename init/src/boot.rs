@@ -7,11 +7,11 @@ use std::io::Read as _;
 use std::os::fd::AsFd as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process};
+use std::process::Command as Process;
 use std::time::Duration;
 
 use dwcp_provisioning::NodeConfig;
-use dwcp_provisioning::exit::{DataplaneExit, GPU_DISABLED_ENV, NextStart};
+use dwcp_provisioning::exit::GPU_DISABLED_ENV;
 use dwcp_provisioning::schema::{Backend, GpuMode};
 use nix::mount::{MsFlags, mount};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 
 use crate::config_source::{ConfigState, discover};
 use crate::console::{self, Command};
-use crate::supervise::{Decision, Policy, Supervisor};
+use crate::lifecycle::{Effect, Lifecycle, PlaneEnd, SafeReason};
 use crate::sys::{RootedFs, SysFs};
 use crate::{boot_disk, cpus, hugepages, irq, management, modules, say, vfio};
 
@@ -365,123 +365,70 @@ fn setup_management(fs: &dyn SysFs, c: &NodeConfig) {
     say!("management: {} up, {}, {route}", iface.name, m.address);
 }
 
-/// Why the data plane is down.
-#[derive(Clone, Debug)]
-enum SafeReason {
-    Unprovisioned,
-    InvalidConfig(Vec<String>),
-    ApplyFailed(Vec<String>),
-    Crashes(usize),
-    /// The data plane refused to start on this node (exit code 6) and said why.
-    CannotStart(String),
-}
-
-enum Plane {
-    /// Not started (safe mode or shutting down).
-    Down,
-    /// Running; `ready` once it said so.
-    Running { child: Child, ready: bool },
-    /// Crashed; starts again at this uptime.
-    Waiting { until: Duration },
-}
-
 struct Init {
     config: Option<NodeConfig>,
     config_text: String,
     source: String,
     facts: Facts,
-    safe: Option<SafeReason>,
-    plane: Plane,
-    supervisor: Supervisor,
-    /// Set while an operator's `restart` is in progress: the exit is not a crash.
-    expected_exit: bool,
+    /// The data plane's state and what init decides about it.
+    life: Lifecycle,
     notify: Option<UnixDatagram>,
-    /// The booted slot was marked good (after the first READY).
-    marked_good: bool,
     /// The EFI system partition whose loader entries say which slot is good: the boot disk's.
     esp: boot_disk::Choice,
     /// The config came from the partition: keep a last-known-good copy there after READY.
     save_last_good: bool,
-    /// The data plane's latest `STATUS=` line (offload engine and GPU state).
-    plane_status: Option<String>,
-    /// The data plane's `ERROR=` line, sent before it exits with code 6 or 7.
-    plane_error: Option<String>,
-    /// The GPU hung (the data plane exited with code 7, saying why): every later start runs
-    /// without it, until the next boot.
-    gpu_disabled: Option<String>,
     /// How init's bring-up of a GPU image's NVIDIA driver went.
     gpu_driver: crate::gpu::Outcome,
 }
 
-/// How the data plane process ended, as the reaper saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum PlaneEnd {
-    /// It exited with this code: one of [`DataplaneExit`]'s, or another (a panic's 101).
-    Exited(i32),
-    /// A signal killed it.
-    Killed(Signal),
-    /// It could not be started at all.
-    NotStarted,
-}
-
-impl PlaneEnd {
-    /// What init does next when the data plane ended this way unasked.
-    fn next_start(&self) -> NextStart {
-        match self {
-            Self::Exited(code) => DataplaneExit::from_code(*code)
-                .map_or(NextStart::Restart, DataplaneExit::next_start),
-            Self::Killed(_) | Self::NotStarted => NextStart::Restart,
-        }
-    }
-}
-
-impl std::fmt::Display for PlaneEnd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Exited(code) => match DataplaneExit::from_code(*code) {
-                Some(known) => write!(f, "{known}"),
-                None => write!(f, "exit code {code}"),
-            },
-            Self::Killed(sig) => write!(f, "killed by {sig}"),
-            Self::NotStarted => f.write_str("did not start"),
-        }
-    }
-}
-
 impl Init {
     fn enter_safe_mode(&mut self, reason: SafeReason) {
-        match &reason {
-            SafeReason::Unprovisioned => {
-                say!("SAFE MODE: no config found (unprovisioned); data plane down, management only")
-            }
-            SafeReason::InvalidConfig(errs) => {
-                say!(
-                    "SAFE MODE: config invalid ({} problem(s)); data plane down:",
-                    errs.len()
-                );
-                for e in errs {
-                    say!("  {e}");
-                }
-            }
-            SafeReason::ApplyFailed(errs) => {
-                say!("SAFE MODE: the node does not match its config; data plane down:");
-                for e in errs {
-                    say!("  {e}");
-                }
-            }
-            SafeReason::Crashes(n) => say!(
-                "SAFE MODE: data plane crashed {n} times within {}s; staying down (type `restart` to try again)",
-                Policy::default().window.as_secs()
-            ),
-            SafeReason::CannotStart(why) => say!(
-                "SAFE MODE: the data plane cannot start on this node: {why}; staying down (fix it, then type `restart`)"
-            ),
-        }
-        self.safe = Some(reason);
-        self.plane = Plane::Down;
+        let effects = self.life.enter_safe_mode(reason);
+        self.carry_out(effects);
     }
 
     fn start_dataplane(&mut self) {
+        let effects = self.life.start();
+        self.carry_out(effects);
+    }
+
+    /// Does what the data plane's lifecycle asks, and what that leads to, in order.
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        let mut todo: std::collections::VecDeque<Effect> = effects.into();
+        while let Some(effect) = todo.pop_front() {
+            match effect {
+                Effect::Say(line) => say!("{line}"),
+                Effect::Start { gpu_disabled } => {
+                    if let Err(e) = self.spawn_dataplane(gpu_disabled.as_deref()) {
+                        say!("dataplane: cannot start {DATAPLANE}: {e}");
+                        todo.extend(self.life.ended(&PlaneEnd::NotStarted, uptime()));
+                    }
+                }
+                Effect::Signal(sig) => {
+                    if let Some(pid) = self.dataplane_pid() {
+                        let _ = kill(pid, sig);
+                    }
+                }
+                Effect::Announce { pid, restarts } => {
+                    let vfio = if self.facts.vfio_bound.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        self.facts.vfio_bound.join(",")
+                    };
+                    console::announce(&format!(
+                        "DWCP READY node={} hugepages_1g={} vfio_bound={vfio} dataplane_pid={pid} restarts={restarts} boot_ms={}",
+                        self.facts.node,
+                        self.facts.hugepages_1g,
+                        uptime().as_millis()
+                    ));
+                }
+                Effect::FirstReady => self.first_ready(),
+            }
+        }
+    }
+
+    /// Starts the data plane on its cores, the GPU left out (and why) when asked.
+    fn spawn_dataplane(&mut self, gpu_disabled: Option<&str>) -> std::io::Result<()> {
         let cores = &self.facts.dataplane_cores;
         let mut set = CpuSet::new();
         for &c in cores {
@@ -495,88 +442,48 @@ impl Init {
             .arg(RUN_CONFIG)
             .env("DWCP_NOTIFY_SOCKET", NOTIFY_SOCKET)
             .env("DWCP_VFIO_DEVICES", self.facts.vfio_bound.join(","))
-            .envs(
-                self.gpu_disabled
-                    .as_ref()
-                    .map(|why| (GPU_DISABLED_ENV, why)),
-            )
+            .envs(gpu_disabled.map(|why| (GPU_DISABLED_ENV, why)))
             .spawn();
         if let Some(own) = own {
             let _ = sched_setaffinity(Pid::from_raw(0), &own);
         }
-        match spawned {
-            Ok(child) => {
-                say!(
-                    "dataplane: started pid {} on cores {}{}",
-                    child.id(),
-                    cpus::format_list(cores),
-                    if confined { "" } else { " (affinity NOT set)" }
-                );
-                self.plane = Plane::Running {
-                    child,
-                    ready: false,
-                };
+        let child = spawned?;
+        say!(
+            "dataplane: started pid {} on cores {}{}",
+            child.id(),
+            cpus::format_list(cores),
+            if confined { "" } else { " (affinity NOT set)" }
+        );
+        // The reaper waits for it by pid (`waitpid(-1)`), not through `Child`.
+        self.life.started(child.id());
+        Ok(())
+    }
+
+    /// The first READY since boot: keep the config as the last-known-good copy and mark the
+    /// booted slot good.
+    fn first_ready(&mut self) {
+        if self.save_last_good {
+            match save_last_good(&self.config_text) {
+                Ok(true) => {
+                    say!("config: saved as the last-known-good copy on the config partition")
+                }
+                Ok(false) => {}
+                Err(e) => say!("config: could not save the last-known-good copy: {e}"),
             }
-            Err(e) => {
-                say!("dataplane: cannot start {DATAPLANE}: {e}");
-                self.on_exit(PlaneEnd::NotStarted);
-            }
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        match crate::boot_assessment::mark_good(&self.esp, &cmdline) {
+            Ok(Some((from, to))) => say!("boot: slot marked good ({from} -> {to})"),
+            Ok(None) => {}
+            Err(e) => say!("boot: could not mark the slot good: {e}"),
         }
     }
 
     fn dataplane_pid(&self) -> Option<Pid> {
-        match &self.plane {
-            Plane::Running { child, .. } => i32::try_from(child.id()).ok().map(Pid::from_raw),
-            _ => None,
-        }
-    }
-
-    /// The `ERROR=` line the data plane sent before it exited, or `otherwise`.
-    fn last_error_or(&mut self, otherwise: &str) -> String {
-        self.on_notify();
-        self.plane_error
-            .take()
-            .unwrap_or_else(|| otherwise.to_owned())
-    }
-
-    /// The data plane ended.
-    fn on_exit(&mut self, end: PlaneEnd) {
-        say!("dataplane: exited ({end})");
-        self.plane = Plane::Down;
-        if std::mem::take(&mut self.expected_exit) {
-            self.start_dataplane();
-            return;
-        }
-        // The node cannot run this config (no hugepages, a NIC not bound to vfio-pci, a PCI
-        // address that is not there); restarting will not help. Its reason came as `ERROR=`
-        // on the notify socket just before.
-        let next = end.next_start();
-        if next == NextStart::SafeMode {
-            let why = self.last_error_or("no reason given (see the lines above)");
-            self.enter_safe_mode(SafeReason::CannotStart(why));
-            return;
-        }
-        // A GPU batch never came back from the driver, and the workers waiting on it could
-        // not give up. Restart without the GPU (counted as a crash, so a data plane that
-        // keeps dying still ends in safe mode).
-        if next == NextStart::WithoutGpu {
-            let why = self.last_error_or("the GPU hung (no details given)");
-            say!("dataplane: {why}; it runs on the CPU engine from now until the next boot");
-            self.gpu_disabled = Some(why);
-        }
-        match self.supervisor.crashed(uptime()) {
-            Decision::RestartAfter(d) => {
-                say!(
-                    "dataplane: restarting in {} ms (restart {})",
-                    d.as_millis(),
-                    self.supervisor.restarts
-                );
-                self.plane = Plane::Waiting {
-                    until: uptime() + d,
-                };
-            }
-            Decision::GiveUp { crashes } => self.enter_safe_mode(SafeReason::Crashes(crashes)),
-        }
+        self.life
+            .pid()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw)
     }
 
     fn reap(&mut self) {
@@ -592,8 +499,12 @@ impl Init {
                             // Stopped or continued: it has not ended.
                             _ => continue,
                         };
-                        // `Child` must not wait again: it is reaped already.
-                        self.on_exit(end);
+                        // An `ERROR=` it sent just before it exited says why (a `READY=1`
+                        // from a process that is gone is not announced).
+                        self.life.stopped();
+                        self.on_notify();
+                        let effects = self.life.ended(&end, uptime());
+                        self.carry_out(effects);
                     }
                 }
             }
@@ -601,74 +512,22 @@ impl Init {
     }
 
     fn on_notify(&mut self) {
-        let Some(sock) = &self.notify else { return };
         let mut buf = [0u8; 2048];
-        while let Ok(n) = sock.recv(&mut buf) {
+        loop {
+            let Some(sock) = &self.notify else { return };
+            let Ok(n) = sock.recv(&mut buf) else { return };
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if let Some(line) = msg.lines().rev().find_map(|l| l.strip_prefix("STATUS=")) {
-                self.plane_status = Some(line.trim().to_owned());
-            }
-            if let Some(line) = msg.lines().rev().find_map(|l| l.strip_prefix("ERROR=")) {
-                self.plane_error = Some(line.trim().to_owned());
-            }
-            if msg.lines().any(|l| l.trim() == "READY=1")
-                && let Plane::Running { child, ready } = &mut self.plane
-                && !*ready
-            {
-                *ready = true;
-                let pid = child.id();
-                let vfio = if self.facts.vfio_bound.is_empty() {
-                    "none".to_owned()
-                } else {
-                    self.facts.vfio_bound.join(",")
-                };
-                console::announce(&format!(
-                    "DWCP READY node={} hugepages_1g={} vfio_bound={vfio} dataplane_pid={pid} restarts={} boot_ms={}",
-                    self.facts.node,
-                    self.facts.hugepages_1g,
-                    self.supervisor.restarts,
-                    uptime().as_millis()
-                ));
-                if !self.marked_good && self.save_last_good {
-                    match save_last_good(&self.config_text) {
-                        Ok(true) => say!(
-                            "config: saved as the last-known-good copy on the config partition"
-                        ),
-                        Ok(false) => {}
-                        Err(e) => say!("config: could not save the last-known-good copy: {e}"),
-                    }
-                }
-                if !self.marked_good {
-                    self.marked_good = true;
-                    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-                    match crate::boot_assessment::mark_good(&self.esp, &cmdline) {
-                        Ok(Some((from, to))) => say!("boot: slot marked good ({from} -> {to})"),
-                        Ok(None) => {}
-                        Err(e) => say!("boot: could not mark the slot good: {e}"),
-                    }
-                }
-            }
+            let effects = self.life.notified(&msg);
+            self.carry_out(effects);
         }
     }
 
     fn status(&self) {
-        let state = match (&self.safe, &self.plane) {
-            (Some(r), _) => format!("SAFE MODE ({})", safe_reason_word(r)),
-            (None, Plane::Running { child, ready: true }) => format!("running, pid {}", child.id()),
-            (
-                None,
-                Plane::Running {
-                    child,
-                    ready: false,
-                },
-            ) => format!("starting, pid {}", child.id()),
-            (None, Plane::Waiting { .. }) => "restarting".to_owned(),
-            (None, Plane::Down) => "down".to_owned(),
-        };
         say!(
-            "status: node {} | data plane {state} | restarts {}",
+            "status: node {} | data plane {} | restarts {}",
             self.facts.node_or("-"),
-            self.supervisor.restarts
+            self.life.state_line(),
+            self.life.restarts()
         );
         say!(
             "status: hugepages_1g {} | vfio {} | config from {} | uptime {}s",
@@ -684,7 +543,7 @@ impl Init {
         if self.gpu_driver != crate::gpu::Outcome::NotInImage {
             say!("status: {}", self.gpu_driver.line());
         }
-        if let (Some(line), Plane::Running { .. }) = (&self.plane_status, &self.plane) {
+        if let Some(line) = self.life.status_line() {
             say!("status: {line}");
         }
     }
@@ -698,7 +557,7 @@ impl Init {
                 say!("{}", console::HELP);
             }
             Command::Status => self.status(),
-            Command::Config => match (&self.safe, &self.config) {
+            Command::Config => match (self.life.safe(), &self.config) {
                 (Some(SafeReason::InvalidConfig(errs)), _) => {
                     for e in errs {
                         say!("config: {e}");
@@ -711,32 +570,14 @@ impl Init {
                 }
                 _ => say!("config: none (unprovisioned)"),
             },
-            Command::Restart => match (&self.safe, &self.plane) {
-                (Some(SafeReason::Crashes(_) | SafeReason::CannotStart(_)), _) => {
-                    say!("restart: leaving safe mode");
-                    self.safe = None;
-                    self.supervisor.reset();
-                    self.start_dataplane();
-                }
-                (Some(r), _) => say!(
-                    "restart: not possible in safe mode ({})",
-                    safe_reason_word(r)
-                ),
-                (None, Plane::Running { .. }) => {
-                    self.expected_exit = true;
-                    if let Some(pid) = self.dataplane_pid() {
-                        let _ = kill(pid, Signal::SIGTERM);
-                    }
-                }
-                (None, _) => self.start_dataplane(),
-            },
-            Command::KillDataplane => match self.dataplane_pid() {
-                Some(pid) => {
-                    say!("debug: SIGKILL to data plane pid {pid}");
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-                None => say!("debug: no data plane running"),
-            },
+            Command::Restart => {
+                let effects = self.life.restart();
+                self.carry_out(effects);
+            }
+            Command::KillDataplane => {
+                let effects = self.life.kill();
+                self.carry_out(effects);
+            }
             Command::Reboot => return Some(RebootMode::RB_AUTOBOOT),
             Command::Poweroff => return Some(RebootMode::RB_POWER_OFF),
         }
@@ -767,7 +608,7 @@ impl Init {
                 }
             }
         }
-        self.plane = Plane::Down;
+        self.life.stopped();
         nix::unistd::sync();
         let what = if mode == RebootMode::RB_AUTOBOOT {
             "rebooting"
@@ -785,16 +626,6 @@ impl Init {
 impl Facts {
     fn node_or<'a>(&'a self, d: &'a str) -> &'a str {
         if self.node.is_empty() { d } else { &self.node }
-    }
-}
-
-fn safe_reason_word(r: &SafeReason) -> &'static str {
-    match r {
-        SafeReason::Unprovisioned => "unprovisioned",
-        SafeReason::InvalidConfig(_) => "invalid config, type `config`",
-        SafeReason::ApplyFailed(_) => "node does not match config",
-        SafeReason::Crashes(_) => "data plane crashed repeatedly",
-        SafeReason::CannotStart(_) => "data plane cannot start",
     }
 }
 
@@ -877,17 +708,10 @@ pub fn run() -> ! {
         config_text: String::new(),
         source: "none".into(),
         facts: Facts::default(),
-        safe: None,
-        plane: Plane::Down,
-        supervisor: Supervisor::new(Policy::default()),
-        expected_exit: false,
+        life: Lifecycle::default(),
         notify,
-        marked_good: false,
         esp: boot_disk::Choice::default(),
         save_last_good: false,
-        plane_status: None,
-        plane_error: None,
-        gpu_disabled: None,
         gpu_driver,
     };
 
@@ -965,10 +789,7 @@ pub fn run() -> ! {
     let mut stdin_open = true;
     let mut pending = String::new();
     loop {
-        let timeout = match init.plane {
-            Plane::Waiting { until } => until.saturating_sub(uptime()),
-            _ => Duration::from_secs(5),
-        };
+        let timeout = init.life.wait(uptime());
         let timeout = PollTimeout::try_from(timeout.max(Duration::from_millis(1)))
             .unwrap_or(PollTimeout::MAX);
         let (sig_ready, in_ready, notify_ready, button_ready) = {
@@ -1051,11 +872,8 @@ pub fn run() -> ! {
                 }
             }
         }
-        if let Plane::Waiting { until } = init.plane
-            && uptime() >= until
-        {
-            init.start_dataplane();
-        }
+        let effects = init.life.tick(uptime());
+        init.carry_out(effects);
     }
 }
 
@@ -1067,30 +885,6 @@ mod tests {
 
     fn config() -> NodeConfig {
         check(&SourceFile::new("node.toml", example::example().unwrap())).unwrap()
-    }
-
-    #[test]
-    fn exit_codes_6_and_7_are_not_crashes_like_the_others() {
-        assert_eq!(PlaneEnd::Exited(6).next_start(), NextStart::SafeMode);
-        assert_eq!(PlaneEnd::Exited(7).next_start(), NextStart::WithoutGpu);
-        for other in [
-            PlaneEnd::Exited(1),
-            PlaneEnd::Exited(5),
-            PlaneEnd::Exited(70),
-            PlaneEnd::Killed(Signal::SIGSEGV),
-            PlaneEnd::NotStarted,
-        ] {
-            assert_eq!(other.next_start(), NextStart::Restart, "{other:?}");
-        }
-        assert_eq!(
-            PlaneEnd::Exited(7).to_string(),
-            "exit code 7 (the GPU hung in a driver call)"
-        );
-        assert_eq!(PlaneEnd::Exited(70).to_string(), "exit code 70");
-        assert_eq!(
-            PlaneEnd::Killed(Signal::SIGKILL).to_string(),
-            "killed by SIGKILL"
-        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod ethtool;
 pub mod gpu;
 pub mod hugepages;
 pub mod irq;
+pub mod lifecycle;
 pub mod management;
 pub mod modules;
 pub mod supervise;
