@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
-use std::os::fd::AsFd as _;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -675,25 +675,11 @@ pub fn run() -> ! {
     }
     // Ctrl-Alt-Del becomes SIGINT to init instead of an immediate reboot.
     let _ = set_cad_enabled(false);
-    let mut signals = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGPWR,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        signals.add(s);
-    }
-    let _ = signals.thread_block();
-    let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok();
-
+    let signals = block_signals();
     let gpu_driver = load_modules();
     // Open the power button before anything can print READY or SAFE MODE, so a press that
     // follows either is never missed.
-    let mut button = power_button();
+    let button = power_button();
     if button.is_none() {
         say!("power button: none found; use the console `poweroff` or SIGTERM");
     }
@@ -714,166 +700,239 @@ pub fn run() -> ! {
         save_last_good: false,
         gpu_driver,
     };
+    init.configure(&fs);
+    init.serve(signals, button)
+}
 
-    let partitions = boot_disk::partitions(&fs);
-    let boot = find_boot_disk(&fs, &partitions);
-    let partition = mount_config_partition(boot_disk::choose(
-        &partitions,
-        boot_disk::CONFIG_PARTITION,
-        &boot,
-    ));
-    init.esp = boot_disk::choose(&partitions, boot_disk::EFI_PARTITION, &boot);
-    match discover(Path::new("/"), partition.as_deref()) {
-        ConfigState::Unprovisioned => init.enter_safe_mode(SafeReason::Unprovisioned),
-        ConfigState::Invalid {
-            source,
-            diagnostics,
-        } => {
-            init.source = source.to_string();
-            let errs = diagnostics.iter().map(ToString::to_string).collect();
-            init.enter_safe_mode(SafeReason::InvalidConfig(errs));
-        }
-        found @ (ConfigState::Provisioned { .. } | ConfigState::LastGood { .. }) => {
-            let (source, config, text_path) = match found {
-                ConfigState::Provisioned { source, config } => {
-                    say!("config: node {} from {source}", config.name);
-                    let p = source.path().to_path_buf();
-                    (source, config, p)
+/// Blocks the signals init handles and opens a descriptor that reads them.
+fn block_signals() -> Option<SignalFd> {
+    let mut signals = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGPWR,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        signals.add(s);
+    }
+    let _ = signals.thread_block();
+    SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok()
+}
+
+/// What became readable while init waited.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ready {
+    signal: bool,
+    console: bool,
+    notify: bool,
+    button: bool,
+}
+
+/// The serial console's input: commands, one per line.
+struct ConsoleInput {
+    stdin: std::io::Stdin,
+    /// A closed console would poll readable forever: it is watched only while open.
+    open: bool,
+    pending: String,
+}
+
+impl ConsoleInput {
+    /// Reads what is there and returns the complete lines' commands.
+    fn commands(&mut self) -> Vec<Command> {
+        let mut buf = [0u8; 256];
+        let mut out = Vec::new();
+        match self.stdin.read(&mut buf) {
+            Ok(0) | Err(_) => self.open = false,
+            Ok(n) => {
+                self.pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                while let Some(i) = self.pending.find(['\n', '\r']) {
+                    let line: String = self.pending.drain(..=i).collect();
+                    out.extend(console::parse(&line));
                 }
-                ConfigState::LastGood {
-                    source,
-                    config,
-                    rejected,
-                } => {
-                    say!(
-                        "config: {source}: dwcp.toml has {} problem(s):",
-                        rejected.len()
-                    );
-                    for d in &rejected {
-                        say!("  {d}");
-                    }
-                    say!(
-                        "config: USING THE LAST-KNOWN-GOOD COPY ({}): node {}",
-                        crate::config_source::LAST_GOOD,
-                        config.name
-                    );
-                    let p = source
-                        .path()
-                        .with_file_name(crate::config_source::LAST_GOOD);
-                    (source, config, p)
+                if self.pending.len() > 1024 {
+                    self.pending.clear();
                 }
-                _ => unreachable!("matched above"),
-            };
-            init.save_last_good =
-                matches!(source, crate::config_source::Candidate::Partition { .. });
-            init.source = source.to_string();
-            init.config_text = std::fs::read_to_string(&text_path).unwrap_or_default();
-            init.facts.node = config.name.to_string();
-            match apply(&fs, &config) {
-                Ok(facts) => {
-                    init.facts = facts;
-                    match std::fs::write(RUN_CONFIG, &init.config_text) {
-                        Ok(()) => init.start_dataplane(),
-                        Err(e) => init.enter_safe_mode(SafeReason::ApplyFailed(vec![format!(
-                            "cannot write {RUN_CONFIG}: {e}"
-                        )])),
-                    }
-                }
-                Err(errs) => init.enter_safe_mode(SafeReason::ApplyFailed(errs)),
             }
-            init.config = Some(*config);
+        }
+        out
+    }
+}
+
+impl Init {
+    /// Finds the config (on the boot disk's config partition, else in the initramfs), and
+    /// applies it and starts the data plane, or stays down in safe mode saying why.
+    fn configure(&mut self, fs: &RootedFs) {
+        let partitions = boot_disk::partitions(fs);
+        let boot = find_boot_disk(fs, &partitions);
+        let partition = mount_config_partition(boot_disk::choose(
+            &partitions,
+            boot_disk::CONFIG_PARTITION,
+            &boot,
+        ));
+        self.esp = boot_disk::choose(&partitions, boot_disk::EFI_PARTITION, &boot);
+        let (source, config, text_path) = match discover(Path::new("/"), partition.as_deref()) {
+            ConfigState::Unprovisioned => {
+                self.enter_safe_mode(SafeReason::Unprovisioned);
+                return;
+            }
+            ConfigState::Invalid {
+                source,
+                diagnostics,
+            } => {
+                self.source = source.to_string();
+                let errs = diagnostics.iter().map(ToString::to_string).collect();
+                self.enter_safe_mode(SafeReason::InvalidConfig(errs));
+                return;
+            }
+            ConfigState::Provisioned { source, config } => {
+                say!("config: node {} from {source}", config.name);
+                let p = source.path().to_path_buf();
+                (source, config, p)
+            }
+            ConfigState::LastGood {
+                source,
+                config,
+                rejected,
+            } => {
+                say!(
+                    "config: {source}: dwcp.toml has {} problem(s):",
+                    rejected.len()
+                );
+                for d in &rejected {
+                    say!("  {d}");
+                }
+                say!(
+                    "config: USING THE LAST-KNOWN-GOOD COPY ({}): node {}",
+                    crate::config_source::LAST_GOOD,
+                    config.name
+                );
+                let p = source
+                    .path()
+                    .with_file_name(crate::config_source::LAST_GOOD);
+                (source, config, p)
+            }
+        };
+        self.save_last_good = matches!(source, crate::config_source::Candidate::Partition { .. });
+        self.source = source.to_string();
+        self.config_text = std::fs::read_to_string(&text_path).unwrap_or_default();
+        self.facts.node = config.name.to_string();
+        match apply(fs, &config) {
+            Ok(facts) => {
+                self.facts = facts;
+                match std::fs::write(RUN_CONFIG, &self.config_text) {
+                    Ok(()) => self.start_dataplane(),
+                    Err(e) => self.enter_safe_mode(SafeReason::ApplyFailed(vec![format!(
+                        "cannot write {RUN_CONFIG}: {e}"
+                    )])),
+                }
+            }
+            Err(errs) => self.enter_safe_mode(SafeReason::ApplyFailed(errs)),
+        }
+        self.config = Some(*config);
+    }
+
+    /// Init's event loop: signals, the data plane's notifications, the power button, console
+    /// commands, and the data plane's restart timer. Never returns (a shutdown reboots).
+    fn serve(mut self, signals: Option<SignalFd>, mut button: Option<std::fs::File>) -> ! {
+        let mut console = ConsoleInput {
+            stdin: std::io::stdin(),
+            open: true,
+            pending: String::new(),
+        };
+        loop {
+            let ready = self.wait(&console, signals.as_ref(), button.as_ref());
+            if ready.signal
+                && let Some(sfd) = &signals
+            {
+                while let Ok(Some(info)) = sfd.read_signal() {
+                    self.on_signal(Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)));
+                }
+            }
+            if ready.notify {
+                self.on_notify();
+            }
+            if ready.button
+                && let Some(b) = &mut button
+            {
+                let mut buf = [0u8; 24 * 16];
+                if let Ok(n) = b.read(&mut buf)
+                    && power_pressed(&buf[..n])
+                {
+                    self.shutdown("power button", RebootMode::RB_POWER_OFF);
+                }
+            }
+            if ready.console {
+                for cmd in console.commands() {
+                    if let Some(mode) = self.on_command(cmd) {
+                        self.shutdown("operator command", mode);
+                    }
+                }
+            }
+            let effects = self.life.tick(uptime());
+            self.carry_out(effects);
         }
     }
 
-    let mut stdin = std::io::stdin();
-    let mut stdin_open = true;
-    let mut pending = String::new();
-    loop {
-        let timeout = init.life.wait(uptime());
-        let timeout = PollTimeout::try_from(timeout.max(Duration::from_millis(1)))
-            .unwrap_or(PollTimeout::MAX);
-        let (sig_ready, in_ready, notify_ready, button_ready) = {
-            let mut fds = Vec::with_capacity(4);
-            let stdin_fd = stdin.as_fd();
-            // A closed console would poll readable forever: watch it only while open.
-            fds.push(PollFd::new(
-                stdin_fd,
-                if stdin_open {
-                    PollFlags::POLLIN
-                } else {
-                    PollFlags::empty()
-                },
-            ));
-            let sig_i = sigfd.as_ref().map(|s| {
-                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            let notify_i = init.notify.as_ref().map(|n| {
-                fds.push(PollFd::new(n.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            let button_i = button.as_ref().map(|b| {
-                fds.push(PollFd::new(b.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            let _ = poll(&mut fds, timeout);
-            let ready = |i: Option<usize>| {
-                i.and_then(|i| fds[i].revents())
-                    .is_some_and(|r| r.intersects(PollFlags::POLLIN))
-            };
-            let stdin_ready = stdin_open
+    /// Waits until something is readable, or the data plane's restart is due.
+    fn wait(
+        &self,
+        console: &ConsoleInput,
+        signals: Option<&SignalFd>,
+        button: Option<&std::fs::File>,
+    ) -> Ready {
+        let timeout = self.life.wait(uptime()).max(Duration::from_millis(1));
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let mut fds = Vec::with_capacity(4);
+        let events = if console.open {
+            PollFlags::POLLIN
+        } else {
+            PollFlags::empty()
+        };
+        fds.push(PollFd::new(console.stdin.as_fd(), events));
+        // Where each watched descriptor is in `fds`.
+        let mut at = [None; 3];
+        let watched = [
+            signals.map(AsFd::as_fd),
+            self.notify.as_ref().map(AsFd::as_fd),
+            button.map(AsFd::as_fd),
+        ];
+        for (slot, fd) in at.iter_mut().zip(watched) {
+            if let Some(fd) = fd {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                *slot = Some(fds.len() - 1);
+            }
+        }
+        let [sig_i, notify_i, button_i] = at;
+        let _ = poll(&mut fds, timeout);
+        let readable = |i: Option<usize>| {
+            i.and_then(|i| fds[i].revents())
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN))
+        };
+        Ready {
+            signal: readable(sig_i),
+            console: console.open
                 && fds[0]
                     .revents()
-                    .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
-            (ready(sig_i), stdin_ready, ready(notify_i), ready(button_i))
-        };
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP)),
+            notify: readable(notify_i),
+            button: readable(button_i),
+        }
+    }
 
-        if sig_ready && let Some(sfd) = &sigfd {
-            while let Ok(Some(info)) = sfd.read_signal() {
-                match Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) {
-                    Ok(Signal::SIGCHLD) => init.reap(),
-                    Ok(Signal::SIGINT) => init.shutdown("ctrl-alt-del", RebootMode::RB_POWER_OFF),
-                    Ok(Signal::SIGTERM | Signal::SIGPWR | Signal::SIGUSR2) => {
-                        init.shutdown("power-off requested", RebootMode::RB_POWER_OFF)
-                    }
-                    Ok(other) => say!("signal {other} ignored"),
-                    Err(_) => {}
-                }
+    /// A signal to init.
+    fn on_signal(&mut self, signal: nix::Result<Signal>) {
+        match signal {
+            Ok(Signal::SIGCHLD) => self.reap(),
+            Ok(Signal::SIGINT) => self.shutdown("ctrl-alt-del", RebootMode::RB_POWER_OFF),
+            Ok(Signal::SIGTERM | Signal::SIGPWR | Signal::SIGUSR2) => {
+                self.shutdown("power-off requested", RebootMode::RB_POWER_OFF)
             }
+            Ok(other) => say!("signal {other} ignored"),
+            Err(_) => {}
         }
-        if notify_ready {
-            init.on_notify();
-        }
-        if button_ready && let Some(b) = &mut button {
-            let mut buf = [0u8; 24 * 16];
-            if let Ok(n) = b.read(&mut buf)
-                && power_pressed(&buf[..n])
-            {
-                init.shutdown("power button", RebootMode::RB_POWER_OFF);
-            }
-        }
-        if in_ready {
-            let mut buf = [0u8; 256];
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => stdin_open = false,
-                Ok(n) => {
-                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    while let Some(i) = pending.find(['\n', '\r']) {
-                        let line: String = pending.drain(..=i).collect();
-                        if let Some(cmd) = console::parse(&line)
-                            && let Some(mode) = init.on_command(cmd)
-                        {
-                            init.shutdown("operator command", mode);
-                        }
-                    }
-                    if pending.len() > 1024 {
-                        pending.clear();
-                    }
-                }
-            }
-        }
-        let effects = init.life.tick(uptime());
-        init.carry_out(effects);
     }
 }
 
