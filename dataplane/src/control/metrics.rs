@@ -235,39 +235,185 @@ pub fn render_gather(g: &dwcp_kernels::gather::GatherStats, node: &str) -> Strin
     o
 }
 
+/// A family of one sample: (metric, type, the worker stat it shows, help).
+type Single = (&'static str, &'static str, &'static str, &'static str);
+
+/// The tunnel's and the gateway's single-sample families, in exposition order.
+const TUNNEL_FAMILIES: [Single; 14] = [
+    (
+        "dwcp_handshakes_initiated_total",
+        "counter",
+        "handshakes_initiated",
+        "Handshake initiations sent.",
+    ),
+    (
+        "dwcp_handshakes_total",
+        "counter",
+        "handshakes_completed",
+        "Sessions established.",
+    ),
+    (
+        "dwcp_rekeys_total",
+        "counter",
+        "rekeys",
+        "Sessions that replaced an older one.",
+    ),
+    (
+        "dwcp_keepalives_sent_total",
+        "counter",
+        "keepalives_sent",
+        "Keepalives sent.",
+    ),
+    (
+        "dwcp_tunnel_rx_packets_total",
+        "counter",
+        "tunnel_rx_packets",
+        "Inner packets received from peers.",
+    ),
+    (
+        "dwcp_tunnel_tx_messages_total",
+        "counter",
+        "tunnel_tx_messages",
+        "Data messages sent to peers.",
+    ),
+    (
+        "dwcp_compressed_packets_total",
+        "counter",
+        "compressed_packets",
+        "Payloads sent LZ4-compressed.",
+    ),
+    (
+        "dwcp_compress_in_bytes_total",
+        "counter",
+        "compress_in_bytes",
+        "Bytes before compression of compressed payloads.",
+    ),
+    (
+        "dwcp_compress_out_bytes_total",
+        "counter",
+        "compress_out_bytes",
+        "Bytes after compression of compressed payloads.",
+    ),
+    (
+        "dwcp_compress_no_gain_packets_total",
+        "counter",
+        "compress_no_gain_packets",
+        "Payloads compressed in vain (not smaller), sent as they were.",
+    ),
+    (
+        "dwcp_compress_skipped_packets_total",
+        "counter",
+        "compress_skipped_packets",
+        "Payloads sent without trying LZ4: their peer's recent payloads did not shrink.",
+    ),
+    (
+        "dwcp_icmp_errors_sent_total",
+        "counter",
+        "icmp_errors_sent",
+        "ICMP fragmentation-needed messages sent.",
+    ),
+    (
+        "dwcp_mss_clamped_total",
+        "counter",
+        "mss_clamped",
+        "TCP SYNs whose MSS was lowered.",
+    ),
+    (
+        "dwcp_handoff_frames_total",
+        "counter",
+        "handoff_frames",
+        "WAN frames handed to the worker owning their session.",
+    ),
+];
+
+/// The offload dispatcher's single-sample families, in exposition order.
+const OFFLOAD_FAMILIES: [Single; 13] = [
+    (
+        "dwcp_offload_gpu_errors_total",
+        "counter",
+        "offload_gpu_errors",
+        "GPU batches that failed and were finished on the CPU.",
+    ),
+    (
+        "dwcp_offload_gpu_timeouts_total",
+        "counter",
+        "offload_gpu_timeouts",
+        "GPU batches past their deadline, finished on the CPU.",
+    ),
+    (
+        "dwcp_offload_fallback_packets_total",
+        "counter",
+        "offload_fallback_packets",
+        "Packets the CPU finished after a GPU failure (none lost, none run twice).",
+    ),
+    (
+        "dwcp_offload_declined_packets_total",
+        "counter",
+        "offload_declined_packets",
+        "Packets the GPU could not stage (larger than its buffers), run with the rest of their batch on the CPU; the GPU stays in service.",
+    ),
+    (
+        "dwcp_offload_gpu_checked_batches_total",
+        "counter",
+        "offload_gpu_checked_batches",
+        "GPU batches checked packet by packet against the CPU engine (offload.verify_every).",
+    ),
+    (
+        "dwcp_offload_gpu_spot_checked_batches_total",
+        "counter",
+        "offload_gpu_spot_checked_batches",
+        "GPU batches not checked whole of which one packet was checked against the CPU engine.",
+    ),
+    (
+        "dwcp_offload_gpu_rechecked_refusals_total",
+        "counter",
+        "offload_gpu_rechecked_refusals",
+        "Packets the GPU refused (seal refused, tag failed, block did not decompress) re-run on the CPU engine to confirm it (the first 4 of a batch).",
+    ),
+    (
+        "dwcp_offload_gpu_wrong_batches_total",
+        "counter",
+        "offload_gpu_wrong_batches",
+        "GPU batches in which a check found a packet the GPU got wrong without an error.",
+    ),
+    (
+        "dwcp_offload_corrected_packets_total",
+        "counter",
+        "offload_corrected_packets",
+        "Packets the GPU got wrong, given the CPU engine's result before they left.",
+    ),
+    (
+        "dwcp_offload_gpu_dropped_unchecked_packets_total",
+        "counter",
+        "offload_gpu_dropped_unchecked_packets",
+        "Packets the GPU opened in a batch whose spot check found it wrong, dropped because their plaintext could not be checked (also counted as failed opens).",
+    ),
+    (
+        "dwcp_offload_split_batches_total",
+        "counter",
+        "offload_split_batches",
+        "Batches split between the worker's CPU engine and the GPU, the two shares run at once (offload.gpu = auto); each also counts once in each engine's batches.",
+    ),
+    (
+        "dwcp_offload_gpu_probes_total",
+        "counter",
+        "offload_gpu_probes",
+        "Health probes sent to an unhealthy GPU.",
+    ),
+    (
+        "dwcp_offload_gpu_healthy_workers",
+        "gauge",
+        "offload_gpu_healthy",
+        "Workers whose GPU engine is healthy.",
+    ),
+];
+
 /// Renders the metrics text.
 pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
     let mut o = String::new();
     let node = l.node;
-    let mut family = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {kind}");
-        for (labels, value) in rows {
-            let sep = if labels.is_empty() { "" } else { "," };
-            let _ = writeln!(o, "{name}{{node=\"{node}\"{sep}{labels}}} {value}");
-        }
-    };
     let g = |n: &str| stats::get(v, n);
-    for (what, unit) in [("packets", "Frames"), ("bytes", "Bytes")] {
-        family(
-            &format!("dwcp_port_rx_{what}_total"),
-            "counter",
-            &format!("{unit} received per data port."),
-            &[
-                (format!("port=\"{}\"", l.lan), g(&format!("lan_rx_{what}"))),
-                (format!("port=\"{}\"", l.wan), g(&format!("wan_rx_{what}"))),
-            ],
-        );
-        family(
-            &format!("dwcp_port_tx_{what}_total"),
-            "counter",
-            &format!("{unit} sent per data port."),
-            &[
-                (format!("port=\"{}\"", l.lan), g(&format!("lan_tx_{what}"))),
-                (format!("port=\"{}\"", l.wan), g(&format!("wan_tx_{what}"))),
-            ],
-        );
-    }
+    port_families(&mut o, v, l);
     let drops: Vec<(String, u64)> = stats::NAMES
         .iter()
         .filter_map(|n| {
@@ -275,223 +421,34 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
                 .map(|r| (format!("reason=\"{}\"", r.replace('_', "-")), g(n)))
         })
         .collect();
-    family(
+    labelled(
+        &mut o,
+        node,
         "dwcp_drops_total",
         "counter",
         "Packets dropped, by reason.",
         &drops,
     );
+    for (name, kind, stat, help) in TUNNEL_FAMILIES {
+        family(&mut o, node, name, kind, help, g(stat));
+    }
     family(
-        "dwcp_handshakes_initiated_total",
-        "counter",
-        "Handshake initiations sent.",
-        &[(String::new(), g("handshakes_initiated"))],
-    );
-    family(
-        "dwcp_handshakes_total",
-        "counter",
-        "Sessions established.",
-        &[(String::new(), g("handshakes_completed"))],
-    );
-    family(
-        "dwcp_rekeys_total",
-        "counter",
-        "Sessions that replaced an older one.",
-        &[(String::new(), g("rekeys"))],
-    );
-    family(
-        "dwcp_keepalives_sent_total",
-        "counter",
-        "Keepalives sent.",
-        &[(String::new(), g("keepalives_sent"))],
-    );
-    family(
-        "dwcp_tunnel_rx_packets_total",
-        "counter",
-        "Inner packets received from peers.",
-        &[(String::new(), g("tunnel_rx_packets"))],
-    );
-    family(
-        "dwcp_tunnel_tx_messages_total",
-        "counter",
-        "Data messages sent to peers.",
-        &[(String::new(), g("tunnel_tx_messages"))],
-    );
-    family(
-        "dwcp_compressed_packets_total",
-        "counter",
-        "Payloads sent LZ4-compressed.",
-        &[(String::new(), g("compressed_packets"))],
-    );
-    family(
-        "dwcp_compress_in_bytes_total",
-        "counter",
-        "Bytes before compression of compressed payloads.",
-        &[(String::new(), g("compress_in_bytes"))],
-    );
-    family(
-        "dwcp_compress_out_bytes_total",
-        "counter",
-        "Bytes after compression of compressed payloads.",
-        &[(String::new(), g("compress_out_bytes"))],
-    );
-    family(
-        "dwcp_compress_no_gain_packets_total",
-        "counter",
-        "Payloads compressed in vain (not smaller), sent as they were.",
-        &[(String::new(), g("compress_no_gain_packets"))],
-    );
-    family(
-        "dwcp_compress_skipped_packets_total",
-        "counter",
-        "Payloads sent without trying LZ4: their peer's recent payloads did not shrink.",
-        &[(String::new(), g("compress_skipped_packets"))],
-    );
-    family(
-        "dwcp_icmp_errors_sent_total",
-        "counter",
-        "ICMP fragmentation-needed messages sent.",
-        &[(String::new(), g("icmp_errors_sent"))],
-    );
-    family(
-        "dwcp_mss_clamped_total",
-        "counter",
-        "TCP SYNs whose MSS was lowered.",
-        &[(String::new(), g("mss_clamped"))],
-    );
-    family(
-        "dwcp_handoff_frames_total",
-        "counter",
-        "WAN frames handed to the worker owning their session.",
-        &[(String::new(), g("handoff_frames"))],
-    );
-    family(
+        &mut o,
+        node,
         "dwcp_workers",
         "gauge",
         "Data-plane worker threads.",
-        &[(String::new(), l.workers as u64)],
+        l.workers,
     );
-    family(
+    labelled(
+        &mut o,
+        node,
         "dwcp_engine_info",
         "gauge",
         "The offload engine in use.",
         &[(format!("engine=\"{}\"", l.engine), 1)],
     );
-    for (what, help) in [
-        ("batches", "Offload batches"),
-        ("bytes", "Payload bytes offloaded"),
-    ] {
-        let rows: Vec<(String, u64)> = ["seal", "open", "compress", "decompress"]
-            .iter()
-            .flat_map(|op| {
-                ["cpu", "gpu"].map(|path| {
-                    (
-                        format!("op=\"{op}\",engine=\"{path}\""),
-                        g(&format!("offload_{op}_{path}_{what}")),
-                    )
-                })
-            })
-            .collect();
-        family(
-            &format!("dwcp_offload_{what}_total"),
-            "counter",
-            &format!("{help}, by operation and the engine that ran them."),
-            &rows,
-        );
-    }
-    family(
-        "dwcp_offload_gpu_errors_total",
-        "counter",
-        "GPU batches that failed and were finished on the CPU.",
-        &[(String::new(), g("offload_gpu_errors"))],
-    );
-    family(
-        "dwcp_offload_gpu_timeouts_total",
-        "counter",
-        "GPU batches past their deadline, finished on the CPU.",
-        &[(String::new(), g("offload_gpu_timeouts"))],
-    );
-    family(
-        "dwcp_offload_fallback_packets_total",
-        "counter",
-        "Packets the CPU finished after a GPU failure (none lost, none run twice).",
-        &[(String::new(), g("offload_fallback_packets"))],
-    );
-    family(
-        "dwcp_offload_declined_packets_total",
-        "counter",
-        "Packets the GPU could not stage (larger than its buffers), run with the rest of their batch on the CPU; the GPU stays in service.",
-        &[(String::new(), g("offload_declined_packets"))],
-    );
-    family(
-        "dwcp_offload_gpu_checked_batches_total",
-        "counter",
-        "GPU batches checked packet by packet against the CPU engine (offload.verify_every).",
-        &[(String::new(), g("offload_gpu_checked_batches"))],
-    );
-    family(
-        "dwcp_offload_gpu_spot_checked_batches_total",
-        "counter",
-        "GPU batches not checked whole of which one packet was checked against the CPU engine.",
-        &[(String::new(), g("offload_gpu_spot_checked_batches"))],
-    );
-    family(
-        "dwcp_offload_gpu_rechecked_refusals_total",
-        "counter",
-        "Packets the GPU refused (seal refused, tag failed, block did not decompress) re-run on the CPU engine to confirm it (the first 4 of a batch).",
-        &[(String::new(), g("offload_gpu_rechecked_refusals"))],
-    );
-    family(
-        "dwcp_offload_gpu_wrong_batches_total",
-        "counter",
-        "GPU batches in which a check found a packet the GPU got wrong without an error.",
-        &[(String::new(), g("offload_gpu_wrong_batches"))],
-    );
-    family(
-        "dwcp_offload_corrected_packets_total",
-        "counter",
-        "Packets the GPU got wrong, given the CPU engine's result before they left.",
-        &[(String::new(), g("offload_corrected_packets"))],
-    );
-    family(
-        "dwcp_offload_gpu_dropped_unchecked_packets_total",
-        "counter",
-        "Packets the GPU opened in a batch whose spot check found it wrong, dropped because their plaintext could not be checked (also counted as failed opens).",
-        &[(String::new(), g("offload_gpu_dropped_unchecked_packets"))],
-    );
-    family(
-        "dwcp_offload_split_batches_total",
-        "counter",
-        "Batches split between the worker's CPU engine and the GPU, the two shares run at once (offload.gpu = auto); each also counts once in each engine's batches.",
-        &[(String::new(), g("offload_split_batches"))],
-    );
-    family(
-        "dwcp_offload_gpu_probes_total",
-        "counter",
-        "Health probes sent to an unhealthy GPU.",
-        &[(String::new(), g("offload_gpu_probes"))],
-    );
-    family(
-        "dwcp_offload_gpu_healthy_workers",
-        "gauge",
-        "Workers whose GPU engine is healthy.",
-        &[(String::new(), g("offload_gpu_healthy"))],
-    );
-    // Seconds, not integers: written here rather than through `family`.
-    let _ = writeln!(
-        o,
-        "# HELP dwcp_offload_busy_seconds_total Time each engine spent on its share of the offload batches, by operation (the CPU engine's run; the GPU's call until its results were ready). Divide the bytes by it for each engine's achieved rate. Counted only while a GPU engine runs (a CPU-only node reads no clock per batch)."
-    );
-    let _ = writeln!(o, "# TYPE dwcp_offload_busy_seconds_total counter");
-    for op in ["seal", "open", "compress", "decompress"] {
-        for path in ["cpu", "gpu"] {
-            let secs = g(&format!("offload_{op}_{path}_ns")) as f64 / 1e9;
-            let _ = writeln!(
-                o,
-                "dwcp_offload_busy_seconds_total{{node=\"{node}\",op=\"{op}\",engine=\"{path}\"}} {secs}"
-            );
-        }
-    }
+    offload_families(&mut o, v, node);
     let (cin, cout) = (g("compress_in_bytes"), g("compress_out_bytes"));
     let ratio = if cout == 0 {
         1.0
@@ -514,6 +471,97 @@ pub fn render(v: &[u64; COUNT], l: &Labels<'_>) -> String {
         rtt,
     );
     o
+}
+
+/// Frames and bytes received and sent, per data port.
+fn port_families(o: &mut String, v: &[u64; COUNT], l: &Labels<'_>) {
+    let g = |n: &str| stats::get(v, n);
+    for (what, unit) in [("packets", "Frames"), ("bytes", "Bytes")] {
+        for (dir, verb) in [("rx", "received"), ("tx", "sent")] {
+            labelled(
+                o,
+                l.node,
+                &format!("dwcp_port_{dir}_{what}_total"),
+                "counter",
+                &format!("{unit} {verb} per data port."),
+                &[
+                    (
+                        format!("port=\"{}\"", l.lan),
+                        g(&format!("lan_{dir}_{what}")),
+                    ),
+                    (
+                        format!("port=\"{}\"", l.wan),
+                        g(&format!("wan_{dir}_{what}")),
+                    ),
+                ],
+            );
+        }
+    }
+}
+
+/// The offload dispatcher's families: batches and bytes by operation and engine, its
+/// counters, the healthy GPU workers, and each engine's busy time.
+fn offload_families(o: &mut String, v: &[u64; COUNT], node: &str) {
+    let g = |n: &str| stats::get(v, n);
+    for (what, help) in [
+        ("batches", "Offload batches"),
+        ("bytes", "Payload bytes offloaded"),
+    ] {
+        let rows: Vec<(String, u64)> = ["seal", "open", "compress", "decompress"]
+            .iter()
+            .flat_map(|op| {
+                ["cpu", "gpu"].map(|path| {
+                    (
+                        format!("op=\"{op}\",engine=\"{path}\""),
+                        g(&format!("offload_{op}_{path}_{what}")),
+                    )
+                })
+            })
+            .collect();
+        labelled(
+            o,
+            node,
+            &format!("dwcp_offload_{what}_total"),
+            "counter",
+            &format!("{help}, by operation and the engine that ran them."),
+            &rows,
+        );
+    }
+    for (name, kind, stat, help) in OFFLOAD_FAMILIES {
+        family(o, node, name, kind, help, g(stat));
+    }
+    // Seconds, not integers.
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_offload_busy_seconds_total Time each engine spent on its share of the offload batches, by operation (the CPU engine's run; the GPU's call until its results were ready). Divide the bytes by it for each engine's achieved rate. Counted only while a GPU engine runs (a CPU-only node reads no clock per batch)."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_offload_busy_seconds_total counter");
+    for op in ["seal", "open", "compress", "decompress"] {
+        for path in ["cpu", "gpu"] {
+            let secs = g(&format!("offload_{op}_{path}_ns")) as f64 / 1e9;
+            let _ = writeln!(
+                o,
+                "dwcp_offload_busy_seconds_total{{node=\"{node}\",op=\"{op}\",engine=\"{path}\"}} {secs}"
+            );
+        }
+    }
+}
+
+/// One family with a sample per label set (each also labelled with the node).
+fn labelled(
+    o: &mut String,
+    node: &str,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: &[(String, u64)],
+) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    for (labels, value) in rows {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let _ = writeln!(o, "{name}{{node=\"{node}\"{sep}{labels}}} {value}");
+    }
 }
 
 fn family_f(o: &mut String, node: &str, name: &str, help: &str, value: f64) {
