@@ -286,22 +286,7 @@ impl GpuWatch {
 
 /// Opens every port and binds the metrics address, then starts the workers.
 pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
-    let lans: Vec<&Port> = cfg
-        .ports
-        .iter()
-        .filter(|p| p.role == PortRole::Lan)
-        .collect();
-    let wans: Vec<&Port> = cfg
-        .ports
-        .iter()
-        .filter(|p| p.role == PortRole::Wan)
-        .collect();
-    let (&[lan], &[wan]) = (lans.as_slice(), wans.as_slice()) else {
-        return Err(StartError::PortCount {
-            lan: lans.len(),
-            wan: wans.len(),
-        });
-    };
+    let (lan, wan) = lan_and_wan(cfg)?;
     let cores = &cfg.cores.dataplane;
     let workers = cores.len().clamp(1, 255);
     // Everything that can fail is done before any thread starts.
@@ -320,24 +305,129 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             Some((p.name.to_string(), crate::io::dpdk::port_id(&name)?))
         })
         .collect();
-    let listener = TcpListener::bind(cfg.metrics.listen).map_err(|source| StartError::Metrics {
+    let scrape = bind_metrics(cfg)?;
+    let burst = usize::from(cfg.dataplane.burst).clamp(1, usize::from(BURST_MAX));
+    let (tx_batches, inboxes) = frame_buffers(cfg, workers, burst)?;
+    let gpu_disabled = std::env::var(crate::control::offload::GPU_DISABLED_ENV).ok();
+    let offload = crate::control::offload::engines(
+        &cfg.offload,
+        cfg.offload.gather_core(&cfg.cores),
+        workers,
+        gpu_disabled.as_deref(),
+    );
+    println!(
+        "dwcp-dataplane: offload engine {}: {}",
+        offload.kind, offload.why
+    );
+    let gpu_monitor = gpu_status(offload.monitor);
+    let gatherer = offload.gatherer;
+    if let Some(g) = &gatherer
+        && let Err(e) = watch_gpu(g.watch())
+    {
+        eprintln!("dwcp-dataplane: WARNING: no thread watches the GPU for hangs: {e}");
+    }
+    let shared = Shared {
+        private: *cfg.tunnel.private_key.expose_secret(),
+        wall: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+        epoch: Instant::now(),
+        stop: Arc::new(AtomicBool::new(false)),
+        stats: (0..workers)
+            .map(|_| Arc::new(WorkerStats::default()))
+            .collect(),
+        reloads: (0..workers).map(|_| Arc::new(ArrayQueue::new(4))).collect(),
+        inboxes,
+        allowed: cfg
+            .tunnel
+            .peers
+            .iter()
+            .map(|p| p.allowed_prefixes.iter().map(|x| x.0).collect())
+            .collect(),
+        burst,
+    };
+    let mut engines = offload.engines.into_iter();
+    let mut tx_batches = tx_batches.into_iter();
+    let mut threads = Vec::with_capacity(workers);
+    for (w, (lan_port, wan_port)) in lan_ports.into_iter().zip(wan_ports).enumerate() {
+        let engine = engines
+            .next()
+            .unwrap_or_else(|| Box::new(dwcp_kernels::cpu::CpuEngine));
+        let tx = tx_batches
+            .next()
+            .unwrap_or_else(|| TxBatch::new(tx_frames(burst)));
+        let worker = shared.worker(cfg, w, [(lan, lan_port), (wan, wan_port)], engine, tx);
+        match spawn_worker(worker, w, cores.get(w).copied()) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(StartError::Open {
+                    port: "worker".into(),
+                    interface: format!("thread {w}"),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(Running {
+        config: cfg.clone(),
+        reloads: shared.reloads,
+        stop: shared.stop,
+        threads,
+        stats: shared.stats,
+        scrape: Some(scrape),
+        scrape_stats: crate::control::scrape::ScrapeStats::default(),
+        labels: (
+            cfg.name.to_string(),
+            lan.name.to_string(),
+            wan.name.to_string(),
+            workers,
+        ),
+        offload: (offload.kind, offload.why),
+        gpu: gpu_monitor,
+        gather: gatherer,
+        dpdk: dpdk_ports
+            .into_iter()
+            .map(|(n, id)| (n, id, None))
+            .collect(),
+        gpu_watch: GpuWatch::default(),
+    })
+}
+
+/// The config's one LAN port and one WAN port.
+fn lan_and_wan(cfg: &NodeConfig) -> Result<(&Port, &Port), StartError> {
+    let with = |role| cfg.ports.iter().filter(move |p| p.role == role);
+    let (lans, wans): (Vec<&Port>, Vec<&Port>) =
+        (with(PortRole::Lan).collect(), with(PortRole::Wan).collect());
+    match (lans.as_slice(), wans.as_slice()) {
+        (&[lan], &[wan]) => Ok((lan, wan)),
+        _ => Err(StartError::PortCount {
+            lan: lans.len(),
+            wan: wans.len(),
+        }),
+    }
+}
+
+/// The metrics endpoint, bound to the management address.
+fn bind_metrics(cfg: &NodeConfig) -> Result<crate::control::scrape::Server, StartError> {
+    let err = |source| StartError::Metrics {
         addr: cfg.metrics.listen.to_string(),
         source,
-    })?;
-    let scrape =
-        crate::control::scrape::Server::new(listener).map_err(|source| StartError::Metrics {
-            addr: cfg.metrics.listen.to_string(),
-            source,
-        })?;
+    };
+    let listener = TcpListener::bind(cfg.metrics.listen).map_err(err)?;
+    crate::control::scrape::Server::new(listener).map_err(err)
+}
 
-    let private = *cfg.tunnel.private_key.expose_secret();
-    let wall = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let epoch = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    // Packet buffers for every worker's output frames and inbox, in one region.
-    let burst = usize::from(cfg.dataplane.burst).clamp(1, usize::from(BURST_MAX));
+/// Every worker's output frames and inbox, in one region of packet buffers (on a DPDK port,
+/// output frames are built straight in mbufs, which the port sends without copying).
+fn frame_buffers(
+    cfg: &NodeConfig,
+    workers: usize,
+    burst: usize,
+) -> Result<(Vec<TxBatch>, Vec<Arc<Mailbox>>), StartError> {
     let tx_frames = tx_frames(burst);
     let per_worker = tx_frames + INBOX_FRAMES;
     let size = crate::gateway::FRAME_MAX.max(crate::io::memory::FRAME_MAX);
@@ -354,8 +444,6 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         bufs.len(),
         (bufs.len() * size.div_ceil(64) * 64) >> 20
     );
-    // Output frames on a DPDK port are built straight in mbufs, which the port sends without
-    // copying (zero-copy TX); other backends copy from the start-up region.
     let mut mbufs = if cfg.ports.iter().any(|p| p.backend == Backend::Dpdk) {
         crate::io::dpdk::tx_buffers(tx_frames * workers, crate::gateway::FRAME_MAX, 2 * workers)?
     } else {
@@ -374,22 +462,15 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         tx_batches.push(TxBatch::with_buffers(mine));
         inboxes.push(Mailbox::with_buffers(inbox));
     }
-    let mut tx_batches = tx_batches.into_iter();
-    let gpu_disabled = std::env::var(crate::control::offload::GPU_DISABLED_ENV).ok();
-    let offload = crate::control::offload::engines(
-        &cfg.offload,
-        cfg.offload.gather_core(&cfg.cores),
-        workers,
-        gpu_disabled.as_deref(),
-    );
-    println!(
-        "dwcp-dataplane: offload engine {}: {}",
-        offload.kind, offload.why
-    );
-    let offload_kind = offload.kind;
-    let offload_why = offload.why.clone();
-    let gpu_monitor = match offload.monitor {
-        Some(Ok(m)) => {
+    Ok((tx_batches, inboxes))
+}
+
+/// The thread that samples the GPU's status from NVML, or a warning saying why there is none.
+fn gpu_status(
+    monitor: Option<Result<dwcp_kernels::monitor::GpuMonitor, dwcp_kernels::monitor::MonitorError>>,
+) -> Option<dwcp_kernels::monitor::GpuSampler> {
+    match monitor? {
+        Ok(m) => {
             let from = m.describe();
             match dwcp_kernels::monitor::GpuSampler::start(m) {
                 Ok(s) => {
@@ -404,36 +485,41 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
                 }
             }
         }
-        Some(Err(why)) => {
+        Err(why) => {
             eprintln!(
                 "dwcp-dataplane: WARNING: no GPU status (name, memory, utilisation, temperature) for metrics and the console: {why}"
             );
             None
         }
-        None => None,
-    };
-    let gatherer = offload.gatherer;
-    if let Some(g) = &gatherer
-        && let Err(e) = watch_gpu(g.watch())
-    {
-        eprintln!("dwcp-dataplane: WARNING: no thread watches the GPU for hangs: {e}");
     }
-    let mut engines = offload.engines.into_iter();
-    let all_stats: Vec<Arc<WorkerStats>> = (0..workers)
-        .map(|_| Arc::new(WorkerStats::default()))
-        .collect();
-    let base = cfg.tunnel.listen_port;
-    let allowed = cfg
-        .tunnel
-        .peers
-        .iter()
-        .map(|p| p.allowed_prefixes.iter().map(|x| x.0).collect())
-        .collect::<Vec<_>>();
-    let reload_queues: Vec<Arc<ArrayQueue<Reload>>> =
-        (0..workers).map(|_| Arc::new(ArrayQueue::new(4))).collect();
-    let mut threads = Vec::with_capacity(workers);
-    for (w, (lan_port, wan_port)) in lan_ports.into_iter().zip(wan_ports).enumerate() {
+}
+
+/// What every worker shares or gets one of.
+struct Shared {
+    private: [u8; 32],
+    wall: Duration,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    stats: Vec<Arc<WorkerStats>>,
+    reloads: Vec<Arc<ArrayQueue<Reload>>>,
+    inboxes: Vec<Arc<Mailbox>>,
+    allowed: Vec<Vec<ipnet::Ipv4Net>>,
+    burst: usize,
+}
+
+impl Shared {
+    /// Worker `w`, with its LAN and WAN ports (config and opened queue), engine and frames.
+    fn worker(
+        &self,
+        cfg: &NodeConfig,
+        w: usize,
+        [(lan, lan_port), (wan, wan_port)]: [(&Port, Box<dyn PacketPort>); 2],
+        engine: Box<dyn dwcp_kernels::Engine>,
+        tx: TxBatch,
+    ) -> Worker {
         let id = u8::try_from(w).unwrap_or(u8::MAX);
+        let base = cfg.tunnel.listen_port;
+        let workers = u16::try_from(self.stats.len()).unwrap_or(1);
         let port_addr = |p: &Port, io: &dyn PacketPort| PortAddr {
             mac: io.mac(),
             net: p.address.0,
@@ -444,76 +530,46 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             lan: port_addr(lan, &*lan_port),
             wan: port_addr(wan, &*wan_port),
             udp_port: base.saturating_add(u16::from(id)),
-            udp_ports: base..base.saturating_add(u16::try_from(workers).unwrap_or(1)),
-            allowed: allowed.clone(),
+            udp_ports: base..base.saturating_add(workers),
+            allowed: self.allowed.clone(),
         };
-        let tunnel = Tunnel::new(id, private, params(cfg), wall, peers(cfg));
-        let engine = engines
-            .next()
-            .unwrap_or_else(|| Box::new(dwcp_kernels::cpu::CpuEngine));
-        let gateway = Gateway::new(gcfg, tunnel, engine);
-        let worker = Worker {
+        let tunnel = Tunnel::new(id, self.private, params(cfg), self.wall, peers(cfg));
+        Worker {
             id,
-            tx: tx_batches.next().unwrap_or_else(|| TxBatch::new(tx_frames)),
-            burst,
+            tx,
+            burst: self.burst,
             lan: lan_port,
             wan: wan_port,
-            gateway,
-            inbox: Arc::clone(&inboxes[w]),
-            inboxes: inboxes.clone(),
-            stats: Arc::clone(&all_stats[w]),
-            stop: Arc::clone(&stop),
-            reloads: Arc::clone(&reload_queues[w]),
-            epoch,
-        };
-        let core = cores.get(w).copied();
-        let spawned = std::thread::Builder::new().name(format!("dwcp-worker-{w}")).spawn(move || {
+            gateway: Gateway::new(gcfg, tunnel, engine),
+            inbox: Arc::clone(&self.inboxes[w]),
+            inboxes: self.inboxes.clone(),
+            stats: Arc::clone(&self.stats[w]),
+            stop: Arc::clone(&self.stop),
+            reloads: Arc::clone(&self.reloads[w]),
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// Starts worker `w`'s thread, pinned to `core` when given.
+fn spawn_worker(
+    worker: Worker,
+    w: usize,
+    core: Option<u16>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("dwcp-worker-{w}"))
+        .spawn(move || {
             if let Some(c) = core {
                 let pinned = dwcp_kernels::gather::pin_current_thread(usize::from(c));
                 if !pinned {
-                    eprintln!("dwcp-dataplane: worker {w}: could not pin to core {c}; running unpinned");
+                    eprintln!(
+                        "dwcp-dataplane: worker {w}: could not pin to core {c}; running unpinned"
+                    );
                 }
             }
             worker.run();
-        });
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                for t in threads {
-                    let _ = t.join();
-                }
-                return Err(StartError::Open {
-                    port: "worker".into(),
-                    interface: format!("thread {w}"),
-                    source: e,
-                });
-            }
-        }
-    }
-    Ok(Running {
-        config: cfg.clone(),
-        reloads: reload_queues,
-        stop,
-        threads,
-        stats: all_stats,
-        scrape: Some(scrape),
-        scrape_stats: crate::control::scrape::ScrapeStats::default(),
-        labels: (
-            cfg.name.to_string(),
-            lan.name.to_string(),
-            wan.name.to_string(),
-            workers,
-        ),
-        offload: (offload_kind, offload_why),
-        gpu: gpu_monitor,
-        gather: gatherer,
-        dpdk: dpdk_ports
-            .into_iter()
-            .map(|(n, id)| (n, id, None))
-            .collect(),
-        gpu_watch: GpuWatch::default(),
-    })
+        })
 }
 
 impl Running {
