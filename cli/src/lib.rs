@@ -301,52 +301,14 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
-        Command::Config(ConfigCommand::Check { file, quiet }) => config_check(&file, quiet),
-        Command::Config(ConfigCommand::Example { qemu }) => {
-            print!(
-                "{}",
-                if qemu {
-                    example::qemu_example()?
-                } else {
-                    example::example()?
-                }
-            );
-            Ok(Exit::Ok)
-        }
+        Command::Config(c) => config_command(c),
         Command::Image(ImageCommand::Build {
             config,
             out,
             init,
             dataplane,
             gpu,
-        }) => {
-            let binaries = match (init, dataplane) {
-                (Some(i), Some(d)) => (i, d),
-                _ => image_build::build_binaries(false)?,
-            };
-            let variant = if gpu {
-                image_build::Variant::Gpu
-            } else {
-                image_build::Variant::Standard
-            };
-            let m = image_build::build_variant(config.as_deref(), &out, binaries, variant)?;
-            for (file, sha) in &m.files {
-                println!("{}  {}", sha, out.join(file).display());
-            }
-            println!(
-                "kernel {} {}, {} modules, {} files in the initramfs{}; manifest: {}",
-                m.kernel_package,
-                m.kernel_version,
-                m.modules.len(),
-                m.initramfs.len(),
-                m.nvidia_driver
-                    .as_ref()
-                    .map(|v| format!(", NVIDIA driver {v}"))
-                    .unwrap_or_default(),
-                out.join("manifest.json").display()
-            );
-            Ok(Exit::Ok)
-        }
+        }) => image_command(config.as_deref(), &out, init.zip(dataplane), gpu),
         Command::Demo {
             mib,
             step_mib,
@@ -355,8 +317,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             kvm,
             json,
             backend,
-        } => {
-            let opts = demo::DemoOptions {
+        } => demo_command(
+            demo::DemoOptions {
                 backend,
                 mib,
                 step_mib,
@@ -368,140 +330,56 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
                         .join("artifacts")
                 }),
                 progress: true,
-            };
-            let report = demo::run_demo(&opts)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", demo::table(&report));
-            }
-            let ok = report.transfer.sha256_sent == report.transfer.sha256_received;
-            Ok(if ok { Exit::Ok } else { Exit::Failed })
-        }
+            },
+            json,
+        ),
         Command::Flash {
             image,
             config,
             target,
             yes,
-        } => {
-            let image = image.unwrap_or_else(flash::default_image);
-            flash::flash(
-                &image,
-                &config,
-                &target,
-                yes,
-                std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            )?;
-            println!(
-                "{}: flashed with {} and {}",
-                target.display(),
-                image.display(),
-                config.display()
-            );
-            Ok(Exit::Ok)
-        }
-        Command::Update { image, target } => {
-            let u = update::update(&image, &target)?;
-            println!(
-                "{}: slot {} written and made the default with {} tries; slot {} stays as the fallback",
-                target.display(),
-                u.to.to_ascii_uppercase(),
-                image_build::BOOT_TRIES,
-                u.from.to_ascii_uppercase()
-            );
-            Ok(Exit::Ok)
-        }
+        } => flash_command(image, &config, &target, yes),
+        Command::Update { image, target } => update_command(&image, &target),
         Command::Pxe(PxeCommand::Build {
             artifacts,
             inventory,
             out,
-        }) => {
-            let nodes = pxe::build(&artifacts, &inventory, &out)?;
-            for (mac, name) in &nodes {
-                println!("{mac}  {name}");
-            }
-            println!(
-                "{} node(s); serve {} over TFTP or HTTP, boot file boot.ipxe",
-                nodes.len(),
-                out.display()
+        }) => pxe_command(&artifacts, &inventory, &out),
+        Command::Bench(bench) => bench_command(bench),
+        Command::Qemu(q) => qemu_command(q),
+        Command::Keygen { private_key, force } => keygen(private_key.as_deref(), force),
+        Command::Pubkey { file } => {
+            let text = read_input(&file)?;
+            let key: PrivateKey = text
+                .trim()
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("{}", key.public_key());
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// `dwcp config …`.
+fn config_command(c: ConfigCommand) -> anyhow::Result<Exit> {
+    match c {
+        ConfigCommand::Check { file, quiet } => config_check(&file, quiet),
+        ConfigCommand::Example { qemu } => {
+            print!(
+                "{}",
+                if qemu {
+                    example::qemu_example()?
+                } else {
+                    example::example()?
+                }
             );
             Ok(Exit::Ok)
         }
-        Command::Bench(bench) => {
-            let bin = image_build::release_dataplane()?;
-            let mut cmd = std::process::Command::new(&bin);
-            match bench {
-                BenchCommand::Pipeline {
-                    json,
-                    seconds,
-                    offload,
-                    backend,
-                    burst,
-                } => {
-                    cmd.args(["bench", "pipeline", "--seconds", &seconds.to_string()]);
-                    cmd.args(["--burst", &burst.to_string()]);
-                    if let Some(b) = backend {
-                        cmd.args(["--backend", &b]);
-                    }
-                    if json {
-                        cmd.arg("--json");
-                    }
-                    if let Some(mode) = offload {
-                        cmd.args(["--offload", &mode]);
-                    }
-                }
-                BenchCommand::Offload {
-                    json,
-                    device,
-                    quick,
-                } => {
-                    cmd.args(["bench", "offload", "--device", &device.to_string()]);
-                    if json {
-                        cmd.arg("--json");
-                    }
-                    if quick {
-                        cmd.arg("--quick");
-                    }
-                }
-            }
-            let status = cmd
-                .status()
-                .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", bin.display()))?;
-            Ok(if status.success() {
-                Exit::Ok
-            } else {
-                Exit::Failed
-            })
-        }
-        Command::Qemu(QemuCommand::Boot {
-            artifacts,
-            pxe,
-            mac,
-            disk,
-            config,
-            timeout,
-            kvm,
-        }) => {
-            let timeout = std::time::Duration::from_secs(timeout);
-            let ready = match (pxe, mac, artifacts) {
-                _ if disk.is_some() => qemu_boot::boot_disk(
-                    disk.as_deref().unwrap_or(std::path::Path::new("")),
-                    timeout,
-                    kvm,
-                )?,
-                (Some(tree), Some(mac), _) => qemu_boot::boot_pxe(&tree, &mac, timeout, kvm)?,
-                (_, _, Some(artifacts)) => {
-                    qemu_boot::boot(&artifacts, config.as_deref(), timeout, kvm)?
-                }
-                _ => anyhow::bail!("give --artifacts DIR, or --pxe TREE with --mac MAC"),
-            };
-            Ok(if ready { Exit::Ok } else { Exit::Invalid })
-        }
-        Command::Config(ConfigCommand::Docs) => {
+        ConfigCommand::Docs => {
             print!("{}", docs::reference_markdown());
             Ok(Exit::Ok)
         }
-        Command::Config(ConfigCommand::SetPartition { target, file }) => {
+        ConfigCommand::SetPartition { target, file } => {
             let text = image_build::checked_config(&file)?;
             dwcp_image::disk::write_config_partition(
                 &target,
@@ -519,21 +397,182 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             );
             Ok(Exit::Ok)
         }
-        Command::Config(ConfigCommand::Schema) => {
+        ConfigCommand::Schema => {
             println!("{}", serde_json::to_string_pretty(validate::json_schema())?);
             Ok(Exit::Ok)
         }
-        Command::Keygen { private_key, force } => keygen(private_key.as_deref(), force),
-        Command::Pubkey { file } => {
-            let text = read_input(&file)?;
-            let key: PrivateKey = text
-                .trim()
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("{}: {e}", file.display()))?;
-            println!("{}", key.public_key());
-            Ok(Exit::Ok)
+    }
+}
+
+/// `dwcp image build`: the given init and data plane, or release builds of them.
+fn image_command(
+    config: Option<&Path>,
+    out: &Path,
+    binaries: Option<(PathBuf, PathBuf)>,
+    gpu: bool,
+) -> anyhow::Result<Exit> {
+    let binaries = match binaries {
+        Some(b) => b,
+        None => image_build::build_binaries(false)?,
+    };
+    let variant = if gpu {
+        image_build::Variant::Gpu
+    } else {
+        image_build::Variant::Standard
+    };
+    let m = image_build::build_variant(config, out, binaries, variant)?;
+    for (file, sha) in &m.files {
+        println!("{}  {}", sha, out.join(file).display());
+    }
+    println!(
+        "kernel {} {}, {} modules, {} files in the initramfs{}; manifest: {}",
+        m.kernel_package,
+        m.kernel_version,
+        m.modules.len(),
+        m.initramfs.len(),
+        m.nvidia_driver
+            .as_ref()
+            .map(|v| format!(", NVIDIA driver {v}"))
+            .unwrap_or_default(),
+        out.join("manifest.json").display()
+    );
+    Ok(Exit::Ok)
+}
+
+/// `dwcp demo`: the report as a table or JSON; fails unless the transfer arrived intact.
+fn demo_command(opts: demo::DemoOptions, json: bool) -> anyhow::Result<Exit> {
+    let report = demo::run_demo(&opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", demo::table(&report));
+    }
+    let ok = report.transfer.sha256_sent == report.transfer.sha256_received;
+    Ok(if ok { Exit::Ok } else { Exit::Failed })
+}
+
+/// `dwcp flash`.
+fn flash_command(
+    image: Option<PathBuf>,
+    config: &Path,
+    target: &Path,
+    yes: bool,
+) -> anyhow::Result<Exit> {
+    let image = image.unwrap_or_else(flash::default_image);
+    flash::flash(
+        &image,
+        config,
+        target,
+        yes,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )?;
+    println!(
+        "{}: flashed with {} and {}",
+        target.display(),
+        image.display(),
+        config.display()
+    );
+    Ok(Exit::Ok)
+}
+
+/// `dwcp update`.
+fn update_command(image: &Path, target: &Path) -> anyhow::Result<Exit> {
+    let u = update::update(image, target)?;
+    println!(
+        "{}: slot {} written and made the default with {} tries; slot {} stays as the fallback",
+        target.display(),
+        u.to.to_ascii_uppercase(),
+        image_build::BOOT_TRIES,
+        u.from.to_ascii_uppercase()
+    );
+    Ok(Exit::Ok)
+}
+
+/// `dwcp pxe build`.
+fn pxe_command(artifacts: &Path, inventory: &Path, out: &Path) -> anyhow::Result<Exit> {
+    let nodes = pxe::build(artifacts, inventory, out)?;
+    for (mac, name) in &nodes {
+        println!("{mac}  {name}");
+    }
+    println!(
+        "{} node(s); serve {} over TFTP or HTTP, boot file boot.ipxe",
+        nodes.len(),
+        out.display()
+    );
+    Ok(Exit::Ok)
+}
+
+/// `dwcp bench …`: runs the release data plane's benchmark.
+fn bench_command(bench: BenchCommand) -> anyhow::Result<Exit> {
+    let bin = image_build::release_dataplane()?;
+    let mut cmd = std::process::Command::new(&bin);
+    match bench {
+        BenchCommand::Pipeline {
+            json,
+            seconds,
+            offload,
+            backend,
+            burst,
+        } => {
+            cmd.args(["bench", "pipeline", "--seconds", &seconds.to_string()]);
+            cmd.args(["--burst", &burst.to_string()]);
+            if let Some(b) = backend {
+                cmd.args(["--backend", &b]);
+            }
+            if json {
+                cmd.arg("--json");
+            }
+            if let Some(mode) = offload {
+                cmd.args(["--offload", &mode]);
+            }
+        }
+        BenchCommand::Offload {
+            json,
+            device,
+            quick,
+        } => {
+            cmd.args(["bench", "offload", "--device", &device.to_string()]);
+            if json {
+                cmd.arg("--json");
+            }
+            if quick {
+                cmd.arg("--quick");
+            }
         }
     }
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", bin.display()))?;
+    Ok(if status.success() {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    })
+}
+
+/// `dwcp qemu boot`.
+fn qemu_command(q: QemuCommand) -> anyhow::Result<Exit> {
+    let QemuCommand::Boot {
+        artifacts,
+        pxe,
+        mac,
+        disk,
+        config,
+        timeout,
+        kvm,
+    } = q;
+    let timeout = std::time::Duration::from_secs(timeout);
+    let ready = match (pxe, mac, artifacts) {
+        _ if disk.is_some() => qemu_boot::boot_disk(
+            disk.as_deref().unwrap_or(std::path::Path::new("")),
+            timeout,
+            kvm,
+        )?,
+        (Some(tree), Some(mac), _) => qemu_boot::boot_pxe(&tree, &mac, timeout, kvm)?,
+        (_, _, Some(artifacts)) => qemu_boot::boot(&artifacts, config.as_deref(), timeout, kvm)?,
+        _ => anyhow::bail!("give --artifacts DIR, or --pxe TREE with --mac MAC"),
+    };
+    Ok(if ready { Exit::Ok } else { Exit::Invalid })
 }
 
 /// The text of `file`, or of standard input for `-`.
