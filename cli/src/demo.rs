@@ -401,10 +401,170 @@ fn ping_times(out: &str) -> Vec<f64> {
         .collect()
 }
 
+/// What one TCP stream of a transfer did: bytes, the sender's SHA-256, seconds, the
+/// receiver's SHA-256.
+type StreamResult = (u64, String, f64, String);
+
 /// Runs the demo.
 pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     preflight()?;
     let _guard = CleanupGuard;
+    prepare(opts)?;
+    let dir = tempfile::Builder::new().prefix("dwcp-demo-").tempdir()?;
+    let keys = [PrivateKey::generate()?, PrivateKey::generate()?];
+    let configs = [
+        node_config('a', &keys[0], &keys[1], opts.backend),
+        node_config('b', &keys[1], &keys[0], opts.backend),
+    ];
+    let mut cfgs = Vec::new();
+    for (i, text) in configs.iter().enumerate() {
+        let name = format!("site-{}.toml", ['a', 'b'][i]);
+        let cfg = dwcp_provisioning::validate::check(&SourceFile::new(&name, text.clone()))
+            .map_err(|d| anyhow::anyhow!("generated config invalid: {}", d[0]))?;
+        std::fs::write(dir.path().join(&name), text)?;
+        cfgs.push(cfg);
+    }
+    let base_initrd = std::fs::read(opts.artifacts.join("initrd.img"))?;
+    let wan_port = free_port(&[])?;
+    let metric_a = free_port(&[wan_port])?;
+    let metric_ports = [metric_a, free_port(&[wan_port, metric_a])?];
+    let mut vms: Vec<Vm> = Vec::new();
+    for (i, site) in ['a', 'b'].into_iter().enumerate() {
+        let node = Node {
+            i,
+            site,
+            dir: dir.path(),
+            config_text: &configs[i],
+            config: &cfgs[i],
+            wan_port,
+            metric_port: metric_ports[i],
+        };
+        vms.push(boot_node(opts, &node, &base_initrd)?);
+    }
+    let (boot_ms, data_path) = wait_ready(opts, &mut vms)?;
+    let (first_ping_ms, latency) = ping_latency(opts)?;
+    let transfers = Transfers::new(opts, dir.path(), metric_ports[0])?;
+    say(
+        opts,
+        &format!("TCP transfer of {} MiB, checked by SHA-256...", opts.mib),
+    );
+    let transfer = one_transfer(opts, &transfers)?;
+    let step_load = step_load(opts, &transfers)?;
+    let mixed = mixed_load(opts, &transfers, metric_ports[0])?;
+
+    let report = read_report(
+        opts,
+        metric_ports,
+        Measured {
+            boot_ms,
+            first_ping_ms,
+            transfer,
+            latency,
+            step_load,
+            mixed,
+            data_path,
+        },
+    )?;
+
+    say(opts, "powering both nodes off...");
+    for vm in &mut vms {
+        let _ = vm.monitor("system_powerdown");
+    }
+    for vm in &mut vms {
+        let _ = vm.wait_exit(Duration::from_secs(60));
+    }
+    drop(vms);
+    Ok(report)
+}
+
+/// One stream of `opts.mib` MiB of random bytes, checked by SHA-256.
+fn one_transfer(opts: &DemoOptions, transfers: &Transfers<'_>) -> anyhow::Result<Transfer> {
+    let t = transfers.run(&[("random", 0)], opts.mib)?.remove(0);
+    let transfer = Transfer {
+        bytes: t.0,
+        seconds: t.2,
+        mbps: t.0 as f64 * 8.0 / t.2 / 1e6,
+        sha256_sent: t.1,
+        sha256_received: t.3,
+    };
+    say(
+        opts,
+        &format!(
+            "transfer: {:.1} Mbit/s, SHA-256 {}",
+            transfer.mbps,
+            if transfer.sha256_sent == transfer.sha256_received {
+                "matches"
+            } else {
+                "DIFFERS"
+            }
+        ),
+    );
+    Ok(transfer)
+}
+
+/// 1, 2 and 4 random streams at once: Mbit/s for each step.
+fn step_load(opts: &DemoOptions, transfers: &Transfers<'_>) -> anyhow::Result<Vec<(u32, f64)>> {
+    let mut step_load = Vec::new();
+    for streams in [1u32, 2, 4] {
+        say(opts, &format!("step load: {streams} stream(s)..."));
+        let kinds = vec![("random", 0); streams as usize];
+        let results = transfers.run(&kinds, opts.step_mib)?;
+        let bytes: u64 = results.iter().map(|r| r.0).sum();
+        let secs = results.iter().map(|r| r.2).fold(0.0, f64::max).max(1e-6);
+        step_load.push((streams, bytes as f64 * 8.0 / secs / 1e6));
+    }
+    Ok(step_load)
+}
+
+/// A random and a text stream at once: their rates, and what site A's LZ4 did meanwhile.
+fn mixed_load(
+    opts: &DemoOptions,
+    transfers: &Transfers<'_>,
+    metric_port: u16,
+) -> anyhow::Result<Mixed> {
+    let lz4_series = [
+        "dwcp_compressed_packets_total",
+        "dwcp_compress_no_gain_packets_total",
+        "dwcp_compress_skipped_packets_total",
+        "dwcp_compress_in_bytes_total",
+        "dwcp_compress_out_bytes_total",
+    ];
+    let lz4_of = |m: &str| lz4_series.map(|series| metric_u64(m, series));
+    say(
+        opts,
+        &format!(
+            "mixed load: a random and a text stream at once, {} MiB each...",
+            opts.step_mib
+        ),
+    );
+    // Flows share 128 compression gates by hash: one of the step load's random streams
+    // (ephemeral ports) may have left a back-off in the text stream's gate, which lasts at most
+    // 100 ms (`GATE_PAUSE_MAX` in the data plane's tunnel). Start after it has run out, so the
+    // text stream's gate starts fresh, as it would on a quiet link.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = lz4_of(&metrics(metric_port)?);
+    let results = transfers.run(&MIXED_STREAMS, opts.step_mib)?;
+    let after = lz4_of(&metrics(metric_port)?);
+    let delta: Vec<u64> = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(b))
+        .collect();
+    let mbps = |r: &StreamResult| r.0 as f64 * 8.0 / r.2.max(1e-6) / 1e6;
+    let mixed = Mixed {
+        bytes: results[0].0,
+        random_mbps: mbps(&results[0]),
+        text_mbps: mbps(&results[1]),
+        sha256_match: results.iter().all(|r| r.1 == r.3),
+        ratio: delta[3] as f64 / delta[4].max(1) as f64,
+        packets: [delta[0], delta[1], delta[2]],
+    };
+    Ok(mixed)
+}
+
+/// Removes what an interrupted run left, sets the Ctrl-C handler that cleans up, and builds
+/// the image when it is missing or stale.
+fn prepare(opts: &DemoOptions) -> anyhow::Result<()> {
     // Leftovers of an interrupted run.
     for n in [NS_A, NS_B] {
         let _ = Command::new("ip").args(["netns", "del", n]).output();
@@ -438,140 +598,144 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             &format!("image in {} is up to date", opts.artifacts.display()),
         );
     }
+    Ok(())
+}
 
-    let dir = tempfile::Builder::new().prefix("dwcp-demo-").tempdir()?;
-    let keys = [PrivateKey::generate()?, PrivateKey::generate()?];
-    let configs = [
-        node_config('a', &keys[0], &keys[1], opts.backend),
-        node_config('b', &keys[1], &keys[0], opts.backend),
-    ];
-    let mut cfgs = Vec::new();
-    for (i, text) in configs.iter().enumerate() {
-        let name = format!("site-{}.toml", ['a', 'b'][i]);
-        let cfg = dwcp_provisioning::validate::check(&SourceFile::new(&name, text.clone()))
-            .map_err(|d| anyhow::anyhow!("generated config invalid: {}", d[0]))?;
-        std::fs::write(dir.path().join(&name), text)?;
-        cfgs.push(cfg);
+/// One appliance node of the demo.
+struct Node<'a> {
+    /// 0 for site A, 1 for site B.
+    i: usize,
+    site: char,
+    /// Where its initrd and console log go.
+    dir: &'a Path,
+    config_text: &'a str,
+    config: &'a dwcp_provisioning::NodeConfig,
+    /// The QEMU socket link joining the WAN NICs.
+    wan_port: u16,
+    /// Its metrics port, forwarded to the host's loopback.
+    metric_port: u16,
+}
+
+/// Makes the node's site namespace, boots the node, and gives its LAN TAP device to the
+/// site's host.
+fn boot_node(opts: &DemoOptions, node: &Node<'_>, base_initrd: &[u8]) -> anyhow::Result<Vm> {
+    let (i, site) = (node.i, node.site);
+    for n in [NS_A, NS_B].iter().skip(i).take(1) {
+        run("ip", &["netns", "add", n])?;
+        register(Resource::Netns((*n).to_owned()));
+        ns(n, &["ip", "link", "set", "lo", "up"])?;
     }
-    let base_initrd = std::fs::read(opts.artifacts.join("initrd.img"))?;
-    let wan_port = free_port(&[])?;
-    let metric_a = free_port(&[wan_port])?;
-    let metric_ports = [metric_a, free_port(&[wan_port, metric_a])?];
-    let mut vms: Vec<Vm> = Vec::new();
-    for (i, site) in ['a', 'b'].into_iter().enumerate() {
-        for n in [NS_A, NS_B].iter().skip(i).take(1) {
-            run("ip", &["netns", "add", n])?;
-            register(Resource::Netns((*n).to_owned()));
-            ns(n, &["ip", "link", "set", "lo", "up"])?;
-        }
-        let mut initrd = base_initrd.clone();
-        initrd.extend(image_build::config_initrd(&configs[i])?);
-        let initrd_path = dir.path().join(format!("initrd-{site}.img"));
-        std::fs::write(&initrd_path, initrd)?;
-        let wan = if i == 0 {
-            format!("socket,listen=127.0.0.1:{wan_port}")
+    let mut initrd = base_initrd.to_vec();
+    initrd.extend(image_build::config_initrd(node.config_text)?);
+    let initrd_path = node.dir.join(format!("initrd-{site}.img"));
+    std::fs::write(&initrd_path, initrd)?;
+    let wan = if i == 0 {
+        format!("socket,listen=127.0.0.1:{}", node.wan_port)
+    } else {
+        format!("socket,connect=127.0.0.1:{}", node.wan_port)
+    };
+    let spec = VmSpec {
+        name: format!("site-{site}"),
+        kernel: opts.artifacts.join("vmlinuz"),
+        initrd: initrd_path,
+        append: dwcp_provisioning::cmdline::kernel_cmdline(node.config),
+        // q35 with one 1 GiB hugepage: 2 GiB low RAM + the page + a spare gigabyte
+        // (see qemu_boot::vm_spec).
+        memory_mib: if opts.backend == DataPath::Dpdk {
+            4096
         } else {
-            format!("socket,connect=127.0.0.1:{wan_port}")
-        };
-        let spec = VmSpec {
-            name: format!("site-{site}"),
-            kernel: opts.artifacts.join("vmlinuz"),
-            initrd: initrd_path,
-            append: dwcp_provisioning::cmdline::kernel_cmdline(&cfgs[i]),
-            // q35 with one 1 GiB hugepage: 2 GiB low RAM + the page + a spare gigabyte
-            // (see qemu_boot::vm_spec).
-            memory_mib: if opts.backend == DataPath::Dpdk {
-                4096
-            } else {
-                1024
+            1024
+        },
+        cpus: 2,
+        nics: vec![
+            Nic {
+                model: "virtio-net-pci".into(),
+                mac: format!("52:54:00:00:0{site}:02"),
+                slot: Some(2),
+                netdev: format!(
+                    "user,hostfwd=tcp:127.0.0.1:{}-10.0.2.15:9100",
+                    node.metric_port
+                ),
             },
-            cpus: 2,
-            nics: vec![
-                Nic {
-                    model: "virtio-net-pci".into(),
-                    mac: format!("52:54:00:00:0{site}:02"),
-                    slot: Some(2),
-                    netdev: format!(
-                        "user,hostfwd=tcp:127.0.0.1:{}-10.0.2.15:9100",
-                        metric_ports[i]
-                    ),
-                },
-                Nic {
-                    model: "e1000e".into(),
-                    mac: format!("52:54:00:00:0{site}:03"),
-                    slot: Some(3),
-                    netdev: format!(
-                        "tap,ifname={},script=no,downscript=no,vnet_hdr=off",
-                        TAPS[i]
-                    ),
-                },
-                Nic {
-                    model: "e1000e".into(),
-                    mac: format!("52:54:00:00:0{site}:04"),
-                    slot: Some(4),
-                    netdev: wan,
-                },
-            ],
-            kvm: opts.kvm,
-            iommu: opts.backend == DataPath::Dpdk,
-            console_log: Some(dir.path().join(format!("console-{site}.log"))),
-            pxe: None,
-            disk: None,
-            other_disks: Vec::new(),
-        };
-        say(
-            opts,
-            &format!(
-                "booting node {} (QEMU {}, 2 vCPUs, {} GiB, {})...",
-                site.to_ascii_uppercase(),
-                if opts.kvm { "KVM" } else { "TCG" },
-                if opts.backend == DataPath::Dpdk { 4 } else { 1 },
-                match opts.backend {
-                    DataPath::Dpdk => "NICs on DPDK through vfio-pci",
-                    DataPath::AfPacket => "NICs on af_packet",
-                }
-            ),
-        );
-        let vm = Vm::start(&spec)?;
-        register(Resource::Pid(vm.pid()));
-        // QEMU made the TAP device in this namespace; hand it to the site's host.
-        let n = [NS_A, NS_B][i];
-        let mut moved = false;
-        for _ in 0..50 {
-            if run("ip", &["link", "set", TAPS[i], "netns", n]).is_ok() {
-                moved = true;
-                break;
+            Nic {
+                model: "e1000e".into(),
+                mac: format!("52:54:00:00:0{site}:03"),
+                slot: Some(3),
+                netdev: format!(
+                    "tap,ifname={},script=no,downscript=no,vnet_hdr=off",
+                    TAPS[i]
+                ),
+            },
+            Nic {
+                model: "e1000e".into(),
+                mac: format!("52:54:00:00:0{site}:04"),
+                slot: Some(4),
+                netdev: wan,
+            },
+        ],
+        kvm: opts.kvm,
+        iommu: opts.backend == DataPath::Dpdk,
+        console_log: Some(node.dir.join(format!("console-{site}.log"))),
+        pxe: None,
+        disk: None,
+        other_disks: Vec::new(),
+    };
+    say(
+        opts,
+        &format!(
+            "booting node {} (QEMU {}, 2 vCPUs, {} GiB, {})...",
+            site.to_ascii_uppercase(),
+            if opts.kvm { "KVM" } else { "TCG" },
+            if opts.backend == DataPath::Dpdk { 4 } else { 1 },
+            match opts.backend {
+                DataPath::Dpdk => "NICs on DPDK through vfio-pci",
+                DataPath::AfPacket => "NICs on af_packet",
             }
-            std::thread::sleep(Duration::from_millis(100));
+        ),
+    );
+    let vm = Vm::start(&spec)?;
+    register(Resource::Pid(vm.pid()));
+    // QEMU made the TAP device in this namespace; hand it to the site's host.
+    let n = [NS_A, NS_B][i];
+    let mut moved = false;
+    for _ in 0..50 {
+        if run("ip", &["link", "set", TAPS[i], "netns", n]).is_ok() {
+            moved = true;
+            break;
         }
-        if !moved {
-            bail!(
-                "QEMU did not create TAP device {}; console:\n{}",
-                TAPS[i],
-                vm.tail(20)
-            );
-        }
-        let host = ["10.1.0.2/24", "10.2.0.2/24"][i];
-        let gw = ["10.1.0.1", "10.2.0.1"][i];
-        ns(
-            n,
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{}.disable_ipv6=1", TAPS[i]),
-            ],
-        )?;
-        let _ = ns(
-            n,
-            &[
-                "ethtool", "-K", TAPS[i], "tx", "off", "tso", "off", "gso", "off", "gro", "off",
-            ],
-        );
-        ns(n, &["ip", "addr", "add", host, "dev", TAPS[i]])?;
-        ns(n, &["ip", "link", "set", TAPS[i], "up"])?;
-        ns(n, &["ip", "route", "add", "default", "via", gw])?;
-        vms.push(vm);
+        std::thread::sleep(Duration::from_millis(100));
     }
+    if !moved {
+        bail!(
+            "QEMU did not create TAP device {}; console:\n{}",
+            TAPS[i],
+            vm.tail(20)
+        );
+    }
+    let host = ["10.1.0.2/24", "10.2.0.2/24"][i];
+    let gw = ["10.1.0.1", "10.2.0.1"][i];
+    ns(
+        n,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{}.disable_ipv6=1", TAPS[i]),
+        ],
+    )?;
+    let _ = ns(
+        n,
+        &[
+            "ethtool", "-K", TAPS[i], "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+        ],
+    );
+    ns(n, &["ip", "addr", "add", host, "dev", TAPS[i]])?;
+    ns(n, &["ip", "link", "set", TAPS[i], "up"])?;
+    ns(n, &["ip", "route", "add", "default", "via", gw])?;
+    Ok(vm)
+}
+
+/// Waits for both nodes' `DWCP READY`: their boot times, and site A's data path in words.
+fn wait_ready(opts: &DemoOptions, vms: &mut [Vm]) -> anyhow::Result<([u64; 2], String)> {
     let mut boot_ms = [0u64; 2];
     let mut data_path = String::new();
     for (i, vm) in vms.iter_mut().enumerate() {
@@ -597,7 +761,12 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         }
         say(opts, &format!("node {} ready: {line}", ['A', 'B'][i]));
     }
+    Ok((boot_ms, data_path))
+}
 
+/// The first ping through the tunnel (ARP and the handshake included), then the latency
+/// percentiles of `opts.pings` more.
+fn ping_latency(opts: &DemoOptions) -> anyhow::Result<(f64, Latency)> {
     say(opts, "handshake and ping from site A's host to site B's...");
     let first = Instant::now();
     let mut first_ok = false;
@@ -641,173 +810,134 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         p99: percentile(&times, 990),
         p999: percentile(&times, 999),
     };
+    Ok((first_ping_ms, latency))
+}
 
-    let rx = dir.path().join("rx.py");
-    let tx = dir.path().join("tx.py");
-    std::fs::write(&rx, RECEIVER)?;
-    std::fs::write(&tx, SENDER)?;
-    let (rx, tx) = (
-        rx.to_string_lossy().into_owned(),
-        tx.to_string_lossy().into_owned(),
-    );
-    // One TCP stream per entry, all at once: each sends `mib` MiB of its kind ("random" or
-    // "text"), from its source port (0: any).
-    let transfer_once =
-        |streams: &[(&str, u16)], mib: u64| -> anyhow::Result<Vec<(u64, String, f64, String)>> {
-            let mut receivers = Vec::new();
-            for s in 0..streams.len() {
-                let port = (5201 + s).to_string();
-                let child = Command::new("ip")
-                    .args(["netns", "exec", NS_B, "python3", &rx, "10.2.0.2", &port])
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()?;
-                register(Resource::Pid(child.id()));
-                receivers.push(child);
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            let senders: Vec<_> = streams
-                .iter()
-                .enumerate()
-                .map(|(s, (kind, sport))| {
-                    Command::new("ip")
-                        .args([
-                            "netns",
-                            "exec",
-                            NS_A,
-                            "python3",
-                            &tx,
-                            "10.2.0.2",
-                            &(5201 + s).to_string(),
-                            &mib.to_string(),
-                            MARKER,
-                            kind,
-                            &sport.to_string(),
-                        ])
-                        .stdout(std::process::Stdio::piped())
-                        .spawn()
-                })
-                .collect::<Result<_, _>>()?;
-            // Progress every few seconds, from site A's WAN counter.
-            let mut senders: Vec<std::process::Child> = senders;
-            let (t0, mut last) = (Instant::now(), Instant::now());
-            while senders.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
-                std::thread::sleep(Duration::from_millis(200));
-                if last.elapsed() >= Duration::from_secs(3) {
-                    last = Instant::now();
-                    if let Ok(m) = metrics(metric_ports[0]) {
-                        let sent = metric_u64(
-                            &m,
-                            "dwcp_port_tx_bytes_total{node=\"site-a-gw\",port=\"wan0\"}",
-                        );
-                        say(
-                            opts,
-                            &format!(
-                                "  ... {:.0} s, {} MiB sent over the WAN so far",
-                                t0.elapsed().as_secs_f64(),
-                                sent >> 20
-                            ),
-                        );
-                    }
-                }
-            }
-            let mut results = Vec::new();
-            for (sender, receiver) in senders.into_iter().zip(receivers) {
-                let s = sender.wait_with_output()?;
-                let r = receiver.wait_with_output()?;
-                let s = String::from_utf8_lossy(&s.stdout).trim().to_owned();
-                let r = String::from_utf8_lossy(&r.stdout)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .to_owned();
-                let sp: Vec<&str> = s.split(' ').collect();
-                let rp: Vec<&str> = r.split(' ').collect();
-                if sp.len() < 3 || rp.len() < 2 {
-                    bail!("transfer failed: sender said `{s}`, receiver said `{r}`");
-                }
-                results.push((
-                    sp[0].parse()?,
-                    sp[1].to_owned(),
-                    sp[2].parse()?,
-                    rp[1].to_owned(),
-                ));
-            }
-            Ok(results)
-        };
-    say(
-        opts,
-        &format!("TCP transfer of {} MiB, checked by SHA-256...", opts.mib),
-    );
-    let t = transfer_once(&[("random", 0)], opts.mib)?.remove(0);
-    let transfer = Transfer {
-        bytes: t.0,
-        seconds: t.2,
-        mbps: t.0 as f64 * 8.0 / t.2 / 1e6,
-        sha256_sent: t.1,
-        sha256_received: t.3,
-    };
-    say(
-        opts,
-        &format!(
-            "transfer: {:.1} Mbit/s, SHA-256 {}",
-            transfer.mbps,
-            if transfer.sha256_sent == transfer.sha256_received {
-                "matches"
-            } else {
-                "DIFFERS"
-            }
-        ),
-    );
-    let mut step_load = Vec::new();
-    for streams in [1u32, 2, 4] {
-        say(opts, &format!("step load: {streams} stream(s)..."));
-        let t0 = Instant::now();
-        let kinds = vec![("random", 0); streams as usize];
-        let results = transfer_once(&kinds, opts.step_mib)?;
-        let bytes: u64 = results.iter().map(|r| r.0).sum();
-        let secs = results.iter().map(|r| r.2).fold(0.0, f64::max).max(1e-6);
-        let _ = t0;
-        step_load.push((streams, bytes as f64 * 8.0 / secs / 1e6));
+/// TCP transfers from site A's host to site B's, by the sender and receiver scripts.
+struct Transfers<'a> {
+    opts: &'a DemoOptions,
+    rx: String,
+    tx: String,
+    /// Site A's metrics port, for progress.
+    metric_port: u16,
+}
+
+impl<'a> Transfers<'a> {
+    /// Writes the scripts into `dir`.
+    fn new(opts: &'a DemoOptions, dir: &Path, metric_port: u16) -> anyhow::Result<Self> {
+        let rx = dir.join("rx.py");
+        let tx = dir.join("tx.py");
+        std::fs::write(&rx, RECEIVER)?;
+        std::fs::write(&tx, SENDER)?;
+        Ok(Self {
+            opts,
+            rx: rx.to_string_lossy().into_owned(),
+            tx: tx.to_string_lossy().into_owned(),
+            metric_port,
+        })
     }
 
-    let lz4_series = [
-        "dwcp_compressed_packets_total",
-        "dwcp_compress_no_gain_packets_total",
-        "dwcp_compress_skipped_packets_total",
-        "dwcp_compress_in_bytes_total",
-        "dwcp_compress_out_bytes_total",
-    ];
-    let lz4_of = |m: &str| lz4_series.map(|series| metric_u64(m, series));
-    say(
-        opts,
-        &format!(
-            "mixed load: a random and a text stream at once, {} MiB each...",
-            opts.step_mib
-        ),
-    );
-    // Flows share 128 compression gates by hash: one of the step load's random streams
-    // (ephemeral ports) may have left a back-off in the text stream's gate, which lasts at most
-    // 100 ms (`GATE_PAUSE_MAX` in the data plane's tunnel). Start after it has run out, so the
-    // text stream's gate starts fresh, as it would on a quiet link.
-    std::thread::sleep(Duration::from_millis(300));
-    let before = lz4_of(&metrics(metric_ports[0])?);
-    let results = transfer_once(&MIXED_STREAMS, opts.step_mib)?;
-    let after = lz4_of(&metrics(metric_ports[0])?);
-    let delta: Vec<u64> = after
-        .iter()
-        .zip(before)
-        .map(|(a, b)| a.saturating_sub(b))
-        .collect();
-    let mbps = |r: &(u64, String, f64, String)| r.0 as f64 * 8.0 / r.2.max(1e-6) / 1e6;
-    let mixed = Mixed {
-        bytes: results[0].0,
-        random_mbps: mbps(&results[0]),
-        text_mbps: mbps(&results[1]),
-        sha256_match: results.iter().all(|r| r.1 == r.3),
-        ratio: delta[3] as f64 / delta[4].max(1) as f64,
-        packets: [delta[0], delta[1], delta[2]],
-    };
+    /// One TCP stream per entry, all at once: each sends `mib` MiB of its kind ("random" or
+    /// "text"), from its source port (0: any).
+    fn run(&self, streams: &[(&str, u16)], mib: u64) -> anyhow::Result<Vec<StreamResult>> {
+        let mut receivers = Vec::new();
+        for s in 0..streams.len() {
+            let port = (5201 + s).to_string();
+            let child = Command::new("ip")
+                .args([
+                    "netns", "exec", NS_B, "python3", &self.rx, "10.2.0.2", &port,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            register(Resource::Pid(child.id()));
+            receivers.push(child);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let senders: Vec<_> = streams
+            .iter()
+            .enumerate()
+            .map(|(s, (kind, sport))| {
+                Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        NS_A,
+                        "python3",
+                        &self.tx,
+                        "10.2.0.2",
+                        &(5201 + s).to_string(),
+                        &mib.to_string(),
+                        MARKER,
+                        kind,
+                        &sport.to_string(),
+                    ])
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        // Progress every few seconds, from site A's WAN counter.
+        let mut senders: Vec<std::process::Child> = senders;
+        let (t0, mut last) = (Instant::now(), Instant::now());
+        while senders.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
+            std::thread::sleep(Duration::from_millis(200));
+            if last.elapsed() >= Duration::from_secs(3) {
+                last = Instant::now();
+                if let Ok(m) = metrics(self.metric_port) {
+                    let sent = metric_u64(
+                        &m,
+                        "dwcp_port_tx_bytes_total{node=\"site-a-gw\",port=\"wan0\"}",
+                    );
+                    say(
+                        self.opts,
+                        &format!(
+                            "  ... {:.0} s, {} MiB sent over the WAN so far",
+                            t0.elapsed().as_secs_f64(),
+                            sent >> 20
+                        ),
+                    );
+                }
+            }
+        }
+        let mut results = Vec::new();
+        for (sender, receiver) in senders.into_iter().zip(receivers) {
+            let s = sender.wait_with_output()?;
+            let r = receiver.wait_with_output()?;
+            let s = String::from_utf8_lossy(&s.stdout).trim().to_owned();
+            let r = String::from_utf8_lossy(&r.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_owned();
+            let sp: Vec<&str> = s.split(' ').collect();
+            let rp: Vec<&str> = r.split(' ').collect();
+            if sp.len() < 3 || rp.len() < 2 {
+                bail!("transfer failed: sender said `{s}`, receiver said `{r}`");
+            }
+            results.push((
+                sp[0].parse()?,
+                sp[1].to_owned(),
+                sp[2].parse()?,
+                rp[1].to_owned(),
+            ));
+        }
+        Ok(results)
+    }
+}
 
+/// What the demo measured from the hosts and the consoles.
+struct Measured {
+    boot_ms: [u64; 2],
+    first_ping_ms: f64,
+    transfer: Transfer,
+    latency: Latency,
+    step_load: Vec<(u32, f64)>,
+    mixed: Mixed,
+    data_path: String,
+}
+
+/// The report: what was measured, with both appliances' counters read over the management
+/// network.
+fn read_report(opts: &DemoOptions, metric_ports: [u16; 2], m: Measured) -> anyhow::Result<Report> {
     say(
         opts,
         "reading both appliances' metrics over the management network...",
@@ -855,12 +985,12 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         })
         .unwrap_or_else(|| "?".into());
     let report = Report {
-        boot_ms,
+        boot_ms: m.boot_ms,
         handshake_ms: get(&ma, "dwcp_handshake_rtt_seconds_max") * 1e3,
-        first_ping_ms,
-        transfer,
-        latency_ms: latency,
-        step_load,
+        first_ping_ms: m.first_ping_ms,
+        transfer: m.transfer,
+        latency_ms: m.latency,
+        step_load: m.step_load,
         a_to_b: dir_of(&ma, "site-a-gw"),
         b_to_a: dir_of(&mb, "site-b-gw"),
         drops,
@@ -876,19 +1006,10 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             ]
             .map(|series| metric_u64(m, series))
         }),
-        mixed,
+        mixed: m.mixed,
         engine,
-        data_path,
+        data_path: m.data_path,
     };
-
-    say(opts, "powering both nodes off...");
-    for vm in &mut vms {
-        let _ = vm.monitor("system_powerdown");
-    }
-    for vm in &mut vms {
-        let _ = vm.wait_exit(Duration::from_secs(60));
-    }
-    drop(vms);
     Ok(report)
 }
 
