@@ -425,7 +425,7 @@ mod tests {
         }
         assert_eq!(
             PlaneEnd::Exited(7).to_string(),
-            "exit code 7 (the GPU hung in a driver call)"
+            "exit code 7: the GPU hung in a driver call"
         );
         assert_eq!(PlaneEnd::Exited(70).to_string(), "exit code 70");
         assert_eq!(
@@ -514,7 +514,7 @@ mod tests {
         assert_eq!(
             says(&e),
             [
-                "dataplane: exited (exit code 6 (this node cannot run the config))",
+                "dataplane: exited (exit code 6: this node cannot run the config)",
                 "SAFE MODE: the data plane cannot start on this node: no 1 GiB hugepages; staying down (fix it, then type `restart`)"
             ]
         );
@@ -559,7 +559,7 @@ mod tests {
         assert_eq!(
             e,
             [
-                Effect::Say("dataplane: exited (exit code 0 (stopped on request))".into()),
+                Effect::Say("dataplane: exited (exit code 0: stopped on request)".into()),
                 Effect::Start { gpu_disabled: None }
             ]
         );

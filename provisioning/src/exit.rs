@@ -91,7 +91,7 @@ impl DataplaneExit {
 
 impl fmt::Display for DataplaneExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "exit code {} ({})", self.code(), self.reason())
+        write!(f, "exit code {}: {}", self.code(), self.reason())
     }
 }
 
@@ -130,7 +130,7 @@ mod tests {
         }
         assert_eq!(
             DataplaneExit::CannotStart.to_string(),
-            "exit code 6 (this node cannot run the config)"
+            "exit code 6: this node cannot run the config"
         );
     }
 }

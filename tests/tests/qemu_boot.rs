@@ -191,7 +191,7 @@ fn missing_hugepages_stop_the_data_plane_with_one_clear_error() {
     );
     let console = vm.console();
     assert!(
-        console.contains("dataplane: exited (exit code 6)"),
+        console.contains("dataplane: exited (exit code 6: this node cannot run the config)"),
         "{console}"
     );
     assert!(
