@@ -1016,7 +1016,17 @@ impl Report {
     /// A table for people.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let ceiling = self.copy_ceiling_gbps();
+        self.device_lines(&mut s);
+        self.throughput_lines(&mut s);
+        s.push_str(&gather_table(&self.gathered));
+        self.small_batch_lines(&mut s);
+        self.check_lines(&mut s);
+        self.lz4_lines(&mut s);
+        s
+    }
+
+    /// The device, its copy bandwidth, and each kernel's resources.
+    fn device_lines(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "device {}: pinned copies host→device {:.1} GB/s, device→host {:.1} GB/s; CPU engine on {} threads",
@@ -1043,6 +1053,11 @@ impl Report {
                 let _ = writeln!(s, "kernel resources unknown: {e}");
             }
         }
+    }
+
+    /// Kernel and end-to-end rates per operation, size and batch.
+    fn throughput_lines(&self, s: &mut String) {
+        let ceiling = self.copy_ceiling_gbps();
         let _ = writeln!(
             s,
             "{:<10} {:>5} {:>6} {:>10} {:>9} {:>9} {:>9} {:>8}",
@@ -1062,7 +1077,10 @@ impl Report {
                 r.e2e_gbps / r.cpu_gbps.max(1e-9)
             );
         }
-        s.push_str(&gather_table(&self.gathered));
+    }
+
+    /// Small batches one call at a time, and the burst from which one GPU call keeps pace.
+    fn small_batch_lines(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "small batches, one call at a time: the GPU end to end beside the CPU engine on one thread (medians); gpu/cpu = bursts a worker needs in flight for the GPU path to keep pace with its core"
@@ -1101,6 +1119,10 @@ impl Report {
             };
             let _ = writeln!(s, "{line}");
         }
+    }
+
+    /// What the live checks of GPU batches cost.
+    fn check_lines(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "GPU batches checked against the CPU engine (offload.verify_every), one core; cores the checks take at the GPU's best e2e (1 batch in {CHECK_EVERY} whole, 1 packet of each other {WORKER_BATCH}-packet worker batch)"
@@ -1121,6 +1143,10 @@ impl Report {
                 c.cores(CHECK_EVERY, WORKER_BATCH)
             );
         }
+    }
+
+    /// LZ4's wire bytes on both engines, and both decompress kernels.
+    fn lz4_lines(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "LZ4 on the same compressible packets (1024 of each size): wire bytes per input byte"
@@ -1161,7 +1187,6 @@ impl Report {
                 d.warp_gbps / d.thread_gbps.max(1e-9)
             );
         }
-        s
     }
 
     /// The same as JSON.

@@ -571,52 +571,66 @@ impl Dispatcher {
                 self.stats.gpu_healthy = true;
                 self.backoff = self.set.retry;
             }
-            Err(f) => {
-                let done = f.done.min(k);
-                let left = (k - done) as u64;
-                let o = op.index();
-                // The accelerator's finished prefix is its work like any batch's: counted on
-                // its path, and checked as the whole batch would have been (the spot packet
-                // only if it lies there).
-                let wrong = if done > 0 {
-                    let prefix = &mut ours[..done];
-                    let prefix_bytes: usize = prefix.iter().map(J::size).sum();
-                    self.stats.batches[o][Path::Gpu as usize] += 1;
-                    self.stats.bytes[o][Path::Gpu as usize] += prefix_bytes as u64;
-                    if self.set.verify_every > 0 {
-                        self.examine(prefix, check, spot.filter(|&s| s < done))
-                    } else {
-                        None
-                    }
-                } else {
-                    // Nothing of the accelerator's to check: the check falls to its next batch.
-                    if check {
-                        self.since_check[o] = 0;
-                    }
-                    None
-                };
-                match f.kind {
-                    Stop::Declined => self.stats.declined_jobs += left,
-                    Stop::Timeout | Stop::Error => {
-                        let timeout = f.kind == Stop::Timeout;
-                        let trouble = if timeout {
-                            Trouble::Timeout
-                        } else {
-                            Trouble::Error
-                        };
-                        self.unhealthy(f.reason, trouble);
-                        self.stats.fallback_jobs += left;
-                    }
-                }
-                let rest = &mut ours[done..];
-                let rest_bytes: usize = rest.iter().map(J::size).sum();
-                cpu_call(&mut self.cpu, rest);
-                self.stats.batches[o][Path::Cpu as usize] += 1;
-                self.stats.bytes[o][Path::Cpu as usize] += rest_bytes as u64;
-                if let Some(reason) = wrong {
-                    self.unhealthy(reason, Trouble::Wrong);
-                }
+            Err(f) => self.after_failure(op, ours, f, check, spot, cpu_call),
+        }
+    }
+
+    /// The accelerator stopped part-way through its share `ours`: its finished prefix is
+    /// counted and checked as its batches are, the rest is run on the CPU engine, and an
+    /// error or time-out takes it out of service (a declined job does not).
+    fn after_failure<J: Checked>(
+        &mut self,
+        op: Op,
+        ours: &mut [J],
+        f: Failure,
+        check: bool,
+        spot: Option<usize>,
+        cpu_call: fn(&mut CpuEngine, &mut [J]),
+    ) {
+        let k = ours.len();
+        let done = f.done.min(k);
+        let left = (k - done) as u64;
+        let o = op.index();
+        // The accelerator's finished prefix is its work like any batch's: counted on
+        // its path, and checked as the whole batch would have been (the spot packet
+        // only if it lies there).
+        let wrong = if done > 0 {
+            let prefix = &mut ours[..done];
+            let prefix_bytes: usize = prefix.iter().map(J::size).sum();
+            self.stats.batches[o][Path::Gpu as usize] += 1;
+            self.stats.bytes[o][Path::Gpu as usize] += prefix_bytes as u64;
+            if self.set.verify_every > 0 {
+                self.examine(prefix, check, spot.filter(|&s| s < done))
+            } else {
+                None
             }
+        } else {
+            // Nothing of the accelerator's to check: the check falls to its next batch.
+            if check {
+                self.since_check[o] = 0;
+            }
+            None
+        };
+        match f.kind {
+            Stop::Declined => self.stats.declined_jobs += left,
+            Stop::Timeout | Stop::Error => {
+                let timeout = f.kind == Stop::Timeout;
+                let trouble = if timeout {
+                    Trouble::Timeout
+                } else {
+                    Trouble::Error
+                };
+                self.unhealthy(f.reason, trouble);
+                self.stats.fallback_jobs += left;
+            }
+        }
+        let rest = &mut ours[done..];
+        let rest_bytes: usize = rest.iter().map(J::size).sum();
+        cpu_call(&mut self.cpu, rest);
+        self.stats.batches[o][Path::Cpu as usize] += 1;
+        self.stats.bytes[o][Path::Cpu as usize] += rest_bytes as u64;
+        if let Some(reason) = wrong {
+            self.unhealthy(reason, Trouble::Wrong);
         }
     }
 }

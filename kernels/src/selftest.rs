@@ -158,6 +158,14 @@ fn aead(
     max_packet: usize,
     timeout: Duration,
 ) -> Result<usize, CheckError> {
+    let (keys, packets) = aead_packets(max_packet);
+    let want = check_seal(acc, &keys, &packets, timeout)?;
+    let opened = check_open(acc, &keys, &packets, &want, timeout)?;
+    Ok(packets.len() + opened)
+}
+
+/// Two keys, and two packets (one per key) of every checked size up to `max_packet`.
+fn aead_packets(max_packet: usize) -> (Vec<AeadKey>, Vec<Packet>) {
     let mut rng = Rng(0x5e1f_7e57);
     let keys: Vec<AeadKey> = (0..2)
         .map(|_| {
@@ -183,6 +191,17 @@ fn aead(
             p
         })
         .collect();
+    (keys, packets)
+}
+
+/// Seals `packets` on the accelerator and the CPU engine: the results must be the same.
+/// Returns the CPU engine's.
+fn check_seal(
+    acc: &mut dyn Accelerator,
+    keys: &[AeadKey],
+    packets: &[Packet],
+    timeout: Duration,
+) -> Result<Vec<Vec<u8>>, CheckError> {
     let fresh = || -> Vec<Vec<u8>> {
         packets
             .iter()
@@ -194,14 +213,14 @@ fn aead(
             .collect()
     };
     let mut want = fresh();
-    CpuEngine.seal(&mut seal_jobs(&packets, &keys, &mut want));
+    CpuEngine.seal(&mut seal_jobs(packets, keys, &mut want));
     let mut got = fresh();
-    let mut jobs = seal_jobs(&packets, &keys, &mut got);
+    let mut jobs = seal_jobs(packets, keys, &mut got);
     acc.try_seal(&mut jobs, Instant::now() + timeout)
         .map_err(|e| failed("seal", e))?;
     let oks: Vec<bool> = jobs.iter().map(|j| j.ok).collect();
     drop(jobs);
-    for (i, ((g, w), p)) in got.iter().zip(&want).zip(&packets).enumerate() {
+    for (i, ((g, w), p)) in got.iter().zip(&want).zip(packets).enumerate() {
         let n = p.plain.len();
         if !oks[i] {
             return Err(CheckError::Wrong(format!(
@@ -219,10 +238,22 @@ fn aead(
             )));
         }
     }
+    Ok(want)
+}
 
+/// Opens the CPU engine's sealed packets (`sealed`) on the accelerator, as they are and with
+/// the tag, the ciphertext or the AAD altered: only the unaltered must open, to the
+/// plaintext. Returns how many were opened.
+fn check_open(
+    acc: &mut dyn Accelerator,
+    keys: &[AeadKey],
+    packets: &[Packet],
+    sealed: &[Vec<u8>],
+    timeout: Duration,
+) -> Result<usize, CheckError> {
     // Open the CPU's output, as received and altered three ways.
     let mut cases: Vec<(usize, Tamper, Vec<u8>)> = Vec::new();
-    for (i, (w, p)) in want.iter().zip(&packets).enumerate() {
+    for (i, (w, p)) in sealed.iter().zip(packets).enumerate() {
         cases.push((i, Tamper::None, w.clone()));
         let mut t = w.clone();
         t[p.plain.len()] ^= 0x80;
@@ -290,7 +321,7 @@ fn aead(
             }
         }
     }
-    Ok(packets.len() + opened)
+    Ok(opened)
 }
 
 fn lz4(
