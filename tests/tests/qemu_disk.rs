@@ -18,7 +18,7 @@ fn dwcp(args: &[&std::ffi::OsStr]) -> std::process::Output {
             "run",
             "-q",
             "-p",
-            "dwcp-provisioning",
+            "dwcp-cli",
             "--bin",
             "dwcp",
             "--",
