@@ -110,6 +110,41 @@ fn send_timed(
     hist.record(per_packet(t0, n), n as u64);
 }
 
+/// Publishes the worker's counters and histograms to the control thread (every
+/// [`PUBLISH`], not per packet), and a GPU failure not yet told.
+fn publish(
+    stats: &WorkerStats,
+    gateway: &Gateway,
+    tx: &TxBatch,
+    loop_counters: &mut LoopCounters,
+    hist: &[Histogram; STAGES.len()],
+    failures_told: &mut u64,
+) {
+    loop_counters.tx_no_room = tx.no_room();
+    stats.publish_histograms(hist);
+    stats.publish(&flatten(
+        &gateway.counters,
+        &gateway.tunnel.counters,
+        loop_counters,
+        gateway.engine().offload_stats(),
+    ));
+    if let Some(o) = gateway.engine().offload_stats() {
+        let failures = o.gpu_errors + o.gpu_timeouts + o.gpu_wrong_batches;
+        if failures != *failures_told {
+            // Allocates, but only after a GPU failure (at most one per probe).
+            let why = match (&o.out_because, &o.last_error) {
+                (Some(first), Some(last)) if first != last => {
+                    Some(format!("{first}; since then: {last}"))
+                }
+                (first, last) => first.clone().or_else(|| last.clone()),
+            };
+            if stats.publish_gpu_failure(failures, why.as_deref()) {
+                *failures_told = failures;
+            }
+        }
+    }
+}
+
 impl Worker {
     /// Runs until `stop` is set.
     pub fn run(mut self) {
@@ -198,29 +233,14 @@ impl Worker {
             }
             if now.saturating_sub(last_publish) >= PUBLISH {
                 last_publish = now;
-                loop_counters.tx_no_room = tx.no_room();
-                stats.publish_histograms(&hist);
-                stats.publish(&flatten(
-                    &gateway.counters,
-                    &gateway.tunnel.counters,
-                    &loop_counters,
-                    gateway.engine().offload_stats(),
-                ));
-                if let Some(o) = gateway.engine().offload_stats() {
-                    let failures = o.gpu_errors + o.gpu_timeouts + o.gpu_wrong_batches;
-                    if failures != failures_told {
-                        // Allocates, but only after a GPU failure (at most one per probe).
-                        let why = match (&o.out_because, &o.last_error) {
-                            (Some(first), Some(last)) if first != last => {
-                                Some(format!("{first}; since then: {last}"))
-                            }
-                            (first, last) => first.clone().or_else(|| last.clone()),
-                        };
-                        if stats.publish_gpu_failure(failures, why.as_deref()) {
-                            failures_told = failures;
-                        }
-                    }
-                }
+                publish(
+                    stats,
+                    gateway,
+                    tx,
+                    &mut loop_counters,
+                    &hist,
+                    &mut failures_told,
+                );
             }
             if work == 0 {
                 idle = idle.saturating_add(1);
