@@ -8,8 +8,9 @@
 
 use std::process::Command;
 
-/// Every package `pkg` pulls in for its normal (non-dev, non-build) build.
-fn normal_deps(pkg: &str, extra: &[&str]) -> Vec<String> {
+/// `cargo tree` of `pkg`'s normal (non-dev, non-build) build, one package a line in
+/// `format`.
+fn tree(pkg: &str, format: &str, extra: &[&str]) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
         .current_dir(dwcp_tests::workspace_root())
@@ -21,7 +22,7 @@ fn normal_deps(pkg: &str, extra: &[&str]) -> Vec<String> {
             "--prefix",
             "none",
             "-f",
-            "{p}",
+            format,
             "-p",
             pkg,
         ])
@@ -35,6 +36,14 @@ fn normal_deps(pkg: &str, extra: &[&str]) -> Vec<String> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every package `pkg` pulls in for its normal build.
+fn normal_deps(pkg: &str, extra: &[&str]) -> Vec<String> {
+    tree(pkg, "{p}", extra)
+        .iter()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect()
 }
@@ -100,34 +109,9 @@ fn production_builds_leave_the_kernels_test_support_out() {
 }
 
 /// Every package `pkg` pulls in for its normal build, each with the features it is built
-/// with (`name features`).
+/// with (`name version (path) features`).
 fn normal_deps_with_features(pkg: &str) -> Vec<String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let out = Command::new(cargo)
-        .current_dir(dwcp_tests::workspace_root())
-        .args([
-            "tree",
-            "--offline",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "-f",
-            "{p} {f}",
-            "-p",
-            pkg,
-        ])
-        .output()
-        .expect("run cargo tree");
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    tree(pkg, "{p} {f}", &[])
 }
 
 #[test]

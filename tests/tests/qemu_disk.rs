@@ -14,15 +14,7 @@ use dwcp_tests::{BOOT_TIMEOUT, qemu_lock, require_qemu};
 fn dwcp(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(env!("CARGO"))
         .current_dir(dwcp_tests::workspace_root())
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "dwcp-cli",
-            "--bin",
-            "dwcp",
-            "--",
-        ])
+        .args(["run", "-q", "-p", "dwcp-cli", "--bin", "dwcp", "--"])
         .args(args)
         .output()
         .unwrap()
