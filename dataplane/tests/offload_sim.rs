@@ -65,7 +65,7 @@ fn a_gpu_turning_wrong_after_its_start_up_check_is_caught_in_traffic_and_no_wron
     let dir = std::env::temp_dir().join(format!("dwcp-sim-cuda-late-{}", std::process::id()));
     let lib = dwcp_kernels::sim::build(&dir).unwrap_or_else(|e| panic!("{e}"));
     // Right through the start-up check's launches, then every copy back has a bit flipped.
-    let inject = format!("corrupt:{}", dwcp_kernels::selftest::LAUNCHES + 1);
+    let inject = format!("corrupt:{}", dwcp_kernels::dispatch::selftest::LAUNCHES + 1);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dwcp-dataplane"))
         .args(["bench", "pipeline", "--offload", "on", "--packets", "300"])
         .args(["--seconds", "0.01"])

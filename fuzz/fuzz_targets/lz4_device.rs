@@ -72,7 +72,7 @@ fn compress_on_the_device(data: &[u8], cap: usize) {
 
 fn compress_on_the_cpu(data: &[u8], cap: usize) {
     let mut out = vec![0u8; cap];
-    if let Some(n) = dwcp_kernels::lz4::compress(data, &mut out) {
+    if let Some(n) = dwcp_kernels::cpu::lz4::compress(data, &mut out) {
         assert!(n < data.len(), "a block no shorter than its input was kept");
         let back = lz4_flex::block::decompress(&out[..n], data.len())
             .expect("lz4_flex decompresses the CPU engine's block");

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::cpu::CpuEngine;
 use crate::cuda::{Capacity, CudaEngine, CudaError, Lz4Decompressor, Op};
 use crate::dispatch::Batch;
-use crate::fault_injector::{Fault, TestAccelerator};
+use crate::dispatch::fault_injector::{Fault, TestAccelerator};
 use crate::samples::{Rng, compressible};
 use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
@@ -122,7 +122,7 @@ pub fn break_even_burst(rows: &[LatencyRow], op: Op) -> Option<usize> {
 }
 
 /// What the live check of GPU batches against the CPU engine (`offload.verify_every`,
-/// [`crate::verify`]) costs for one operation and packet size.
+/// [`crate::dispatch::verify`]) costs for one operation and packet size.
 #[derive(Clone, Debug)]
 pub struct CheckRow {
     /// Operation.
@@ -544,7 +544,7 @@ fn open_jobs<'a>(
 /// for about `budget`: payload GB/s of the check alone (keeping the inputs before the batch,
 /// recomputing and comparing after).
 fn check_cell(op: Op, size: usize, inp: &Inputs, budget: Duration) -> f64 {
-    use crate::verify::{Checked, Scratch};
+    use crate::dispatch::verify::{Checked, Scratch};
     let n = 1024.min(inp.plain.len());
     let mut s = Scratch::default();
     let mut plain = inp.plain[..n].to_vec();

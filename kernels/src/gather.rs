@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use crate::accelerator::RecoverError;
+use crate::dispatch::accelerator::RecoverError;
 use crate::dispatch::{Accelerator, Batch, Failure, Stop};
 use crate::{CompressJob, DecompressJob, OpenJob, SealJob};
 
@@ -676,8 +676,8 @@ mod tests {
 
     use super::*;
     use crate::cpu::CpuEngine;
+    use crate::dispatch::fault_injector::{Fault, TestAccelerator};
     use crate::dispatch::{Dispatcher, Mode, Settings};
-    use crate::fault_injector::{Fault, TestAccelerator};
     use crate::suite::{self, Rng};
     use crate::{AeadKey, Engine, TAG_LEN};
 

@@ -9,7 +9,6 @@
 
 #![deny(unsafe_code)]
 
-pub mod accelerator;
 #[cfg(any(test, feature = "testing"))]
 #[allow(unsafe_code)]
 pub mod alloc_count;
@@ -18,19 +17,14 @@ pub mod cpu;
 #[allow(unsafe_code)]
 pub mod cuda;
 pub mod dispatch;
-pub mod fault_injector;
 #[allow(unsafe_code)]
 pub mod gather;
-#[allow(unsafe_code)]
-pub mod lz4;
 pub mod monitor;
 pub mod samples;
-pub mod selftest;
 #[cfg(any(test, feature = "testing"))]
 pub mod sim;
 #[cfg(any(test, feature = "testing"))]
 pub mod suite;
-pub mod verify;
 
 /// AES-256-GCM tag length.
 pub const TAG_LEN: usize = 16;

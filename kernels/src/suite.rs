@@ -232,10 +232,10 @@ const TINY_BLOCKS: [&[u8]; 9] = [
 /// truncated, garbage appended), into outputs of the exact size or 9216 bytes, and the
 /// format's edge cases (`TINY_BLOCKS`) into 0 and 16 bytes, with `engine`: it must refuse
 /// exactly what `lz4_flex` refuses and otherwise give `lz4_flex`'s output, as the live check
-/// requires ([`crate::verify`]) — or a peer's malformed blocks would make an
+/// requires ([`crate::dispatch::verify`]) — or a peer's malformed blocks would make an
 /// accelerator look wrong and take it out of service at the peer's will.
 pub fn lz4_mutated_blocks(engine: &mut dyn Engine, count: usize, seed: u64) {
-    use crate::verify::{Checked, Scratch};
+    use crate::dispatch::verify::{Checked, Scratch};
     let mut rng = Rng(seed);
     let byte = |rng: &mut Rng| u8::try_from(rng.below(256)).unwrap_or(0);
     let blocks: Vec<(Vec<u8>, usize)> = (0..count)

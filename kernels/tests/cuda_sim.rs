@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use dwcp_kernels::cpu::CpuEngine;
 use dwcp_kernels::cuda::{Capacity, CudaEngine, CudaError, Lz4Decompressor};
+use dwcp_kernels::dispatch::selftest;
 use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
 use dwcp_kernels::gather::GatherSettings;
 use dwcp_kernels::monitor::GpuMonitor;
-use dwcp_kernels::selftest;
 use dwcp_kernels::sim::NVML_DEVICE;
 use dwcp_kernels::suite::{self, Rng};
 use dwcp_kernels::{AeadKey, CompressJob, Engine, OpenJob, SealJob, TAG_LEN};

@@ -8,7 +8,8 @@ mod host_check;
 
 use dwcp_kernels::alloc_count::Counting;
 use dwcp_kernels::cuda::{Capacity, CudaEngine};
-use dwcp_kernels::{selftest, suite};
+use dwcp_kernels::dispatch::selftest;
+use dwcp_kernels::suite;
 
 // Counts allocations for `gpu_engine_allocates_nothing_per_batch` (run these one at a time:
 // `scripts/gpu-test.sh` passes `--test-threads 1`).

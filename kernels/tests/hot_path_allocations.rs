@@ -18,8 +18,8 @@ use std::time::Duration;
 use dwcp_kernels::Engine as _;
 use dwcp_kernels::alloc_count::Counting;
 use dwcp_kernels::cpu::CpuEngine;
+use dwcp_kernels::dispatch::fault_injector::{Fault, TestAccelerator};
 use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
-use dwcp_kernels::fault_injector::{Fault, TestAccelerator};
 use dwcp_kernels::gather::{GatherSettings, Gatherer};
 use dwcp_kernels::suite::no_allocation_per_packet as rounds;
 

@@ -256,7 +256,7 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
         lab.spawn(&ga, "env", &[&libcuda, &inject, dp, "--config", cfg_a], log)
     };
     let log_wrong = dir.path().join("gw-a-wrong.log");
-    let corrupt = format!("corrupt:{}", dwcp_kernels::selftest::LAUNCHES + 1);
+    let corrupt = format!("corrupt:{}", dwcp_kernels::dispatch::selftest::LAUNCHES + 1);
     let gw_a = restart_a(&mut lab, gw_a, corrupt, &log_wrong);
     let line = wait_for_line(&log_wrong, "offload engine", Duration::from_secs(60));
     assert!(line.contains("passed its start-up check"), "{line}");
@@ -286,7 +286,10 @@ fn gateways_on_the_simulated_gpu_carry_traffic_and_a_hung_gpu_leaves_it_to_the_c
     // Gateway A again, its simulated GPU hanging for a minute in its fourth launch after the
     // start-up check's.
     let log_hang = dir.path().join("gw-a-hang.log");
-    let hang = format!("hang:{}:60000", dwcp_kernels::selftest::LAUNCHES + 4);
+    let hang = format!(
+        "hang:{}:60000",
+        dwcp_kernels::dispatch::selftest::LAUNCHES + 4
+    );
     let hung = restart_a(&mut lab, gw_a, hang, &log_hang);
     wait_for_line(&log_hang, "dwcp-dataplane: ready", Duration::from_secs(60));
     let t0 = Instant::now();

@@ -946,7 +946,7 @@ mod tests {
     #[test]
     fn a_stuck_gather_makes_the_process_leave_with_code_7() {
         use dwcp_kernels::dispatch::Accelerator as _;
-        use dwcp_kernels::fault_injector::{Fault, TestAccelerator};
+        use dwcp_kernels::dispatch::fault_injector::{Fault, TestAccelerator};
         use dwcp_kernels::gather::{GatherSettings, Gatherer};
         use dwcp_kernels::{AeadKey, SealJob, TAG_LEN};
 

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use dwcp_kernels::Engine;
 use dwcp_kernels::cuda::{Capacity, CudaEngine};
+use dwcp_kernels::dispatch::selftest;
 use dwcp_kernels::dispatch::{Dispatcher, Mode, Settings};
 use dwcp_kernels::gather::{GatherSettings, Gatherer};
 use dwcp_kernels::monitor::{GpuMonitor, MonitorError};
-use dwcp_kernels::selftest;
 use dwcp_provisioning::schema::{GpuMode, Offload};
 
 /// The largest inner packet the engines are sized for.

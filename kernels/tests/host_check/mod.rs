@@ -84,12 +84,12 @@ pub fn reference_compress(inputs: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
 
 /// Real text and code: this crate's own sources and the C++ beside them.
 const TEXT: [&[u8]; 11] = [
-    include_bytes!("../../src/dispatch.rs"),
+    include_bytes!("../../src/dispatch/mod.rs"),
     include_bytes!("../../src/cuda/mod.rs"),
     include_bytes!("../../src/cuda/compile.rs"),
     include_bytes!("../../src/cuda/staging.rs"),
     include_bytes!("../../src/cuda/memory.rs"),
-    include_bytes!("../../src/accelerator.rs"),
+    include_bytes!("../../src/dispatch/accelerator.rs"),
     include_bytes!("../../src/gather.rs"),
     include_bytes!("../../src/bench.rs"),
     include_bytes!("../../cuda/lz4.cu"),

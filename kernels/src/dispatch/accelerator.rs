@@ -77,7 +77,7 @@ pub enum RecoverError {
 /// An engine that can fail: the GPU. It must complete a prefix of each batch and leave the
 /// rest untouched, and say how far it got. A job it refuses (a seal or open reported not ok,
 /// a decompression with no length) keeps its buffer as handed over, so the dispatcher can
-/// recheck the refusal on the CPU ([`crate::verify::Checked::recheck_refusals`]).
+/// recheck the refusal on the CPU ([`crate::dispatch::verify::Checked::recheck_refusals`]).
 pub trait Accelerator: Send {
     /// Short name (`cuda`).
     fn name(&self) -> &'static str;

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::accelerator::{Accelerator, CheckError};
 use crate::cpu::CpuEngine;
+use crate::dispatch::accelerator::{Accelerator, CheckError};
 use crate::samples::{GCM_VECTORS, Rng, compressible, hex};
 use crate::{AeadKey, CompressJob, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
@@ -62,7 +62,7 @@ pub fn check(
     })
 }
 
-fn failed(op: &'static str, failure: crate::accelerator::Failure) -> CheckError {
+fn failed(op: &'static str, failure: crate::dispatch::accelerator::Failure) -> CheckError {
     CheckError::Stopped { op, failure }
 }
 
@@ -435,8 +435,8 @@ fn lz4(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accelerator::{Failure, Stop};
-    use crate::fault_injector::{Fault, TestAccelerator};
+    use crate::dispatch::accelerator::{Failure, Stop};
+    use crate::dispatch::fault_injector::{Fault, TestAccelerator};
 
     /// A wrong answer the accelerator gives.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -543,7 +543,7 @@ mod tests {
             }
             Ok(())
         }
-        fn recover(&mut self) -> Result<(), crate::accelerator::RecoverError> {
+        fn recover(&mut self) -> Result<(), crate::dispatch::accelerator::RecoverError> {
             Ok(())
         }
         fn describe(&self) -> String {

@@ -143,7 +143,7 @@ fn seal_room(buf: &[u8], len: usize) -> usize {
 }
 
 fn at(a: &[u8], b: &[u8]) -> String {
-    crate::selftest::first_difference(a, b).map_or_else(|| "?".into(), |i| i.to_string())
+    crate::dispatch::selftest::first_difference(a, b).map_or_else(|| "?".into(), |i| i.to_string())
 }
 
 impl Checked for SealJob<'_> {
@@ -315,7 +315,9 @@ impl Checked for CompressJob<'_> {
             let Some(out) = job.out_len else {
                 // The CPU's block goes into the output space, unused while not compressed.
                 let len = job.src.len();
-                if let Some(c) = crate::lz4::compress(job.src, job.dst).filter(|&c| 2 * c <= len) {
+                if let Some(c) =
+                    crate::cpu::lz4::compress(job.src, job.dst).filter(|&c| 2 * c <= len)
+                {
                     v.note(|| {
                         format!("compress of a {len}-byte packet (packet {i} of {n}): not compressed, where the CPU engine compresses it to {c} bytes")
                     });

@@ -5,15 +5,22 @@
 //! accelerator did not complete — nothing is lost or run twice — the accelerator is marked
 //! unhealthy and probed again after a back-off. A sample of the accelerator's batches is
 //! checked whole against the CPU engine, and one packet and the first refusals of every other
-//! batch ([`crate::verify`]): a wrong packet gets the CPU's result and the accelerator is
+//! batch ([`crate::dispatch::verify`]): a wrong packet gets the CPU's result and the accelerator is
 //! marked unhealthy the same way. Counters say all of it.
+
+pub mod accelerator;
+pub mod fault_injector;
+pub mod selftest;
+pub mod verify;
 
 use std::time::{Duration, Instant};
 
-pub use crate::accelerator::{Accelerator, Batch, CheckError, Failure, RecoverError, Stop};
 use crate::cpu::CpuEngine;
 use crate::cuda::{CudaEngine, Op};
-use crate::verify::{Checked, Scratch};
+pub use crate::dispatch::accelerator::{
+    Accelerator, Batch, CheckError, Failure, RecoverError, Stop,
+};
+use crate::dispatch::verify::{Checked, Scratch};
 use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob};
 
 /// Which engine a batch may use (`offload.gpu`).
@@ -72,9 +79,13 @@ impl Accelerator for CudaEngine {
         CudaEngine::recover(self)?;
         // Back only once its answers are right again (a fault can leave a GPU that runs but
         // computes wrong).
-        crate::selftest::check(self, crate::selftest::MAX_PACKET, RECHECK_TIMEOUT)
-            .map(|_| ())
-            .map_err(RecoverError::Recheck)
+        crate::dispatch::selftest::check(
+            self,
+            crate::dispatch::selftest::MAX_PACKET,
+            RECHECK_TIMEOUT,
+        )
+        .map(|_| ())
+        .map_err(RecoverError::Recheck)
     }
     fn describe(&self) -> String {
         let i = self.info();
@@ -728,7 +739,7 @@ impl Engine for Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fault_injector::{Fault, TestAccelerator};
+    use crate::dispatch::fault_injector::{Fault, TestAccelerator};
     use crate::suite::{self, Rng};
     use crate::{AeadKey, TAG_LEN};
 

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::accelerator::{Accelerator, Failure, RecoverError, Stop};
 use crate::cpu::CpuEngine;
+use crate::dispatch::accelerator::{Accelerator, Failure, RecoverError, Stop};
 use crate::{CompressJob, DecompressJob, Engine, OpenJob, SealJob};
 
 /// How the test accelerator misbehaves.

@@ -1,6 +1,9 @@
 //! The CPU engine: AES-256-GCM from `ring` (BoringSSL's AES-NI/CLMUL/AVX code paths, keys
 //! expanded once per session); LZ4 blocks compressed by liblz4 with each thread's reused state
-//! ([`crate::lz4`]) and decompressed by `lz4_flex` (safe Rust on what peers send).
+//! ([`crate::cpu::lz4`]) and decompressed by `lz4_flex` (safe Rust on what peers send).
+
+#[allow(unsafe_code)]
+pub mod lz4;
 
 use ring::aead::{Aad, Nonce, Tag};
 
@@ -63,7 +66,7 @@ impl Engine for CpuEngine {
 
     fn compress(&mut self, jobs: &mut [CompressJob<'_>]) {
         for job in jobs {
-            job.out_len = crate::lz4::compress(job.src, job.dst);
+            job.out_len = crate::cpu::lz4::compress(job.src, job.dst);
         }
     }
 
