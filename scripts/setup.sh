@@ -8,7 +8,8 @@ set -euo pipefail
 # add theirs here, so a fresh machine gets everything from this one script.
 # libelf1 and libssl3: the kernel's prebuilt kbuild tools, for the GPU image's NVIDIA modules.
 # libtsan2: ThreadSanitizer, for the kernels' race check (decision 0023; g++ pulls it in too).
-PACKAGES=(build-essential libtsan2 libelf1 libssl3 pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3 python3-pip libdpdk-dev dpdk dpdk-dev)
+# libibverbs-dev, libnl-3-dev, libnl-route-3-dev: rdma-core 44 and libnl for rdma-sys (decision 0028).
+PACKAGES=(build-essential libtsan2 libelf1 libssl3 pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3 python3-pip libdpdk-dev dpdk dpdk-dev libibverbs-dev libnl-3-dev libnl-route-3-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
