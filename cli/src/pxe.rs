@@ -8,32 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use serde::Deserialize;
-
 use dwcp_provisioning::document::SourceFile;
+use dwcp_provisioning::inventory::Inventory;
 use dwcp_provisioning::types::MacAddress;
-
-/// The inventory file: which config each MAC boots with.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Inventory {
-    /// The nodes.
-    #[serde(rename = "node")]
-    pub nodes: Vec<InventoryNode>,
-}
-
-/// One node of the inventory.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InventoryNode {
-    /// MAC address of the NIC the node boots from.
-    pub mac: MacAddress,
-    /// Its config file, relative to the inventory file.
-    pub config: PathBuf,
-}
 
 /// The MAC as iPXE's `${mac:hexhyp}` prints it.
 pub fn hexhyp(mac: &MacAddress) -> String {
@@ -52,15 +32,8 @@ pub fn build(
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(inventory)
         .with_context(|| format!("cannot read {}", inventory.display()))?;
-    let inv: Inventory = toml::from_str(&text).map_err(|e| {
-        let at = e.span().map_or(0, |s| s.start);
-        let d = SourceFile::new(inventory.display().to_string(), text.clone()).diagnostic(
-            at,
-            dwcp_provisioning::FieldPath::root(),
-            e.message().to_owned(),
-        );
-        anyhow::anyhow!("{d}")
-    })?;
+    let inv = Inventory::parse(&SourceFile::new(inventory.display().to_string(), text))
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
     let base = inventory.parent().unwrap_or(Path::new("."));
     let mut problems = Vec::new();
     let mut nodes = BTreeMap::new();

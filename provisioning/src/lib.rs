@@ -12,6 +12,7 @@ pub mod docs;
 pub mod document;
 pub mod example;
 pub mod exit;
+pub mod inventory;
 pub mod schema;
 pub mod structure;
 pub mod summary;
