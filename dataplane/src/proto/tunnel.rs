@@ -1584,6 +1584,52 @@ mod tests {
     /// A deferred message whose session goes away before its open finishes (a reload that
     /// removed the peer) is dropped as unknown, not delivered on a stale key.
     #[test]
+    fn a_burst_message_whose_frame_is_too_short_is_refused_alone() {
+        let (mut l, _) = established();
+        let mut frames = vec![
+            vec![0u8; MAX_INNER + 64],
+            vec![0u8; 8],
+            vec![0u8; MAX_INNER + 64],
+        ];
+        let mut burst = Burst::with_capacity(3);
+        for slot in [0, 2] {
+            let (_, d) =
+                l.a.encapsulate_deferred(0, &packet(slot, 200), &mut frames[slot], l.now);
+            burst.push_seal(slot, d.expect("a session is up"));
+        }
+        // The middle message's token, its frame then cut to less than a header.
+        let (_, d) =
+            l.a.encapsulate_deferred(0, &packet(1, 200), &mut vec![0u8; 512], l.now);
+        let mut queued = Burst::with_capacity(3);
+        queued.push_seal(0, burst.seal_mut(0).1.clone());
+        queued.push_seal(1, d.expect("a session is up"));
+        queued.push_seal(2, burst.seal_mut(1).1.clone());
+        assert_eq!(
+            l.a.seal_burst(&mut l.engine, &mut queued, &mut frames, 0),
+            1
+        );
+        let lens: Vec<Option<usize>> = queued.sealed().iter().map(|s| s.len).collect();
+        assert_eq!(
+            lens,
+            [
+                Some(DATA_HEADER_LEN + 200 + TAG_LEN),
+                None,
+                Some(DATA_HEADER_LEN + 200 + TAG_LEN)
+            ]
+        );
+        // The messages around it were sealed right: B opens both.
+        let mut out = vec![0u8; MAX_INNER + 64];
+        for slot in [0, 2] {
+            let msg = frames[slot][..DATA_HEADER_LEN + 200 + TAG_LEN].to_vec();
+            let got = l.b.receive(&mut l.engine, &msg, None, &mut out, l.now);
+            assert!(
+                matches!(got, Action::Deliver { len: 200, .. }),
+                "{slot}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_deferred_open_whose_session_went_away_is_dropped() {
         let (mut l, msg) = established();
         let mut out = vec![0u8; MAX_INNER + 64];

@@ -168,8 +168,19 @@ impl Tunnel {
             let Some((_, d)) = want.next_if(|(s, _)| *s == slot) else {
                 continue;
             };
-            if let Some(msg) = frame.as_mut().get_mut(at..) {
-                jobs.push(d.job(msg));
+            // Every queued message gets a job, so results stay in step with `seals`; one
+            // whose frame cannot hold its header gets an empty buffer, which the engine
+            // refuses.
+            match frame.as_mut().get_mut(at..) {
+                Some(msg) if msg.len() >= DATA_HEADER_LEN => jobs.push(d.job(msg)),
+                _ => jobs.push(SealJob {
+                    key: &d.key,
+                    nonce: d.nonce,
+                    aad: &[],
+                    buf: &mut [],
+                    len: d.len,
+                    ok: false,
+                }),
             }
         }
         engine.seal(&mut jobs);
