@@ -56,6 +56,10 @@ pub struct NodeConfig {
     /// The data ports: LAN ports face the site's hosts, WAN ports carry the tunnel.
     /// At least one of each.
     pub ports: Vec<Port>,
+    /// RDMA devices (RoCEv2) for peers with `transport = "rdma"`: Soft-RoCE that init creates
+    /// on a kernel-owned NIC, or a ConnectX (mlx5) port. None: no RDMA.
+    #[serde(default)]
+    pub rdma: Vec<RdmaDevice>,
     /// The DWCP tunnel: this node's key and its peers.
     pub tunnel: Tunnel,
     /// How the data-plane workers poll.
@@ -293,6 +297,26 @@ pub enum Backend {
     Memory,
 }
 
+/// An RDMA device on a kernel-owned NIC (never a data port, never bound to vfio-pci).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RdmaDevice {
+    /// The RDMA device's name, e.g. `rxe0` or `mlx5_0`; peers name it in `rdma.device`.
+    /// Unique on the node.
+    pub device: IfName,
+    /// The kernel network interface it runs on, e.g. `eth3`. Init brings it up with
+    /// `address`. Unique on the node; not a data port's interface.
+    pub interface: IfName,
+    /// The interface's address with prefix length, e.g. `192.168.50.1/24`: RoCEv2 GIDs are
+    /// made from it.
+    pub address: InterfaceAddress,
+    /// `true`: init creates the device as Soft-RoCE (`rdma_rxe`) on the interface, as
+    /// `rdma link add DEVICE type rxe netdev INTERFACE` does. `false`: a hardware device the
+    /// NIC's driver provides (ConnectX: `mlx5_ib`).
+    #[serde(default)]
+    pub soft_roce: bool,
+}
+
 /// The DWCP tunnel.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -357,6 +381,46 @@ pub struct Peer {
     /// `lz4`: compress a packet when that makes it smaller; `off`: never.
     #[serde(default)]
     pub compression: Compression,
+    /// How data messages travel: `udp` (in UDP on the WAN port) or `rdma` (as RDMA SENDs on
+    /// reliable-connected queue pairs over `rdma.device`; handshakes stay on UDP).
+    #[serde(default)]
+    pub transport: Transport,
+    /// The local RDMA device, port and GID for `transport = "rdma"`.
+    #[serde(default)]
+    pub rdma: Option<PeerRdma>,
+}
+
+/// How a peer's data messages travel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// UDP over IPv4 on the WAN port.
+    #[default]
+    Udp,
+    /// RDMA SENDs on RoCEv2 reliable-connected queue pairs.
+    Rdma,
+}
+
+/// Where a peer's RDMA queue pairs live on this node.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRdma {
+    /// One of the node's `[[rdma]]` devices, e.g. `rxe0`.
+    pub device: IfName,
+    /// The device's port, from 1.
+    #[serde(default = "PeerRdma::default_port")]
+    #[schemars(range(min = 1))]
+    pub port: u8,
+    /// The index of this node's RoCEv2 GID on that port (the IPv4-mapped GID of the
+    /// interface's address; on Soft-RoCE usually 1). The data plane refuses to start when the
+    /// index holds no GID.
+    pub gid_index: u8,
+}
+
+impl PeerRdma {
+    fn default_port() -> u8 {
+        1
+    }
 }
 
 /// Payload compression.

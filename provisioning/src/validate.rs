@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::document::{Diagnostic, FieldPath, Node, SourceFile};
 use crate::path;
-use crate::schema::{Backend, NodeConfig, PortRole};
+use crate::schema::{Backend, NodeConfig, PortRole, Transport};
 use crate::structure;
 
 /// The JSON schema of [`NodeConfig`], generated once.
@@ -156,8 +156,67 @@ impl Rules<'_> {
         self.hugepages(c);
         self.ports(c);
         self.tunnel(c);
+        self.rdma(c);
         self.offload(c);
         self.metrics(c);
+    }
+
+    /// RDMA devices are unique, on kernel-owned interfaces; an RDMA peer names one of them.
+    fn rdma(&mut self, c: &NodeConfig) {
+        for (i, d) in c.rdma.iter().enumerate() {
+            for (j, other) in c.rdma.iter().enumerate().take(i) {
+                if other.device == d.device {
+                    self.error(
+                        path!("rdma", i, "device"),
+                        format!("RDMA device `{}` is also listed as rdma[{j}]", d.device),
+                    );
+                }
+                if other.interface == d.interface {
+                    self.error(
+                        path!("rdma", i, "interface"),
+                        format!(
+                            "interface `{}` already carries rdma[{j}] (`{}`)",
+                            d.interface, other.device
+                        ),
+                    );
+                }
+            }
+            if let Some(p) = c
+                .ports
+                .iter()
+                .find(|p| p.interface.as_ref() == Some(&d.interface))
+            {
+                self.error(
+                    path!("rdma", i, "interface"),
+                    format!("interface `{}` is data port `{}`'s; RDMA runs on a kernel-owned NIC of its own", d.interface, p.name),
+                );
+            }
+        }
+        for (i, peer) in c.tunnel.peers.iter().enumerate() {
+            match (peer.transport, &peer.rdma) {
+                (Transport::Rdma, None) => self.error(
+                    path!("tunnel", "peers", i, "transport"),
+                    format!("peer `{}` uses transport `rdma` and needs `rdma = {{ device = \"…\", gid_index = … }}`", peer.name),
+                ),
+                (Transport::Udp, Some(_)) => self.error(
+                    path!("tunnel", "peers", i, "rdma"),
+                    format!("peer `{}` uses transport `udp`; `rdma` is only for transport `rdma`", peer.name),
+                ),
+                (Transport::Rdma, Some(r)) if !c.rdma.iter().any(|d| d.device == r.device) => {
+                    let known: Vec<&str> = c.rdma.iter().map(|d| d.device.0.as_str()).collect();
+                    self.error(
+                        path!("tunnel", "peers", i, "rdma", "device"),
+                        format!(
+                            "peer `{}` names RDMA device `{}`, which is not one of this node's [[rdma]] devices ({})",
+                            peer.name,
+                            r.device,
+                            if known.is_empty() { "none listed".to_owned() } else { known.join(", ") }
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
     }
 
     fn offload(&mut self, c: &NodeConfig) {

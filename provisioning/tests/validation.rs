@@ -572,3 +572,75 @@ fn the_burst_is_bounded() {
         );
     }
 }
+
+/// Site B over Soft-RoCE on `eth3`.
+const RDMA_PEER: &str = "allowed_prefixes = [\"10.2.0.0/16\"]\ntransport = \"rdma\"\nrdma = { device = \"rxe0\", gid_index = 1 }\n";
+const RDMA_DEVICE: &str = "[tunnel]\n";
+const WITH_RXE0: &str = "[[rdma]]\ndevice = \"rxe0\"\ninterface = \"eth3\"\naddress = \"192.168.50.1/24\"\nsoft_roce = true\n\n[tunnel]\n";
+
+#[test]
+fn an_rdma_peer_on_a_declared_device_is_valid() {
+    assert_errors(
+        &[
+            ("allowed_prefixes = [\"10.2.0.0/16\"]\n", RDMA_PEER),
+            (RDMA_DEVICE, WITH_RXE0),
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn an_rdma_peer_needs_a_declared_device_and_its_settings() {
+    assert_errors(
+        &[("allowed_prefixes = [\"10.2.0.0/16\"]\n", RDMA_PEER)],
+        &[
+            "44:19: tunnel.peers[0].rdma.device: peer `site-b` names RDMA device `rxe0`, which is not one of this node's [[rdma]] devices (none listed)",
+        ],
+    );
+    assert_errors(
+        &[(
+            "allowed_prefixes = [\"10.2.0.0/16\"]\n",
+            "allowed_prefixes = [\"10.2.0.0/16\"]\ntransport = \"rdma\"\n",
+        )],
+        &[
+            "43:13: tunnel.peers[0].transport: peer `site-b` uses transport `rdma` and needs `rdma = { device = \"…\", gid_index = … }`",
+        ],
+    );
+    assert_errors(
+        &[
+            (
+                "allowed_prefixes = [\"10.2.0.0/16\"]\n",
+                "allowed_prefixes = [\"10.2.0.0/16\"]\nrdma = { device = \"rxe0\", gid_index = 1 }\n",
+            ),
+            (RDMA_DEVICE, WITH_RXE0),
+        ],
+        &[
+            "49:8: tunnel.peers[0].rdma: peer `site-b` uses transport `udp`; `rdma` is only for transport `rdma`",
+        ],
+    );
+}
+
+#[test]
+fn rdma_devices_are_unique_and_never_on_a_data_port() {
+    let twice = WITH_RXE0.replace(
+        "[[rdma]]",
+        "[[rdma]]\ndevice = \"rxe0\"\ninterface = \"eth9\"\naddress = \"192.168.51.1/24\"\n\n[[rdma]]",
+    );
+    assert_errors(
+        &[(RDMA_DEVICE, &twice)],
+        &["40:10: rdma[1].device: RDMA device `rxe0` is also listed as rdma[0]"],
+    );
+    let on_a_port = WITH_RXE0.replace("eth3", "eth7");
+    assert_errors(
+        &[
+            (
+                "backend = \"dpdk\"\npci = \"0000:03:00.1\"",
+                "backend = \"af_packet\"\ninterface = \"eth7\"",
+            ),
+            (RDMA_DEVICE, &on_a_port),
+        ],
+        &[
+            "36:13: rdma[0].interface: interface `eth7` is data port `wan0`'s; RDMA runs on a kernel-owned NIC of its own",
+        ],
+    );
+}
