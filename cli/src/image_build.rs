@@ -11,7 +11,7 @@ use dwcp_image::{ImageSpec, KernelPin, Manifest};
 use dwcp_provisioning::document::SourceFile;
 
 /// Modules the image loads at boot (their dependencies come along): paravirtual and common
-/// data-centre NICs, vfio, the FAT config partition, EFI variables, and the ACPI power button.
+/// data-centre NICs, RDMA, vfio, the FAT config partition, EFI variables, and the ACPI power button.
 pub const IMAGE_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
@@ -21,6 +21,11 @@ pub const IMAGE_MODULES: &[&str] = &[
     "i40e",
     "ice",
     "mlx5_core",
+    // RDMA (RoCEv2): user-space verbs, Soft-RoCE, and ConnectX's RDMA side, which DPDK's
+    // bifurcated mlx5 driver needs too (ib_core comes along).
+    "ib_uverbs",
+    "rdma_rxe",
+    "mlx5_ib",
     "vfio-pci",
     // vfio asks for its IOMMU backend with request_module, which an initramfs without
     // modprobe cannot answer: load it explicitly or DPDK finds "no supported IOMMU extensions".

@@ -296,8 +296,8 @@ fn apply(fs: &dyn SysFs, c: &NodeConfig) -> Result<Facts, Vec<String>> {
     }
     for port in c.ports.iter().filter(|p| p.backend == Backend::Dpdk) {
         let Some(pci) = port.pci else { continue };
-        match vfio::bind(fs, &pci.to_string()) {
-            Ok(b) => {
+        match vfio::prepare(fs, &pci.to_string()) {
+            Ok(vfio::Prepared::Vfio(b)) => {
                 say!(
                     "vfio: {} ({}) bound to vfio-pci, was {}, IOMMU group {}",
                     port.name,
@@ -307,6 +307,10 @@ fn apply(fs: &dyn SysFs, c: &NodeConfig) -> Result<Facts, Vec<String>> {
                 );
                 facts.vfio_bound.push(b.pci);
             }
+            Ok(vfio::Prepared::Bifurcated { pci }) => say!(
+                "port {}: {pci} is a ConnectX (mlx5): left with mlx5_core for DPDK's bifurcated driver",
+                port.name
+            ),
             Err(e) => errors.push(format!("vfio: port {}: {e}", port.name)),
         }
     }
@@ -329,6 +333,12 @@ fn apply(fs: &dyn SysFs, c: &NodeConfig) -> Result<Facts, Vec<String>> {
                 );
             }
             Err(e) => errors.push(format!("port {}: {e}", port.name)),
+        }
+    }
+    for d in &c.rdma {
+        match crate::rdma::bring_up(fs, d) {
+            Ok(line) => say!("{line}"),
+            Err(e) => errors.push(e.to_string()),
         }
     }
     setup_management(fs, c);

@@ -21,6 +21,7 @@ pub mod irq;
 pub mod lifecycle;
 pub mod management;
 pub mod modules;
+pub mod rdma;
 pub mod supervise;
 pub mod sys;
 pub mod vfio;

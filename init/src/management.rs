@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use dwcp_provisioning::schema::Management;
+use dwcp_provisioning::types::InterfaceAddress;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
@@ -147,27 +148,7 @@ pub fn link_up(fs: &dyn SysFs, name: &str) -> Result<u32, ManagementError> {
 pub fn configure(iface: &Interface, m: &Management) -> Result<(), ManagementError> {
     let sock = route_socket()?;
     set_up(&sock, iface.index)?;
-
-    let addr = m.address.addr();
-    let mut a = AddressMessage::default();
-    a.header.family = AddressFamily::Inet;
-    a.header.prefix_len = m.address.0.prefix_len();
-    a.header.scope = AddressScope::Universe;
-    a.header.index = iface.index;
-    a.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
-    a.attributes
-        .push(AddressAttribute::Address(IpAddr::V4(addr)));
-    if m.address.0.prefix_len() < 31 {
-        a.attributes
-            .push(AddressAttribute::Broadcast(m.address.0.broadcast()));
-    }
-    request(
-        &sock,
-        "add address",
-        RouteNetlinkMessage::NewAddress(a),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )?;
-
+    add_address(&sock, iface.index, &m.address)?;
     if let Some(gw) = m.gateway {
         let mut r = RouteMessage::default();
         r.header.address_family = AddressFamily::Inet;
@@ -187,6 +168,42 @@ pub fn configure(iface: &Interface, m: &Management) -> Result<(), ManagementErro
         )?;
     }
     Ok(())
+}
+
+fn add_address(
+    sock: &Socket,
+    index: u32,
+    address: &InterfaceAddress,
+) -> Result<(), ManagementError> {
+    let addr = address.addr();
+    let mut a = AddressMessage::default();
+    a.header.family = AddressFamily::Inet;
+    a.header.prefix_len = address.0.prefix_len();
+    a.header.scope = AddressScope::Universe;
+    a.header.index = index;
+    a.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
+    a.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(addr)));
+    if address.0.prefix_len() < 31 {
+        a.attributes
+            .push(AddressAttribute::Broadcast(address.0.broadcast()));
+    }
+    request(
+        sock,
+        "add address",
+        RouteNetlinkMessage::NewAddress(a),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+/// Brings a kernel-owned interface up with an address (an RDMA device's NIC).
+pub fn up_with_address(
+    fs: &dyn SysFs,
+    name: &str,
+    address: &InterfaceAddress,
+) -> Result<(), ManagementError> {
+    let index = link_up(fs, name)?;
+    add_address(&route_socket()?, index, address)
 }
 
 /// The default route's gateway as the kernel reports it in `/proc/net/route`.

@@ -1,6 +1,7 @@
 //! Binding data NICs to `vfio-pci` so the data plane can drive them from user space:
 //! `driver_override`, unbind from the current driver, re-probe, then check the result and the
-//! device's IOMMU group.
+//! device's IOMMU group. ConnectX (mlx5) NICs are the exception: DPDK drives them beside the
+//! kernel's `mlx5_core` (bifurcated), so they are never bound to vfio-pci.
 
 use crate::sys::SysFs;
 
@@ -51,6 +52,51 @@ pub enum VfioError {
     /// The device has no IOMMU group.
     #[error("{0}: the device has no IOMMU group")]
     NoGroup(String),
+    /// A ConnectX (mlx5) NIC that the kernel's `mlx5_core` does not hold.
+    #[error(
+        "{pci} is a ConnectX (mlx5) NIC bound to {found}: DPDK's mlx5 driver runs beside the \
+         kernel's mlx5_core (bifurcated), never on vfio-pci; give it back to mlx5_core (clear \
+         driver_override) and keep mlx5_core and mlx5_ib in the image"
+    )]
+    Mlx5NotWithCore {
+        /// Device.
+        pci: String,
+        /// What holds it.
+        found: String,
+    },
+}
+
+/// PCI vendor ID of Mellanox (NVIDIA networking), whose ConnectX NICs use mlx5.
+const MELLANOX: &str = "0x15b3";
+
+/// How a DPDK port's NIC was readied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// Bound to vfio-pci.
+    Vfio(Bound),
+    /// A ConnectX left with the kernel's `mlx5_core`, for DPDK's bifurcated mlx5 driver.
+    Bifurcated {
+        /// PCI address.
+        pci: String,
+    },
+}
+
+/// Readies a DPDK port's NIC: vfio-pci for most, left with `mlx5_core` for a ConnectX.
+pub fn prepare(fs: &dyn SysFs, pci: &str) -> Result<Prepared, VfioError> {
+    let dev = format!("/sys/bus/pci/devices/{pci}");
+    let vendor = fs.read(&format!("{dev}/vendor")).unwrap_or_default();
+    if vendor.trim() != MELLANOX {
+        return bind(fs, pci).map(Prepared::Vfio);
+    }
+    match fs.link_name(&format!("{dev}/driver")) {
+        Some(d) if d == "mlx5_core" => Ok(Prepared::Bifurcated {
+            pci: pci.to_owned(),
+        }),
+        other => Err(VfioError::Mlx5NotWithCore {
+            pci: pci.to_owned(),
+            found: other.unwrap_or_else(|| "no driver".to_owned()),
+        }),
+    }
 }
 
 /// Whether the kernel has an active IOMMU.
@@ -221,6 +267,52 @@ mod tests {
         k.writes.borrow_mut().clear();
         bind(&k, PCI).unwrap();
         assert!(k.writes.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_connectx_stays_with_mlx5_core_and_is_never_bound_to_vfio() {
+        let mut k = machine(false);
+        let dev = format!("/sys/bus/pci/devices/{PCI}");
+        k.files
+            .get_mut()
+            .insert(format!("{dev}/vendor"), "0x15b3\n".into());
+        k.links
+            .get_mut()
+            .insert(format!("{dev}/driver"), "mlx5_core".into());
+        // No IOMMU needed: the NIC stays with the kernel.
+        assert_eq!(
+            prepare(&k, PCI).unwrap(),
+            Prepared::Bifurcated { pci: PCI.into() }
+        );
+        assert!(k.writes.borrow().is_empty());
+        // One that someone bound to vfio-pci is named, not used.
+        k.links
+            .get_mut()
+            .insert(format!("{dev}/driver"), "vfio-pci".into());
+        let e = prepare(&k, PCI).unwrap_err();
+        assert_eq!(
+            e,
+            VfioError::Mlx5NotWithCore {
+                pci: PCI.into(),
+                found: "vfio-pci".into()
+            }
+        );
+        assert!(
+            e.to_string()
+                .contains("ConnectX (mlx5) NIC bound to vfio-pci"),
+            "{e}"
+        );
+        assert!(k.writes.borrow().is_empty());
+    }
+
+    #[test]
+    fn other_nics_are_bound_to_vfio() {
+        let k = machine(true);
+        k.files.borrow_mut().insert(
+            format!("/sys/bus/pci/devices/{PCI}/vendor"),
+            "0x8086\n".into(),
+        );
+        assert!(matches!(prepare(&k, PCI), Ok(Prepared::Vfio(_))));
     }
 
     #[test]
