@@ -1,7 +1,9 @@
 //! RDMA verbs from Debian 12's rdma-core 44 through a small C shim (`shim/shim.c`), linked
 //! statically with the Soft-RoCE (`rxe`) and ConnectX (`mlx5`) providers (decision 0028): the
 //! raw entry points, and [`devices`], the one safe call the data plane needs so far (which RDMA
-//! devices this node has). The transport (issue 31) builds its queue pairs on the raw calls.
+//! devices this node has), and [`verbs`], the safe types the transport builds on.
+
+pub mod verbs;
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 
