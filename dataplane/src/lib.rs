@@ -12,6 +12,7 @@ pub mod control;
 pub mod gateway;
 pub mod io;
 pub mod proto;
+pub mod rdma;
 pub mod worker;
 
 pub use dwcp_kernels as kernels;

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 src = s.source();
             }
             eprintln!("{msg}");
-            if matches!(e, dwcp_dataplane::control::app::StartError::Dpdk(_)) {
+            if e.cannot_run() {
                 // The node cannot run this config: tell init why, and that restarting will
                 // not help.
                 let _ = dwcp_dataplane::control::readiness::notify_error(&e.to_string());

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::control::stats::{Histogram, LoopCounters, STAGES, WorkerStats, flatten};
-use crate::gateway::{Gateway, Side, TxBatch, wan_owner};
+use crate::gateway::{Dest, Gateway, OUTER_HEADERS, PeerPath, Side, TxBatch, wan_owner};
 use crate::io::PacketPort;
 use crate::io::memory::Mailbox;
 
@@ -55,25 +55,43 @@ pub struct Worker {
     pub reloads: Arc<crossbeam_queue::ArrayQueue<Reload>>,
     /// The data plane's clock origin.
     pub epoch: Instant,
+    /// Its RDMA link, when peers use `transport = "rdma"`.
+    pub rdma: Option<crate::rdma::link::Link>,
+}
+
+/// Where a worker's frames leave: its ports, and its RDMA link if it has one.
+struct Out<'a> {
+    lan: &'a mut dyn PacketPort,
+    wan: &'a mut dyn PacketPort,
+    rdma: Option<&'a mut crate::rdma::link::Link>,
 }
 
 fn send_all(
     tx: &mut TxBatch,
     gateway: &mut Gateway,
     now: Duration,
-    lan: &mut dyn PacketPort,
-    wan: &mut dyn PacketPort,
+    out: &mut Out<'_>,
     counters: &mut LoopCounters,
 ) {
     if tx.is_empty() {
         return;
     }
     let mut full = 0u64;
+    let Out { lan, wan, rdma } = out;
     // Draining opens and seals whatever is still pending first: nothing leaves unsealed.
-    let refused = gateway.drain(tx, now, |side, buf, len| {
-        let ok = match side {
-            Side::Lan => lan.tx_buffer(buf, len),
-            Side::Wan => wan.tx_buffer(buf, len),
+    let refused = gateway.drain(tx, now, |dest, buf, len| {
+        let ok = match dest {
+            Dest::Port(Side::Lan) => lan.tx_buffer(buf, len),
+            Dest::Port(Side::Wan) => wan.tx_buffer(buf, len),
+            // A message the queue pair cannot take is counted by the link.
+            Dest::Rdma(peer) => {
+                if let Some(link) = rdma.as_deref_mut()
+                    && let Some(msg) = buf.bytes().get(OUTER_HEADERS..len)
+                {
+                    link.send(usize::from(peer), msg);
+                }
+                true
+            }
         };
         if !ok {
             full += 1;
@@ -86,6 +104,37 @@ fn send_all(
     counters.tx_full += lan.take_dropped() + wan.take_dropped();
 }
 
+/// The RDMA link's housekeeping (every tick): broken queue pairs are made again and their
+/// peers asked for a new handshake, control records from peers answered, free queue pairs
+/// offered, and the gateway told which peers' data can go by RDMA.
+fn rdma_housekeeping(
+    link: &mut crate::rdma::link::Link,
+    gateway: &mut Gateway,
+    tx: &mut TxBatch,
+    now: Duration,
+) {
+    for peer in link.repair() {
+        gateway.tunnel.handshake_soon(peer);
+    }
+    for c in gateway.take_controls() {
+        if let Some(reply) = link.on_record(c.peer, &c.bytes[..c.len]) {
+            gateway.send_control(tx, c.peer, &reply, now);
+        }
+    }
+    for (peer, record) in link.offers_due(now, |p| gateway.tunnel.has_session(p)) {
+        gateway.send_control(tx, peer, &record, now);
+    }
+    let peers: heapless::Vec<usize, 16> = link.rdma_peers().take(16).collect();
+    for peer in peers {
+        let path = if link.connected(peer) {
+            PeerPath::RdmaUp
+        } else {
+            PeerPath::RdmaDown
+        };
+        gateway.set_path(peer, path);
+    }
+}
+
 /// Nanoseconds per packet of a burst that started at `t0`.
 fn per_packet(t0: Instant, n: usize) -> u64 {
     let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -96,8 +145,7 @@ fn send_timed(
     tx: &mut TxBatch,
     gateway: &mut Gateway,
     now: Duration,
-    lan: &mut dyn PacketPort,
-    wan: &mut dyn PacketPort,
+    out: &mut Out<'_>,
     counters: &mut LoopCounters,
     hist: &mut Histogram,
 ) {
@@ -106,7 +154,7 @@ fn send_timed(
         return;
     }
     let t0 = Instant::now();
-    send_all(tx, gateway, now, lan, wan, counters);
+    send_all(tx, gateway, now, out, counters);
     hist.record(per_packet(t0, n), n as u64);
 }
 
@@ -115,6 +163,7 @@ fn send_timed(
 fn publish(
     stats: &WorkerStats,
     gateway: &Gateway,
+    rdma: Option<&crate::rdma::link::Link>,
     tx: &TxBatch,
     loop_counters: &mut LoopCounters,
     hist: &[Histogram; STAGES.len()],
@@ -122,6 +171,11 @@ fn publish(
 ) {
     loop_counters.tx_no_room = tx.no_room();
     stats.publish_histograms(hist);
+    if let Some(link) = rdma {
+        for (peer, c, state) in link.peer_counters() {
+            stats.publish_rdma(peer, &crate::control::stats::rdma_row(&c, state));
+        }
+    }
     stats.publish(&flatten(
         &gateway.counters,
         &gateway.tunnel.counters,
@@ -168,7 +222,23 @@ impl Worker {
             stop,
             reloads,
             epoch,
+            rdma,
         } = &mut self;
+        if let Some(link) = rdma.as_ref() {
+            // Nothing goes to an RDMA peer by UDP, nor by RDMA before its queue pair connects.
+            for peer in link.rdma_peers() {
+                gateway.set_path(peer, PeerPath::RdmaDown);
+            }
+        }
+        macro_rules! out {
+            () => {
+                &mut Out {
+                    lan: &mut **lan,
+                    wan: &mut **wan,
+                    rdma: rdma.as_mut(),
+                }
+            };
+        }
         while !stop.load(Ordering::Relaxed) {
             let now = epoch.elapsed();
             let mut work = 0;
@@ -180,15 +250,7 @@ impl Worker {
                 hist[0].record(per_packet(t0, n), n as u64);
                 work += n;
             }
-            send_timed(
-                tx,
-                gateway,
-                now,
-                &mut **lan,
-                &mut **wan,
-                &mut loop_counters,
-                &mut hist[2],
-            );
+            send_timed(tx, gateway, now, out!(), &mut loop_counters, &mut hist[2]);
             let t0 = Instant::now();
             let n = wan.rx_burst(*burst, &mut |f| match wan_owner(f) {
                 Some(owner) if owner != *id => {
@@ -207,21 +269,20 @@ impl Worker {
                 hist[1].record(per_packet(t0, n), n as u64);
                 work += n;
             }
-            send_timed(
-                tx,
-                gateway,
-                now,
-                &mut **lan,
-                &mut **wan,
-                &mut loop_counters,
-                &mut hist[2],
-            );
+            send_timed(tx, gateway, now, out!(), &mut loop_counters, &mut hist[2]);
             let mut handed = 0;
             while handed < *burst && inbox.pop(&mut |f| gateway.from_wan(f, tx, now)) {
                 handed += 1;
             }
             work += handed;
-            send_all(tx, gateway, now, &mut **lan, &mut **wan, &mut loop_counters);
+            send_all(tx, gateway, now, out!(), &mut loop_counters);
+            if let Some(link) = rdma.as_mut() {
+                // Messages from the RDMA queue pairs, opened a burst at a time like the WAN's.
+                let n = link.poll(*burst, |_peer, msg| gateway.from_rdma(msg, tx, now));
+                loop_counters.seal_refused += gateway.finish_burst(tx, now) as u64;
+                work += n;
+                send_all(tx, gateway, now, out!(), &mut loop_counters);
+            }
             if now.saturating_sub(last_tick) >= TICK {
                 last_tick = now;
                 while let Some(r) = reloads.pop() {
@@ -229,13 +290,19 @@ impl Worker {
                     gateway.set_allowed(r.allowed);
                 }
                 gateway.tick(tx, now);
-                send_all(tx, gateway, now, &mut **lan, &mut **wan, &mut loop_counters);
+                match rdma.as_mut() {
+                    Some(link) => rdma_housekeeping(link, gateway, tx, now),
+                    // Records from a peer this node runs over UDP: nothing to do with them.
+                    None => drop(gateway.take_controls()),
+                }
+                send_all(tx, gateway, now, out!(), &mut loop_counters);
             }
             if now.saturating_sub(last_publish) >= PUBLISH {
                 last_publish = now;
                 publish(
                     stats,
                     gateway,
+                    rdma.as_ref(),
                     tx,
                     &mut loop_counters,
                     &hist,

@@ -125,6 +125,101 @@ pub enum StartError {
     /// Signals could not be set up.
     #[error("signals: {0}")]
     Signals(#[source] nix::Error),
+    /// A peer's RDMA device cannot be used (the node cannot run this config).
+    #[error("peer `{peer}` (transport rdma): {source}")]
+    Rdma {
+        /// The first RDMA peer.
+        peer: String,
+        /// Why.
+        #[source]
+        source: crate::rdma::link::LinkError,
+    },
+    /// RDMA peers name more than one device.
+    #[error("RDMA peers use devices {0}: one RDMA device per node is supported")]
+    RdmaDevices(String),
+}
+
+impl StartError {
+    /// Whether the node cannot run this config at all (restarting will not help).
+    pub fn cannot_run(&self) -> bool {
+        matches!(
+            self,
+            Self::Dpdk(_) | Self::Rdma { .. } | Self::RdmaDevices(_)
+        )
+    }
+}
+
+/// The RDMA endpoint this node's RDMA peers share, and which peers use it (by index); `None`
+/// when no peer uses RDMA.
+pub fn rdma_plan(
+    cfg: &NodeConfig,
+) -> Result<Option<(String, crate::rdma::link::Endpoint, Vec<bool>)>, StartError> {
+    let rdma: Vec<(
+        &dwcp_provisioning::schema::Peer,
+        &dwcp_provisioning::schema::PeerRdma,
+    )> = cfg
+        .tunnel
+        .peers
+        .iter()
+        .filter(|p| p.transport == dwcp_provisioning::schema::Transport::Rdma)
+        .filter_map(|p| p.rdma.as_ref().map(|r| (p, r)))
+        .collect();
+    let Some((first, r)) = rdma.first() else {
+        return Ok(None);
+    };
+    let endpoint = crate::rdma::link::Endpoint {
+        device: r.device.to_string(),
+        port: r.port,
+        gid_index: r.gid_index,
+    };
+    let mut devices: Vec<String> = rdma
+        .iter()
+        .map(|(_, r)| format!("{}:{}:{}", r.device, r.port, r.gid_index))
+        .collect();
+    devices.sort();
+    devices.dedup();
+    if devices.len() > 1 {
+        return Err(StartError::RdmaDevices(devices.join(", ")));
+    }
+    let mask = cfg
+        .tunnel
+        .peers
+        .iter()
+        .map(|p| p.transport == dwcp_provisioning::schema::Transport::Rdma && p.rdma.is_some())
+        .collect();
+    Ok(Some((first.name.to_string(), endpoint, mask)))
+}
+
+/// One RDMA link per worker, or none when no peer uses RDMA.
+fn rdma_links(
+    cfg: &NodeConfig,
+    workers: usize,
+) -> Result<Vec<Option<crate::rdma::link::Link>>, StartError> {
+    let Some((peer, endpoint, mask)) = rdma_plan(cfg)? else {
+        return Ok((0..workers).map(|_| None).collect());
+    };
+    let mut links = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let id = u8::try_from(w).unwrap_or(u8::MAX);
+        let link = crate::rdma::link::Link::open(&endpoint, id, &mask).map_err(|source| {
+            StartError::Rdma {
+                peer: peer.clone(),
+                source,
+            }
+        })?;
+        if w == 0 {
+            println!(
+                "dwcp-dataplane: RDMA on {} port {} GID index {}: buffers in {}, inline up to {} bytes to start",
+                endpoint.device,
+                endpoint.port,
+                endpoint.gid_index,
+                link.backing,
+                link.inline_threshold()
+            );
+        }
+        links.push(Some(link));
+    }
+    Ok(links)
 }
 
 fn backend_name(b: Backend) -> &'static str {
@@ -296,6 +391,7 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
     }
     let lan_ports = open_port(lan, workers)?;
     let wan_ports = open_port(wan, workers)?;
+    let mut rdma = rdma_links(cfg, workers)?.into_iter();
     // DPDK ports the control thread watches (link state) and exports (xstats).
     let dpdk_ports: Vec<(String, u16)> = [lan, wan]
         .iter()
@@ -356,7 +452,8 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         let tx = tx_batches
             .next()
             .unwrap_or_else(|| TxBatch::new(tx_frames(burst)));
-        let worker = shared.worker(cfg, w, [(lan, lan_port), (wan, wan_port)], engine, tx);
+        let mut worker = shared.worker(cfg, w, [(lan, lan_port), (wan, wan_port)], engine, tx);
+        worker.rdma = rdma.next().flatten();
         match spawn_worker(worker, w, cores.get(w).copied()) {
             Ok(t) => threads.push(t),
             Err(e) => {
@@ -547,6 +644,7 @@ impl Shared {
             stop: Arc::clone(&self.stop),
             reloads: Arc::clone(&self.reloads[w]),
             epoch: self.epoch,
+            rdma: None,
         }
     }
 }
@@ -727,6 +825,97 @@ impl Running {
         )
     }
 
+    /// Each worker's queue pair to each RDMA peer, as last published.
+    fn rdma_rows(&self) -> Vec<metrics::RdmaPeerRow> {
+        let mut rows = Vec::new();
+        for (i, peer) in self.config.tunnel.peers.iter().enumerate() {
+            if peer.transport != dwcp_provisioning::schema::Transport::Rdma
+                || i >= stats::RDMA_PEERS
+            {
+                continue;
+            }
+            for (w, s) in self.stats.iter().enumerate() {
+                rows.push(metrics::RdmaPeerRow {
+                    peer: peer.name.to_string(),
+                    worker: w,
+                    values: s.read_rdma(i),
+                });
+            }
+        }
+        rows
+    }
+
+    /// The RDMA queue pairs for the console's `status`: per peer, states and counts summed
+    /// over workers; `None` without RDMA peers.
+    pub fn rdma_status(&self) -> Option<String> {
+        let rows = self.rdma_rows();
+        if rows.is_empty() {
+            return None;
+        }
+        let field = |name: &str| {
+            stats::RDMA_FIELDS
+                .iter()
+                .position(|f| *f == name)
+                .unwrap_or(0)
+        };
+        let mut peers: Vec<String> = Vec::new();
+        for peer in rows.iter().map(|r| r.peer.as_str()) {
+            if peers.last().is_some_and(|p| p == peer) {
+                continue;
+            }
+            let mine: Vec<&metrics::RdmaPeerRow> = rows.iter().filter(|r| r.peer == peer).collect();
+            let sum = |f: &str| mine.iter().map(|r| r.values[field(f)]).sum::<u64>();
+            let states: Vec<&str> = mine
+                .iter()
+                .map(|r| {
+                    rdma_sys::verbs::qp_state_name(
+                        i32::try_from(r.values[field("qp_state")]).unwrap_or(0) - 1,
+                    )
+                })
+                .collect();
+            peers.push(format!(
+                "rdma {peer}: qp {} sends {} (inline {}) receives {} errors {} reconnects {}",
+                states.join(","),
+                sum("sends"),
+                sum("inline_sends"),
+                sum("receives"),
+                sum("errors_retry")
+                    + sum("errors_rnr")
+                    + sum("errors_flushed")
+                    + sum("errors_other"),
+                sum("reconnects"),
+            ));
+        }
+        Some(peers.join(" | "))
+    }
+
+    /// The RDMA device's `hw_counters` (Soft-RoCE and mlx5 both have them).
+    fn rdma_device_counters(&self) -> Vec<(String, u64)> {
+        let Ok(Some((_, e, _))) = rdma_plan(&self.config) else {
+            return Vec::new();
+        };
+        let dir = format!(
+            "/sys/class/infiniband/{}/ports/{}/hw_counters",
+            e.device, e.port
+        );
+        let mut out: Vec<(String, u64)> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|d| {
+                let name = d.file_name().to_string_lossy().into_owned();
+                let v = std::fs::read_to_string(d.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((name, v))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     fn metrics_text(&self) -> String {
         let (node, lan, wan, workers) = &self.labels;
         let labels = Labels {
@@ -757,6 +946,14 @@ impl Running {
                 })
                 .collect();
             text.push_str(&metrics::render_dpdk(&ports, node));
+        }
+        let rdma = self.rdma_rows();
+        if !rdma.is_empty() {
+            text.push_str(&metrics::render_rdma(
+                &rdma,
+                &self.rdma_device_counters(),
+                node,
+            ));
         }
         text
     }
@@ -806,7 +1003,12 @@ impl Running {
                 last_status = Some(Instant::now());
                 self.watch_links();
                 self.watch_gpu_failures();
-                let _ = crate::control::readiness::notify_status(&self.offload_status());
+                let mut line = self.offload_status();
+                if let Some(rdma) = self.rdma_status() {
+                    line.push_str(" | ");
+                    line.push_str(&rdma);
+                }
+                let _ = crate::control::readiness::notify_status(&line);
             }
             let sig_ready = {
                 let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];

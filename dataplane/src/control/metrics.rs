@@ -118,6 +118,151 @@ pub fn render_dpdk(ports: &[DpdkPort], node: &str) -> String {
     o
 }
 
+/// One RDMA peer's queue pair on one worker, for the metrics.
+#[derive(Clone, Debug)]
+pub struct RdmaPeerRow {
+    /// The peer's name.
+    pub peer: String,
+    /// The worker.
+    pub worker: usize,
+    /// Its values in [`stats::RDMA_FIELDS`] order.
+    pub values: [u64; stats::RDMA_FIELDS.len()],
+}
+
+/// Renders the RDMA queue pairs' state and counters, per peer and worker, and the RDMA
+/// device's own counters (`hw_counters`: RNR and retry events among them).
+pub fn render_rdma(rows: &[RdmaPeerRow], device: &[(String, u64)], node: &str) -> String {
+    let mut o = String::new();
+    let field = |name: &str| {
+        stats::RDMA_FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or(0)
+    };
+    let state = field("qp_state");
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_rdma_qp_info The state of each worker's queue pair to an RDMA peer (always 1)."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_rdma_qp_info gauge");
+    for r in rows {
+        let name = rdma_sys::verbs::qp_state_name(i32::try_from(r.values[state]).unwrap_or(0) - 1);
+        let _ = writeln!(
+            o,
+            "dwcp_rdma_qp_info{{node=\"{node}\",peer=\"{}\",worker=\"{}\",state=\"{name}\"}} 1",
+            r.peer, r.worker
+        );
+    }
+    for (metric, kind, f, help) in [
+        (
+            "dwcp_rdma_qp_connected",
+            "gauge",
+            "connected",
+            "Whether the queue pair is connected (1) or waiting for the peer (0).",
+        ),
+        (
+            "dwcp_rdma_sends_total",
+            "counter",
+            "sends",
+            "RDMA SENDs posted.",
+        ),
+        (
+            "dwcp_rdma_inline_sends_total",
+            "counter",
+            "inline_sends",
+            "RDMA SENDs posted inline.",
+        ),
+        (
+            "dwcp_rdma_receives_total",
+            "counter",
+            "receives",
+            "DWCP messages received by RDMA.",
+        ),
+        (
+            "dwcp_rdma_sent_bytes_total",
+            "counter",
+            "send_bytes",
+            "Bytes sent by RDMA (DWCP messages).",
+        ),
+        (
+            "dwcp_rdma_received_bytes_total",
+            "counter",
+            "receive_bytes",
+            "Bytes received by RDMA (DWCP messages).",
+        ),
+        (
+            "dwcp_rdma_post_failures_total",
+            "counter",
+            "post_failed",
+            "Sends that could not be posted (queue pair down, send queue full).",
+        ),
+        (
+            "dwcp_rdma_connects_total",
+            "counter",
+            "connects",
+            "Times the queue pair connected.",
+        ),
+        (
+            "dwcp_rdma_reconnects_total",
+            "counter",
+            "reconnects",
+            "Times the queue pair was torn down and made again.",
+        ),
+        (
+            "dwcp_rdma_records_refused_total",
+            "counter",
+            "records_refused",
+            "Queue-pair records refused (malformed, or for a pair another worker holds).",
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {metric} {help}");
+        let _ = writeln!(o, "# TYPE {metric} {kind}");
+        for r in rows {
+            let _ = writeln!(
+                o,
+                "{metric}{{node=\"{node}\",peer=\"{}\",worker=\"{}\"}} {}",
+                r.peer,
+                r.worker,
+                r.values[field(f)]
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_rdma_completion_errors_total Work completions with an error, by status."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_rdma_completion_errors_total counter");
+    for r in rows {
+        for (status, f) in [
+            ("retry-exceeded", "errors_retry"),
+            ("rnr-retry-exceeded", "errors_rnr"),
+            ("flushed", "errors_flushed"),
+            ("other", "errors_other"),
+        ] {
+            let _ = writeln!(
+                o,
+                "dwcp_rdma_completion_errors_total{{node=\"{node}\",peer=\"{}\",worker=\"{}\",status=\"{status}\"}} {}",
+                r.peer,
+                r.worker,
+                r.values[field(f)]
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_rdma_device_counter The RDMA device's own counters (hw_counters), by name."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_rdma_device_counter gauge");
+    for (name, v) in device {
+        let name = name.replace(['"', '\\', '\n'], "_");
+        let _ = writeln!(
+            o,
+            "dwcp_rdma_device_counter{{node=\"{node}\",name=\"{name}\"}} {v}"
+        );
+    }
+    o
+}
+
 /// Renders the GPU's state (from NVML, sampled `age` ago) as metrics.
 pub fn render_gpu(
     s: &dwcp_kernels::monitor::GpuSnapshot,
@@ -239,7 +384,19 @@ pub fn render_gather(g: &dwcp_kernels::gather::GatherStats, node: &str) -> Strin
 type Single = (&'static str, &'static str, &'static str, &'static str);
 
 /// The tunnel's and the gateway's single-sample families, in exposition order.
-const TUNNEL_FAMILIES: [Single; 14] = [
+const TUNNEL_FAMILIES: [Single; 16] = [
+    (
+        "dwcp_control_records_sent_total",
+        "counter",
+        "control_records_sent",
+        "Authenticated control records sent to peers (RDMA queue-pair details).",
+    ),
+    (
+        "dwcp_control_records_received_total",
+        "counter",
+        "control_records_received",
+        "Authenticated control records received from peers.",
+    ),
     (
         "dwcp_handshakes_initiated_total",
         "counter",

@@ -32,6 +32,9 @@ pub const NAMES: &[&str] = &[
     "drop_tx_full",
     "drop_seal_refused",
     "drop_tx_no_room",
+    "drop_rdma_not_connected",
+    "drop_rdma_other_worker",
+    "drop_control_overflow",
     "handoff_frames",
     "handshakes_initiated",
     "handshakes_completed",
@@ -47,6 +50,8 @@ pub const NAMES: &[&str] = &[
     "tunnel_rx_packets",
     "tunnel_tx_messages",
     "handshake_rtt_ns_max",
+    "control_records_sent",
+    "control_records_received",
     "offload_seal_cpu_batches",
     "offload_seal_gpu_batches",
     "offload_open_cpu_batches",
@@ -137,6 +142,9 @@ pub fn flatten(
         l.tx_full,
         l.seal_refused,
         l.tx_no_room,
+        g.rdma_not_connected,
+        g.rdma_other_worker,
+        g.control_dropped,
         l.handoff,
         t.handshakes_initiated,
         t.handshakes_completed,
@@ -152,6 +160,8 @@ pub fn flatten(
         t.rx_packets,
         t.tx_messages,
         t.handshake_rtt_ns_max,
+        t.control_sent,
+        t.control_received,
         b(0, 0),
         b(0, 1),
         b(1, 0),
@@ -251,10 +261,55 @@ impl Histogram {
     }
 }
 
+/// RDMA peers whose queue-pair counters a worker publishes (by peer index; more are not
+/// shown).
+pub const RDMA_PEERS: usize = 16;
+/// Per RDMA peer, in order: the queue pair's state (`enum ibv_qp_state` + 1; 0: no queue
+/// pair), then [`crate::rdma::PeerCounters`]' fields.
+pub const RDMA_FIELDS: [&str; 15] = [
+    "qp_state",
+    "sends",
+    "inline_sends",
+    "receives",
+    "send_bytes",
+    "receive_bytes",
+    "errors_retry",
+    "errors_rnr",
+    "errors_flushed",
+    "errors_other",
+    "post_failed",
+    "connects",
+    "reconnects",
+    "records_refused",
+    "connected",
+];
+
+/// One RDMA peer's published values, in [`RDMA_FIELDS`] order.
+pub fn rdma_row(c: &crate::rdma::PeerCounters, qp_state: i32) -> [u64; RDMA_FIELDS.len()] {
+    [
+        u64::try_from(qp_state + 1).unwrap_or(0),
+        c.sends,
+        c.inline_sends,
+        c.receives,
+        c.send_bytes,
+        c.receive_bytes,
+        c.errors_retry,
+        c.errors_rnr,
+        c.errors_flushed,
+        c.errors_other,
+        c.post_failed,
+        c.connects,
+        c.reconnects,
+        c.records_refused,
+        c.connected,
+    ]
+}
+
 /// One worker's published counters, on cache lines of its own.
 #[repr(align(64))]
 pub struct WorkerStats {
     values: [AtomicU64; COUNT],
+    rdma: [[AtomicU64; RDMA_FIELDS.len()]; RDMA_PEERS],
     hist: [[AtomicU64; HIST_SLOTS]; STAGES.len()],
     /// The GPU failures the worker's dispatcher has had, and why it was taken out of service.
     gpu_failure: Mutex<(u64, Option<String>)>,
@@ -264,6 +319,7 @@ impl Default for WorkerStats {
     fn default() -> Self {
         Self {
             values: std::array::from_fn(|_| AtomicU64::new(0)),
+            rdma: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             hist: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             gpu_failure: Mutex::new((0, None)),
         }
@@ -276,6 +332,22 @@ impl WorkerStats {
         for (slot, v) in self.values.iter().zip(values) {
             slot.store(*v, Ordering::Relaxed);
         }
+    }
+
+    /// Publishes one RDMA peer's queue-pair values ([`rdma_row`]).
+    pub fn publish_rdma(&self, peer: usize, row: &[u64; RDMA_FIELDS.len()]) {
+        if let Some(slots) = self.rdma.get(peer) {
+            for (slot, v) in slots.iter().zip(row) {
+                slot.store(*v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The last published RDMA values of peer `peer` (all zero: no queue pair).
+    pub fn read_rdma(&self, peer: usize) -> [u64; RDMA_FIELDS.len()] {
+        self.rdma.get(peer).map_or([0; RDMA_FIELDS.len()], |slots| {
+            std::array::from_fn(|i| slots[i].load(Ordering::Relaxed))
+        })
     }
 
     /// Publishes the worker's latency histograms.

@@ -5,12 +5,28 @@
 use super::{FRAME_MAX, Side};
 use crate::proto::tunnel::Burst;
 
+/// No RDMA: the frame goes out of a port.
+const NOT_RDMA: u8 = u8::MAX;
+
+/// Where a drained frame goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Out of the LAN or WAN port, as built.
+    Port(Side),
+    /// Its DWCP message (from `OUTER_HEADERS` to the frame's end) as an RDMA SEND on the
+    /// worker's queue pair to this peer (by index).
+    Rdma(u8),
+}
+
 /// Output frames of one burst, in buffers allocated once (from the hugepage pool in the
 /// data-plane process), and the burst's DWCP messages in them, which the tunnel seals and
 /// opens a burst at a time ([`Burst`]).
 pub struct TxBatch {
     pub(super) bufs: Vec<crate::io::Buffer>,
     pub(super) lens: Vec<(Side, usize)>,
+    /// Per frame: the peer whose RDMA queue pair carries its DWCP message (at
+    /// `OUTER_HEADERS`, without the outer headers), or [`NOT_RDMA`].
+    pub(super) rdma: Vec<u8>,
     /// The DWCP messages in the frames (at `OUTER_HEADERS`): outgoing ones still in
     /// plaintext, sealed by [`super::Gateway::finish_burst`], which [`super::Gateway::drain`] — the only
     /// way out — runs first; received ones in reserved slots (committed with length 0),
@@ -39,6 +55,7 @@ impl TxBatch {
         Self {
             bufs,
             lens: Vec::with_capacity(n),
+            rdma: Vec::with_capacity(n),
             burst: Burst::with_capacity(n),
             no_room: 0,
         }
@@ -61,26 +78,34 @@ impl TxBatch {
     /// buffer and leave a fresh one), then forgets them. Messages still waiting for the
     /// tunnel (call [`super::Gateway::finish_burst`] first) are dropped, not sent, and counted in
     /// the return value.
-    pub fn drain(&mut self, mut f: impl FnMut(Side, &mut crate::io::Buffer, usize)) -> usize {
+    pub fn drain(&mut self, mut f: impl FnMut(Dest, &mut crate::io::Buffer, usize)) -> usize {
         let unfinished = self.burst.seals_pending() + self.burst.opens_pending();
         debug_assert!(unfinished == 0, "drain() before finish_burst()");
         if unfinished > 0 {
             // Never send a message that was not sealed.
-            self.lens.clear();
-            self.burst.clear();
+            self.clear();
             return unfinished;
         }
-        for (&(side, len), buf) in self.lens.iter().zip(self.bufs.iter_mut()) {
+        for ((&(side, len), &peer), buf) in
+            self.lens.iter().zip(&self.rdma).zip(self.bufs.iter_mut())
+        {
             if len > 0 {
-                f(side, buf, len);
+                let dest = if peer == NOT_RDMA {
+                    Dest::Port(side)
+                } else {
+                    Dest::Rdma(peer)
+                };
+                f(dest, buf, len);
             }
         }
         self.lens.clear();
+        self.rdma.clear();
         0
     }
     /// Forgets the frames (after they were sent), sealed or not.
     pub fn clear(&mut self) {
         self.lens.clear();
+        self.rdma.clear();
         self.burst.clear();
     }
     /// Number of frames.
@@ -110,6 +135,12 @@ impl TxBatch {
     }
     pub(super) fn commit(&mut self, side: Side, len: usize) {
         self.lens.push((side, len));
+        self.rdma.push(NOT_RDMA);
+    }
+    /// Commits the next frame, whose DWCP message goes by RDMA to `peer`.
+    pub(super) fn commit_rdma(&mut self, peer: u8, len: usize) {
+        self.lens.push((Side::Wan, len));
+        self.rdma.push(peer);
     }
     /// Commits the frame in `slot`: the next one, or one reserved earlier.
     pub(super) fn place(&mut self, slot: usize, side: Side, len: usize) {

@@ -21,7 +21,7 @@ use crate::proto::tunnel::{Action, DeferredSeal, MAX_INNER, OVERHEAD, Sealed, Tu
 mod frames;
 mod headers;
 
-pub use frames::TxBatch;
+pub use frames::{Dest, TxBatch};
 use headers::{ip_checksum, shrink_udp, write_ipv4, write_udp};
 
 /// Ethernet header.
@@ -123,6 +123,40 @@ pub struct GatewayCounters {
     pub icmp_errors: u64,
     /// SYNs whose MSS was lowered.
     pub mss_clamped: u64,
+    /// Drops: data for an RDMA peer whose queue pair is not connected (yet, or any more).
+    pub rdma_not_connected: u64,
+    /// Drops: a message from an RDMA queue pair for a session another worker owns.
+    pub rdma_other_worker: u64,
+    /// Drops: control records this gateway could not keep (too many at once, or too long).
+    pub control_dropped: u64,
+}
+
+/// How a peer's data messages leave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PeerPath {
+    /// In UDP out of the WAN port.
+    #[default]
+    Udp,
+    /// By RDMA, and the worker's queue pair to the peer is connected.
+    RdmaUp,
+    /// By RDMA, but the queue pair is not connected: data waits for it (dropped, counted).
+    RdmaDown,
+}
+
+/// Longest control record a gateway keeps.
+pub const CONTROL_MAX: usize = 64;
+/// Control records kept between two [`Gateway::take_controls`].
+const CONTROLS: usize = 8;
+
+/// An authenticated control record from a peer, for the worker.
+#[derive(Clone, Copy, Debug)]
+pub struct ControlRecord {
+    /// The peer it came from.
+    pub peer: usize,
+    /// Its length.
+    pub len: usize,
+    /// Its bytes (the first `len`).
+    pub bytes: [u8; CONTROL_MAX],
 }
 
 #[derive(Clone, Copy)]
@@ -152,6 +186,10 @@ pub struct Gateway {
     spare: Vec<Box<[u8; FRAME_MAX]>>,
     scratch: Box<[u8; FRAME_MAX]>,
     ident: u16,
+    /// Per peer: UDP or RDMA (set by the worker as its queue pairs come and go).
+    paths: Vec<PeerPath>,
+    /// Control records received since the worker last took them.
+    controls: heapless::Vec<ControlRecord, CONTROLS>,
     /// Counters.
     pub counters: GatewayCounters,
 }
@@ -181,7 +219,85 @@ impl Gateway {
                 .collect(),
             scratch: Box::new([0u8; FRAME_MAX]),
             ident: 1,
+            paths: Vec::new(),
+            controls: heapless::Vec::new(),
             counters: GatewayCounters::default(),
+        }
+    }
+
+    /// Sets how data messages to `peer` leave (peers not set go by UDP).
+    pub fn set_path(&mut self, peer: usize, path: PeerPath) {
+        if self.paths.len() <= peer {
+            self.paths.resize(peer + 1, PeerPath::Udp);
+        }
+        self.paths[peer] = path;
+    }
+
+    fn path(&self, peer: usize) -> PeerPath {
+        self.paths.get(peer).copied().unwrap_or_default()
+    }
+
+    /// The control records received since the last call, oldest first.
+    pub fn take_controls(&mut self) -> heapless::Vec<ControlRecord, CONTROLS> {
+        std::mem::take(&mut self.controls)
+    }
+
+    /// Sends a control record to `peer` on its current session, by UDP (control records
+    /// never need the RDMA queue pair they may be setting up).
+    pub fn send_control(&mut self, tx: &mut TxBatch, peer: usize, record: &[u8], now: Duration) {
+        let Some(buf) = tx.next_buf() else { return };
+        let action = self.tunnel.send_control(
+            &mut *self.engine,
+            peer,
+            record,
+            &mut buf[OUTER_HEADERS..],
+            now,
+        );
+        self.after_tunnel(tx, action, None, now);
+    }
+
+    /// A DWCP message that arrived on the worker's RDMA queue pair: as a UDP datagram from
+    /// the WAN, but with no outer headers and no endpoint to learn.
+    pub fn from_rdma(&mut self, message: &[u8], tx: &mut TxBatch, now: Duration) {
+        if let Some(owner) = wan_owner_of_message(message)
+            && owner != self.tunnel.worker()
+        {
+            self.counters.rdma_other_worker += 1;
+            return;
+        }
+        let slot = tx.len();
+        let Some(buf) = tx.buf_at(slot) else { return };
+        match self
+            .tunnel
+            .receive_deferred(message, None, &mut buf[OUTER_HEADERS..], now)
+        {
+            (_, Some(d)) => {
+                tx.commit(Side::Lan, 0);
+                tx.burst.push_open(slot, d);
+            }
+            (action, None) => self.after_tunnel(tx, action, None, now),
+        }
+    }
+
+    /// Keeps an authenticated control record (in TX slot `slot` at `OUTER_HEADERS`) for the
+    /// worker.
+    fn keep_control(&mut self, tx: &mut TxBatch, slot: usize, peer: usize, len: usize) {
+        let Some(buf) = tx.buf_at(slot) else { return };
+        let mut bytes = [0u8; CONTROL_MAX];
+        let Some(src) = buf
+            .get(OUTER_HEADERS..OUTER_HEADERS + len)
+            .filter(|_| len <= CONTROL_MAX)
+        else {
+            self.counters.control_dropped += 1;
+            return;
+        };
+        bytes[..len].copy_from_slice(src);
+        if self
+            .controls
+            .push(ControlRecord { peer, len, bytes })
+            .is_err()
+        {
+            self.counters.control_dropped += 1;
         }
     }
 
@@ -583,12 +699,13 @@ impl Gateway {
         let Action::Send { peer, .. } = action else {
             return;
         };
-        let resolved = self
-            .tunnel
-            .endpoint(peer)
-            .and_then(|dst| self.next_hop(Side::Wan, *dst.ip()))
-            .and_then(|hop| self.lookup(Side::Wan, hop, now))
-            .is_some();
+        let resolved = self.path(peer) != PeerPath::Udp
+            || self
+                .tunnel
+                .endpoint(peer)
+                .and_then(|dst| self.next_hop(Side::Wan, *dst.ip()))
+                .and_then(|hop| self.lookup(Side::Wan, hop, now))
+                .is_some();
         if !resolved {
             // Compressed and sealed alone, now: it will wait outside the batch.
             let Some(buf) = tx.next_buf() else { return };
@@ -618,26 +735,13 @@ impl Gateway {
         now: Duration,
     ) {
         match action {
-            Action::Send { peer, len } => {
-                let Some(dst) = self.tunnel.endpoint(peer) else {
-                    self.counters.no_route += 1;
-                    return;
-                };
-                let src_port = reply_port.unwrap_or(self.cfg.udp_port);
-                let wan_ip = self.cfg.wan.net.addr();
-                let ident = self.ident;
-                self.ident = self.ident.wrapping_add(1);
-                let Some(buf) = tx.next_buf() else { return };
-                write_udp(
-                    &mut buf[ETH_LEN..],
-                    SocketAddrV4::new(wan_ip, src_port),
-                    dst,
-                    len,
-                    ident,
-                );
-                buf[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-                self.send_routed(tx, Side::Wan, *dst.ip(), OUTER_HEADERS + len, now);
+            Action::Send { peer, len } if self.path(peer) != PeerPath::Udp => {
+                if !self.rdma_message(tx, peer, len) {
+                    // A handshake or control record: by UDP like any peer's.
+                    self.send_udp(tx, peer, len, reply_port, now);
+                }
             }
+            Action::Send { peer, len } => self.send_udp(tx, peer, len, reply_port, now),
             Action::Established { peer } => {
                 let mut guard = 0;
                 while guard < crate::proto::tunnel::STAGED_MAX {
@@ -654,7 +758,11 @@ impl Gateway {
                     self.after_tunnel(tx, a, None, now);
                 }
             }
-            Action::None | Action::Staged | Action::Dropped(_) | Action::Deliver { .. } => {}
+            Action::None
+            | Action::Staged
+            | Action::Dropped(_)
+            | Action::Deliver { .. }
+            | Action::Control { .. } => {}
         }
     }
 
@@ -723,6 +831,60 @@ impl Gateway {
             tcp.fill_checksum(&src.into(), &dst.into());
         }
         changed
+    }
+
+    /// Sends the message in the next TX buffer (at `OUTER_HEADERS`, `len` bytes) to the
+    /// peer's endpoint in UDP.
+    fn send_udp(
+        &mut self,
+        tx: &mut TxBatch,
+        peer: usize,
+        len: usize,
+        reply_port: Option<u16>,
+        now: Duration,
+    ) {
+        let Some(dst) = self.tunnel.endpoint(peer) else {
+            self.counters.no_route += 1;
+            return;
+        };
+        let src_port = reply_port.unwrap_or(self.cfg.udp_port);
+        let wan_ip = self.cfg.wan.net.addr();
+        let ident = self.ident;
+        self.ident = self.ident.wrapping_add(1);
+        let Some(buf) = tx.next_buf() else { return };
+        write_udp(
+            &mut buf[ETH_LEN..],
+            SocketAddrV4::new(wan_ip, src_port),
+            dst,
+            len,
+            ident,
+        );
+        buf[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        self.send_routed(tx, Side::Wan, *dst.ip(), OUTER_HEADERS + len, now);
+    }
+
+    /// For an RDMA peer: commits the data message in the next TX buffer (at
+    /// `OUTER_HEADERS`, `len` bytes) for the worker's queue pair, or drops it (counted) while
+    /// the queue pair is down. `false`: not a data message (a handshake, a control record),
+    /// which goes by UDP.
+    fn rdma_message(&mut self, tx: &mut TxBatch, peer: usize, len: usize) -> bool {
+        let Some(buf) = tx.next_buf() else {
+            return true;
+        };
+        let data = buf[OUTER_HEADERS] == crate::proto::wire::TYPE_DATA
+            && buf[OUTER_HEADERS + 1] & crate::proto::wire::FLAG_CONTROL == 0;
+        if !data {
+            return false;
+        }
+        match (self.path(peer), u8::try_from(peer)) {
+            (PeerPath::RdmaUp, Ok(p)) => {
+                tx.commit_rdma(p, OUTER_HEADERS + len);
+                self.counters.wan_tx_packets += 1;
+                self.counters.wan_tx_bytes += len as u64;
+            }
+            _ => self.counters.rdma_not_connected += 1,
+        }
+        true
     }
 
     /// A frame from the WAN port.
@@ -815,7 +977,11 @@ impl Gateway {
             );
             for i in 0..tx.burst.delivered().len() {
                 let d = tx.burst.delivered()[i];
-                self.deliver(tx, d.slot, d.peer, d.len, now);
+                if d.control {
+                    self.keep_control(tx, d.slot, d.peer, d.len);
+                } else {
+                    self.deliver(tx, d.slot, d.peer, d.len, now);
+                }
             }
         }
         if tx.burst.seals_pending() == 0 {
@@ -861,7 +1027,7 @@ impl Gateway {
         &mut self,
         tx: &mut TxBatch,
         now: Duration,
-        f: impl FnMut(Side, &mut crate::io::Buffer, usize),
+        f: impl FnMut(Dest, &mut crate::io::Buffer, usize),
     ) -> usize {
         self.finish_burst(tx, now) + tx.drain(f)
     }
@@ -942,7 +1108,12 @@ pub fn wan_owner(frame: &[u8]) -> Option<u8> {
         return None;
     }
     let hl = usize::from(ip[0] & 0x0f) * 4;
-    let msg = ip.get(hl + UDP_LEN..)?;
+    wan_owner_of_message(ip.get(hl + UDP_LEN..)?)
+}
+
+/// The worker that owns the session a DWCP message is for (data messages and handshake
+/// responses), or `None` for anything else.
+pub fn wan_owner_of_message(msg: &[u8]) -> Option<u8> {
     let index_at = match *msg.first()? {
         crate::proto::wire::TYPE_DATA => 4,
         crate::proto::wire::TYPE_RESPONSE => 8,

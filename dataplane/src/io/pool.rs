@@ -58,8 +58,19 @@ pub fn buffers(count: usize, size: usize) -> io::Result<(Vec<Buffer>, Backing)> 
     let size = round_up(size, 64);
     let len = count
         .checked_mul(size)
-        .ok_or_else(|| io::Error::other("buffer pool too large"))?
-        .max(1);
+        .ok_or_else(|| io::Error::other("buffer pool too large"))?;
+    let (region, backing) = region(len)?;
+    let bufs = region[..count * size]
+        .chunks_exact_mut(size)
+        .map(Buffer::Pool)
+        .collect();
+    Ok((bufs, backing))
+}
+
+/// Maps `len` bytes (at least one page) for the life of the process, from the largest
+/// hugepages free; the RDMA link registers its buffers in one.
+pub fn region(len: usize) -> io::Result<(&'static mut [u8], Backing)> {
+    let len = len.max(1);
     let attempts = [
         (
             Backing::Huge1G,
@@ -75,11 +86,7 @@ pub fn buffers(count: usize, size: usize) -> io::Result<(Vec<Buffer>, Backing)> 
     ];
     for (backing, mapped, flags) in attempts {
         if let Some(region) = map(mapped, flags) {
-            let bufs = region[..count * size]
-                .chunks_exact_mut(size)
-                .map(Buffer::Pool)
-                .collect();
-            return Ok((bufs, backing));
+            return Ok((&mut region[..len], backing));
         }
     }
     Err(io::Error::last_os_error())

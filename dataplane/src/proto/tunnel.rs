@@ -16,7 +16,9 @@ use dwcp_kernels::{AeadKey, DecompressJob, Engine, OpenJob, SealJob, TAG_LEN};
 
 use crate::proto::anti_replay::ReplayWindow;
 use crate::proto::handshake::{self, Pending, SessionKeys, TIMESTAMP_LEN};
-use crate::proto::wire::{self, DATA_HEADER_LEN, DataHeader, FLAG_LZ4, Init, Response};
+use crate::proto::wire::{
+    self, DATA_HEADER_LEN, DataHeader, FLAG_CONTROL, FLAG_LZ4, Init, Response,
+};
 
 pub use burst::{Burst, Delivered, Sealed};
 
@@ -111,6 +113,13 @@ pub enum Action {
         /// Packet length.
         len: usize,
     },
+    /// `out[..len]` is an authenticated control record from the peer (not an inner packet).
+    Control {
+        /// Peer index.
+        peer: usize,
+        /// Record length.
+        len: usize,
+    },
     /// A session with the peer was established: staged packets can go
     /// ([`Tunnel::flush_staged`]).
     Established {
@@ -154,6 +163,10 @@ pub struct Counters {
     pub handshakes_completed: u64,
     /// Sessions that replaced an existing one.
     pub rekeys: u64,
+    /// Control records sent.
+    pub control_sent: u64,
+    /// Control records received (authenticated, in the replay window).
+    pub control_received: u64,
     /// Keepalives sent.
     pub keepalives_sent: u64,
     /// Payloads sent compressed.
@@ -311,6 +324,9 @@ struct Peer {
     next: Option<Session>,
     pending: Option<(Pending, u32, Duration)>,
     last_timestamp: [u8; TIMESTAMP_LEN],
+    /// Start a handshake at the next tick even though the session is not due for a rekey
+    /// (its RDMA queue pair broke: the peer may have restarted).
+    handshake_soon: bool,
     last_sent: Duration,
     staged: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
@@ -329,6 +345,7 @@ impl Peer {
             next: None,
             pending: None,
             last_timestamp: [0; TIMESTAMP_LEN],
+            handshake_soon: false,
             last_sent: Duration::ZERO,
             staged: VecDeque::with_capacity(STAGED_MAX),
             spare: (0..STAGED_MAX)
@@ -448,6 +465,8 @@ struct Accepted {
     pub len: usize,
     /// The payload is an LZ4 block (decompress it, then call [`Tunnel::delivered`]).
     pub compressed: bool,
+    /// The payload is a control record, not an inner packet.
+    pub control: bool,
 }
 
 /// One worker's tunnel state.
@@ -488,7 +507,12 @@ impl Tunnel {
         }
     }
 
-    /// The worker that owns a session index.
+    /// The worker this tunnel belongs to.
+    pub fn worker(&self) -> u8 {
+        self.worker
+    }
+
+    /// The worker that owns a session index (its top byte).
     pub fn owner_of(index: u32) -> u8 {
         index.to_be_bytes()[0]
     }
@@ -741,6 +765,70 @@ impl Tunnel {
         c.tx_wire_bytes = c.tx_wire_bytes.saturating_sub(saved as u64);
     }
 
+    /// Writes an authenticated control record for `peer` into `out`, sealed now on the
+    /// session it sends on (a message of type 4 with [`FLAG_CONTROL`]: same key, counter and
+    /// replay window as data, so a record cannot be forged, altered or replayed). Without a
+    /// usable session nothing is sent ([`Action::Dropped`] with `NoSession`, not staged).
+    pub fn send_control(
+        &mut self,
+        engine: &mut dyn Engine,
+        peer: usize,
+        record: &[u8],
+        out: &mut [u8],
+        now: Duration,
+    ) -> Action {
+        let len = DATA_HEADER_LEN + record.len() + TAG_LEN;
+        if record.is_empty() || out.len() < len || record.len() > MAX_INNER {
+            return self.drop_counted(DropReason::TooBig);
+        }
+        let reject_after = self.params.reject_after;
+        let Some(p) = self.peers.get_mut(peer) else {
+            return self.drop_counted(DropReason::NoSession);
+        };
+        let usable = |s: &Session| {
+            now.saturating_sub(s.born) < reject_after && s.send_counter < REJECT_AFTER_MESSAGES
+        };
+        let slot = if p.current.as_ref().is_some_and(usable) {
+            Slot::Current
+        } else if p.next.as_ref().is_some_and(usable) {
+            Slot::Next
+        } else {
+            return self.drop_counted(DropReason::NoSession);
+        };
+        let Some(s) = p.slot_mut(slot) else {
+            return self.drop_counted(DropReason::NoSession);
+        };
+        let counter = s.send_counter;
+        s.send_counter += 1;
+        let header = DataHeader {
+            flags: FLAG_CONTROL,
+            receiver: s.remote,
+            counter,
+        };
+        let Ok(hdr) = <&mut [u8; DATA_HEADER_LEN]>::try_from(&mut out[..DATA_HEADER_LEN]) else {
+            return self.drop_counted(DropReason::TooBig);
+        };
+        header.emit(hdr);
+        out[DATA_HEADER_LEN..DATA_HEADER_LEN + record.len()].copy_from_slice(record);
+        let d = DeferredSeal {
+            peer,
+            gate: 0,
+            key: std::sync::Arc::clone(&s.send),
+            nonce: dwcp_kernels::nonce(counter),
+            len: record.len(),
+            compress: false,
+        };
+        p.last_sent = now;
+        match self.seal_alone(engine, d, out) {
+            Some(len) => {
+                self.counters.control_sent += 1;
+                self.counters.tx_wire_bytes += len as u64;
+                Action::Send { peer, len }
+            }
+            None => self.drop_counted(DropReason::TooBig),
+        }
+    }
+
     /// Sends the next packet staged for `peer`, if any and if a session exists.
     pub fn flush_staged(
         &mut self,
@@ -976,6 +1064,13 @@ impl Tunnel {
             Ok(a) => a,
             Err(action) => return action,
         };
+        if a.control && !a.compressed {
+            self.counters.control_received += 1;
+            return Action::Control {
+                peer: a.peer,
+                len: a.len,
+            };
+        }
         if !a.compressed {
             return self.delivered(a.peer, a.len);
         }
@@ -1047,6 +1142,7 @@ impl Tunnel {
             peer,
             len: d.body_len - TAG_LEN,
             compressed: d.header.flags & FLAG_LZ4 != 0,
+            control: d.header.flags & FLAG_CONTROL != 0,
         })
     }
 
@@ -1090,14 +1186,15 @@ impl Tunnel {
                 self.forget(s);
             }
             let p = &self.peers[peer];
-            let wants_session = !p.staged.is_empty() || p.current.is_some();
-            let needs_rekey = match &p.current {
-                None => p.next.is_none(),
-                Some(s) => {
-                    now.saturating_sub(s.born) >= self.params.rekey_after
-                        || s.send_counter >= self.params.rekey_after_messages
-                }
-            };
+            let wants_session = !p.staged.is_empty() || p.current.is_some() || p.handshake_soon;
+            let needs_rekey = p.handshake_soon
+                || match &p.current {
+                    None => p.next.is_none(),
+                    Some(s) => {
+                        now.saturating_sub(s.born) >= self.params.rekey_after
+                            || s.send_counter >= self.params.rekey_after_messages
+                    }
+                };
             let pending_fresh = p
                 .pending
                 .as_ref()
@@ -1119,7 +1216,19 @@ impl Tunnel {
         Action::None
     }
 
+    /// Asks for a new handshake with `peer` at the next [`Tunnel::tick`] (its RDMA queue pair
+    /// broke: a peer that restarted forgot the session, and a new one brings new queue-pair
+    /// details with it). The current session keeps working meanwhile.
+    pub fn handshake_soon(&mut self, peer: usize) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.handshake_soon = true;
+        }
+    }
+
     fn initiate(&mut self, peer: usize, out: &mut [u8], now: Duration) -> Action {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.handshake_soon = false;
+        }
         let wall = self.wall_at_zero + now;
         let spec = self.peers[peer].spec.clone();
         let Ok((pending, noise)) = handshake::initiate(
@@ -1169,6 +1278,8 @@ mod tests {
         b_port: MemoryPort,
         got_a: Vec<Vec<u8>>,
         got_b: Vec<Vec<u8>>,
+        /// Control records received: (at B, bytes).
+        controls: Vec<(bool, Vec<u8>)>,
     }
 
     impl Link {
@@ -1205,6 +1316,7 @@ mod tests {
                 b_port: pb,
                 got_a: Vec::new(),
                 got_b: Vec::new(),
+                controls: Vec::new(),
             }
         }
 
@@ -1231,6 +1343,7 @@ mod tests {
                         }
                     }
                 }
+                Action::Control { len, .. } => self.controls.push((to_b, out[..len].to_vec())),
                 Action::None | Action::Staged => {}
                 Action::Dropped(r) => {
                     panic!("unexpected drop {r:?} at {}", if to_b { "B" } else { "A" })
@@ -1579,6 +1692,72 @@ mod tests {
         for n in 0..msg.len() {
             let _ = l.b.receive(e, &msg[..n], None, &mut out, l.now);
         }
+    }
+
+    /// RDMA queue-pair details travel as control records on the session: the peer gets them
+    /// as a control record (never as an inner packet); altered, replayed or sessionless ones
+    /// are refused like any data message.
+    #[test]
+    fn control_records_are_authenticated_and_never_replayed() {
+        let (mut l, _) = established();
+        let mut out = vec![0u8; MAX_INNER + 64];
+        let record = crate::rdma::QpRecord {
+            kind: crate::rdma::RECORD_OFFER,
+            worker: 0,
+            mtu: 3,
+            qpn: 0x11,
+            psn: 0x2345,
+            gid: [0xfe; 16],
+            answers: 0,
+        }
+        .encode();
+        let Action::Send { len, .. } = l.a.send_control(&mut l.engine, 0, &record, &mut out, l.now)
+        else {
+            panic!("no session to send on")
+        };
+        let msg = out[..len].to_vec();
+        assert_eq!(msg[1], FLAG_CONTROL, "flags");
+        let e = &mut l.engine;
+        // Changing the QP number, or clearing the control flag (so that the record would be
+        // taken for an inner packet), fails authentication.
+        for (what, at, bit) in [("QP number", 16 + 7, 0x01), ("control flag", 1, 0x02)] {
+            let mut bad = msg.clone();
+            bad[at] ^= bit;
+            let action = l.b.receive(e, &bad, None, &mut out, l.now);
+            assert_eq!(action, Action::Dropped(DropReason::AuthFailed), "{what}");
+        }
+        let got = l.b.receive(e, &msg, None, &mut out, l.now);
+        assert_eq!(
+            got,
+            Action::Control {
+                peer: 0,
+                len: record.len()
+            }
+        );
+        assert_eq!(
+            crate::rdma::QpRecord::decode(&out[..record.len()])
+                .unwrap()
+                .qpn,
+            0x11
+        );
+        assert_eq!(
+            l.b.receive(e, &msg, None, &mut out, l.now),
+            Action::Dropped(DropReason::Replayed)
+        );
+        assert_eq!(l.b.counters.control_received, 1);
+        assert_eq!(l.a.counters.control_sent, 1);
+        assert_eq!(
+            l.b.counters.rx_packets, 1,
+            "only the first packet was delivered"
+        );
+        // No session with a peer: nothing is sent, nothing is staged.
+        let mut fresh = Link::new(Params::default(), false);
+        assert_eq!(
+            fresh
+                .a
+                .send_control(&mut fresh.engine, 0, &record, &mut out, fresh.now),
+            Action::Dropped(DropReason::NoSession)
+        );
     }
 
     /// A deferred message whose session goes away before its open finishes (a reload that

@@ -13,8 +13,11 @@ pub const TYPE_DATA: u8 = 4;
 pub const DATA_HEADER_LEN: usize = 16;
 /// Flag: the payload is LZ4-compressed.
 pub const FLAG_LZ4: u8 = 0x01;
+/// Flag: the payload is a control record between the two gateways (e.g. RDMA queue-pair
+/// details), not an inner packet.
+pub const FLAG_CONTROL: u8 = 0x02;
 /// Flags a receiver understands; any other bit set is malformed.
-pub const KNOWN_FLAGS: u8 = FLAG_LZ4;
+pub const KNOWN_FLAGS: u8 = FLAG_LZ4 | FLAG_CONTROL;
 
 /// Noise IKpsk2 message 1 length: e (32) + s (32 + 16) + payload (12-byte timestamp + 16).
 pub const NOISE_INIT_LEN: usize = 32 + 48 + 28;
@@ -177,7 +180,7 @@ mod tests {
         }
         .emit(&mut ok);
         assert!(DataHeader::parse(&ok[..15]).is_err(), "short");
-        for (i, v) in [(0usize, 9u8), (1, 0x02), (2, 1), (3, 1)] {
+        for (i, v) in [(0usize, 9u8), (1, 0x04), (2, 1), (3, 1)] {
             let mut b = ok;
             b[i] = v;
             assert_eq!(DataHeader::parse(&b), Err(Malformed), "byte {i} = {v}");

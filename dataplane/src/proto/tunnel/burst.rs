@@ -20,8 +20,10 @@ pub struct Delivered {
     pub slot: usize,
     /// The peer it came from.
     pub peer: usize,
-    /// Inner packet length.
+    /// Inner packet length (or control record length).
     pub len: usize,
+    /// The payload is an authenticated control record for the gateway, not an inner packet.
+    pub control: bool,
 }
 
 /// An outgoing message after [`Tunnel::seal_burst`].
@@ -326,8 +328,21 @@ impl Tunnel {
         self.decompress_accepted(engine, burst, frames, at);
         for &(slot, a) in &burst.accepted {
             let Some(a) = a else { continue };
-            if let Action::Deliver { peer, len } = self.delivered(a.peer, a.len) {
-                burst.delivered.push(Delivered { slot, peer, len });
+            if a.control {
+                self.counters.control_received += 1;
+                burst.delivered.push(Delivered {
+                    slot,
+                    peer: a.peer,
+                    len: a.len,
+                    control: true,
+                });
+            } else if let Action::Deliver { peer, len } = self.delivered(a.peer, a.len) {
+                burst.delivered.push(Delivered {
+                    slot,
+                    peer,
+                    len,
+                    control: false,
+                });
             }
         }
     }
