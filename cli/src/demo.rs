@@ -5,6 +5,8 @@
 //! load from site A's host to site B's, and reports what both appliances' metrics and the
 //! hosts measured. Everything it creates is removed at the end, on failure and on Ctrl-C.
 
+pub mod rdma;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,6 +50,8 @@ pub struct DemoOptions {
     pub progress: bool,
     /// How the appliances drive their LAN and WAN NICs.
     pub backend: DataPath,
+    /// Carry the tunnel's data messages over RDMA (Soft-RoCE on a fourth NIC) instead of UDP.
+    pub rdma: bool,
 }
 
 /// How the demo's appliances drive their data NICs.
@@ -93,6 +97,8 @@ pub struct Report {
     pub engine: String,
     /// How the NICs were driven, from the READY lines (`dpdk, vfio-pci 0000:00:03.0,…`).
     pub data_path: String,
+    /// With `--rdma`: the RDMA link's capture, queue-pair counters and recovery.
+    pub rdma: Option<rdma::RdmaReport>,
 }
 
 /// The checked transfer.
@@ -279,7 +285,18 @@ pub fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn node_config(site: char, own: &PrivateKey, peer: &PrivateKey, path: DataPath) -> String {
+fn node_config(
+    site: char,
+    own: &PrivateKey,
+    peer: &PrivateKey,
+    path: DataPath,
+    with_rdma: bool,
+) -> String {
+    let (rdma_devices, transport) = if with_rdma {
+        rdma::config(site)
+    } else {
+        (String::new(), "")
+    };
     let (hugepages, lan_port, wan_port) = match path {
         DataPath::Dpdk => (
             1,
@@ -315,9 +332,10 @@ fn node_config(site: char, own: &PrivateKey, peer: &PrivateKey, path: DataPath) 
          [boot]\nconsole = [\"ttyS0,115200\"]\n\
          [[ports]]\nname = \"lan0\"\nrole = \"lan\"\n{lan_port}\naddress = \"{lan}\"\n\
          [[ports]]\nname = \"wan0\"\nrole = \"wan\"\n{wan_port}\naddress = \"{wan}\"\n\
+         {rdma_devices}\
          [tunnel]\nlisten_port = 51900\nprivate_key = \"{}\"\n\
          [[tunnel.peers]]\nname = \"site-{}\"\npublic_key = \"{}\"\nendpoint = \"{peer_wan}:51900\"\n\
-         allowed_prefixes = [\"{peer_lan}\"]\ncompression = \"lz4\"\n\
+         allowed_prefixes = [\"{peer_lan}\"]\ncompression = \"lz4\"\n{transport}\
          [metrics]\nlisten = \"10.0.2.15:9100\"\n",
         own.expose_base64(),
         if site == 'a' { 'b' } else { 'a' },
@@ -413,8 +431,8 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     let dir = tempfile::Builder::new().prefix("dwcp-demo-").tempdir()?;
     let keys = [PrivateKey::generate()?, PrivateKey::generate()?];
     let configs = [
-        node_config('a', &keys[0], &keys[1], opts.backend),
-        node_config('b', &keys[1], &keys[0], opts.backend),
+        node_config('a', &keys[0], &keys[1], opts.backend, opts.rdma),
+        node_config('b', &keys[1], &keys[0], opts.backend, opts.rdma),
     ];
     let mut cfgs = Vec::new();
     for (i, text) in configs.iter().enumerate() {
@@ -428,6 +446,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     let wan_port = free_port(&[])?;
     let metric_a = free_port(&[wan_port])?;
     let metric_ports = [metric_a, free_port(&[wan_port, metric_a])?];
+    let rdma_port = free_port(&[wan_port, metric_ports[0], metric_ports[1]])?;
     let mut vms: Vec<Vm> = Vec::new();
     for (i, site) in ['a', 'b'].into_iter().enumerate() {
         let node = Node {
@@ -437,6 +456,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             config_text: &configs[i],
             config: &cfgs[i],
             wan_port,
+            rdma_port,
             metric_port: metric_ports[i],
         };
         vms.push(boot_node(opts, &node, &base_initrd)?);
@@ -452,7 +472,7 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     let step_load = step_load(opts, &transfers)?;
     let mixed = mixed_load(opts, &transfers, metric_ports[0])?;
 
-    let report = read_report(
+    let mut report = read_report(
         opts,
         metric_ports,
         Measured {
@@ -466,6 +486,14 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         },
     )?;
 
+    if opts.rdma {
+        report.rdma = Some(rdma::checks(
+            opts,
+            &mut vms[1],
+            &dir.path().join("rdma-link.pcap"),
+            metric_ports,
+        )?);
+    }
     say(opts, "powering both nodes off...");
     for vm in &mut vms {
         let _ = vm.monitor("system_powerdown");
@@ -612,6 +640,8 @@ struct Node<'a> {
     config: &'a dwcp_provisioning::NodeConfig,
     /// The QEMU socket link joining the WAN NICs.
     wan_port: u16,
+    /// The QEMU socket link joining the Soft-RoCE NICs (with `--rdma`).
+    rdma_port: u16,
     /// Its metrics port, forwarded to the host's loopback.
     metric_port: u16,
 }
@@ -634,6 +664,45 @@ fn boot_node(opts: &DemoOptions, node: &Node<'_>, base_initrd: &[u8]) -> anyhow:
     } else {
         format!("socket,connect=127.0.0.1:{}", node.wan_port)
     };
+    let mut nics = vec![
+        Nic {
+            model: "virtio-net-pci".into(),
+            mac: format!("52:54:00:00:0{site}:02"),
+            slot: Some(2),
+            netdev: format!(
+                "user,hostfwd=tcp:127.0.0.1:{}-10.0.2.15:9100",
+                node.metric_port
+            ),
+            dump: None,
+        },
+        Nic {
+            model: "e1000e".into(),
+            mac: format!("52:54:00:00:0{site}:03"),
+            slot: Some(3),
+            netdev: format!(
+                "tap,ifname={},script=no,downscript=no,vnet_hdr=off",
+                TAPS[i]
+            ),
+            dump: None,
+        },
+        Nic {
+            model: "e1000e".into(),
+            mac: format!("52:54:00:00:0{site}:04"),
+            slot: Some(4),
+            netdev: wan,
+            dump: None,
+        },
+    ];
+    if opts.rdma {
+        let end = if i == 0 { "listen" } else { "connect" };
+        nics.push(Nic {
+            model: "virtio-net-pci".into(),
+            mac: format!("52:54:00:00:0{site}:05"),
+            slot: Some(rdma::SLOT),
+            netdev: format!("socket,{end}=127.0.0.1:{}", node.rdma_port),
+            dump: (i == 0).then(|| node.dir.join("rdma-link.pcap")),
+        });
+    }
     let spec = VmSpec {
         name: format!("site-{site}"),
         kernel: opts.artifacts.join("vmlinuz"),
@@ -647,32 +716,7 @@ fn boot_node(opts: &DemoOptions, node: &Node<'_>, base_initrd: &[u8]) -> anyhow:
             1024
         },
         cpus: 2,
-        nics: vec![
-            Nic {
-                model: "virtio-net-pci".into(),
-                mac: format!("52:54:00:00:0{site}:02"),
-                slot: Some(2),
-                netdev: format!(
-                    "user,hostfwd=tcp:127.0.0.1:{}-10.0.2.15:9100",
-                    node.metric_port
-                ),
-            },
-            Nic {
-                model: "e1000e".into(),
-                mac: format!("52:54:00:00:0{site}:03"),
-                slot: Some(3),
-                netdev: format!(
-                    "tap,ifname={},script=no,downscript=no,vnet_hdr=off",
-                    TAPS[i]
-                ),
-            },
-            Nic {
-                model: "e1000e".into(),
-                mac: format!("52:54:00:00:0{site}:04"),
-                slot: Some(4),
-                netdev: wan,
-            },
-        ],
+        nics,
         kvm: opts.kvm,
         iommu: opts.backend == DataPath::Dpdk,
         console_log: Some(node.dir.join(format!("console-{site}.log"))),
@@ -1009,6 +1053,7 @@ fn read_report(opts: &DemoOptions, metric_ports: [u16; 2], m: Measured) -> anyho
         mixed: m.mixed,
         engine,
         data_path: m.data_path,
+        rdma: None,
     };
     Ok(report)
 }
@@ -1098,6 +1143,20 @@ pub fn table(r: &Report) -> String {
     ));
     o.push_str(&format!("  engine                 {}\n", r.engine));
     o.push_str(&format!("  data path              {}\n", r.data_path));
+    if let Some(x) = &r.rdma {
+        o.push_str(&format!(
+            "  RDMA (Soft-RoCE)       A sent {} SENDs ({} inline), received {}; B sent {}, received {}\n",
+            x.sends_a, x.inline_sends_a, x.receives_a, x.sends_b, x.receives_b
+        ));
+        o.push_str(&format!(
+            "  RDMA link capture      {} frames, {} RoCEv2; plaintext marker seen {} times ({} marker pings answered)\n",
+            x.link_frames, x.roce_frames, x.marker_seen, x.marker_pings
+        ));
+        o.push_str(&format!(
+            "  RDMA recovery          B's data plane killed: traffic back in {:.1} s, A's queue pair remade {} time(s), {} SENDs since\n",
+            x.recovery_s, x.reconnects_a, x.sends_a_after
+        ));
+    }
     o
 }
 
@@ -1140,9 +1199,16 @@ mod tests {
         );
         for path in [DataPath::Dpdk, DataPath::AfPacket] {
             for (site, own, peer) in [('a', &a, &b), ('b', &b, &a)] {
-                let text = node_config(site, own, peer, path);
-                dwcp_provisioning::validate::check(&SourceFile::new("x", text))
-                    .unwrap_or_else(|d| panic!("{d:#?}"));
+                for with_rdma in [false, true] {
+                    let text = node_config(site, own, peer, path, with_rdma);
+                    let c = dwcp_provisioning::validate::check(&SourceFile::new("x", text))
+                        .unwrap_or_else(|d| panic!("{d:#?}"));
+                    assert_eq!(c.rdma.len(), usize::from(with_rdma));
+                    assert_eq!(
+                        c.tunnel.peers[0].transport == dwcp_provisioning::schema::Transport::Rdma,
+                        with_rdma
+                    );
+                }
             }
         }
     }

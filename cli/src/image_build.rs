@@ -26,6 +26,9 @@ pub const IMAGE_MODULES: &[&str] = &[
     "ib_uverbs",
     "rdma_rxe",
     "mlx5_ib",
+    // Soft-RoCE asks the crypto API for "crc32" (the ICRC) when a device is added, which an
+    // initramfs without modprobe cannot load on demand: "failed to add eth3" (ENOENT).
+    "crc32_generic",
     "vfio-pci",
     // vfio asks for its IOMMU backend with request_module, which an initramfs without
     // modprobe cannot answer: load it explicitly or DPDK finds "no supported IOMMU extensions".

@@ -101,6 +101,10 @@ enum Command {
         /// or `af-packet` (the kernel's driver).
         #[arg(long, value_enum, default_value = "dpdk")]
         backend: demo::DataPath,
+        /// Carry the tunnel's data over RDMA: Soft-RoCE on a fourth NIC of each appliance,
+        /// peers with `transport = "rdma"`; adds the RDMA checks to the report.
+        #[arg(long)]
+        rdma: bool,
     },
     /// Benchmarks that print figures against a ceiling measured in the same run.
     #[command(subcommand)]
@@ -317,9 +321,11 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             kvm,
             json,
             backend,
+            rdma,
         } => demo_command(
             demo::DemoOptions {
                 backend,
+                rdma,
                 mib,
                 step_mib,
                 pings,

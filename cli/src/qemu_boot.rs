@@ -24,6 +24,7 @@ pub fn vm_spec(name: &str, c: &NodeConfig, artifacts: &Path, initrd: PathBuf) ->
         mac: mgmt_mac,
         slot: Some(2),
         netdev: "user".into(),
+        dump: None,
     });
     for (i, p) in c.ports.iter().enumerate() {
         let slot = match (p.backend, p.pci) {
@@ -38,6 +39,7 @@ pub fn vm_spec(name: &str, c: &NodeConfig, artifacts: &Path, initrd: PathBuf) ->
             mac: format!("52:54:00:00:01:{idx:02x}"),
             slot,
             netdev: "user".into(),
+            dump: None,
         });
     }
     let cpus = c

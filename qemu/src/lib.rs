@@ -28,6 +28,9 @@ pub struct Nic {
     pub slot: Option<u8>,
     /// The `-netdev` backend options after the id, e.g. `user` or `socket,listen=:1234`.
     pub netdev: String,
+    /// Capture every frame through the NIC's backend into this pcap file (QEMU's
+    /// `filter-dump`).
+    pub dump: Option<PathBuf>,
 }
 
 /// Network boot: QEMU user networking's TFTP server and boot file, through the NIC's iPXE ROM.
@@ -155,6 +158,13 @@ impl VmSpec {
                 .unwrap_or_default();
             push("-device");
             push(&format!("{},netdev=n{i},mac={}{addr}", nic.model, nic.mac));
+            if let Some(file) = &nic.dump {
+                push("-object");
+                push(&format!(
+                    "filter-dump,id=dump{i},netdev=n{i},file={}",
+                    file.display()
+                ));
+            }
         }
         // Disks after the NICs, whose slots are fixed, so that theirs are the free ones: the
         // other disks first (vda, …), the one to boot from last and first in the firmware's
@@ -481,6 +491,7 @@ mod tests {
                 mac: "52:54:00:00:00:03".into(),
                 slot: Some(3),
                 netdev: "user".into(),
+                dump: None,
             }],
             kvm: false,
             iommu: true,

@@ -53,6 +53,7 @@ fn demo_carries_traffic_reports_and_leaves_nothing_behind() {
         artifacts: dwcp_tests::artifacts().to_path_buf(),
         progress: true,
         backend: demo::DataPath::Dpdk,
+        rdma: false,
     };
     let report = demo::run_demo(&opts);
     let left = leftovers();

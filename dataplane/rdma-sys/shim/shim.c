@@ -304,8 +304,11 @@ int dwcp_rdma_qp_connect(struct dwcp_rdma *r, struct ibv_qp *qp, uint32_t remote
 	}
 	memset(&a, 0, sizeof(a));
 	a.qp_state = IBV_QPS_RTS;
+	// About 67 ms per try, 6 retries: a peer that is gone shows as a retry-exceeded
+	// completion within a second. Not 7: Soft-RoCE treats retry_cnt 7 as "retry forever"
+	// (as the spec does only for rnr_retry), so a dead peer would never be noticed.
 	a.timeout = 14;
-	a.retry_cnt = 7;
+	a.retry_cnt = 6;
 	a.rnr_retry = 7;
 	a.sq_psn = local_psn;
 	a.max_rd_atomic = 1;

@@ -137,6 +137,10 @@ impl TxBatch {
         self.lens.push((side, len));
         self.rdma.push(NOT_RDMA);
     }
+    /// Whether the frame in `slot` goes by RDMA.
+    pub(super) fn is_rdma(&self, slot: usize) -> bool {
+        self.rdma.get(slot).is_some_and(|&p| p != NOT_RDMA)
+    }
     /// Commits the next frame, whose DWCP message goes by RDMA to `peer`.
     pub(super) fn commit_rdma(&mut self, peer: u8, len: usize) {
         self.lens.push((Side::Wan, len));

@@ -877,11 +877,8 @@ impl Gateway {
             return false;
         }
         match (self.path(peer), u8::try_from(peer)) {
-            (PeerPath::RdmaUp, Ok(p)) => {
-                tx.commit_rdma(p, OUTER_HEADERS + len);
-                self.counters.wan_tx_packets += 1;
-                self.counters.wan_tx_bytes += len as u64;
-            }
+            // Counted by the RDMA link (sends, bytes), not as the WAN port's.
+            (PeerPath::RdmaUp, Ok(p)) => tx.commit_rdma(p, OUTER_HEADERS + len),
             _ => self.counters.rdma_not_connected += 1,
         }
         true
@@ -1015,6 +1012,9 @@ impl Gateway {
             return;
         }
         l.1 -= saved;
+        if tx.is_rdma(sealed.slot) {
+            return; // No outer headers, and not counted as the WAN port's.
+        }
         if let Some(frame) = tx.bufs.get_mut(sealed.slot) {
             shrink_udp(&mut frame.bytes_mut()[ETH_LEN..], len);
         }
@@ -1407,6 +1407,64 @@ mod tests {
         assert_eq!(ip.payload()[0], 0, "echo reply type");
         assert_eq!(&ip.payload()[8..], b"hello");
         assert_eq!(ip_checksum(ip.payload()), 0, "ICMP checksum");
+    }
+
+    /// An RDMA peer's data messages leave for its queue pair (no outer headers, not by UDP),
+    /// the other gateway takes them from its queue pair as from the WAN, and while the queue
+    /// pair is down they are dropped and counted; control records still go by UDP.
+    #[test]
+    fn an_rdma_peer_s_data_goes_to_its_queue_pair_and_waits_while_it_is_down() {
+        let mut n = Net::new();
+        let pkt = |i: u8| {
+            let p = ipv4(HOST_A, HOST_B, IpProtocol::Udp, &[i; 300], true);
+            eth(GW_A_LAN, HOST_A_MAC, 0x0800, &p)
+        };
+        // A session first (over UDP, as the handshake always goes).
+        n.inject(true, Side::Lan, pkt(0));
+        assert_eq!(n.to_host_b.len(), 1);
+        let wan_before = n.a.counters.wan_tx_packets;
+        n.a.set_path(0, PeerPath::RdmaUp);
+        let mut tx = TxBatch::new(64);
+        n.a.from_lan(&pkt(1), &mut tx, n.now);
+        let mut rdma = Vec::new();
+        let mut ports = 0;
+        n.a.drain(&mut tx, n.now, |dest, buf, len| match dest {
+            Dest::Rdma(peer) => rdma.push((peer, buf.bytes()[OUTER_HEADERS..len].to_vec())),
+            Dest::Port(_) => ports += 1,
+        });
+        assert_eq!((rdma.len(), ports), (1, 0));
+        assert_eq!(rdma[0].0, 0);
+        assert_eq!(rdma[0].1[0], crate::proto::wire::TYPE_DATA);
+        assert_eq!(
+            n.a.counters.wan_tx_packets, wan_before,
+            "not the WAN port's"
+        );
+        // B takes it from its queue pair: delivered to site B's host.
+        let mut rx = TxBatch::new(64);
+        n.b.from_rdma(&rdma[0].1, &mut rx, n.now);
+        let mut lan = Vec::new();
+        n.b.drain(&mut rx, n.now, |dest, buf, len| {
+            if dest == Dest::Port(Side::Lan) {
+                lan.push(buf.bytes()[..len].to_vec());
+            }
+        });
+        assert_eq!(lan.len(), 1);
+        assert_eq!(ip_of(&lan[0]).payload(), &[1u8; 300][..]);
+        // Queue pair down: the packet is dropped and counted, and nothing leaves.
+        n.a.set_path(0, PeerPath::RdmaDown);
+        n.a.from_lan(&pkt(2), &mut tx, n.now);
+        let mut out = 0;
+        n.a.drain(&mut tx, n.now, |_, _, _| out += 1);
+        assert_eq!(out, 0);
+        assert_eq!(n.a.counters.rdma_not_connected, 1);
+        // A control record still goes by UDP, to the peer's endpoint.
+        n.a.send_control(&mut tx, 0, &[7u8; 32], n.now);
+        let mut udp = 0;
+        n.a.drain(&mut tx, n.now, |dest, _, _| {
+            assert_eq!(dest, Dest::Port(Side::Wan));
+            udp += 1;
+        });
+        assert_eq!(udp, 1);
     }
 
     #[test]

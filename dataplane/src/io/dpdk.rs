@@ -63,8 +63,11 @@ fn dpdk_ports(cfg: &NodeConfig) -> impl Iterator<Item = (usize, &Port)> {
         .filter(|(_, p)| p.backend == Backend::Dpdk)
 }
 
+/// PCI vendor ID of Mellanox (NVIDIA networking): ConnectX NICs, driven by mlx5.
+const MELLANOX: &str = "0x15b3";
+
 /// Checks what DPDK needs before starting it: hugepages when the config asks for them, and
-/// every PCI NIC present and bound to vfio-pci.
+/// every PCI NIC present and bound to vfio-pci (a ConnectX to the kernel's mlx5_core).
 pub fn check(cfg: &NodeConfig, paths: &SysPaths) -> Result<(), DpdkError> {
     let pcis: Vec<(usize, &Port)> = dpdk_ports(cfg).filter(|(_, p)| p.pci.is_some()).collect();
     if cfg.hugepages.count > 0 {
@@ -92,6 +95,7 @@ pub fn check(cfg: &NodeConfig, paths: &SysPaths) -> Result<(), DpdkError> {
             ));
         }
     }
+    let mut mlx5 = 0;
     for (i, p) in &pcis {
         let Some(addr) = p.pci else { continue };
         let dev = paths.sys.join("bus/pci/devices").join(addr.to_string());
@@ -104,6 +108,20 @@ pub fn check(cfg: &NodeConfig, paths: &SysPaths) -> Result<(), DpdkError> {
         let driver = std::fs::read_link(dev.join("driver"))
             .ok()
             .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let vendor = std::fs::read_to_string(dev.join("vendor")).unwrap_or_default();
+        if vendor.trim() == MELLANOX {
+            // ConnectX: DPDK's mlx5 driver works beside the kernel's mlx5_core (bifurcated),
+            // through rdma-core's verbs; vfio-pci cannot drive it.
+            if driver.as_deref() != Some("mlx5_core") {
+                return Err(DpdkError(format!(
+                    "ports[{i}] (`{}`): NIC {addr} is a ConnectX (mlx5) bound to `{}`: DPDK's mlx5 driver needs the kernel's mlx5_core on it (bifurcated), never vfio-pci",
+                    p.name,
+                    driver.as_deref().unwrap_or("no driver")
+                )));
+            }
+            mlx5 += 1;
+            continue;
+        }
         match driver.as_deref() {
             Some("vfio-pci") => {}
             Some(other) => {
@@ -120,7 +138,7 @@ pub fn check(cfg: &NodeConfig, paths: &SysPaths) -> Result<(), DpdkError> {
             }
         }
     }
-    if !pcis.is_empty() && !paths.vfio.exists() {
+    if pcis.len() > mlx5 && !paths.vfio.exists() {
         return Err(DpdkError(format!(
             "{} is missing: the vfio-pci module is not loaded",
             paths.vfio.display()
@@ -736,6 +754,27 @@ mod tests {
         std::fs::remove_file(dev.join("driver")).unwrap();
         let e = check(&cfg, &paths).unwrap_err().0;
         assert!(e.ends_with("is not bound to vfio-pci (no driver)"), "{e}");
+        // A ConnectX: DPDK's mlx5 driver needs mlx5_core on it, not vfio-pci.
+        std::fs::write(dev.join("vendor"), "0x15b3\n").unwrap();
+        let e = check(&cfg, &paths).unwrap_err().0;
+        assert!(
+            e.contains("is a ConnectX (mlx5) bound to `no driver`"),
+            "{e}"
+        );
+        let mlx5_core = paths.sys.join("bus/pci/drivers/mlx5_core");
+        std::fs::create_dir_all(&mlx5_core).unwrap();
+        std::os::unix::fs::symlink(&mlx5_core, dev.join("driver")).unwrap();
+        assert_eq!(check(&cfg, &paths), Ok(()));
+        std::fs::remove_file(dev.join("driver")).unwrap();
+        std::os::unix::fs::symlink(
+            paths.sys.join("bus/pci/drivers/vfio-pci"),
+            dev.join("driver"),
+        )
+        .unwrap();
+        let e = check(&cfg, &paths).unwrap_err().0;
+        assert!(e.contains("ConnectX (mlx5) bound to `vfio-pci`"), "{e}");
+        std::fs::remove_file(dev.join("vendor")).unwrap();
+        std::fs::remove_file(dev.join("driver")).unwrap();
         // An address that does not exist.
         std::fs::remove_dir_all(&dev).unwrap();
         let e = check(&cfg, &paths).unwrap_err().0;
