@@ -1081,6 +1081,55 @@ fn achieved_rates(g: &dyn Fn(&str) -> u64) -> String {
 mod tests {
     use super::*;
 
+    fn config_with(peers: &str) -> NodeConfig {
+        let text = dwcp_provisioning::example::qemu_example()
+            .unwrap()
+            .replace(
+                "[tunnel]\n",
+                "[[rdma]]\ndevice = \"rxe0\"\ninterface = \"eth3\"\naddress = \"192.168.50.1/24\"\nsoft_roce = true\n\n\
+                 [[rdma]]\ndevice = \"rxe1\"\ninterface = \"eth4\"\naddress = \"192.168.51.1/24\"\nsoft_roce = true\n\n[tunnel]\n",
+            )
+            .replace("allowed_prefixes = [\"10.2.0.0/16\"]\n", peers);
+        dwcp_provisioning::check(&dwcp_provisioning::SourceFile::new("c", text))
+            .unwrap_or_else(|d| panic!("{}", d[0]))
+    }
+
+    #[test]
+    fn rdma_peers_share_one_device_and_a_missing_one_is_named() {
+        let udp = config_with("allowed_prefixes = [\"10.2.0.0/16\"]\n");
+        assert!(rdma_plan(&udp).unwrap().is_none());
+        let one = config_with(
+            "allowed_prefixes = [\"10.2.0.0/16\"]\ntransport = \"rdma\"\nrdma = { device = \"rxe0\", gid_index = 1 }\n",
+        );
+        let (peer, endpoint, mask) = rdma_plan(&one).unwrap().unwrap();
+        assert_eq!(peer, "site-b");
+        assert_eq!(
+            (endpoint.device.as_str(), endpoint.port, endpoint.gid_index),
+            ("rxe0", 1, 1)
+        );
+        assert_eq!(mask, vec![true]);
+        // This machine has no such device (the build machines have no RDMA at all): the data
+        // plane cannot run the config, and says which peer and device.
+        let e = rdma_links(&one, 1).err().expect("no RDMA device here");
+        assert!(e.cannot_run());
+        let text = e.to_string();
+        assert!(
+            text.starts_with("peer `site-b` (transport rdma): RDMA device rxe0 port 1 GID index 1"),
+            "{text}"
+        );
+        let two = config_with(
+            "allowed_prefixes = [\"10.2.0.0/16\"]\ntransport = \"rdma\"\nrdma = { device = \"rxe0\", gid_index = 1 }\n\
+             [[tunnel.peers]]\nname = \"site-c\"\npublic_key = \"SBiWjkSQEpzcEfv8fVnJxaWFrpbnzzV4mpLWjWODnlU=\"\n\
+             allowed_prefixes = [\"10.3.0.0/16\"]\ntransport = \"rdma\"\nrdma = { device = \"rxe1\", gid_index = 1 }\n",
+        );
+        let e = rdma_plan(&two).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "RDMA peers use devices rxe0:1:1, rxe1:1:1: one RDMA device per node is supported"
+        );
+        assert!(e.cannot_run());
+    }
+
     #[test]
     fn the_console_gives_each_engines_achieved_rate() {
         let v = |n: &str| match n {

@@ -620,6 +620,7 @@ impl Tunnel {
 
     /// Installs a new sending session for `peer`, keeping the old one for what is in flight.
     fn install(&mut self, peer: usize, session: Session, now: Duration) {
+        self.peers[peer].handshake_soon = false;
         let old = self.peers[peer].current.replace(session);
         if old.is_some() {
             self.counters.rekeys += 1;
@@ -1216,9 +1217,10 @@ impl Tunnel {
         Action::None
     }
 
-    /// Asks for a new handshake with `peer` at the next [`Tunnel::tick`] (its RDMA queue pair
-    /// broke: a peer that restarted forgot the session, and a new one brings new queue-pair
-    /// details with it). The current session keeps working meanwhile.
+    /// Asks for a new handshake with `peer` at the next [`Tunnel::tick`], resent as any
+    /// unanswered initiation is until a new session is in place (its RDMA queue pair broke: a
+    /// peer that restarted forgot the session, and a new one carries new queue-pair details).
+    /// The current session keeps working meanwhile.
     pub fn handshake_soon(&mut self, peer: usize) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.handshake_soon = true;
@@ -1226,9 +1228,6 @@ impl Tunnel {
     }
 
     fn initiate(&mut self, peer: usize, out: &mut [u8], now: Duration) -> Action {
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.handshake_soon = false;
-        }
         let wall = self.wall_at_zero + now;
         let spec = self.peers[peer].spec.clone();
         let Ok((pending, noise)) = handshake::initiate(
@@ -1840,6 +1839,42 @@ mod tests {
             l.b.receive(&mut l.engine, &bad, None, &mut out, l.now),
             Action::Dropped(DropReason::AuthFailed)
         );
+    }
+
+    /// A broken RDMA queue pair asks for a handshake at once; a lost initiation is resent
+    /// (a restarted peer may not be listening yet) until a new session is in place.
+    #[test]
+    fn a_handshake_asked_for_is_resent_until_a_session_is_made() {
+        let (mut l, _) = established();
+        let mut out = vec![0u8; MAX_INNER + 64];
+        // Runs the timers; the initiations they send (keepalives are let through).
+        let initiations = |l: &mut Link, out: &mut Vec<u8>| {
+            let mut inits = Vec::new();
+            loop {
+                match l.a.tick(&mut l.engine, out, l.now) {
+                    Action::Send { len, .. } if out[0] == wire::TYPE_INIT => {
+                        inits.push(out[..len].to_vec())
+                    }
+                    Action::Send { len, .. } => l.put(true, &out[..len]),
+                    _ => return inits,
+                }
+            }
+        };
+        let completed = l.a.counters.handshakes_completed;
+        l.a.handshake_soon(0);
+        assert_eq!(initiations(&mut l, &mut out).len(), 1);
+        // Lost. Nothing more while it is fresh, then it is sent again.
+        l.now += Duration::from_secs(1);
+        assert!(initiations(&mut l, &mut out).is_empty());
+        l.now += Duration::from_secs(5);
+        let again = initiations(&mut l, &mut out);
+        assert_eq!(again.len(), 1, "not resent");
+        l.put(true, &again[0]);
+        l.pump();
+        assert_eq!(l.a.counters.handshakes_completed, completed + 1);
+        // Done: no further initiation.
+        l.now += Duration::from_secs(6);
+        assert!(initiations(&mut l, &mut out).is_empty());
     }
 
     #[test]
