@@ -349,13 +349,25 @@ fn image_is_stale(artifacts: &Path) -> bool {
         return true;
     };
     let root = image_build::workspace_root();
+    // The binaries' sources (the -sys crates' shims too) and what picks the image's modules.
     let mut stack = vec![
         root.join("init/src"),
-        root.join("dataplane/src"),
+        root.join("dataplane"),
         root.join("provisioning/src"),
         root.join("kernels/src"),
+        root.join("image/src"),
+        root.join("cli/src/image_build.rs"),
     ];
     while let Some(dir) = stack.pop() {
+        if dir.is_file() {
+            if std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+            {
+                return true;
+            }
+            continue;
+        }
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -927,14 +939,18 @@ impl<'a> Transfers<'a> {
             if last.elapsed() >= Duration::from_secs(3) {
                 last = Instant::now();
                 if let Ok(m) = metrics(self.metric_port) {
+                    // By UDP on the WAN port, or by RDMA.
                     let sent = metric_u64(
                         &m,
                         "dwcp_port_tx_bytes_total{node=\"site-a-gw\",port=\"wan0\"}",
+                    ) + metric_u64(
+                        &m,
+                        "dwcp_rdma_sent_bytes_total{node=\"site-a-gw\",peer=\"site-b\",worker=\"0\"}",
                     );
                     say(
                         self.opts,
                         &format!(
-                            "  ... {:.0} s, {} MiB sent over the WAN so far",
+                            "  ... {:.0} s, {} MiB sent to site B so far",
                             t0.elapsed().as_secs_f64(),
                             sent >> 20
                         ),
