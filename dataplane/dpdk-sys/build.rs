@@ -3,8 +3,8 @@
 //! constructors nothing else references), the libraries they need after them.
 
 /// Drivers and buses kept whole: PCI and virtual buses, the ring mempool, and the PMDs the
-/// appliance and its tests use (QEMU's e1000e/virtio, common Intel NICs, and the virtual
-/// ring, null, af_packet and tap devices).
+/// appliance and its tests use (QEMU's e1000e/virtio, common Intel NICs, ConnectX (mlx5),
+/// and the virtual ring, null, af_packet and tap devices).
 const WHOLE: &[&str] = &[
     "rte_bus_pci",
     "rte_bus_vdev",
@@ -17,6 +17,12 @@ const WHOLE: &[&str] = &[
     "rte_net_virtio",
     "rte_net_ixgbe",
     "rte_net_i40e",
+    // ConnectX: the mlx5 driver, its common class layer and the auxiliary bus it probes
+    // sub-functions on. They call rdma-core's verbs and mlx5dv, which `rdma-sys` links
+    // statically after DPDK (it is this crate's dependency).
+    "rte_bus_auxiliary",
+    "rte_common_mlx5",
+    "rte_net_mlx5",
 ];
 
 /// Libraries the drivers and the shim use, in link order.
