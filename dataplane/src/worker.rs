@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::control::stats::{Histogram, LoopCounters, STAGES, WorkerStats, flatten};
-use crate::gateway::{Dest, Gateway, OUTER_HEADERS, PeerPath, Side, TxBatch, wan_owner};
+use crate::gateway::{
+    Dest, Gateway, OUTER_HEADERS, PeerPath, Side, TxBatch, rdma_handoff_header,
+    rdma_handoff_message, wan_owner, wan_owner_of_message,
+};
 use crate::io::PacketPort;
 use crate::io::memory::Mailbox;
 
@@ -271,14 +274,30 @@ impl Worker {
             }
             send_timed(tx, gateway, now, out!(), &mut loop_counters, &mut hist[2]);
             let mut handed = 0;
-            while handed < *burst && inbox.pop(&mut |f| gateway.from_wan(f, tx, now)) {
+            while handed < *burst
+                && inbox.pop(&mut |f| match rdma_handoff_message(f) {
+                    Some(msg) => gateway.from_rdma(msg, tx, now),
+                    None => gateway.from_wan(f, tx, now),
+                })
+            {
                 handed += 1;
             }
             work += handed;
             send_all(tx, gateway, now, out!(), &mut loop_counters);
             if let Some(link) = rdma.as_mut() {
                 // Messages from the RDMA queue pairs, opened a burst at a time like the WAN's.
-                let n = link.poll(*burst, |_peer, msg| gateway.from_rdma(msg, tx, now));
+                let n = link.poll(*burst, |_peer, msg| match wan_owner_of_message(msg) {
+                    // Another worker's session: it opens the message, in order.
+                    Some(owner)
+                        if owner != *id
+                            && inboxes
+                                .get(usize::from(owner))
+                                .is_some_and(|b| b.push_parts(&rdma_handoff_header(), msg)) =>
+                    {
+                        loop_counters.handoff += 1;
+                    }
+                    _ => gateway.from_rdma(msg, tx, now),
+                });
                 loop_counters.seal_refused += gateway.finish_burst(tx, now) as u64;
                 work += n;
                 send_all(tx, gateway, now, out!(), &mut loop_counters);

@@ -1111,6 +1111,25 @@ pub fn wan_owner(frame: &[u8]) -> Option<u8> {
     wan_owner_of_message(ip.get(hl + UDP_LEN..)?)
 }
 
+/// EtherType (IEEE's, for local experiments) of the header a worker puts before a DWCP
+/// message from its RDMA queue pair when it hands the message to the worker owning its
+/// session ([`rdma_handoff_header`]); such frames only ever travel between workers.
+const RDMA_HANDOFF: u16 = 0x88b5;
+
+/// The 14-byte header before a handed-over RDMA message: no addresses, [`RDMA_HANDOFF`].
+pub fn rdma_handoff_header() -> [u8; ETH_LEN] {
+    let mut h = [0u8; ETH_LEN];
+    h[12..14].copy_from_slice(&RDMA_HANDOFF.to_be_bytes());
+    h
+}
+
+/// The DWCP message in a frame another worker handed over from its RDMA queue pair, or
+/// `None` for any other frame.
+pub fn rdma_handoff_message(frame: &[u8]) -> Option<&[u8]> {
+    (frame.get(..12)? == [0u8; 12] && frame.get(12..14)? == RDMA_HANDOFF.to_be_bytes())
+        .then(|| &frame[ETH_LEN..])
+}
+
 /// The worker that owns the session a DWCP message is for (data messages and handshake
 /// responses), or `None` for anything else.
 pub fn wan_owner_of_message(msg: &[u8]) -> Option<u8> {
@@ -1412,6 +1431,18 @@ mod tests {
     /// An RDMA peer's data messages leave for its queue pair (no outer headers, not by UDP),
     /// the other gateway takes them from its queue pair as from the WAN, and while the queue
     /// pair is down they are dropped and counted; control records still go by UDP.
+    #[test]
+    fn a_handed_over_rdma_message_is_told_from_a_wire_frame() {
+        let msg = [4u8, 0, 0, 0, 1, 2, 3, 4];
+        let frame = [&rdma_handoff_header()[..], &msg].concat();
+        assert_eq!(rdma_handoff_message(&frame), Some(&msg[..]));
+        assert_eq!(wan_owner_of_message(&msg), Some(1));
+        // Frames from a port have addresses: never taken for one.
+        let wire = eth(GW_A_WAN, GW_B_WAN, 0x88b5, &msg);
+        assert_eq!(rdma_handoff_message(&wire), None);
+        assert_eq!(rdma_handoff_message(&frame[..13]), None);
+    }
+
     #[test]
     fn an_rdma_peer_s_data_goes_to_its_queue_pair_and_waits_while_it_is_down() {
         let mut n = Net::new();

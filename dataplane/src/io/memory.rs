@@ -42,14 +42,21 @@ impl Mailbox {
 
     /// Copies a frame in; `false` when full or too large.
     pub fn push(&self, frame: &[u8]) -> bool {
-        if frame.len() > FRAME_MAX {
+        self.push_parts(&[], frame)
+    }
+
+    /// Copies a frame made of `head` then `body` in; `false` when full or too large.
+    pub fn push_parts(&self, head: &[u8], body: &[u8]) -> bool {
+        let len = head.len() + body.len();
+        if len > FRAME_MAX {
             return false;
         }
         let Some(mut buf) = self.free.pop() else {
             return false;
         };
-        buf.bytes_mut()[..frame.len()].copy_from_slice(frame);
-        match self.full.push((buf, frame.len())) {
+        buf.bytes_mut()[..head.len()].copy_from_slice(head);
+        buf.bytes_mut()[head.len()..len].copy_from_slice(body);
+        match self.full.push((buf, len)) {
             Ok(()) => true,
             Err((buf, _)) => {
                 let _ = self.free.push(buf);
