@@ -499,9 +499,11 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     )?;
 
     if opts.rdma {
+        let (a, b) = vms.split_at_mut(1);
         report.rdma = Some(rdma::checks(
             opts,
-            &mut vms[1],
+            &mut a[0],
+            &mut b[0],
             &dir.path().join("rdma-link.pcap"),
             metric_ports,
         )?);
@@ -1171,6 +1173,16 @@ pub fn table(r: &Report) -> String {
         o.push_str(&format!(
             "  RDMA recovery          B's data plane killed: traffic back in {:.1} s, A's queue pair remade {} time(s), {} SENDs since\n",
             x.recovery_s, x.reconnects_a, x.sends_a_after
+        ));
+        o.push_str(&format!("  RDMA status (A)        {}\n", x.status_a));
+        let bench: Vec<String> = x
+            .bench
+            .iter()
+            .map(|b| format!("{} B {:.0}/{:.0} µs", b[0], b[1], b[2]))
+            .collect();
+        o.push_str(&format!(
+            "  bench rdma (A)         per message, RDMA/UDP half round trip: {} (TCG guest: functional only)\n",
+            bench.join(", ")
         ));
     }
     o

@@ -192,6 +192,20 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// The RDMA transport: half a round trip and messages per second at 64 to 8192 bytes, two
+    /// queue pairs looped through the RDMA device the config's peers use, beside UDP on the
+    /// same address (needs that device on this machine, e.g. Soft-RoCE).
+    Rdma {
+        /// A node config with `[[rdma]]` and a peer on `transport = "rdma"`.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Round trips, and streamed messages, per size.
+        #[arg(long, default_value_t = 2000)]
+        messages: u32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -543,6 +557,17 @@ fn bench_command(bench: BenchCommand) -> anyhow::Result<Exit> {
             }
             if quick {
                 cmd.arg("--quick");
+            }
+        }
+        BenchCommand::Rdma {
+            config,
+            messages,
+            json,
+        } => {
+            cmd.args(["bench", "rdma", "--messages", &messages.to_string()]);
+            cmd.arg("--config").arg(&config);
+            if json {
+                cmd.arg("--json");
             }
         }
     }

@@ -3,7 +3,8 @@
 //! SIGTERM.
 //!
 //! `dwcp-dataplane bench pipeline [--json] [--seconds S]` runs the pipeline benchmark
-//! (`dwcp bench pipeline` calls it).
+//! (`dwcp bench pipeline` calls it); `dwcp-dataplane bench rdma --config FILE` the RDMA
+//! transport's (`dwcp bench rdma`, and the appliance console's `bench rdma`).
 //!
 //! Exit statuses: [`DataplaneExit`], shared with init (0 stopped on request, 2 bad
 //! arguments, 3 invalid config, 4 readiness failed, 5 could not start, 6 this node cannot run
@@ -113,10 +114,14 @@ fn bench(args: Vec<String>) -> ExitCode {
     if args.first().map(String::as_str) == Some("offload") {
         return bench_offload(&args);
     }
+    if args.first().map(String::as_str) == Some("rdma") {
+        return bench_rdma(&args);
+    }
     if args.first().map(String::as_str) != Some("pipeline") {
         eprintln!(
             "usage: dwcp-dataplane bench pipeline [--json] [--seconds S] [--burst N] [--offload on|off|auto [--packets N]] [--backend memory|dpdk]\n       \
-             dwcp-dataplane bench offload [--json] [--device N] [--quick]"
+             dwcp-dataplane bench offload [--json] [--device N] [--quick]\n       \
+             dwcp-dataplane bench rdma --config FILE [--messages N] [--json]"
         );
         return ExitCode::from(2);
     }
@@ -215,6 +220,69 @@ fn bench(args: Vec<String>) -> ExitCode {
 }
 
 /// `bench offload`: the GPU engine against the pinned-copy ceiling and the CPU engine.
+/// The RDMA transport's per-message cost beside UDP, on the device the config's RDMA peers
+/// use (`dwcp_dataplane::rdma::bench`).
+fn bench_rdma(args: &[String]) -> ExitCode {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let Some(path) = value("--config") else {
+        eprintln!("usage: dwcp-dataplane bench rdma --config FILE [--messages N] [--json]");
+        return DataplaneExit::Usage.into();
+    };
+    let messages = value("--messages")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000usize)
+        .max(1);
+    let cfg = match dwcp_provisioning::load_file(std::path::Path::new(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench rdma: {e}");
+            return DataplaneExit::InvalidConfig.into();
+        }
+    };
+    let plan = match dwcp_dataplane::control::app::rdma_plan(&cfg) {
+        Ok(Some((_, endpoint, _))) => endpoint,
+        Ok(None) => {
+            eprintln!("bench rdma: no peer in {path} uses transport = \"rdma\"");
+            return DataplaneExit::CannotStart.into();
+        }
+        Err(e) => {
+            eprintln!("bench rdma: {e}");
+            return DataplaneExit::CannotStart.into();
+        }
+    };
+    let Some(addr) = cfg
+        .rdma
+        .iter()
+        .find(|d| d.device.0 == plan.device)
+        .map(|d| d.address.addr())
+    else {
+        eprintln!(
+            "bench rdma: device {} is not one of the [[rdma]] devices",
+            plan.device
+        );
+        return DataplaneExit::InvalidConfig.into();
+    };
+    match dwcp_dataplane::rdma::bench::run(&plan, addr, messages) {
+        Ok(rows) => {
+            if args.iter().any(|a| a == "--json") {
+                println!("{}", dwcp_dataplane::rdma::bench::json(&rows));
+            } else {
+                print!("{}", dwcp_dataplane::rdma::bench::table(&plan, &rows));
+            }
+            println!("bench rdma: done");
+            DataplaneExit::Stopped.into()
+        }
+        Err(e) => {
+            eprintln!("bench rdma: {e}");
+            DataplaneExit::CannotStart.into()
+        }
+    }
+}
+
 fn bench_offload(args: &[String]) -> ExitCode {
     let json = args.iter().any(|a| a == "--json");
     let quick = args.iter().any(|a| a == "--quick");

@@ -588,10 +588,40 @@ impl Init {
                 let effects = self.life.kill();
                 self.carry_out(effects);
             }
+            Command::BenchRdma => self.bench_rdma(),
             Command::Reboot => return Some(RebootMode::RB_AUTOBOOT),
             Command::Poweroff => return Some(RebootMode::RB_POWER_OFF),
         }
         None
+    }
+
+    /// Starts the RDMA bench beside the running data plane; its lines go to the console and
+    /// the reaper collects it (it is not the data plane).
+    fn bench_rdma(&self) {
+        let rdma_peers = self.config.as_ref().is_some_and(|c| {
+            c.tunnel
+                .peers
+                .iter()
+                .any(|p| p.transport == dwcp_provisioning::schema::Transport::Rdma)
+        });
+        if !rdma_peers {
+            say!("bench rdma: no peer of this node uses transport = \"rdma\"");
+            return;
+        }
+        match Process::new(DATAPLANE)
+            .args([
+                "bench",
+                "rdma",
+                "--config",
+                RUN_CONFIG,
+                "--messages",
+                "1000",
+            ])
+            .spawn()
+        {
+            Ok(child) => say!("bench rdma: started pid {}", child.id()),
+            Err(e) => say!("bench rdma: cannot start {DATAPLANE}: {e}"),
+        }
     }
 
     /// Drains the data plane, syncs and powers off or reboots. Never returns.

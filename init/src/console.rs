@@ -53,6 +53,8 @@ pub enum Command {
     Restart,
     /// SIGKILL the data plane, to test supervision.
     KillDataplane,
+    /// Run the RDMA transport's bench on this node (`dwcp-dataplane bench rdma`).
+    BenchRdma,
     /// Drain and reboot.
     Reboot,
     /// Drain and power off.
@@ -72,6 +74,7 @@ pub fn parse(line: &str) -> Option<Command> {
         ["config"] => Command::Config,
         ["restart"] => Command::Restart,
         ["debug", "kill-dataplane"] => Command::KillDataplane,
+        ["bench", "rdma"] => Command::BenchRdma,
         ["reboot"] => Command::Reboot,
         ["poweroff"] => Command::Poweroff,
         ["help"] => Command::Help,
@@ -80,8 +83,7 @@ pub fn parse(line: &str) -> Option<Command> {
 }
 
 /// The help text.
-pub const HELP: &str =
-    "commands: status | config | restart | debug kill-dataplane | reboot | poweroff | help";
+pub const HELP: &str = "commands: status | config | restart | bench rdma | debug kill-dataplane | reboot | poweroff | help";
 
 #[cfg(test)]
 mod tests {
@@ -91,6 +93,7 @@ mod tests {
     fn commands() {
         assert_eq!(parse("  status \r"), Some(Command::Status));
         assert_eq!(parse("debug kill-dataplane"), Some(Command::KillDataplane));
+        assert_eq!(parse("bench  rdma"), Some(Command::BenchRdma));
         assert_eq!(parse(""), None);
         assert_eq!(parse("rm -rf /"), Some(Command::Unknown("rm -rf /".into())));
     }

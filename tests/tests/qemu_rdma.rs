@@ -56,6 +56,24 @@ fn two_appliances_carry_a_site_s_traffic_over_soft_roce_and_recover_from_a_resta
     assert!(r.reconnects_a >= 1, "{r:?}");
     assert!(r.sends_a_after > 0, "{r:?}");
     assert!(r.recovery_s < 60.0, "{r:?}");
+    // The console's status shows the queue pair connected again, and the reconnect.
+    assert!(
+        r.status_a.starts_with("rdma site-b: qp rts sends "),
+        "{}",
+        r.status_a
+    );
+    assert!(
+        r.status_a.contains(" reconnects ") && !r.status_a.ends_with(" reconnects 0"),
+        "{}",
+        r.status_a
+    );
+    // `bench rdma` ran on the appliance: a row per size, every figure measured.
+    assert_eq!(r.bench.len(), 4, "{:?}", r.bench);
+    assert!(
+        r.bench.iter().all(|b| b[1..].iter().all(|&v| v > 0.0)),
+        "{:?}",
+        r.bench
+    );
 }
 
 /// Site A's QEMU config with a Soft-RoCE device on a fourth NIC (`eth3`) and the peer on RDMA.

@@ -46,6 +46,30 @@ pub struct RdmaReport {
     pub recovery_s: f64,
     /// Messages site A sent by RDMA after the recovery.
     pub sends_a_after: u64,
+    /// Site A's console `status` line for the RDMA peer, after the recovery.
+    pub status_a: String,
+    /// `bench rdma` on site A's console: per message size, RDMA and UDP half round trips
+    /// (µs) and messages per second streamed: `[bytes, rdma_us, udp_us, rdma_mps, udp_mps]`.
+    pub bench: Vec<[f64; 5]>,
+}
+
+/// The rows of `bench rdma`'s table in console text.
+pub fn bench_rows(console: &str) -> Vec<[f64; 5]> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start_matches("dwcp-init: ");
+            let nums: Vec<f64> = l
+                .split(|c: char| c == '|' || c.is_whitespace())
+                .filter(|w| !w.is_empty())
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            <[f64; 6]>::try_from(nums)
+                .ok()
+                .map(|n| [n[0], n[1], n[2], n[3], n[4]])
+        })
+        .collect()
 }
 
 /// The extra config for RDMA: the Soft-RoCE device on `interface`, and the peer's transport.
@@ -104,6 +128,7 @@ pub fn read_capture(bytes: &[u8], marker: &[u8]) -> (u64, u64, u64) {
 /// site B's data plane and times until traffic passes again.
 pub fn checks(
     opts: &DemoOptions,
+    vm_a: &mut dwcp_qemu::Vm,
     vm_b: &mut dwcp_qemu::Vm,
     capture: &Path,
     metric_ports: [u16; 2],
@@ -156,6 +181,24 @@ pub fn checks(
     let ma = metrics(metric_ports[0])?;
     r.reconnects_a = sum(&ma, "dwcp_rdma_reconnects_total", "site-b");
     r.sends_a_after = sum(&ma, "dwcp_rdma_sends_total", "site-b").saturating_sub(r.sends_a);
+    // The console's view (the data plane tells init every 2 s).
+    std::thread::sleep(Duration::from_secs(3));
+    vm_a.send_line("status")?;
+    let line = vm_a.wait_for("rdma site-b: qp", Duration::from_secs(30))?;
+    r.status_a = line
+        .split(" | ")
+        .find(|part| part.contains("rdma site-b"))
+        .unwrap_or(&line)
+        .trim()
+        .to_owned();
+    say(
+        opts,
+        "RDMA: `bench rdma` on site A's console (two queue pairs looped through rxe0, beside UDP)...",
+    );
+    let before = vm_a.console().len();
+    vm_a.send_line("bench rdma")?;
+    vm_a.wait_for("bench rdma: done", Duration::from_secs(300))?;
+    r.bench = bench_rows(vm_a.console().get(before..).unwrap_or_default());
     Ok(r)
 }
 
@@ -188,6 +231,22 @@ mod tests {
         assert_eq!(read_capture(&pcap, MARKER), (3, 2, 1));
         // A truncated last record is not counted.
         assert_eq!(read_capture(&pcap[..pcap.len() - 1], MARKER).0, 2);
+    }
+
+    #[test]
+    fn the_bench_table_is_read_from_the_console() {
+        let console = "bench rdma: rxe0 port 1 GID index 1, two queue pairs\n\
+                        bytes |  RDMA µs/msg   UDP µs/msg |     RDMA msg/s      UDP msg/s |   inline\n\
+                           64 |         12.5         30.1 |          80000          40000 |     1000\n\
+                         8192 |         40.0         55.5 |          20000          15000 |        0\n\
+                        bench rdma: done\n";
+        assert_eq!(
+            bench_rows(console),
+            vec![
+                [64.0, 12.5, 30.1, 80000.0, 40000.0],
+                [8192.0, 40.0, 55.5, 20000.0, 15000.0]
+            ]
+        );
     }
 
     #[test]

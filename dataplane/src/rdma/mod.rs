@@ -3,6 +3,7 @@
 //! worker does with one, the adaptive inline threshold, and receive-buffer accounting.
 //! [`link`] carries them out on a real device.
 
+pub mod bench;
 // The verbs' memory contracts (registered buffers the device reads and writes) are kept
 // here, each `unsafe` with its SAFETY note, as the packet I/O backends do.
 #[allow(unsafe_code)]
