@@ -273,11 +273,11 @@ fn bench_rdma(args: &[String]) -> ExitCode {
             } else {
                 print!("{}", dwcp_dataplane::rdma::bench::table(&plan, &rows));
             }
-            println!("bench rdma: done");
+            println!("bench rdma: finished");
             DataplaneExit::Stopped.into()
         }
         Err(e) => {
-            eprintln!("bench rdma: {e}");
+            eprintln!("bench rdma: finished: FAILED: {e}");
             DataplaneExit::CannotStart.into()
         }
     }

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use dwcp_dataplane::gateway::{FRAME_MAX, Gateway, GatewayConfig, PortAddr, Side, TxBatch};
+use dwcp_dataplane::gateway::{Dest, FRAME_MAX, Gateway, GatewayConfig, PortAddr, Side, TxBatch};
 use dwcp_dataplane::proto::tunnel::{Params, PeerSpec, Tunnel};
 use dwcp_kernels::cpu::CpuEngine;
 
@@ -171,8 +171,11 @@ impl Net {
     /// requests for a host answered by it, the rest to the host.
     fn send_all(&mut self, g: usize) {
         let mut out = Vec::new();
-        self.gw[g].drain(&mut self.tx, self.now, |side, buf, len| {
+        self.gw[g].drain(&mut self.tx, self.now, |dest, buf, len| {
             assert!((14..=FRAME_MAX).contains(&len), "a frame of {len} bytes");
+            let Dest::Port(side) = dest else {
+                panic!("a frame for an RDMA queue pair, with no RDMA peer: {dest:?}");
+            };
             out.push((side, buf.bytes()[..len].to_vec()));
         });
         for (side, f) in out {

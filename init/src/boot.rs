@@ -349,8 +349,14 @@ fn apply(fs: &dyn SysFs, c: &NodeConfig) -> Result<Facts, Vec<String>> {
     }
 }
 
-/// Management comes up even when the data plane cannot: operators need it most then.
+/// Management comes up even when the data plane cannot: operators need it most then. So
+/// does the loopback interface, which the kernel needs for traffic between the node's own
+/// addresses (the console's `bench rdma` sends UDP from the RDMA interface's address to
+/// itself).
 fn setup_management(fs: &dyn SysFs, c: &NodeConfig) {
+    if let Err(e) = management::link_up(fs, "lo") {
+        say!("loopback: {e}");
+    }
     let m = &c.management;
     let iface = match management::find(fs, m) {
         Ok(i) => i,

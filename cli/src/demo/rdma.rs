@@ -197,7 +197,10 @@ pub fn checks(
     );
     let before = vm_a.console().len();
     vm_a.send_line("bench rdma")?;
-    vm_a.wait_for("bench rdma: done", Duration::from_secs(300))?;
+    let end = vm_a.wait_for("bench rdma: finished", Duration::from_secs(300))?;
+    if end.contains("FAILED") {
+        bail!("{}", end.trim());
+    }
     r.bench = bench_rows(vm_a.console().get(before..).unwrap_or_default());
     Ok(r)
 }
@@ -239,7 +242,7 @@ mod tests {
                         bytes |  RDMA µs/msg   UDP µs/msg |     RDMA msg/s      UDP msg/s |   inline\n\
                            64 |         12.5         30.1 |          80000          40000 |     1000\n\
                          8192 |         40.0         55.5 |          20000          15000 |        0\n\
-                        bench rdma: done\n";
+                        bench rdma: finished\n";
         assert_eq!(
             bench_rows(console),
             vec![
