@@ -1178,10 +1178,15 @@ pub fn table(r: &Report) -> String {
         let bench: Vec<String> = x
             .bench
             .iter()
-            .map(|b| format!("{} B {:.0}/{:.0} µs", b[0], b[1], b[2]))
+            .map(|b| {
+                format!(
+                    "{} B {:.0}/{:.0} µs {:.0}/{:.0} msg/s",
+                    b[0], b[1], b[2], b[3], b[4]
+                )
+            })
             .collect();
         o.push_str(&format!(
-            "  bench rdma (A)         per message, RDMA/UDP half round trip: {} (TCG guest: functional only)\n",
+            "  bench rdma (A)         RDMA/UDP half round trip and streamed: {} (TCG guest: functional only)\n",
             bench.join(", ")
         ));
     }
