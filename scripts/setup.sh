@@ -9,7 +9,8 @@ set -euo pipefail
 # libelf1 and libssl3: the kernel's prebuilt kbuild tools, for the GPU image's NVIDIA modules.
 # libtsan2: ThreadSanitizer, for the kernels' race check (decision 0023; g++ pulls it in too).
 # libibverbs-dev, libnl-3-dev, libnl-route-3-dev: rdma-core 44 and libnl for rdma-sys (decision 0028).
-PACKAGES=(build-essential libtsan2 libelf1 libssl3 pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3 python3-pip libdpdk-dev dpdk dpdk-dev libibverbs-dev libnl-3-dev libnl-route-3-dev)
+# prometheus: promtool, which checks the metrics, the alert rules and their tests (monitoring/).
+PACKAGES=(build-essential libtsan2 libelf1 libssl3 pkg-config ca-certificates apt dpkg qemu-system-x86 ovmf ipxe-qemu iproute2 iputils-ping ethtool curl python3 python3-pip libdpdk-dev dpdk dpdk-dev libibverbs-dev libnl-3-dev libnl-route-3-dev prometheus)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

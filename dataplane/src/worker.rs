@@ -161,12 +161,29 @@ fn send_timed(
     hist.record(per_packet(t0, n), n as u64);
 }
 
+/// Publishes each peer's traffic and sessions, and its RDMA queue pair's state, for the
+/// control thread (every [`PUBLISH`]).
+fn publish_peers(
+    now: Duration,
+    stats: &WorkerStats,
+    gateway: &Gateway,
+    rdma: Option<&crate::rdma::link::Link>,
+) {
+    for (peer, p) in gateway.tunnel.peer_stats(now) {
+        stats.publish_peer(peer, &crate::control::stats::peer_row(&p));
+    }
+    if let Some(link) = rdma {
+        for (peer, c, state) in link.peer_counters() {
+            stats.publish_rdma(peer, &crate::control::stats::rdma_row(&c, state));
+        }
+    }
+}
+
 /// Publishes the worker's counters and histograms to the control thread (every
 /// [`PUBLISH`], not per packet), and a GPU failure not yet told.
 fn publish(
     stats: &WorkerStats,
     gateway: &Gateway,
-    rdma: Option<&crate::rdma::link::Link>,
     tx: &TxBatch,
     loop_counters: &mut LoopCounters,
     hist: &[Histogram; STAGES.len()],
@@ -174,11 +191,6 @@ fn publish(
 ) {
     loop_counters.tx_no_room = tx.no_room();
     stats.publish_histograms(hist);
-    if let Some(link) = rdma {
-        for (peer, c, state) in link.peer_counters() {
-            stats.publish_rdma(peer, &crate::control::stats::rdma_row(&c, state));
-        }
-    }
     stats.publish(&flatten(
         &gateway.counters,
         &gateway.tunnel.counters,
@@ -318,10 +330,10 @@ impl Worker {
             }
             if now.saturating_sub(last_publish) >= PUBLISH {
                 last_publish = now;
+                publish_peers(now, stats, gateway, rdma.as_ref());
                 publish(
                     stats,
                     gateway,
-                    rdma.as_ref(),
                     tx,
                     &mut loop_counters,
                     &hist,

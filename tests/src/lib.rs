@@ -5,6 +5,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod monitoring;
 pub mod netns;
 
 use std::path::{Path, PathBuf};

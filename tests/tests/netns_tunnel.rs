@@ -460,6 +460,9 @@ fn tunnel(dpdk: bool) {
             .unwrap_or_default();
         eprintln!("{node}: {rtt}");
     }
+    // Prometheus's lint, the per-peer families, and every series the alert rules and the
+    // dashboard read, on this real scrape.
+    dwcp_tests::monitoring::check_scrape(&a_metrics, "gw-a", "peer");
 }
 
 #[test]

@@ -8,6 +8,10 @@
 
 #![allow(non_camel_case_types)]
 
+// The mlx5 driver linked in by build.rs calls rdma-core's verbs and mlx5dv, which `rdma-sys`
+// links: named here so every binary with DPDK in it (this crate's own tests too) links it.
+extern crate rdma_sys as _;
+
 use std::ffi::{c_char, c_int, c_uint};
 
 /// A DPDK packet buffer (opaque).

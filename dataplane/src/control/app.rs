@@ -331,6 +331,9 @@ pub struct Running {
     dpdk: Vec<(String, u16, Option<bool>)>,
     /// What has been said about GPU failures.
     gpu_watch: GpuWatch,
+    /// When this process started (Unix seconds): `process_start_time_seconds`, which tells a
+    /// restart.
+    started_unix: f64,
 }
 
 /// The GPU failures told to the operator: each worker's once, with its reason, and the GPU's
@@ -491,6 +494,9 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             .map(|(n, id)| (n, id, None))
             .collect(),
         gpu_watch: GpuWatch::default(),
+        started_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
     })
 }
 
@@ -825,6 +831,25 @@ impl Running {
         )
     }
 
+    /// Each configured peer's traffic and sessions, merged over the workers.
+    fn peer_rows(&self) -> Vec<metrics::PeerRow> {
+        self.config
+            .tunnel
+            .peers
+            .iter()
+            .take(stats::PEERS)
+            .enumerate()
+            .map(|(i, p)| metrics::PeerRow {
+                peer: p.name.to_string(),
+                transport: match p.transport {
+                    dwcp_provisioning::schema::Transport::Udp => "udp",
+                    dwcp_provisioning::schema::Transport::Rdma => "rdma",
+                },
+                values: stats::merge_peer(self.stats.iter().map(|s| s.read_peer(i))),
+            })
+            .collect()
+    }
+
     /// Each worker's queue pair to each RDMA peer, as last published.
     fn rdma_rows(&self) -> Vec<metrics::RdmaPeerRow> {
         let mut rows = Vec::new();
@@ -947,6 +972,13 @@ impl Running {
                 .collect();
             text.push_str(&metrics::render_dpdk(&ports, node));
         }
+        text.push_str(&metrics::render_peers(&self.peer_rows(), node));
+        text.push_str(&format!(
+            "# HELP process_start_time_seconds Start time of the data-plane process since the Unix epoch.\n\
+             # TYPE process_start_time_seconds gauge\n\
+             process_start_time_seconds{{node=\"{node}\"}} {:.3}\n",
+            self.started_unix
+        ));
         let rdma = self.rdma_rows();
         if !rdma.is_empty() {
             text.push_str(&metrics::render_rdma(

@@ -88,15 +88,16 @@ pub fn render_dpdk(ports: &[DpdkPort], node: &str) -> String {
     }
     let _ = writeln!(
         o,
-        "# HELP dwcp_port_link_speed_mbps Link speed of a DPDK port."
+        "# HELP dwcp_port_link_speed_bytes Link speed of a DPDK port, in bytes per second."
     );
-    let _ = writeln!(o, "# TYPE dwcp_port_link_speed_mbps gauge");
+    let _ = writeln!(o, "# TYPE dwcp_port_link_speed_bytes gauge");
     for p in ports {
         if let Some((_, speed)) = p.link {
             let _ = writeln!(
                 o,
-                "dwcp_port_link_speed_mbps{{node=\"{node}\",port=\"{}\"}} {speed}",
-                p.name
+                "dwcp_port_link_speed_bytes{{node=\"{node}\",port=\"{}\"}} {}",
+                p.name,
+                u64::from(speed) * 1_000_000 / 8
             );
         }
     }
@@ -112,6 +113,119 @@ pub fn render_dpdk(ports: &[DpdkPort], node: &str) -> String {
                 o,
                 "dwcp_dpdk_xstat{{node=\"{node}\",port=\"{}\",name=\"{name}\"}} {v}",
                 p.name
+            );
+        }
+    }
+    o
+}
+
+/// One configured peer, for the metrics: its name, transport and merged values.
+#[derive(Clone, Debug)]
+pub struct PeerRow {
+    /// The peer's name (config).
+    pub peer: String,
+    /// `udp` or `rdma`.
+    pub transport: &'static str,
+    /// Its values in [`stats::PEER_FIELDS`] order, merged over workers
+    /// ([`stats::merge_peer`]).
+    pub values: [u64; stats::PEER_FIELDS.len()],
+}
+
+/// Renders the per-peer families: configured peers (`_info`), session state, last handshake,
+/// traffic each way and handshakes, each labelled with the peer's name.
+pub fn render_peers(rows: &[PeerRow], node: &str) -> String {
+    let mut o = String::new();
+    let field = |name: &str| {
+        stats::PEER_FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or(0)
+    };
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_peer_info A configured peer: its transport and current endpoint (always 1)."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_peer_info gauge");
+    for r in rows {
+        let ip = u32::try_from(r.values[field("endpoint_ip")]).unwrap_or(0);
+        let port = r.values[field("endpoint_port")];
+        let endpoint = if ip == 0 {
+            String::new()
+        } else {
+            format!("{}:{port}", std::net::Ipv4Addr::from(ip))
+        };
+        let _ = writeln!(
+            o,
+            "dwcp_peer_info{{node=\"{node}\",peer=\"{}\",transport=\"{}\",endpoint=\"{endpoint}\"}} 1",
+            r.peer, r.transport
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP dwcp_peer_last_handshake_timestamp_seconds When the last session with the peer was established (Unix time; 0: never)."
+    );
+    let _ = writeln!(o, "# TYPE dwcp_peer_last_handshake_timestamp_seconds gauge");
+    for r in rows {
+        let ns = r.values[field("last_handshake_unix_ns")];
+        let _ = writeln!(
+            o,
+            "dwcp_peer_last_handshake_timestamp_seconds{{node=\"{node}\",peer=\"{}\"}} {}",
+            r.peer,
+            ns as f64 / 1e9
+        );
+    }
+    for (metric, kind, f, help) in [
+        (
+            "dwcp_peer_session_up",
+            "gauge",
+            "session_up",
+            "Whether a session with the peer can carry data (1) or not (0).",
+        ),
+        (
+            "dwcp_peer_sent_packets_total",
+            "counter",
+            "tx_packets",
+            "Inner packets sent to the peer.",
+        ),
+        (
+            "dwcp_peer_sent_bytes_total",
+            "counter",
+            "tx_bytes",
+            "Inner bytes sent to the peer.",
+        ),
+        (
+            "dwcp_peer_received_packets_total",
+            "counter",
+            "rx_packets",
+            "Inner packets received from the peer and delivered.",
+        ),
+        (
+            "dwcp_peer_received_bytes_total",
+            "counter",
+            "rx_bytes",
+            "Inner bytes received from the peer and delivered.",
+        ),
+        (
+            "dwcp_peer_handshakes_total",
+            "counter",
+            "handshakes",
+            "Sessions established with the peer.",
+        ),
+        (
+            "dwcp_peer_rekeys_total",
+            "counter",
+            "rekeys",
+            "Sessions with the peer that replaced an older one.",
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {metric} {help}");
+        let _ = writeln!(o, "# TYPE {metric} {kind}");
+        for r in rows {
+            let _ = writeln!(
+                o,
+                "{metric}{{node=\"{node}\",peer=\"{}\"}} {}",
+                r.peer,
+                r.values[field(f)]
             );
         }
     }
@@ -292,11 +406,13 @@ pub fn render_gpu(
         &s.memory_free,
     );
     if let Some(u) = s.utilization_pct {
+        // A ratio, 0 to 1 (Prometheus's convention), from NVML's percent.
+        let ratio = format!("{:.2}", f64::from(u) / 100.0);
         gauge(
             &mut o,
-            "dwcp_gpu_utilization_percent",
-            "GPU utilisation.",
-            &u,
+            "dwcp_gpu_utilization_ratio",
+            "GPU utilisation, 0 to 1.",
+            &ratio,
         );
     }
     if let Some(t) = s.temperature_c {
@@ -861,7 +977,7 @@ mod tests {
             ),
             "{gpu}"
         );
-        assert!(gpu.contains("dwcp_gpu_utilization_percent{node=\"n1\"} 12"));
+        assert!(gpu.contains("dwcp_gpu_utilization_ratio{node=\"n1\"} 0.12"));
         assert!(gpu.contains("dwcp_gpu_memory_free_bytes{node=\"n1\"} 60"));
         assert!(!gpu.contains("temperature"), "no reading, no sample");
         assert!(!gpu.contains("ecc"), "no ECC, no sample: {gpu}");
@@ -895,7 +1011,7 @@ mod tests {
             d.contains("dwcp_port_link_up{node=\"n1\",port=\"wan0\"} 1"),
             "{d}"
         );
-        assert!(d.contains("dwcp_port_link_speed_mbps{node=\"n1\",port=\"wan0\"} 1000"));
+        assert!(d.contains("dwcp_port_link_speed_bytes{node=\"n1\",port=\"wan0\"} 125000000"));
         assert!(
             d.contains("dwcp_dpdk_xstat{node=\"n1\",port=\"wan0\",name=\"rx_good_packets\"} 42")
         );

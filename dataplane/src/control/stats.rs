@@ -305,10 +305,68 @@ pub fn rdma_row(c: &crate::rdma::PeerCounters, qp_state: i32) -> [u64; RDMA_FIEL
     ]
 }
 
+/// Peers whose traffic a worker publishes (by peer index; more are not shown).
+pub const PEERS: usize = 16;
+/// Per peer, in order: [`crate::proto::tunnel::PeerStats`]' fields.
+pub const PEER_FIELDS: [&str; 10] = [
+    "tx_packets",
+    "tx_bytes",
+    "rx_packets",
+    "rx_bytes",
+    "handshakes",
+    "rekeys",
+    "last_handshake_unix_ns",
+    "session_up",
+    "endpoint_ip",
+    "endpoint_port",
+];
+
+/// One peer's published values, in [`PEER_FIELDS`] order.
+pub fn peer_row(p: &crate::proto::tunnel::PeerStats) -> [u64; PEER_FIELDS.len()] {
+    [
+        p.tx_packets,
+        p.tx_bytes,
+        p.rx_packets,
+        p.rx_bytes,
+        p.handshakes,
+        p.rekeys,
+        p.last_handshake_unix_ns,
+        p.session_up,
+        p.endpoint_ip,
+        p.endpoint_port,
+    ]
+}
+
+/// Several workers' views of one peer as one: counters add up; the last handshake and
+/// whether a session is up are the latest and any; the endpoint is the one the worker with
+/// the latest handshake knows (or any known one).
+pub fn merge_peer(
+    rows: impl Iterator<Item = [u64; PEER_FIELDS.len()]>,
+) -> [u64; PEER_FIELDS.len()] {
+    let mut total = [0u64; PEER_FIELDS.len()];
+    let mut latest = 0;
+    for r in rows {
+        for i in 0..6 {
+            total[i] += r[i];
+        }
+        total[7] = total[7].max(r[7]);
+        if r[8] != 0 && (r[6] >= latest || total[8] == 0) {
+            total[8] = r[8];
+            total[9] = r[9];
+        }
+        if r[6] >= latest {
+            latest = r[6];
+        }
+        total[6] = latest;
+    }
+    total
+}
+
 /// One worker's published counters, on cache lines of its own.
 #[repr(align(64))]
 pub struct WorkerStats {
     values: [AtomicU64; COUNT],
+    peers: [[AtomicU64; PEER_FIELDS.len()]; PEERS],
     rdma: [[AtomicU64; RDMA_FIELDS.len()]; RDMA_PEERS],
     hist: [[AtomicU64; HIST_SLOTS]; STAGES.len()],
     /// The GPU failures the worker's dispatcher has had, and why it was taken out of service.
@@ -320,6 +378,7 @@ impl Default for WorkerStats {
         Self {
             values: std::array::from_fn(|_| AtomicU64::new(0)),
             rdma: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            peers: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             hist: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             gpu_failure: Mutex::new((0, None)),
         }
@@ -332,6 +391,24 @@ impl WorkerStats {
         for (slot, v) in self.values.iter().zip(values) {
             slot.store(*v, Ordering::Relaxed);
         }
+    }
+
+    /// Publishes one peer's traffic and session values ([`peer_row`]).
+    pub fn publish_peer(&self, peer: usize, row: &[u64; PEER_FIELDS.len()]) {
+        if let Some(slots) = self.peers.get(peer) {
+            for (slot, v) in slots.iter().zip(row) {
+                slot.store(*v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The last published values of peer `peer`.
+    pub fn read_peer(&self, peer: usize) -> [u64; PEER_FIELDS.len()] {
+        self.peers
+            .get(peer)
+            .map_or([0; PEER_FIELDS.len()], |slots| {
+                std::array::from_fn(|i| slots[i].load(Ordering::Relaxed))
+            })
     }
 
     /// Publishes one RDMA peer's queue-pair values ([`rdma_row`]).

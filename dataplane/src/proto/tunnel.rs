@@ -332,6 +332,34 @@ struct Peer {
     spare: Vec<Vec<u8>>,
     /// Compression gates, by [`flow_gate`].
     gates: [CompressGate; FLOW_GATES],
+    /// What went to and came from this peer.
+    stats: PeerStats,
+}
+
+/// One peer's traffic and sessions, as one worker's tunnel saw them ([`Tunnel::peer_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Inner packets sent to the peer (keepalives not counted).
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Inner packets received from the peer and delivered.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Sessions established with it (either side initiating).
+    pub handshakes: u64,
+    /// Of them, ones that replaced a session.
+    pub rekeys: u64,
+    /// Wall-clock time of the last session established, nanoseconds since the Unix epoch
+    /// (0: none yet).
+    pub last_handshake_unix_ns: u64,
+    /// 1 when a session can carry data now.
+    pub session_up: u64,
+    /// The peer's current endpoint, IPv4 as a number and port (0: none known).
+    pub endpoint_ip: u64,
+    /// See `endpoint_ip`.
+    pub endpoint_port: u64,
 }
 
 impl Peer {
@@ -346,6 +374,7 @@ impl Peer {
             pending: None,
             last_timestamp: [0; TIMESTAMP_LEN],
             handshake_soon: false,
+            stats: PeerStats::default(),
             last_sent: Duration::ZERO,
             staged: VecDeque::with_capacity(STAGED_MAX),
             spare: (0..STAGED_MAX)
@@ -507,6 +536,26 @@ impl Tunnel {
         }
     }
 
+    /// Each peer's traffic and sessions as this worker saw them, by peer index; whether a
+    /// session is up and the endpoint are read now (`now`: this tunnel's clock).
+    pub fn peer_stats(&self, now: Duration) -> impl Iterator<Item = (usize, PeerStats)> + '_ {
+        let reject_after = self.params.reject_after;
+        self.peers.iter().enumerate().map(move |(i, p)| {
+            let usable = |s: &Session| {
+                now.saturating_sub(s.born) < reject_after && s.send_counter < REJECT_AFTER_MESSAGES
+            };
+            let mut st = p.stats;
+            st.session_up = u64::from(
+                p.current.as_ref().is_some_and(usable) || p.next.as_ref().is_some_and(usable),
+            );
+            if let Some(e) = p.endpoint {
+                st.endpoint_ip = u64::from(u32::from(*e.ip()));
+                st.endpoint_port = u64::from(e.port());
+            }
+            (i, st)
+        })
+    }
+
     /// The worker this tunnel belongs to.
     pub fn worker(&self) -> u8 {
         self.worker
@@ -620,9 +669,14 @@ impl Tunnel {
 
     /// Installs a new sending session for `peer`, keeping the old one for what is in flight.
     fn install(&mut self, peer: usize, session: Session, now: Duration) {
-        self.peers[peer].handshake_soon = false;
-        let old = self.peers[peer].current.replace(session);
+        let wall = self.wall_at_zero + now;
+        let p = &mut self.peers[peer];
+        p.handshake_soon = false;
+        p.stats.handshakes += 1;
+        p.stats.last_handshake_unix_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
+        let old = p.current.replace(session);
         if old.is_some() {
+            p.stats.rekeys += 1;
             self.counters.rekeys += 1;
         }
         self.retire(peer, old, now);
@@ -732,6 +786,10 @@ impl Tunnel {
             compress,
         };
         p.last_sent = now;
+        if !inner.is_empty() {
+            p.stats.tx_packets += 1;
+            p.stats.tx_bytes += inner.len() as u64;
+        }
         let len = DATA_HEADER_LEN + inner.len() + TAG_LEN;
         self.counters.tx_messages += 1;
         self.counters.tx_inner_bytes += inner.len() as u64;
@@ -1152,6 +1210,10 @@ impl Tunnel {
     fn delivered(&mut self, peer: usize, len: usize) -> Action {
         if len == 0 {
             return Action::None; // keepalive
+        }
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.stats.rx_packets += 1;
+            p.stats.rx_bytes += len as u64;
         }
         self.counters.rx_packets += 1;
         self.counters.rx_inner_bytes += len as u64;
