@@ -880,6 +880,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn renders_each_peer_with_its_label() {
+        let mut values = [0u64; stats::PEER_FIELDS.len()];
+        values[0] = 3; // tx_packets
+        values[1] = 4500;
+        values[6] = 1_700_000_000_500_000_000; // last handshake, ns
+        values[7] = 1;
+        values[8] = u64::from(u32::from(std::net::Ipv4Addr::new(203, 0, 113, 20)));
+        values[9] = 51900;
+        let rows = [
+            PeerRow {
+                peer: "site-b".into(),
+                transport: "rdma",
+                values,
+            },
+            PeerRow {
+                peer: "site-c".into(),
+                transport: "udp",
+                values: [0; stats::PEER_FIELDS.len()],
+            },
+        ];
+        let t = render_peers(&rows, "n1");
+        for line in [
+            "dwcp_peer_info{node=\"n1\",peer=\"site-b\",transport=\"rdma\",endpoint=\"203.0.113.20:51900\"} 1",
+            "dwcp_peer_info{node=\"n1\",peer=\"site-c\",transport=\"udp\",endpoint=\"\"} 1",
+            "dwcp_peer_session_up{node=\"n1\",peer=\"site-b\"} 1",
+            "dwcp_peer_session_up{node=\"n1\",peer=\"site-c\"} 0",
+            "dwcp_peer_sent_packets_total{node=\"n1\",peer=\"site-b\"} 3",
+            "dwcp_peer_sent_bytes_total{node=\"n1\",peer=\"site-b\"} 4500",
+            "dwcp_peer_last_handshake_timestamp_seconds{node=\"n1\",peer=\"site-b\"} 1700000000.5",
+            "dwcp_peer_last_handshake_timestamp_seconds{node=\"n1\",peer=\"site-c\"} 0",
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing `{line}` in\n{t}");
+        }
+        assert!(t.contains("# TYPE dwcp_peer_sent_bytes_total counter"));
+    }
+
+    #[test]
     fn renders_the_endpoints_own_counters() {
         let st = crate::control::scrape::ScrapeStats {
             answered: 5,

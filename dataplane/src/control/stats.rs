@@ -510,6 +510,26 @@ pub fn get(values: &[u64; COUNT], name: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn peers_merge_over_workers() {
+        // Worker 0 made the first session, worker 1 the latest; both sent and received.
+        let w0 = [10, 1000, 5, 500, 1, 0, 100, 1, 0x0a000001, 51900];
+        let w1 = [20, 2000, 7, 700, 2, 1, 200, 0, 0x0a000002, 51901];
+        let m = merge_peer([w0, w1].into_iter());
+        assert_eq!(&m[..6], &[30, 3000, 12, 1200, 3, 1]);
+        assert_eq!(m[6], 200, "the latest handshake");
+        assert_eq!(m[7], 1, "a session is up on some worker");
+        assert_eq!(
+            (m[8], m[9]),
+            (0x0a000002, 51901),
+            "the latest handshake's endpoint"
+        );
+        // No worker knows an endpoint yet: none.
+        let m = merge_peer([[0; PEER_FIELDS.len()]; 2].into_iter());
+        assert_eq!(m, [0; PEER_FIELDS.len()]);
+    }
+
     use super::*;
 
     #[test]
