@@ -12,6 +12,7 @@ pub mod flash;
 pub mod image_build;
 pub mod pxe;
 pub mod qemu_boot;
+pub mod status;
 pub mod update;
 
 use dwcp_provisioning::document::SourceFile;
@@ -105,6 +106,16 @@ enum Command {
         /// peers with `transport = "rdma"`; adds the RDMA checks to the report.
         #[arg(long)]
         rdma: bool,
+    },
+    /// A node's state over the management network (its metrics endpoint's `GET /status`):
+    /// node, version, slot, config source, data plane, engine, clock, ports, peers.
+    Status {
+        /// The node's management address, with the metrics port if not 9100.
+        #[arg(value_name = "ADDR[:PORT]")]
+        addr: String,
+        /// Print the node's JSON as it came.
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmarks that print figures against a ceiling measured in the same run.
     #[command(subcommand)]
@@ -366,6 +377,15 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             out,
         }) => pxe_command(&artifacts, &inventory, &out),
         Command::Bench(bench) => bench_command(bench),
+        Command::Status { addr, json } => {
+            let v = status::fetch(status::target(&addr)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", status::table(&v));
+            }
+            Ok(Exit::Ok)
+        }
         Command::Qemu(q) => qemu_command(q),
         Command::Keygen { private_key, force } => keygen(private_key.as_deref(), force),
         Command::Pubkey { file } => {

@@ -458,6 +458,16 @@ impl Init {
             .arg(RUN_CONFIG)
             .env("DWCP_NOTIFY_SOCKET", NOTIFY_SOCKET)
             .env("DWCP_VFIO_DEVICES", self.facts.vfio_bound.join(","))
+            // What only init knows, for the data plane's `GET /status`.
+            .env("DWCP_CONFIG_SOURCE", &self.source)
+            .env("DWCP_RESTARTS", self.life.restarts().to_string())
+            .env("DWCP_HUGEPAGES_1G", self.facts.hugepages_1g.to_string())
+            .envs(
+                std::fs::read_to_string("/proc/cmdline")
+                    .ok()
+                    .and_then(|c| crate::boot_assessment::slot_from_cmdline(&c))
+                    .map(|slot| ("DWCP_SLOT", slot.to_string())),
+            )
             .envs(gpu_disabled.map(|why| (GPU_DISABLED_ENV, why)))
             .spawn();
         if let Some(own) = own {

@@ -463,6 +463,28 @@ fn tunnel(dpdk: bool) {
     // Prometheus's lint, the per-peer families, and every series the alert rules and the
     // dashboard read, on this real scrape.
     dwcp_tests::monitoring::check_scrape(&a_metrics, "gw-a", "peer");
+    // GET /status on the management address: the node's state as JSON, as `dwcp status`
+    // reads it and prints it.
+    let out = lab
+        .command(&mg, "curl")
+        .args(["-s", "-m", "3", "http://192.0.2.10:9100/status"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("/status is not JSON ({e}): {:?}", out.stdout));
+    assert_eq!(status["node"], "gw-a");
+    assert_eq!(status["dataplane"]["state"], "running");
+    assert_eq!(status["peers"][0]["name"], "peer");
+    assert_eq!(status["peers"][0]["session_up"], true);
+    assert!(status["peers"][0]["sent_bytes"].as_u64().unwrap_or(0) > 1_000_000);
+    assert_eq!(status["ports"].as_array().map(Vec::len), Some(2));
+    let table = dwcp_cli::status::table(&status);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("peer         udp        up ")),
+        "{table}"
+    );
 }
 
 #[test]

@@ -831,6 +831,91 @@ impl Running {
         )
     }
 
+    /// The node's state for `GET /status` ([`crate::control::status`]).
+    fn status_json(&self) -> String {
+        use crate::control::status::{ENV, PeerState, PortState, Status};
+        let totals = self.totals();
+        let g = |n: &str| stats::get(&totals, n);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let ports = [PortRole::Lan, PortRole::Wan]
+            .into_iter()
+            .filter_map(|role| self.config.ports.iter().find(|p| p.role == role))
+            .map(|p| {
+                let side = if p.role == PortRole::Lan {
+                    "lan"
+                } else {
+                    "wan"
+                };
+                PortState {
+                    name: p.name.to_string(),
+                    role: side,
+                    backend: backend_name(p.backend),
+                    rx_packets: g(&format!("{side}_rx_packets")),
+                    tx_packets: g(&format!("{side}_tx_packets")),
+                }
+            })
+            .collect();
+        let rdma = self.rdma_rows();
+        let field = |name: &str| {
+            stats::PEER_FIELDS
+                .iter()
+                .position(|f| *f == name)
+                .unwrap_or(0)
+        };
+        let qp = stats::RDMA_FIELDS
+            .iter()
+            .position(|f| *f == "qp_state")
+            .unwrap_or(0);
+        let peers = self
+            .peer_rows()
+            .into_iter()
+            .map(|r| {
+                let last = r.values[field("last_handshake_unix_ns")];
+                let ip = u32::try_from(r.values[field("endpoint_ip")]).unwrap_or(0);
+                PeerState {
+                    transport: r.transport,
+                    session_up: r.values[field("session_up")] == 1,
+                    last_handshake_ago: (last > 0).then(|| now - last as f64 / 1e9),
+                    endpoint: (ip != 0).then(|| {
+                        format!(
+                            "{}:{}",
+                            std::net::Ipv4Addr::from(ip),
+                            r.values[field("endpoint_port")]
+                        )
+                    }),
+                    sent_bytes: r.values[field("tx_bytes")],
+                    received_bytes: r.values[field("rx_bytes")],
+                    rdma_qp: rdma
+                        .iter()
+                        .filter(|q| q.peer == r.peer)
+                        .map(|q| {
+                            rdma_sys::verbs::qp_state_name(
+                                i32::try_from(q.values[qp]).unwrap_or(0) - 1,
+                            )
+                        })
+                        .collect(),
+                    name: r.peer,
+                }
+            })
+            .collect();
+        Status {
+            node: self.labels.0.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            init: ENV
+                .iter()
+                .map(|&name| (name, std::env::var(name).ok()))
+                .collect(),
+            uptime_seconds: (now - self.started_unix).max(0.0),
+            workers: self.labels.3,
+            engine: (self.offload.0.to_owned(), self.offload.1.clone()),
+            ports,
+            peers,
+        }
+        .to_json()
+    }
+
     /// Each configured peer's traffic and sessions, merged over the workers.
     fn peer_rows(&self) -> Vec<metrics::PeerRow> {
         self.config
@@ -1061,7 +1146,10 @@ impl Running {
             };
             // The metrics endpoint never blocks the loop (crate::control::scrape).
             if let Some(mut srv) = self.scrape.take() {
-                srv.turn(Instant::now(), || self.metrics_text());
+                srv.turn(Instant::now(), |page| match page {
+                    crate::control::scrape::Page::Metrics => self.metrics_text(),
+                    crate::control::scrape::Page::Status => self.status_json(),
+                });
                 self.scrape_stats = srv.stats();
                 self.scrape = Some(srv);
             }

@@ -8,3 +8,4 @@ pub mod offload;
 pub mod readiness;
 pub mod scrape;
 pub mod stats;
+pub mod status;

@@ -2,14 +2,24 @@
 //! bounded table of connections each with a deadline, so no client (an idle one, a slow
 //! reader, a flood of connections) holds up signals, reloads or status.
 //!
-//! `GET /metrics` (or `/`) gets the text, any other request 404, a request whose headers do
-//! not fit 431. The whole request head is read before answering, so closing after the answer
+//! `GET /metrics` (or `/`) gets the text, `GET /status` the node's state as JSON
+//! (docs/operations.md, "Status"), any other request 404, a request whose headers do not fit
+//! 431. The whole request head is read before answering, so closing after the answer
 //! never resets a connection with unread bytes.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// The metrics, Prometheus text.
+    Metrics,
+    /// The node's state, JSON.
+    Status,
+}
 
 /// Connections served at once; a new one past this closes the oldest (counted).
 pub const MAX_CONNECTIONS: usize = 8;
@@ -74,7 +84,7 @@ impl Server {
     /// One turn of the loop, never blocking: accepts what is pending, reads what has come,
     /// answers complete requests (`body` renders the metrics), writes what the sockets take,
     /// and closes connections that are done or past their deadline at `now`.
-    pub fn turn(&mut self, now: Instant, mut body: impl FnMut() -> String) {
+    pub fn turn(&mut self, now: Instant, mut body: impl FnMut(Page) -> String) {
         for _ in 0..ACCEPTS_PER_TURN {
             let Ok((stream, _)) = self.listener.accept() else {
                 break;
@@ -110,7 +120,7 @@ impl Server {
 
 impl Conn {
     /// Reads and writes what the socket allows; false when the connection is finished with.
-    fn step(&mut self, body: &mut impl FnMut() -> String, stats: &mut ScrapeStats) -> bool {
+    fn step(&mut self, body: &mut impl FnMut(Page) -> String, stats: &mut ScrapeStats) -> bool {
         if self.out.is_empty() {
             let mut buf = [0u8; 1024];
             loop {
@@ -155,7 +165,7 @@ impl Conn {
 }
 
 /// The answer to a request head, once it is complete (or too long to be).
-fn answer(head: &[u8], body: &mut impl FnMut() -> String) -> Option<Vec<u8>> {
+fn answer(head: &[u8], body: &mut impl FnMut(Page) -> String) -> Option<Vec<u8>> {
     let complete =
         head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n");
     if !complete {
@@ -163,10 +173,17 @@ fn answer(head: &[u8], body: &mut impl FnMut() -> String) -> Option<Vec<u8>> {
             b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
         });
     }
-    let text = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
-        let b = body();
+    let page = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
+        Some((Page::Metrics, "text/plain; version=0.0.4"))
+    } else if head.starts_with(b"GET /status ") {
+        Some((Page::Status, "application/json"))
+    } else {
+        None
+    };
+    let text = if let Some((page, kind)) = page {
+        let b = body(page);
         format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
             b.len()
         )
     } else {
@@ -192,7 +209,10 @@ mod tests {
         let mut buf = [0u8; 65536];
         let start = Instant::now();
         loop {
-            s.turn(Instant::now(), || body.to_owned());
+            s.turn(Instant::now(), |page| match page {
+                Page::Metrics => body.to_owned(),
+                Page::Status => "{\"node\":\"n\"}".to_owned(),
+            });
             match client.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -220,10 +240,15 @@ mod tests {
         assert!(r.contains("Content-Length: 10\r\n"), "{r}");
         assert!(r.ends_with("\r\n\r\ndwcp_up 1\n"), "{r}");
         let mut c = TcpStream::connect(addr).expect("connect");
+        c.write_all(&get("/status")).expect("send");
+        let r = read_all(&mut s, &mut c, "dwcp_up 1\n");
+        assert!(r.contains("Content-Type: application/json\r\n"), "{r}");
+        assert!(r.ends_with("\r\n\r\n{\"node\":\"n\"}"), "{r}");
+        let mut c = TcpStream::connect(addr).expect("connect");
         c.write_all(&get("/other")).expect("send");
         let r = read_all(&mut s, &mut c, "dwcp_up 1\n");
         assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r}");
-        assert_eq!(s.stats().answered, 2);
+        assert_eq!(s.stats().answered, 3);
         assert_eq!(s.stats().dropped, 0);
         assert_eq!(s.conns.len(), 0, "answered connections are closed");
     }
@@ -236,7 +261,7 @@ mod tests {
         c.write_all(&req[..7]).expect("send");
         let mut rendered = 0;
         for _ in 0..20 {
-            s.turn(Instant::now(), || {
+            s.turn(Instant::now(), |_| {
                 rendered += 1;
                 String::new()
             });
@@ -257,7 +282,7 @@ mod tests {
             .collect();
         let start = Instant::now();
         for _ in 0..5 {
-            s.turn(Instant::now(), String::new);
+            s.turn(Instant::now(), |_| String::new());
         }
         // The blocking server this replaces waited 500 ms per idle connection.
         assert!(
@@ -281,14 +306,14 @@ mod tests {
         c.write_all(b"GET /metr").expect("send");
         let t0 = Instant::now();
         for _ in 0..50 {
-            s.turn(t0, String::new);
+            s.turn(t0, |_| String::new());
             if !s.conns.is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         assert_eq!(s.conns.len(), 1);
-        s.turn(t0 + DEADLINE, String::new);
+        s.turn(t0 + DEADLINE, |_| String::new());
         assert_eq!(s.conns.len(), 0);
         assert_eq!(s.stats().dropped, 1);
         let mut buf = [0u8; 16];
@@ -309,7 +334,7 @@ mod tests {
         // block; turns must return meanwhile.
         for _ in 0..20 {
             let t = Instant::now();
-            s.turn(Instant::now(), || body.clone());
+            s.turn(Instant::now(), |_| body.clone());
             assert!(t.elapsed() < Duration::from_millis(200), "a turn blocked");
             std::thread::sleep(Duration::from_millis(2));
         }
