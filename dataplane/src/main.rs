@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let config = match (first, args.next()) {
         (Some(flag), Some(path)) if flag == "--config" => PathBuf::from(path),
         _ => {
-            eprintln!("usage: dwcp-dataplane --config FILE");
+            dwcp_dataplane::say!(error, "usage: dwcp-dataplane --config FILE");
             return DataplaneExit::Usage.into();
         }
     };
@@ -36,21 +36,24 @@ fn main() -> ExitCode {
         signals.add(s);
     }
     if let Err(e) = signals.thread_block() {
-        eprintln!("dwcp-dataplane: cannot block signals: {e}");
+        dwcp_dataplane::say!(error, "dwcp-dataplane: cannot block signals: {e}");
     }
     let cfg = match dwcp_provisioning::load_file(&config) {
         Ok(c) => c,
         Err(dwcp_provisioning::LoadError::Invalid(diags)) => {
             for d in diags {
-                eprintln!("dwcp-dataplane: {d}");
+                dwcp_dataplane::say!(error, "dwcp-dataplane: {d}");
             }
             return DataplaneExit::InvalidConfig.into();
         }
         Err(e) => {
-            eprintln!("dwcp-dataplane: {e}");
+            dwcp_dataplane::say!(error, "dwcp-dataplane: {e}");
             return DataplaneExit::InvalidConfig.into();
         }
     };
+    if let Some(remote) = cfg.logging.remote {
+        dwcp_dataplane::control::log::ship_to(remote, &cfg.name.to_string());
+    }
     let running = match dwcp_dataplane::control::app::start(&cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
             }
-            eprintln!("{msg}");
+            dwcp_dataplane::say!(error, "{msg}");
             if e.cannot_run() {
                 // The node cannot run this config: tell init why, and that restarting will
                 // not help.
@@ -70,7 +73,8 @@ fn main() -> ExitCode {
             return DataplaneExit::Failed.into();
         }
     };
-    println!(
+    dwcp_dataplane::say!(
+        info,
         "dwcp-dataplane: node {}: {} worker(s) on cores {:?}, engine {}, metrics on http://{}/metrics",
         cfg.name,
         cfg.cores.dataplane.len(),
@@ -83,11 +87,11 @@ fn main() -> ExitCode {
     }
     match running.control(&signals, &config) {
         Ok(()) => {
-            println!("dwcp-dataplane: stopped");
+            dwcp_dataplane::say!(info, "dwcp-dataplane: stopped");
             DataplaneExit::Stopped.into()
         }
         Err(e) => {
-            eprintln!("dwcp-dataplane: {e}");
+            dwcp_dataplane::say!(error, "dwcp-dataplane: {e}");
             DataplaneExit::Failed.into()
         }
     }
@@ -96,15 +100,18 @@ fn main() -> ExitCode {
 fn ready() -> Result<(), ExitCode> {
     match dwcp_dataplane::control::readiness::notify_ready() {
         Ok(true) => {
-            println!("dwcp-dataplane: ready");
+            dwcp_dataplane::say!(info, "dwcp-dataplane: ready");
             Ok(())
         }
         Ok(false) => {
-            println!("dwcp-dataplane: ready (no DWCP_NOTIFY_SOCKET; not run by init)");
+            dwcp_dataplane::say!(
+                info,
+                "dwcp-dataplane: ready (no DWCP_NOTIFY_SOCKET; not run by init)"
+            );
             Ok(())
         }
         Err(e) => {
-            eprintln!("dwcp-dataplane: cannot tell init we are ready: {e}");
+            dwcp_dataplane::say!(error, "dwcp-dataplane: cannot tell init we are ready: {e}");
             Err(DataplaneExit::ReadinessFailed.into())
         }
     }

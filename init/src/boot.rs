@@ -875,6 +875,11 @@ impl Init {
         self.source = source.to_string();
         self.config_text = std::fs::read_to_string(&text_path).unwrap_or_default();
         self.facts.node = config.name.to_string();
+        if let Some(remote) = config.logging.remote {
+            // Lines said before the management interface is up (in `apply`) find no route
+            // and are counted as dropped; the console has them all.
+            crate::console::ship_to(remote, &config.name.to_string());
+        }
         match apply(fs, &config) {
             Ok(facts) => {
                 self.facts = facts;

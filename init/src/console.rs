@@ -2,9 +2,40 @@
 //! console (stdout) and in the kernel log; operators type a small command set, no shell.
 
 use std::io::Write as _;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+
+use dwcp_provisioning::syslog::{Severity, Shipper};
+use dwcp_provisioning::types::SyslogRemote;
 
 static KMSG: OnceLock<std::fs::File> = OnceLock::new();
+static SHIPPER: Mutex<Option<Shipper>> = Mutex::new(None);
+
+/// Ships init's lines from now on to `remote` too (`[logging] remote`), naming the node
+/// `hostname`.
+pub fn ship_to(remote: SyslogRemote, hostname: &str) {
+    if let Ok(mut s) = SHIPPER.lock() {
+        *s = Some(Shipper::new(remote, hostname, "dwcp-init"));
+    }
+}
+
+/// How bad a line of init's is, from its words.
+fn severity(line: &str) -> Severity {
+    if line.contains("FATAL") || line.contains("SAFE MODE") || line.contains("FAILED") {
+        Severity::Error
+    } else if line.contains("WARNING") {
+        Severity::Warning
+    } else {
+        Severity::Info
+    }
+}
+
+fn ship(line: &str) {
+    if let Ok(mut s) = SHIPPER.lock()
+        && let Some(s) = s.as_mut()
+    {
+        s.ship(severity(line), line);
+    }
+}
 
 /// Sends init's messages to `/dev/kmsg` too, once `/dev` is mounted.
 pub fn attach_kmsg() {
@@ -22,6 +53,7 @@ pub fn say(msg: &str) {
             // One write per record: /dev/kmsg makes a log entry of each write.
             let _ = k.write_all(format!("<6>dwcp-init: {line}\n").as_bytes());
         }
+        ship(line);
     }
     let _ = out.flush();
 }
@@ -34,6 +66,7 @@ pub fn announce(line: &str) {
     if let Some(mut k) = KMSG.get() {
         let _ = k.write_all(format!("<5>{line}\n").as_bytes());
     }
+    ship(line);
 }
 
 /// `say!` formats and prints one init message.

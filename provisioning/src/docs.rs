@@ -13,6 +13,7 @@ fn format_help(format: &str) -> Option<&'static str> {
         "ipv4-prefix" => "IPv4 prefix with host bits zero, e.g. `10.2.0.0/16`",
         "ipv4-interface" => "IPv4 address/prefix length, e.g. `10.1.0.1/24`",
         "ipv4-endpoint" => "`IPv4:PORT`, e.g. `203.0.113.20:51900`",
+        "syslog-remote" => "`udp://IPv4:PORT` or `tcp://IPv4:PORT`, e.g. `udp://192.0.2.1:514`",
         "pci-address" => "PCI address `DDDD:BB:DD.F`, e.g. `0000:03:00.0`",
         "mac-address" => "MAC address, e.g. `52:54:00:00:0a:01`",
         "x25519-public-key" | "x25519-private-key" => "X25519 key, 32 bytes in base64",

@@ -1,6 +1,7 @@
 //! DWCP node provisioning: the node configuration schema and its validation (the one source
-//! of truth for every config field), the generated config docs, example configs and the
-//! kernel command line a config asks for.
+//! of truth for every config field), the generated config docs, example configs, the kernel
+//! command line a config asks for, and the contracts init and the data plane share (exit
+//! statuses, log shipping).
 //!
 //! `init`, `dataplane` and the operator CLI (`dwcp-cli`) all link it; it links none of them,
 //! nor the image builder or the QEMU harness.
@@ -16,6 +17,7 @@ pub mod inventory;
 pub mod schema;
 pub mod structure;
 pub mod summary;
+pub mod syslog;
 pub mod types;
 pub mod validate;
 

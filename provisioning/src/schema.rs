@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{
     Endpoint, IfName, InterfaceAddress, Ipv4Prefix, MacAddress, NodeName, PciAddress, PresharedKey,
-    PrivateKey, PublicKey,
+    PrivateKey, PublicKey, SyslogRemote,
 };
 
 /// Lowest MTU accepted on a data port (IPv4's minimum reassembly size).
@@ -70,6 +70,20 @@ pub struct NodeConfig {
     pub offload: Offload,
     /// The Prometheus metrics endpoint.
     pub metrics: Metrics,
+    /// Where log lines go besides the console.
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+/// Log shipping.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// A syslog collector on the management network, `udp://IPv4:PORT` or `tcp://IPv4:PORT`:
+    /// init's and the data plane's lines go there as RFC 5424 syslog (at most 100 lines a
+    /// second each; the console keeps every line). None: the console only.
+    #[serde(default)]
+    pub remote: Option<SyslogRemote>,
 }
 
 /// Log verbosity.

@@ -65,6 +65,7 @@ pub fn check_format(format: &str, value: &str) -> Option<Result<(), String>> {
         "ipv4-prefix" => ok(value.parse::<Ipv4Prefix>()),
         "ipv4-interface" => ok(value.parse::<InterfaceAddress>()),
         "ipv4-endpoint" => ok(value.parse::<Endpoint>()),
+        "syslog-remote" => ok(value.parse::<SyslogRemote>()),
         "pci-address" => ok(value.parse::<PciAddress>()),
         "mac-address" => ok(value.parse::<MacAddress>()),
         "x25519-public-key" => ok(value.parse::<PublicKey>()),
@@ -179,6 +180,45 @@ impl fmt::Display for Endpoint {
     }
 }
 string_value!(Endpoint, "ipv4-endpoint");
+
+/// Where log lines go: `udp://IPv4:PORT` or `tcp://IPv4:PORT` (RFC 5424 syslog; TCP with
+/// RFC 6587 octet counting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyslogRemote {
+    /// `true` for TCP, `false` for UDP.
+    pub tcp: bool,
+    /// The collector.
+    pub addr: SocketAddrV4,
+}
+
+impl FromStr for SyslogRemote {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (tcp, rest) = if let Some(r) = s.strip_prefix("udp://") {
+            (false, r)
+        } else if let Some(r) = s.strip_prefix("tcp://") {
+            (true, r)
+        } else {
+            return Err(format!(
+                "`{s}` is not udp://IPv4:PORT or tcp://IPv4:PORT (e.g. udp://192.0.2.1:514)"
+            ));
+        };
+        let Endpoint(addr) = rest.parse()?;
+        Ok(Self { tcp, addr })
+    }
+}
+
+impl fmt::Display for SyslogRemote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}",
+            if self.tcp { "tcp" } else { "udp" },
+            self.addr
+        )
+    }
+}
+string_value!(SyslogRemote, "syslog-remote");
 
 /// A PCI address `DDDD:BB:DD.F` (the domain may be left out and defaults to 0000).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -644,3 +644,25 @@ fn rdma_devices_are_unique_and_never_on_a_data_port() {
         ],
     );
 }
+
+#[test]
+fn a_syslog_remote_must_be_udp_or_tcp_to_an_ipv4_endpoint() {
+    assert_errors(
+        &[(
+            "[metrics]\n",
+            "[logging]\nremote = \"udp://192.0.2.1:514\"\n\n[metrics]\n",
+        )],
+        &[],
+    );
+    let got = errors_after(&[(
+        "[metrics]\n",
+        "[logging]\nremote = \"syslog.example:514\"\n\n[metrics]\n",
+    )]);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains(
+            "logging.remote: `syslog.example:514` is not udp://IPv4:PORT or tcp://IPv4:PORT"
+        ),
+        "{got:?}"
+    );
+}

@@ -78,6 +78,47 @@ fn two_dpdk_gateways_on_net_af_packet_carry_ping_and_tcp() {
 }
 
 #[allow(clippy::too_many_lines)]
+/// A UDP syslog receiver: binds ADDR PORT, appends each datagram as a line to FILE.
+const SYSLOG_RECEIVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+with open(sys.argv[3], "a") as f:
+    while True:
+        d, _ = s.recvfrom(65535)
+        f.write(d.decode("utf-8", "replace").replace("\n", " ") + "\n")
+        f.flush()
+"#;
+
+/// Asserts `line` is an RFC 5424 message (`<PRI>1 TIMESTAMP HOST APP PROCID - - MSG`) from
+/// `host`'s `app`.
+fn assert_rfc5424(line: &str, host: &str, app: &str) {
+    let line = line.trim_end();
+    let (pri, rest) = line
+        .strip_prefix('<')
+        .and_then(|l| l.split_once(">1 "))
+        .unwrap_or_else(|| panic!("no <PRI>1 header: {line}"));
+    assert!(
+        pri.parse::<u8>().is_ok_and(|p| p <= 191),
+        "PRI {pri}: {line}"
+    );
+    let f: Vec<&str> = rest.splitn(6, ' ').collect();
+    assert_eq!(f.len(), 6, "{line}");
+    let ts = f[0].as_bytes();
+    assert!(
+        ts.len() == 24 && ts[4] == b'-' && ts[10] == b'T' && ts[19] == b'.' && ts[23] == b'Z',
+        "timestamp {}: {line}",
+        f[0]
+    );
+    assert_eq!((f[1], f[2]), (host, app), "{line}");
+    assert!(f[3].parse::<u32>().is_ok(), "PROCID {}: {line}", f[3]);
+    assert!(
+        f[4] == "-" && f[5].starts_with("- "),
+        "MSGID and STRUCTURED-DATA: {line}"
+    );
+}
+
 fn tunnel(dpdk: bool) {
     assert!(
         is_root(),
@@ -137,11 +178,12 @@ fn tunnel(dpdk: bool) {
             allowed,
             cores,
             dpdk,
-            // Gateway B polls in the largest bursts allowed; A in the default 32.
+            // Gateway B polls in the largest bursts allowed; A in the default 32, and ships
+            // its log lines to a syslog receiver on the management network.
             extra: if name == "gw-b" {
                 "[dataplane]\nburst = 256\n"
             } else {
-                ""
+                "[logging]\nremote = \"udp://192.0.2.1:5514\"\n"
             },
         }
         .text()
@@ -178,6 +220,26 @@ fn tunnel(dpdk: bool) {
         ),
     )
     .unwrap();
+    // A syslog receiver in the management namespace: one line per datagram.
+    let syslog = dir.path().join("syslog.log");
+    let receiver = dir.path().join("syslog.py");
+    std::fs::write(&receiver, SYSLOG_RECEIVER).unwrap();
+    lab.spawn(
+        &mg,
+        "python3",
+        &[
+            receiver.to_str().unwrap(),
+            "192.0.2.1",
+            "5514",
+            syslog.to_str().unwrap(),
+        ],
+        &dir.path().join("syslog-receiver.log"),
+    );
+    wait_for_line(
+        &dir.path().join("syslog-receiver.log"),
+        "listening",
+        Duration::from_secs(10),
+    );
     let dp = dataplane.to_str().unwrap();
     let log_a = dir.path().join("gw-a.log");
     let log_b = dir.path().join("gw-b.log");
@@ -185,6 +247,9 @@ fn tunnel(dpdk: bool) {
     lab.spawn(&gb, dp, &["--config", cfg_b.to_str().unwrap()], &log_b);
     wait_for_line(&log_a, "dwcp-dataplane: ready", Duration::from_secs(20));
     wait_for_line(&log_b, "dwcp-dataplane: ready", Duration::from_secs(20));
+    // Gateway A's start-up lines reached the receiver as RFC 5424 syslog.
+    let shipped = wait_for_line(&syslog, "dwcp-dataplane: ready", Duration::from_secs(10));
+    assert_rfc5424(&shipped, "gw-a", "dwcp-dataplane");
     let said = std::fs::read_to_string(&log_b).unwrap_or_default();
     assert!(
         said.contains("bursts of up to 256 frames per poll"),
@@ -459,6 +524,20 @@ fn tunnel(dpdk: bool) {
             .find(|l| l.starts_with("dwcp_handshake_rtt_seconds_max"))
             .unwrap_or_default();
         eprintln!("{node}: {rtt}");
+    }
+    // No secret in any log line: the consoles' and what was shipped.
+    for log in [&log_a, &log_b, &syslog] {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for (what, secret) in [
+            ("gateway A's private key", key_a.expose_base64()),
+            ("gateway B's private key", key_b.expose_base64()),
+            (
+                "the pre-shared key",
+                "xGuz/w55aVHb8h0O4fuTN0Xru1Klr2WND/zg0JnI3lw=".to_owned(),
+            ),
+        ] {
+            assert!(!text.contains(&secret), "{what} in {}", log.display());
+        }
     }
     // Prometheus's lint, the per-peer families, and every series the alert rules and the
     // dashboard read, on this real scrape.

@@ -56,7 +56,7 @@ fn watch_gpu(watch: dwcp_kernels::gather::GatherWatch) -> std::io::Result<()> {
             loop {
                 std::thread::sleep(Duration::from_millis(500));
                 if let Some(why) = gpu_hang(watch.running_for()) {
-                    eprintln!(
+                    crate::say!(warn,
                         "dwcp-dataplane: {why}; exiting (code {EXIT_GPU_HUNG}) so init restarts it without the GPU"
                     );
                     let _ = crate::control::readiness::notify_error(&why);
@@ -208,7 +208,8 @@ fn rdma_links(
             }
         })?;
         if w == 0 {
-            println!(
+            crate::say!(
+                info,
                 "dwcp-dataplane: RDMA on {} port {} GID index {}: buffers in {}, inline up to {} bytes to start",
                 endpoint.device,
                 endpoint.port,
@@ -414,16 +415,21 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
         workers,
         gpu_disabled.as_deref(),
     );
-    println!(
+    crate::say!(
+        info,
         "dwcp-dataplane: offload engine {}: {}",
-        offload.kind, offload.why
+        offload.kind,
+        offload.why
     );
     let gpu_monitor = gpu_status(offload.monitor);
     let gatherer = offload.gatherer;
     if let Some(g) = &gatherer
         && let Err(e) = watch_gpu(g.watch())
     {
-        eprintln!("dwcp-dataplane: WARNING: no thread watches the GPU for hangs: {e}");
+        crate::say!(
+            warn,
+            "dwcp-dataplane: WARNING: no thread watches the GPU for hangs: {e}"
+        );
     }
     let shared = Shared {
         private: *cfg.tunnel.private_key.expose_secret(),
@@ -542,7 +548,8 @@ fn frame_buffers(
                 source,
             }
         })?;
-    println!(
+    crate::say!(
+        info,
         "dwcp-dataplane: {} packet buffers ({} MiB) on {backing}; bursts of up to {burst} frames per poll",
         bufs.len(),
         (bufs.len() * size.div_ceil(64) * 64) >> 20
@@ -577,11 +584,12 @@ fn gpu_status(
             let from = m.describe();
             match dwcp_kernels::monitor::GpuSampler::start(m) {
                 Ok(s) => {
-                    println!("dwcp-dataplane: GPU status {from}");
+                    crate::say!(info, "dwcp-dataplane: GPU status {from}");
                     Some(s)
                 }
                 Err(e) => {
-                    eprintln!(
+                    crate::say!(
+                        warn,
                         "dwcp-dataplane: WARNING: no GPU status: no thread to sample NVML: {e}"
                     );
                     None
@@ -589,7 +597,8 @@ fn gpu_status(
             }
         }
         Err(why) => {
-            eprintln!(
+            crate::say!(
+                warn,
                 "dwcp-dataplane: WARNING: no GPU status (name, memory, utilisation, temperature) for metrics and the console: {why}"
             );
             None
@@ -667,7 +676,8 @@ fn spawn_worker(
             if let Some(c) = core {
                 let pinned = dwcp_kernels::gather::pin_current_thread(usize::from(c));
                 if !pinned {
-                    eprintln!(
+                    crate::say!(
+                        warn,
                         "dwcp-dataplane: worker {w}: could not pin to core {c}; running unpinned"
                     );
                 }
@@ -688,17 +698,18 @@ impl Running {
         let new = match dwcp_provisioning::load_file(path) {
             Ok(c) => c,
             Err(dwcp_provisioning::LoadError::Invalid(diags)) => {
-                eprintln!(
+                crate::say!(
+                    warn,
                     "dwcp-dataplane: reload refused, the config has {} problem(s); keeping the running one:",
                     diags.len()
                 );
                 for d in diags {
-                    eprintln!("dwcp-dataplane:   {d}");
+                    crate::say!(warn, "dwcp-dataplane:   {d}");
                 }
                 return;
             }
             Err(e) => {
-                eprintln!("dwcp-dataplane: reload refused: {e}");
+                crate::say!(warn, "dwcp-dataplane: reload refused: {e}");
                 return;
             }
         };
@@ -751,7 +762,8 @@ impl Running {
                 let _ = q.pop();
             }
         }
-        eprintln!(
+        crate::say!(
+            warn,
             "dwcp-dataplane: reloaded peers: {} ({added} added, {removed} removed, others keep their sessions){}",
             new.tunnel.peers.len(),
             if needs_restart.is_empty() {
@@ -1083,7 +1095,7 @@ impl Running {
         let healthy = stats::get(&self.totals(), "offload_gpu_healthy");
         let failures = self.stats.iter().map(|s| s.gpu_failure());
         for line in self.gpu_watch.see(failures, healthy, self.labels.3 as u64) {
-            println!("{line}");
+            crate::say!(info, "{line}");
         }
     }
 
@@ -1094,10 +1106,10 @@ impl Running {
             if now != *last {
                 match crate::io::dpdk::link(*id) {
                     Some((true, speed)) => {
-                        println!("dwcp-dataplane: port {name}: link up, {speed} Mbit/s")
+                        crate::say!(info, "dwcp-dataplane: port {name}: link up, {speed} Mbit/s")
                     }
-                    Some((false, _)) => println!("dwcp-dataplane: port {name}: link DOWN"),
-                    None => println!("dwcp-dataplane: port {name}: link state unknown"),
+                    Some((false, _)) => crate::say!(info, "dwcp-dataplane: port {name}: link DOWN"),
+                    None => crate::say!(info, "dwcp-dataplane: port {name}: link state unknown"),
                 }
                 *last = now;
             }

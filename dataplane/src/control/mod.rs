@@ -3,6 +3,7 @@
 //! Prometheus endpoint that renders them.
 
 pub mod app;
+pub mod log;
 pub mod metrics;
 pub mod offload;
 pub mod readiness;
