@@ -85,6 +85,9 @@ pub fn table(v: &Value) -> String {
         text(&v["engine"]["why"]),
         text(&v["hugepages_1g"])
     ));
+    if let Some(why) = dp["safe_mode"].as_str() {
+        o.push_str(&format!("{why}\n"));
+    }
     let clock = &v["clock"];
     o.push_str(&format!(
         "clock {} ({})\n",
@@ -225,6 +228,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("clock NOT synchronised"), "{t}");
+        assert!(!t.contains("SAFE MODE"), "{t}");
         assert!(t.contains("lan0     lan   dpdk"), "{t}");
         assert!(
             t.lines().any(

@@ -395,6 +395,8 @@ struct Init {
     save_last_good: bool,
     /// How init's bring-up of a GPU image's NVIDIA driver went.
     gpu_driver: crate::gpu::Outcome,
+    /// In safe mode: init answers `GET /status` on the metrics address itself.
+    safe_status: Option<crate::safe_status::SafeStatus>,
 }
 
 impl Init {
@@ -441,10 +443,70 @@ impl Init {
                 Effect::FirstReady => self.first_ready(),
             }
         }
+        self.sync_safe_status();
+    }
+
+    /// Listens on the metrics address while in safe mode (so `dwcp status` says why), and
+    /// not otherwise: the data plane binds it when it runs.
+    fn sync_safe_status(&mut self) {
+        let safe = self.life.safe_reason().is_some();
+        if !safe {
+            self.safe_status = None;
+            return;
+        }
+        if self.safe_status.is_some() {
+            return;
+        }
+        let Some(addr) = self.config.as_ref().map(|c| c.metrics.listen) else {
+            return;
+        };
+        match crate::safe_status::SafeStatus::bind(addr) {
+            Ok(s) => {
+                say!("status: answering GET /status on {addr} while the data plane is down");
+                self.safe_status = Some(s);
+            }
+            Err(e) => say!("status: cannot listen on {addr}: {e}"),
+        }
+    }
+
+    /// The node's state for `GET /status` in safe mode, in the data plane's format.
+    fn safe_status_json(&self) -> String {
+        let slot = std::fs::read_to_string("/proc/cmdline")
+            .ok()
+            .and_then(|c| crate::boot_assessment::slot_from_cmdline(&c))
+            .map(|s| s.to_string());
+        let why = self.life.safe_reason().map(|r| {
+            r.lines()
+                .iter()
+                .map(|l| l.trim())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        serde_json::json!({
+            "node": self.facts.node,
+            "version": env!("CARGO_PKG_VERSION"),
+            "slot": slot,
+            "config_source": self.source,
+            "uptime_seconds": uptime().as_secs_f64(),
+            "clock": {"synchronised": false, "why": "no time source is configured yet"},
+            "dataplane": {
+                "state": "safe_mode",
+                "safe_mode": why,
+                "restarts": self.life.restarts(),
+                "workers": 0,
+            },
+            "engine": {"kind": null, "why": "the data plane is down"},
+            "hugepages_1g": self.facts.hugepages_1g,
+            "ports": [],
+            "peers": [],
+        })
+        .to_string()
     }
 
     /// Starts the data plane on its cores, the GPU left out (and why) when asked.
     fn spawn_dataplane(&mut self, gpu_disabled: Option<&str>) -> std::io::Result<()> {
+        // The metrics address is the data plane's from now on.
+        self.safe_status = None;
         let cores = &self.facts.dataplane_cores;
         let mut set = CpuSet::new();
         for &c in cores {
@@ -755,6 +817,7 @@ pub fn run() -> ! {
         esp: boot_disk::Choice::default(),
         save_last_good: false,
         gpu_driver,
+        safe_status: None,
     };
     init.configure(&fs);
     init.serve(signals, button)
@@ -785,6 +848,7 @@ struct Ready {
     console: bool,
     notify: bool,
     button: bool,
+    status: bool,
 }
 
 /// The serial console's input: commands, one per line.
@@ -893,6 +957,8 @@ impl Init {
             Err(errs) => self.enter_safe_mode(SafeReason::ApplyFailed(errs)),
         }
         self.config = Some(*config);
+        // Safe mode entered above, before the config was kept: listen now.
+        self.sync_safe_status();
     }
 
     /// Init's event loop: signals, the data plane's notifications, the power button, console
@@ -914,6 +980,11 @@ impl Init {
             }
             if ready.notify {
                 self.on_notify();
+            }
+            if ready.status
+                && let Some(s) = &self.safe_status
+            {
+                s.serve(&self.safe_status_json());
             }
             if ready.button
                 && let Some(b) = &mut button
@@ -954,11 +1025,14 @@ impl Init {
         };
         fds.push(PollFd::new(console.stdin.as_fd(), events));
         // Where each watched descriptor is in `fds`.
-        let mut at = [None; 3];
+        let mut at = [None; 4];
         let watched = [
             signals.map(AsFd::as_fd),
             self.notify.as_ref().map(AsFd::as_fd),
             button.map(AsFd::as_fd),
+            self.safe_status
+                .as_ref()
+                .map(crate::safe_status::SafeStatus::fd),
         ];
         for (slot, fd) in at.iter_mut().zip(watched) {
             if let Some(fd) = fd {
@@ -966,7 +1040,7 @@ impl Init {
                 *slot = Some(fds.len() - 1);
             }
         }
-        let [sig_i, notify_i, button_i] = at;
+        let [sig_i, notify_i, button_i, status_i] = at;
         let _ = poll(&mut fds, timeout);
         let readable = |i: Option<usize>| {
             i.and_then(|i| fds[i].revents())
@@ -980,6 +1054,7 @@ impl Init {
                     .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP)),
             notify: readable(notify_i),
             button: readable(button_i),
+            status: readable(status_i),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod management;
 pub mod modules;
 pub mod rdma;
+pub mod safe_status;
 pub mod supervise;
 pub mod sys;
 pub mod vfio;

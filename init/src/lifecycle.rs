@@ -43,7 +43,7 @@ impl SafeReason {
     }
 
     /// The console lines that announce it.
-    fn lines(&self) -> Vec<String> {
+    pub fn lines(&self) -> Vec<String> {
         match self {
             SafeReason::Unprovisioned => vec![
                 "SAFE MODE: no config found (unprovisioned); data plane down, management only"
@@ -230,6 +230,11 @@ impl Lifecycle {
             (None, Plane::Waiting { .. }) => "restarting".to_owned(),
             (None, Plane::Down) => "down".to_owned(),
         }
+    }
+
+    /// Why the node is in safe mode, if it is.
+    pub fn safe_reason(&self) -> Option<&SafeReason> {
+        self.safe.as_ref()
     }
 
     /// The running data plane's latest `STATUS=` line.

@@ -181,10 +181,37 @@ fn missing_hugepages_stop_the_data_plane_with_one_clear_error() {
         .unwrap()
         .replace("policy = \"required\"", "policy = \"best-effort\"");
     assert!(config.contains("policy = \"best-effort\""));
-    let (mut vm, _dir) = boot("no-hugepages", &config, |spec| spec.memory_mib = 2048).unwrap();
+    // The management NIC's metrics port, forwarded to the host, for `dwcp status`.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut vm, _dir) = boot("no-hugepages", &config, |spec| {
+        spec.memory_mib = 2048;
+        spec.nics[0].netdev = format!("user,hostfwd=tcp:127.0.0.1:{port}-10.0.2.15:9100");
+    })
+    .unwrap();
     let safe = vm
         .wait_for("SAFE MODE: the data plane cannot start", BOOT_TIMEOUT)
         .unwrap();
+    // Over the management network, `dwcp status` says why too: init answers for the data
+    // plane while it is down.
+    vm.wait_for(
+        "status: answering GET /status on 10.0.2.15:9100",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let status =
+        dwcp_cli::status::fetch(std::net::SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    assert_eq!(status["dataplane"]["state"], "safe_mode");
+    let table = dwcp_cli::status::table(&status);
+    assert!(
+        table.contains(
+            "SAFE MODE: the data plane cannot start on this node: DPDK: no free 1 GiB hugepages"
+        ),
+        "{table}"
+    );
     assert!(
         safe.contains("DPDK: no free 1 GiB hugepages (hugepages.count = 1"),
         "{safe}"
