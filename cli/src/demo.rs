@@ -5,6 +5,7 @@
 //! load from site A's host to site B's, and reports what both appliances' metrics and the
 //! hosts measured. Everything it creates is removed at the end, on failure and on Ctrl-C.
 
+pub mod prometheus;
 pub mod rdma;
 
 use std::net::TcpListener;
@@ -99,6 +100,9 @@ pub struct Report {
     pub data_path: String,
     /// With `--rdma`: the RDMA link's capture, queue-pair counters and recovery.
     pub rdma: Option<rdma::RdmaReport>,
+    /// What a Prometheus server scraping both appliances said (a PromQL query over the run,
+    /// the alerts firing), or why there was none.
+    pub prometheus: String,
 }
 
 /// The checked transfer.
@@ -474,6 +478,18 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
         vms.push(boot_node(opts, &node, &base_initrd)?);
     }
     let (boot_ms, data_path) = wait_ready(opts, &mut vms)?;
+    say(
+        opts,
+        "starting Prometheus: it scrapes both appliances every second and evaluates monitoring/alerts.yml...",
+    );
+    let since = Instant::now();
+    let prom = prometheus::start(dir.path(), &metric_ports).map_err(|e| {
+        say(
+            opts,
+            &format!("Prometheus: not started ({e:#}); going on without it"),
+        );
+        format!("not run: {e:#}")
+    });
     let (first_ping_ms, latency) = ping_latency(opts)?;
     let transfers = Transfers::new(opts, dir.path(), metric_ports[0])?;
     say(
@@ -484,6 +500,11 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
     let step_load = step_load(opts, &transfers)?;
     let mixed = mixed_load(opts, &transfers, metric_ports[0])?;
 
+    let prometheus = match &prom {
+        Ok(p) => prometheus::report(p, since.elapsed().as_secs() + 5)
+            .unwrap_or_else(|e| format!("query failed: {e:#}")),
+        Err(why) => why.clone(),
+    };
     let mut report = read_report(
         opts,
         metric_ports,
@@ -497,6 +518,8 @@ pub fn run_demo(opts: &DemoOptions) -> anyhow::Result<Report> {
             data_path,
         },
     )?;
+    report.prometheus = prometheus;
+    drop(prom);
 
     if opts.rdma {
         let (a, b) = vms.split_at_mut(1);
@@ -1072,6 +1095,7 @@ fn read_report(opts: &DemoOptions, metric_ports: [u16; 2], m: Measured) -> anyho
         engine,
         data_path: m.data_path,
         rdma: None,
+        prometheus: String::new(),
     };
     Ok(report)
 }
@@ -1161,6 +1185,7 @@ pub fn table(r: &Report) -> String {
     ));
     o.push_str(&format!("  engine                 {}\n", r.engine));
     o.push_str(&format!("  data path              {}\n", r.data_path));
+    o.push_str(&format!("  Prometheus             {}\n", r.prometheus));
     if let Some(x) = &r.rdma {
         o.push_str(&format!(
             "  RDMA (Soft-RoCE)       A sent {} SENDs ({} inline), received {}; B sent {}, received {}\n",

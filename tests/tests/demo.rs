@@ -75,6 +75,12 @@ fn demo_carries_traffic_reports_and_leaves_nothing_behind() {
     assert_eq!(report.step_load.len(), 3);
     assert!(report.step_load.iter().all(|(_, mbps)| *mbps > 0.0));
     assert_eq!(report.engine, "cpu");
+    // A real Prometheus scraped both appliances and answered a PromQL query over the run.
+    assert!(
+        report.prometheus.starts_with("peak A → B "),
+        "{}",
+        report.prometheus
+    );
     // The transfer is random: site A tried LZ4 on it in vain, then stopped trying.
     let [shrunk, in_vain, not_tried] = report.compression_packets[0];
     assert!(
