@@ -760,6 +760,7 @@ fn boot_node(opts: &DemoOptions, node: &Node<'_>, base_initrd: &[u8]) -> anyhow:
         pxe: None,
         disk: None,
         other_disks: Vec::new(),
+        rtc_base: None,
     };
     say(
         opts,

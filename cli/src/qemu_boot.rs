@@ -67,6 +67,7 @@ pub fn vm_spec(name: &str, c: &NodeConfig, artifacts: &Path, initrd: PathBuf) ->
         pxe: None,
         disk: None,
         other_disks: Vec::new(),
+        rtc_base: None,
     }
 }
 

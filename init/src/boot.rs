@@ -397,6 +397,8 @@ struct Init {
     gpu_driver: crate::gpu::Outcome,
     /// In safe mode: init answers `GET /status` on the metrics address itself.
     safe_status: Option<crate::safe_status::SafeStatus>,
+    /// How the clock was set at boot.
+    clock: crate::sntp::Clock,
 }
 
 impl Init {
@@ -488,7 +490,7 @@ impl Init {
             "slot": slot,
             "config_source": self.source,
             "uptime_seconds": uptime().as_secs_f64(),
-            "clock": {"synchronised": false, "why": "no time source is configured yet"},
+            "clock": {"synchronised": self.clock.synchronised(), "why": self.clock.line()},
             "dataplane": {
                 "state": "safe_mode",
                 "safe_mode": why,
@@ -524,6 +526,11 @@ impl Init {
             .env("DWCP_CONFIG_SOURCE", &self.source)
             .env("DWCP_RESTARTS", self.life.restarts().to_string())
             .env("DWCP_HUGEPAGES_1G", self.facts.hugepages_1g.to_string())
+            .env("DWCP_CLOCK", self.clock.line())
+            .env(
+                "DWCP_CLOCK_SYNCHRONISED",
+                u8::from(self.clock.synchronised()).to_string(),
+            )
             .envs(
                 std::fs::read_to_string("/proc/cmdline")
                     .ok()
@@ -617,6 +624,7 @@ impl Init {
             self.life.state_line(),
             self.life.restarts()
         );
+        say!("status: {}", self.clock.line());
         say!(
             "status: hugepages_1g {} | vfio {} | config from {} | uptime {}s",
             self.facts.hugepages_1g,
@@ -818,6 +826,7 @@ pub fn run() -> ! {
         save_last_good: false,
         gpu_driver,
         safe_status: None,
+        clock: crate::sntp::Clock::NoSource,
     };
     init.configure(&fs);
     init.serve(signals, button)
@@ -947,6 +956,10 @@ impl Init {
         match apply(fs, &config) {
             Ok(facts) => {
                 self.facts = facts;
+                // The clock, before the data plane's first handshake timestamp.
+                let servers: Vec<_> = config.time.servers.iter().map(|e| e.0).collect();
+                self.clock = crate::sntp::sync(&servers);
+                say!("{}", self.clock.line());
                 match std::fs::write(RUN_CONFIG, &self.config_text) {
                     Ok(()) => self.start_dataplane(),
                     Err(e) => self.enter_safe_mode(SafeReason::ApplyFailed(vec![format!(

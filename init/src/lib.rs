@@ -23,6 +23,7 @@ pub mod management;
 pub mod modules;
 pub mod rdma;
 pub mod safe_status;
+pub mod sntp;
 pub mod supervise;
 pub mod sys;
 pub mod vfio;

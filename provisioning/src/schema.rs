@@ -73,6 +73,20 @@ pub struct NodeConfig {
     /// Where log lines go besides the console.
     #[serde(default)]
     pub logging: Logging,
+    /// Where the clock comes from.
+    #[serde(default)]
+    pub time: Time,
+}
+
+/// Time keeping.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Time {
+    /// SNTP servers on the management network, `IPv4:PORT` (usually port 123), asked in
+    /// order at boot before the data plane starts; the clock is stepped from the first good
+    /// answer. None: the clock stays as the hardware had it (said on the console).
+    #[serde(default)]
+    pub servers: Vec<Endpoint>,
 }
 
 /// Log shipping.

@@ -78,6 +78,9 @@ pub struct VmSpec {
     /// More disk images (virtio-blk), attached before `disk` and never booted from: another
     /// node's disk, a USB stick left in.
     pub other_disks: Vec<PathBuf>,
+    /// The real-time clock's start (QEMU's `-rtc base=`, e.g. `2015-01-01`): a node whose
+    /// clock was reset. None: the host's time.
+    pub rtc_base: Option<String>,
 }
 
 impl VmSpec {
@@ -104,6 +107,10 @@ impl VmSpec {
         }
         push("-m");
         push(&self.memory_mib.to_string());
+        if let Some(base) = &self.rtc_base {
+            push("-rtc");
+            push(&format!("base={base}"));
+        }
         push("-smp");
         push(&self.cpus.to_string());
         if self.iommu {
@@ -499,6 +506,7 @@ mod tests {
             pxe: None,
             disk: None,
             other_disks: Vec::new(),
+            rtc_base: None,
         };
         let a = spec.args(Path::new("/tmp/m.sock")).join(" ");
         assert!(a.contains("-accel tcg"), "{a}");

@@ -239,3 +239,76 @@ fn missing_hugepages_stop_the_data_plane_with_one_clear_error() {
         .unwrap();
     assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
 }
+
+/// A tiny SNTP server on the host's loopback (the guest reaches it as 10.0.2.2 through QEMU's
+/// user networking): answers each request with the host's time, stratum 1. Its port, and how
+/// many requests it answered.
+fn sntp_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = std::sync::Arc::clone(&answered);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n < 48 || buf[0] & 7 != 3 {
+                continue;
+            }
+            let now = dwcp_init::sntp::to_ntp(std::time::SystemTime::now());
+            let mut r = [0u8; 48];
+            r[0] = 0b00_100_100; // version 4, server
+            r[1] = 1; // stratum 1
+            r[24..32].copy_from_slice(&buf[40..48]); // originate = the request's transmit
+            r[32..40].copy_from_slice(&now.to_be_bytes());
+            r[40..48].copy_from_slice(&now.to_be_bytes());
+            let _ = sock.send_to(&r, from);
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    (port, answered)
+}
+
+/// A node whose hardware clock says 2015 (a dead battery, a replaced board) sets its clock
+/// from the time server on the management network before the data plane starts, and says so.
+#[test]
+fn a_node_whose_clock_was_reset_sets_it_from_its_time_server() {
+    if !require_qemu("a_node_whose_clock_was_reset_sets_it_from_its_time_server") {
+        return;
+    }
+    let _one = qemu_lock();
+    let (port, answered) = sntp_server();
+    let config = dwcp_provisioning::example::qemu_example().unwrap()
+        + &format!("\n[time]\nservers = [\"10.0.2.2:{port}\"]\n");
+    let (mut vm, _dir) = boot("clock-reset", &config, |spec| {
+        spec.rtc_base = Some("2015-01-01".into());
+    })
+    .unwrap();
+    let line = vm
+        .wait_for("time: synchronised from 10.0.2.2", BOOT_TIMEOUT)
+        .unwrap();
+    let stepped: f64 = line
+        .split("clock stepped by ")
+        .nth(1)
+        .and_then(|s| s.trim_end().trim_end_matches(" s").parse().ok())
+        .unwrap_or_else(|| panic!("no step in `{line}`"));
+    // From 2015-01-01 to today: over ten years forward.
+    assert!(stepped > 10.0 * 365.0 * 86_400.0, "{line}");
+    assert!(answered.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    vm.wait_for("DWCP READY", BOOT_TIMEOUT).unwrap();
+    let console = vm.console();
+    let sync_at = console.find("time: synchronised").unwrap();
+    let start_at = console.find("dataplane: started").unwrap();
+    assert!(
+        sync_at < start_at,
+        "the clock is set before the data plane starts"
+    );
+    vm.send_line("status").unwrap();
+    vm.wait_for(
+        "status: time: synchronised from 10.0.2.2",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    vm.send_line("poweroff").unwrap();
+    vm.wait_for("shutdown: clean", Duration::from_secs(60))
+        .unwrap();
+}

@@ -1070,6 +1070,13 @@ impl Running {
             text.push_str(&metrics::render_dpdk(&ports, node));
         }
         text.push_str(&metrics::render_peers(&self.peer_rows(), node));
+        let synced = std::env::var("DWCP_CLOCK_SYNCHRONISED").is_ok_and(|v| v == "1");
+        text.push_str(&format!(
+            "# HELP dwcp_clock_synchronised Whether init set the clock from a time server at boot (1) or not (0).\n\
+             # TYPE dwcp_clock_synchronised gauge\n\
+             dwcp_clock_synchronised{{node=\"{node}\"}} {}\n",
+            u8::from(synced)
+        ));
         text.push_str(&format!(
             "# HELP process_start_time_seconds Start time of the data-plane process since the Unix epoch.\n\
              # TYPE process_start_time_seconds gauge\n\

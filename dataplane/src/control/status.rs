@@ -6,11 +6,13 @@
 use std::fmt::Write as _;
 
 /// The environment variables init sets for the data plane with the facts it alone has.
-pub const ENV: [&str; 4] = [
+pub const ENV: [&str; 6] = [
     "DWCP_CONFIG_SOURCE",
     "DWCP_SLOT",
     "DWCP_RESTARTS",
     "DWCP_HUGEPAGES_1G",
+    "DWCP_CLOCK",
+    "DWCP_CLOCK_SYNCHRONISED",
 ];
 
 /// One data port.
@@ -116,9 +118,13 @@ impl Status {
         );
         let _ = write!(
             o,
-            "\"clock\":{{\"synchronised\":false,\"why\":\"no time source is configured yet\"}},\
+            "\"clock\":{{\"synchronised\":{},\"why\":{}}},\
              \"dataplane\":{{\"state\":\"running\",\"safe_mode\":null,\"restarts\":{},\"workers\":{}}},\
              \"engine\":{{\"kind\":{},\"why\":{}}},\"hugepages_1g\":{},",
+            fact("DWCP_CLOCK_SYNCHRONISED") == Some("1"),
+            opt(Some(
+                fact("DWCP_CLOCK").unwrap_or("not run by init: the clock is the host's")
+            )),
             num(restarts),
             self.workers,
             quote(&self.engine.0),
