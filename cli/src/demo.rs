@@ -683,24 +683,11 @@ struct Node<'a> {
     metric_port: u16,
 }
 
-/// Makes the node's site namespace, boots the node, and gives its LAN TAP device to the
-/// site's host.
-fn boot_node(opts: &DemoOptions, node: &Node<'_>, base_initrd: &[u8]) -> anyhow::Result<Vm> {
+/// The node's NICs: management (user networking, metrics forwarded), LAN (a TAP device for
+/// the site's host), WAN (the socket link `wan`), and with `--rdma` the Soft-RoCE NIC on a
+/// socket link of its own (site A's side captured).
+fn nics(opts: &DemoOptions, node: &Node<'_>, wan: String) -> Vec<Nic> {
     let (i, site) = (node.i, node.site);
-    for n in [NS_A, NS_B].iter().skip(i).take(1) {
-        run("ip", &["netns", "add", n])?;
-        register(Resource::Netns((*n).to_owned()));
-        ns(n, &["ip", "link", "set", "lo", "up"])?;
-    }
-    let mut initrd = base_initrd.to_vec();
-    initrd.extend(image_build::config_initrd(node.config_text)?);
-    let initrd_path = node.dir.join(format!("initrd-{site}.img"));
-    std::fs::write(&initrd_path, initrd)?;
-    let wan = if i == 0 {
-        format!("socket,listen=127.0.0.1:{}", node.wan_port)
-    } else {
-        format!("socket,connect=127.0.0.1:{}", node.wan_port)
-    };
     let mut nics = vec![
         Nic {
             model: "virtio-net-pci".into(),
@@ -740,6 +727,28 @@ fn boot_node(opts: &DemoOptions, node: &Node<'_>, base_initrd: &[u8]) -> anyhow:
             dump: (i == 0).then(|| node.dir.join("rdma-link.pcap")),
         });
     }
+    nics
+}
+
+/// Makes the node's site namespace, boots the node, and gives its LAN TAP device to the
+/// site's host.
+fn boot_node(opts: &DemoOptions, node: &Node<'_>, base_initrd: &[u8]) -> anyhow::Result<Vm> {
+    let (i, site) = (node.i, node.site);
+    for n in [NS_A, NS_B].iter().skip(i).take(1) {
+        run("ip", &["netns", "add", n])?;
+        register(Resource::Netns((*n).to_owned()));
+        ns(n, &["ip", "link", "set", "lo", "up"])?;
+    }
+    let mut initrd = base_initrd.to_vec();
+    initrd.extend(image_build::config_initrd(node.config_text)?);
+    let initrd_path = node.dir.join(format!("initrd-{site}.img"));
+    std::fs::write(&initrd_path, initrd)?;
+    let wan = if i == 0 {
+        format!("socket,listen=127.0.0.1:{}", node.wan_port)
+    } else {
+        format!("socket,connect=127.0.0.1:{}", node.wan_port)
+    };
+    let nics = nics(opts, node, wan);
     let spec = VmSpec {
         name: format!("site-{site}"),
         kernel: opts.artifacts.join("vmlinuz"),

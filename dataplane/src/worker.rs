@@ -138,6 +138,48 @@ fn rdma_housekeeping(
     }
 }
 
+/// Takes up to `burst` messages from the RDMA queue pairs and opens them a burst at a time
+/// like the WAN's; one for a session another worker owns goes to that worker's inbox.
+/// Returns the messages taken.
+fn poll_rdma(
+    link: &mut crate::rdma::link::Link,
+    gateway: &mut Gateway,
+    tx: &mut TxBatch,
+    inboxes: &[Arc<Mailbox>],
+    burst: usize,
+    now: Duration,
+    counters: &mut LoopCounters,
+) -> usize {
+    let id = gateway.tunnel.worker();
+    let n = link.poll(burst, |_peer, msg| match wan_owner_of_message(msg) {
+        Some(owner)
+            if owner != id
+                && inboxes
+                    .get(usize::from(owner))
+                    .is_some_and(|b| b.push_parts(&rdma_handoff_header(), msg)) =>
+        {
+            counters.handoff += 1;
+        }
+        _ => gateway.from_rdma(msg, tx, now),
+    });
+    counters.seal_refused += gateway.finish_burst(tx, now) as u64;
+    n
+}
+
+/// After a turn of the loop: spins while work comes, naps after many empty turns.
+fn pause(idle: &mut u32, work: usize) {
+    if work > 0 {
+        *idle = 0;
+        return;
+    }
+    *idle = idle.saturating_add(1);
+    if *idle > SPIN_BEFORE_NAP {
+        std::thread::sleep(NAP);
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
 /// Nanoseconds per packet of a burst that started at `t0`.
 fn per_packet(t0: Instant, n: usize) -> u64 {
     let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -297,21 +339,7 @@ impl Worker {
             work += handed;
             send_all(tx, gateway, now, out!(), &mut loop_counters);
             if let Some(link) = rdma.as_mut() {
-                // Messages from the RDMA queue pairs, opened a burst at a time like the WAN's.
-                let n = link.poll(*burst, |_peer, msg| match wan_owner_of_message(msg) {
-                    // Another worker's session: it opens the message, in order.
-                    Some(owner)
-                        if owner != *id
-                            && inboxes
-                                .get(usize::from(owner))
-                                .is_some_and(|b| b.push_parts(&rdma_handoff_header(), msg)) =>
-                    {
-                        loop_counters.handoff += 1;
-                    }
-                    _ => gateway.from_rdma(msg, tx, now),
-                });
-                loop_counters.seal_refused += gateway.finish_burst(tx, now) as u64;
-                work += n;
+                work += poll_rdma(link, gateway, tx, inboxes, *burst, now, &mut loop_counters);
                 send_all(tx, gateway, now, out!(), &mut loop_counters);
             }
             if now.saturating_sub(last_tick) >= TICK {
@@ -340,16 +368,7 @@ impl Worker {
                     &mut failures_told,
                 );
             }
-            if work == 0 {
-                idle = idle.saturating_add(1);
-                if idle > SPIN_BEFORE_NAP {
-                    std::thread::sleep(NAP);
-                } else {
-                    std::hint::spin_loop();
-                }
-            } else {
-                idle = 0;
-            }
+            pause(&mut idle, work);
         }
         loop_counters.tx_no_room = tx.no_room();
         stats.publish(&flatten(

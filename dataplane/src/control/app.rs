@@ -500,10 +500,15 @@ pub fn start(cfg: &NodeConfig) -> Result<Running, StartError> {
             .map(|(n, id)| (n, id, None))
             .collect(),
         gpu_watch: GpuWatch::default(),
-        started_unix: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
+        started_unix: unix_now(),
     })
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The config's one LAN port and one WAN port.
@@ -848,9 +853,7 @@ impl Running {
         use crate::control::status::{ENV, PeerState, PortState, Status};
         let totals = self.totals();
         let g = |n: &str| stats::get(&totals, n);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let now = unix_now();
         let ports = [PortRole::Lan, PortRole::Wan]
             .into_iter()
             .filter_map(|role| self.config.ports.iter().find(|p| p.role == role))

@@ -341,6 +341,19 @@ pub fn render_rdma(rows: &[RdmaPeerRow], device: &[(String, u64)], node: &str) -
             );
         }
     }
+    render_rdma_errors(&mut o, rows, device, node);
+    o
+}
+
+/// The RDMA families of [`render_rdma`] about errors: completions with an error by status,
+/// and the device's own counters.
+fn render_rdma_errors(o: &mut String, rows: &[RdmaPeerRow], device: &[(String, u64)], node: &str) {
+    let field = |name: &str| {
+        stats::RDMA_FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or(0)
+    };
     let _ = writeln!(
         o,
         "# HELP dwcp_rdma_completion_errors_total Work completions with an error, by status."
@@ -374,7 +387,6 @@ pub fn render_rdma(rows: &[RdmaPeerRow], device: &[(String, u64)], node: &str) -
             "dwcp_rdma_device_counter{{node=\"{node}\",name=\"{name}\"}} {v}"
         );
     }
-    o
 }
 
 /// Renders the GPU's state (from NVML, sampled `age` ago) as metrics.
