@@ -954,9 +954,7 @@ impl Running {
     fn rdma_rows(&self) -> Vec<metrics::RdmaPeerRow> {
         let mut rows = Vec::new();
         for (i, peer) in self.config.tunnel.peers.iter().enumerate() {
-            if peer.transport != dwcp_provisioning::schema::Transport::Rdma
-                || i >= stats::RDMA_PEERS
-            {
+            if peer.transport != dwcp_provisioning::schema::Transport::Rdma || i >= stats::PEERS {
                 continue;
             }
             for (w, s) in self.stats.iter().enumerate() {

@@ -218,16 +218,11 @@ pub fn render_peers(rows: &[PeerRow], node: &str) -> String {
             "Sessions with the peer that replaced an older one.",
         ),
     ] {
-        let _ = writeln!(o, "# HELP {metric} {help}");
-        let _ = writeln!(o, "# TYPE {metric} {kind}");
-        for r in rows {
-            let _ = writeln!(
-                o,
-                "{metric}{{node=\"{node}\",peer=\"{}\"}} {}",
-                r.peer,
-                r.values[field(f)]
-            );
-        }
+        let values: Vec<(String, u64)> = rows
+            .iter()
+            .map(|r| (format!("peer=\"{}\"", r.peer), r.values[field(f)]))
+            .collect();
+        labelled(&mut o, node, metric, kind, help, &values);
     }
     o
 }
@@ -241,6 +236,13 @@ pub struct RdmaPeerRow {
     pub worker: usize,
     /// Its values in [`stats::RDMA_FIELDS`] order.
     pub values: [u64; stats::RDMA_FIELDS.len()],
+}
+
+impl RdmaPeerRow {
+    /// Its labels after `node`: `peer="…",worker="…"`.
+    fn labels(&self) -> String {
+        format!("peer=\"{}\",worker=\"{}\"", self.peer, self.worker)
+    }
 }
 
 /// Renders the RDMA queue pairs' state and counters, per peer and worker, and the RDMA
@@ -329,17 +331,11 @@ pub fn render_rdma(rows: &[RdmaPeerRow], device: &[(String, u64)], node: &str) -
             "Queue-pair records refused (malformed, or for a pair another worker holds).",
         ),
     ] {
-        let _ = writeln!(o, "# HELP {metric} {help}");
-        let _ = writeln!(o, "# TYPE {metric} {kind}");
-        for r in rows {
-            let _ = writeln!(
-                o,
-                "{metric}{{node=\"{node}\",peer=\"{}\",worker=\"{}\"}} {}",
-                r.peer,
-                r.worker,
-                r.values[field(f)]
-            );
-        }
+        let values: Vec<(String, u64)> = rows
+            .iter()
+            .map(|r| (r.labels(), r.values[field(f)]))
+            .collect();
+        labelled(&mut o, node, metric, kind, help, &values);
     }
     render_rdma_errors(&mut o, rows, device, node);
     o
@@ -354,39 +350,48 @@ fn render_rdma_errors(o: &mut String, rows: &[RdmaPeerRow], device: &[(String, u
             .position(|f| *f == name)
             .unwrap_or(0)
     };
-    let _ = writeln!(
+    let errors: Vec<(String, u64)> = rows
+        .iter()
+        .flat_map(|r| {
+            [
+                ("retry-exceeded", "errors_retry"),
+                ("rnr-retry-exceeded", "errors_rnr"),
+                ("flushed", "errors_flushed"),
+                ("other", "errors_other"),
+            ]
+            .map(|(status, f)| {
+                (
+                    format!("{},status=\"{status}\"", r.labels()),
+                    r.values[field(f)],
+                )
+            })
+        })
+        .collect();
+    labelled(
         o,
-        "# HELP dwcp_rdma_completion_errors_total Work completions with an error, by status."
+        node,
+        "dwcp_rdma_completion_errors_total",
+        "counter",
+        "Work completions with an error, by status.",
+        &errors,
     );
-    let _ = writeln!(o, "# TYPE dwcp_rdma_completion_errors_total counter");
-    for r in rows {
-        for (status, f) in [
-            ("retry-exceeded", "errors_retry"),
-            ("rnr-retry-exceeded", "errors_rnr"),
-            ("flushed", "errors_flushed"),
-            ("other", "errors_other"),
-        ] {
-            let _ = writeln!(
-                o,
-                "dwcp_rdma_completion_errors_total{{node=\"{node}\",peer=\"{}\",worker=\"{}\",status=\"{status}\"}} {}",
-                r.peer,
-                r.worker,
-                r.values[field(f)]
-            );
-        }
-    }
-    let _ = writeln!(
+    let device: Vec<(String, u64)> = device
+        .iter()
+        .map(|(name, v)| {
+            (
+                format!("name=\"{}\"", name.replace(['"', '\\', '\n'], "_")),
+                *v,
+            )
+        })
+        .collect();
+    labelled(
         o,
-        "# HELP dwcp_rdma_device_counter The RDMA device's own counters (hw_counters), by name."
+        node,
+        "dwcp_rdma_device_counter",
+        "gauge",
+        "The RDMA device's own counters (hw_counters), by name.",
+        &device,
     );
-    let _ = writeln!(o, "# TYPE dwcp_rdma_device_counter gauge");
-    for (name, v) in device {
-        let name = name.replace(['"', '\\', '\n'], "_");
-        let _ = writeln!(
-            o,
-            "dwcp_rdma_device_counter{{node=\"{node}\",name=\"{name}\"}} {v}"
-        );
-    }
 }
 
 /// Renders the GPU's state (from NVML, sampled `age` ago) as metrics.
@@ -890,6 +895,30 @@ pub fn render_scrape(st: &crate::control::scrape::ScrapeStats, node: &str) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_each_queue_pair_with_peer_and_worker() {
+        let mut values = [0u64; stats::RDMA_FIELDS.len()];
+        values[0] = 4; // qp_state: RTS (3) + 1
+        values[1] = 9; // sends
+        values[6] = 2; // errors_retry
+        let rows = [RdmaPeerRow {
+            peer: "site-b".into(),
+            worker: 1,
+            values,
+        }];
+        let t = render_rdma(&rows, &[("rcvd_rnr_err".into(), 3)], "n1");
+        for line in [
+            "dwcp_rdma_qp_info{node=\"n1\",peer=\"site-b\",worker=\"1\",state=\"rts\"} 1",
+            "dwcp_rdma_sends_total{node=\"n1\",peer=\"site-b\",worker=\"1\"} 9",
+            "dwcp_rdma_completion_errors_total{node=\"n1\",peer=\"site-b\",worker=\"1\",status=\"retry-exceeded\"} 2",
+            "dwcp_rdma_completion_errors_total{node=\"n1\",peer=\"site-b\",worker=\"1\",status=\"other\"} 0",
+            "dwcp_rdma_device_counter{node=\"n1\",name=\"rcvd_rnr_err\"} 3",
+            "# TYPE dwcp_rdma_completion_errors_total counter",
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing `{line}` in\n{t}");
+        }
+    }
 
     #[test]
     fn renders_each_peer_with_its_label() {

@@ -261,9 +261,9 @@ impl Histogram {
     }
 }
 
-/// RDMA peers whose queue-pair counters a worker publishes (by peer index; more are not
+/// Peers whose traffic and RDMA queue pairs a worker publishes (by peer index; more are not
 /// shown).
-pub const RDMA_PEERS: usize = 16;
+pub const PEERS: usize = 16;
 /// Per RDMA peer, in order: the queue pair's state (`enum ibv_qp_state` + 1; 0: no queue
 /// pair), then [`crate::rdma::PeerCounters`]' fields.
 pub const RDMA_FIELDS: [&str; 15] = [
@@ -305,8 +305,6 @@ pub fn rdma_row(c: &crate::rdma::PeerCounters, qp_state: i32) -> [u64; RDMA_FIEL
     ]
 }
 
-/// Peers whose traffic a worker publishes (by peer index; more are not shown).
-pub const PEERS: usize = 16;
 /// Per peer, in order: [`crate::proto::tunnel::PeerStats`]' fields.
 pub const PEER_FIELDS: [&str; 10] = [
     "tx_packets",
@@ -362,12 +360,26 @@ pub fn merge_peer(
     total
 }
 
+/// Stores a row of per-peer values (a peer past [`PEERS`] has no slots and is not shown).
+fn store_row<const N: usize>(slots: Option<&[AtomicU64; N]>, row: &[u64; N]) {
+    for (slot, v) in slots.into_iter().flatten().zip(row) {
+        slot.store(*v, Ordering::Relaxed);
+    }
+}
+
+/// Loads a row of per-peer values (all zero for a peer with no slots).
+fn load_row<const N: usize>(slots: Option<&[AtomicU64; N]>) -> [u64; N] {
+    slots.map_or([0; N], |s| {
+        std::array::from_fn(|i| s[i].load(Ordering::Relaxed))
+    })
+}
+
 /// One worker's published counters, on cache lines of its own.
 #[repr(align(64))]
 pub struct WorkerStats {
     values: [AtomicU64; COUNT],
     peers: [[AtomicU64; PEER_FIELDS.len()]; PEERS],
-    rdma: [[AtomicU64; RDMA_FIELDS.len()]; RDMA_PEERS],
+    rdma: [[AtomicU64; RDMA_FIELDS.len()]; PEERS],
     hist: [[AtomicU64; HIST_SLOTS]; STAGES.len()],
     /// The GPU failures the worker's dispatcher has had, and why it was taken out of service.
     gpu_failure: Mutex<(u64, Option<String>)>,
@@ -395,36 +407,22 @@ impl WorkerStats {
 
     /// Publishes one peer's traffic and session values ([`peer_row`]).
     pub fn publish_peer(&self, peer: usize, row: &[u64; PEER_FIELDS.len()]) {
-        if let Some(slots) = self.peers.get(peer) {
-            for (slot, v) in slots.iter().zip(row) {
-                slot.store(*v, Ordering::Relaxed);
-            }
-        }
+        store_row(self.peers.get(peer), row);
     }
 
     /// The last published values of peer `peer`.
     pub fn read_peer(&self, peer: usize) -> [u64; PEER_FIELDS.len()] {
-        self.peers
-            .get(peer)
-            .map_or([0; PEER_FIELDS.len()], |slots| {
-                std::array::from_fn(|i| slots[i].load(Ordering::Relaxed))
-            })
+        load_row(self.peers.get(peer))
     }
 
     /// Publishes one RDMA peer's queue-pair values ([`rdma_row`]).
     pub fn publish_rdma(&self, peer: usize, row: &[u64; RDMA_FIELDS.len()]) {
-        if let Some(slots) = self.rdma.get(peer) {
-            for (slot, v) in slots.iter().zip(row) {
-                slot.store(*v, Ordering::Relaxed);
-            }
-        }
+        store_row(self.rdma.get(peer), row);
     }
 
     /// The last published RDMA values of peer `peer` (all zero: no queue pair).
     pub fn read_rdma(&self, peer: usize) -> [u64; RDMA_FIELDS.len()] {
-        self.rdma.get(peer).map_or([0; RDMA_FIELDS.len()], |slots| {
-            std::array::from_fn(|i| slots[i].load(Ordering::Relaxed))
-        })
+        load_row(self.rdma.get(peer))
     }
 
     /// Publishes the worker's latency histograms.
